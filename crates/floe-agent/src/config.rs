@@ -1,0 +1,83 @@
+//! Agent configuration. The binary fills it from flags and `FLOE_*` variables.
+
+use std::time::Duration;
+
+use floe_core::Limits;
+use floe_core::segment::Compression;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Address to listen on, e.g. `127.0.0.1:7070` (`:0` picks a free port).
+    pub listen: String,
+    /// Object store URL: `file:///path` or `memory://`.
+    pub bucket: String,
+    /// Index URL: `sqlite://path`.
+    pub index: String,
+    /// How long the produce buffer waits for more records before a flush.
+    pub linger: Duration,
+    /// Flush as soon as the buffer holds this many record bytes.
+    pub flush_bytes: usize,
+    /// Flushes (encode + PUT) running at once; commits still happen in arrival order.
+    pub max_inflight_flushes: usize,
+    pub compression: Compression,
+    pub rows_per_row_group: usize,
+    /// A segment not committed within this time after its PUT began is abandoned (its
+    /// producers get 503) so that the sweeper can never delete a segment about to be committed.
+    pub commit_deadline: Duration,
+    /// Sweeper: delete unreferenced segment objects older than this.
+    pub orphan_grace: Duration,
+    pub sweep_interval: Duration,
+    /// Decoded-run cache size in bytes.
+    pub cache_bytes: u64,
+    /// How long topic metadata is cached before it is re-read from the index.
+    pub topic_cache_ttl: Duration,
+    pub limits: Limits,
+    /// Identifies this agent in segment object keys.
+    pub agent_id: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".into(),
+            bucket: "file://./floe-data/bucket".into(),
+            index: "sqlite://./floe-data/index.db".into(),
+            linger: Duration::from_millis(100),
+            flush_bytes: 8 * 1024 * 1024,
+            max_inflight_flushes: 4,
+            compression: Compression::Lz4,
+            rows_per_row_group: 16 * 1024,
+            commit_deadline: Duration::from_secs(30),
+            orphan_grace: Duration::from_secs(600),
+            sweep_interval: Duration::from_secs(60),
+            cache_bytes: 256 * 1024 * 1024,
+            topic_cache_ttl: Duration::from_secs(5),
+            limits: Limits::default(),
+            agent_id: "agent".into(),
+        }
+    }
+}
+
+impl AgentConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.orphan_grace < self.commit_deadline * 2 {
+            return Err(format!(
+                "orphan grace ({:?}) must be at least twice the commit deadline ({:?}), or the sweeper could delete a segment that is about to be committed",
+                self.orphan_grace, self.commit_deadline
+            ));
+        }
+        if self.flush_bytes == 0 || self.max_inflight_flushes == 0 || self.rows_per_row_group == 0 {
+            return Err("flush_bytes, max_inflight_flushes and rows_per_row_group must be > 0".into());
+        }
+        if self.limits.max_buffer_bytes < self.limits.max_body_bytes {
+            return Err("max_buffer_bytes must be at least max_body_bytes".into());
+        }
+        if self.limits.max_record_bytes > self.limits.max_body_bytes {
+            return Err("max_record_bytes must not exceed max_body_bytes".into());
+        }
+        if !self.agent_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || self.agent_id.is_empty() {
+            return Err("agent id must be [A-Za-z0-9-]+".into());
+        }
+        Ok(())
+    }
+}

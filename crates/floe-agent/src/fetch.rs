@@ -1,0 +1,199 @@
+//! The fetch path: index lookup → footer (cached) → one ranged GET per run (decoded runs
+//! cached) → records in offset order.
+//!
+//! Both caches coalesce concurrent misses (`try_get_with`), so many consumers tailing the
+//! same partition cause one GET per run per agent, not one per consumer.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use floe_core::api::FetchedRecord;
+use floe_core::log::plan_fetch;
+use floe_core::segment::{DecodedRun, Footer, RecordView, RunLocation, decode_run, parse_footer};
+use floe_index::{Index, RunEntry, TopicMeta};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::file::metadata::ParquetMetaData;
+
+use crate::config::AgentConfig;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Bytes read from the end of a segment on the first try; most footers fit.
+const FOOTER_GUESS: u64 = 64 * 1024;
+/// Runs looked up in the index per fetch.
+const RUNS_PER_FETCH: u32 = 256;
+
+#[derive(Clone)]
+pub struct Reader {
+    store: Arc<dyn ObjectStore>,
+    index: Arc<dyn Index>,
+    metrics: Metrics,
+    footers: moka::future::Cache<String, Arc<ParquetMetaData>>,
+    runs: moka::future::Cache<(String, u32), Arc<DecodedRun>>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("cached_runs", &self.runs.entry_count()).finish()
+    }
+}
+
+fn weight(bytes: usize) -> u32 {
+    u32::try_from(bytes.max(1)).unwrap_or(u32::MAX)
+}
+
+impl Reader {
+    pub fn new(config: &AgentConfig, store: Arc<dyn ObjectStore>, index: Arc<dyn Index>, metrics: Metrics) -> Self {
+        let footers = moka::future::Cache::builder()
+            .max_capacity(config.cache_bytes / 8 + 1)
+            .weigher(|_k: &String, v: &Arc<ParquetMetaData>| weight(v.memory_size()))
+            .build();
+        let runs = moka::future::Cache::builder()
+            .max_capacity(config.cache_bytes)
+            .weigher(|_k: &(String, u32), v: &Arc<DecodedRun>| weight(v.memory_size()))
+            .build();
+        Self { store, index, metrics, footers, runs }
+    }
+
+    /// Up to `max_records` records from `offset`, stopping before `max_bytes` is passed
+    /// (but always at least one record, so one large record cannot stall a consumer).
+    /// Returns the records and the next offset to fetch.
+    pub async fn read(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<FetchedRecord>, u64), ApiError> {
+        let entries = self
+            .index
+            .runs_from(topic.id, partition, offset, RUNS_PER_FETCH)
+            .await
+            .map_err(|e| ApiError::index(&e))?;
+        let (plan, _) = plan_fetch(&entries, offset, max_records);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = offset;
+        'runs: for s in plan {
+            let entry = &entries[s.run];
+            let run = self.run(topic, partition, entry).await?;
+            for pos in s.from..s.to {
+                let v = run.get(pos).ok_or_else(|| corrupt(entry, "row missing"))?;
+                let size = v.size();
+                if !out.is_empty() && bytes + size > max_bytes {
+                    break 'runs;
+                }
+                bytes += size;
+                next = entry.base_offset + pos as u64 + 1;
+                out.push(to_api(next - 1, &v));
+            }
+        }
+        self.metrics.records_fetched.inc_by(out.len() as u64);
+        self.metrics.bytes_fetched.inc_by(bytes as u64);
+        Ok((out, next))
+    }
+
+    async fn run(&self, topic: &TopicMeta, partition: u32, e: &RunEntry) -> Result<Arc<DecodedRun>, ApiError> {
+        let key = (e.segment_key.clone(), e.row_group_first);
+        if let Some(r) = self.runs.get(&key).await {
+            self.metrics.cache.with_label_values(&["hit"]).inc();
+            return Ok(r);
+        }
+        self.metrics.cache.with_label_values(&["miss"]).inc();
+        self.runs
+            .try_get_with(key, async {
+                let meta = self.footer(e).await?;
+                let data = self
+                    .store
+                    .get_range(&Path::from(e.segment_key.as_str()), e.byte_start..e.byte_end)
+                    .await
+                    .map_err(|err| store_err(e, &err))?;
+                let loc_topic = topic.name.clone();
+                let (records, rg_first, rg_count, byte_start, size) =
+                    (e.records, e.row_group_first, e.row_group_count, e.byte_start, e.segment_size);
+                let decoded = tokio::task::spawn_blocking(move || {
+                    let loc = RunLocation {
+                        topic: &loc_topic,
+                        partition,
+                        records,
+                        row_group_first: rg_first,
+                        row_group_count: rg_count,
+                        byte_start,
+                    };
+                    decode_run(&meta, size, &loc, data)
+                })
+                .await
+                .map_err(|err| ApiError::unavailable("decode_failed", err.to_string()))?
+                .map_err(|err| corrupt(e, &err.to_string()))?;
+                Ok::<_, ApiError>(Arc::new(decoded))
+            })
+            .await
+            .map_err(|err: Arc<ApiError>| (*err).clone())
+    }
+
+    async fn footer(&self, e: &RunEntry) -> Result<Arc<ParquetMetaData>, ApiError> {
+        self.footers
+            .try_get_with(e.segment_key.clone(), async {
+                let path = Path::from(e.segment_key.as_str());
+                let size = e.segment_size;
+                let tail = self
+                    .store
+                    .get_range(&path, size.saturating_sub(FOOTER_GUESS)..size)
+                    .await
+                    .map_err(|err| store_err(e, &err))?;
+                match parse_footer(&tail).map_err(|err| corrupt(e, &err.to_string()))? {
+                    Footer::Parsed(m) => Ok(m),
+                    Footer::NeedSuffix(n) => {
+                        let tail = self
+                            .store
+                            .get_range(&path, size.saturating_sub(n as u64)..size)
+                            .await
+                            .map_err(|err| store_err(e, &err))?;
+                        match parse_footer(&tail).map_err(|err| corrupt(e, &err.to_string()))? {
+                            Footer::Parsed(m) => Ok(m),
+                            Footer::NeedSuffix(_) => Err(corrupt(e, "footer length inconsistent")),
+                        }
+                    }
+                }
+            })
+            .await
+            .map_err(|err: Arc<ApiError>| (*err).clone())
+    }
+}
+
+fn store_err(e: &RunEntry, err: &object_store::Error) -> ApiError {
+    tracing::warn!(segment = %e.segment_key, error = %err, "segment read failed");
+    ApiError::unavailable("store_unavailable", format!("reading segment failed: {err}"))
+}
+
+fn corrupt(e: &RunEntry, what: &str) -> ApiError {
+    tracing::error!(segment = %e.segment_key, what, "corrupt segment");
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "segment_corrupt",
+        format!("segment {} is unreadable: {what}", e.segment_key),
+    )
+}
+
+fn text_or_b64(b: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(b) {
+        Ok(s) => (Some(s.to_string()), None),
+        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(b))),
+    }
+}
+
+fn to_api(offset: u64, v: &RecordView<'_>) -> FetchedRecord {
+    let (key, key_b64) = v.key.map(text_or_b64).unwrap_or((None, None));
+    let (value, value_b64) = text_or_b64(v.value);
+    FetchedRecord {
+        offset,
+        timestamp_ms: v.timestamp_ms,
+        key,
+        key_b64,
+        value,
+        value_b64,
+        headers: v.headers.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
+    }
+}

@@ -1,0 +1,473 @@
+//! The HTTP API. Every handler validates its input and answers a bad request with a 4xx
+//! and a JSON error body; nothing a client sends can cause a panic or a 500.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use bytes::Bytes;
+use floe_core::api::{
+    CreateTopicRequest, ErrorBody, ErrorDetail, FetchResponse, FetchedRecord, PartitionInfo,
+    ProduceRecord, ProduceRequest, ProduceResponse, RecordOffset, TopicDescription, TopicInfo,
+    TopicList, TopicSummary,
+};
+use floe_core::partitioner::partition_for_key;
+use floe_core::{Record, TopicName};
+use floe_index::{IndexError, NewTopic, TopicMeta};
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+use utoipa::OpenApi;
+
+use crate::Shared;
+use crate::error::ApiError;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Floe", description = "Floe agent HTTP API: topics, produce, fetch (long-poll)."),
+    paths(healthz, readyz, create_topic, list_topics, describe_topic, delete_topic, produce, fetch, metrics, openapi_json),
+    components(schemas(
+        ErrorBody, ErrorDetail, CreateTopicRequest, TopicInfo, TopicList, TopicSummary, TopicDescription,
+        PartitionInfo, ProduceRequest, ProduceRecord, ProduceResponse, RecordOffset, FetchResponse, FetchedRecord
+    ))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as served on `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub fn router(shared: Shared) -> Router {
+    let limit = shared.config.limits.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/v1/topics", get(list_topics).post(create_topic))
+        .route("/v1/topics/{topic}", get(describe_topic).delete(delete_topic))
+        .route("/v1/topics/{topic}/records", axum::routing::post(produce))
+        .route("/v1/topics/{topic}/partitions/{partition}/records", get(fetch))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(trace_request))
+        .with_state(shared)
+}
+
+async fn trace_request(req: Request, next: axum::middleware::Next) -> Response {
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), status = tracing::field::Empty);
+    let resp = next.run(req).instrument(span.clone()).await;
+    span.record("status", resp.status().as_u16());
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint; see /openapi.json")
+}
+
+/// JSON body extractor whose rejections follow the JSON error contract.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ok = ct.to_str().map(|s| s.trim_start().to_ascii_lowercase().starts_with("application/json")).unwrap_or(false);
+            if !ok {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "request bodies must be JSON (Content-Type: application/json)",
+                ));
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body exceeds the agent's max_body_bytes limit")
+            } else {
+                ApiError::bad_request("invalid_body", format!("could not read request body: {rej}"))
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
+    }
+}
+
+fn topic_name(raw: &str) -> ApiResult<TopicName> {
+    TopicName::new(raw).map_err(|e| ApiError::bad_request("invalid_topic_name", e.to_string()))
+}
+
+fn path_err(e: PathRejection) -> ApiError {
+    ApiError::bad_request("invalid_path", format!("invalid path parameter: {e}"))
+}
+
+async fn existing_topic(s: &Shared, raw: &str) -> ApiResult<Arc<TopicMeta>> {
+    let name = topic_name(raw)?;
+    s.topics
+        .get(name.as_str())
+        .await
+        .map_err(|e| ApiError::index(&e))?
+        .ok_or_else(|| ApiError::topic_not_found(name.as_str()))
+}
+
+fn info_of(t: &TopicMeta) -> TopicInfo {
+    TopicInfo {
+        name: t.name.clone(),
+        partitions: t.partitions,
+        retention_ms: t.retention_ms,
+        config: t.config.clone(),
+        created_ms: t.created_ms,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is running")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: 200 only when the bucket and the index answer.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "Bucket and index reachable"),
+    (status = 503, description = "Bucket or index unreachable", body = ErrorBody)))]
+async fn readyz(State(s): State<Shared>) -> ApiResult<Json<serde_json::Value>> {
+    s.index.ping().await.map_err(|e| ApiError::index(&e))?;
+    s.store
+        .list_with_delimiter(Some(&object_store::path::Path::from(crate::produce::SEGMENT_PREFIX)))
+        .await
+        .map_err(|e| ApiError::unavailable("store_unavailable", format!("bucket unreachable: {e}")))?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+async fn metrics(State(s): State<Shared>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3 document")))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+/// Create a topic.
+#[utoipa::path(post, path = "/v1/topics", request_body = CreateTopicRequest, responses(
+    (status = 201, body = TopicInfo),
+    (status = 400, description = "invalid_topic_name, invalid_partitions, invalid_json", body = ErrorBody),
+    (status = 409, description = "topic_exists", body = ErrorBody)))]
+async fn create_topic(State(s): State<Shared>, JsonBody(req): JsonBody<CreateTopicRequest>) -> ApiResult<(StatusCode, Json<TopicInfo>)> {
+    let name = topic_name(&req.name)?;
+    let max = s.config.limits.max_partitions;
+    let partitions = u32::try_from(req.partitions)
+        .ok()
+        .filter(|p| (1..=max).contains(p))
+        .ok_or_else(|| ApiError::bad_request("invalid_partitions", format!("partitions must be between 1 and {max}, got {}", req.partitions)))?;
+    if let Some(r) = req.retention_ms.filter(|r| *r < 0) {
+        return Err(ApiError::bad_request("invalid_retention", format!("retention_ms must be >= 0, got {r}")));
+    }
+    let t = s
+        .index
+        .create_topic(NewTopic {
+            name: name.to_string(),
+            partitions,
+            retention_ms: req.retention_ms,
+            config: req.config.unwrap_or_default(),
+            created_ms: now_ms(),
+            max_topics: s.config.limits.max_topics,
+        })
+        .await
+        .map_err(|e| match e {
+            IndexError::TopicExists(n) => ApiError::new(StatusCode::CONFLICT, "topic_exists", format!("topic {n:?} already exists")),
+            IndexError::TooManyTopics(n) => ApiError::new(StatusCode::CONFLICT, "too_many_topics", format!("the agent's limit of {n} topics is reached")),
+            other => ApiError::index(&other),
+        })?;
+    s.topics.invalidate(&t.name).await;
+    Ok((StatusCode::CREATED, Json(info_of(&t))))
+}
+
+/// List topics.
+#[utoipa::path(get, path = "/v1/topics", responses((status = 200, body = TopicList)))]
+async fn list_topics(State(s): State<Shared>) -> ApiResult<Json<TopicList>> {
+    let ts = s.index.list_topics().await.map_err(|e| ApiError::index(&e))?;
+    Ok(Json(TopicList { topics: ts.into_iter().map(|t| TopicSummary { name: t.name, partitions: t.partitions }).collect() }))
+}
+
+/// Describe a topic: its partitions with start and end offsets.
+#[utoipa::path(get, path = "/v1/topics/{topic}", params(("topic" = String, Path)), responses(
+    (status = 200, body = TopicDescription),
+    (status = 404, description = "topic_not_found", body = ErrorBody)))]
+async fn describe_topic(State(s): State<Shared>, p: Result<Path<String>, PathRejection>) -> ApiResult<Json<TopicDescription>> {
+    let Path(raw) = p.map_err(path_err)?;
+    let name = topic_name(&raw)?;
+    let t = s.index.get_topic(name.as_str()).await.map_err(|e| ApiError::index(&e))?.ok_or_else(|| ApiError::topic_not_found(&raw))?;
+    let parts = s.index.partition_offsets(t.id).await.map_err(|e| ApiError::index(&e))?;
+    Ok(Json(TopicDescription {
+        name: t.name,
+        partitions: parts.into_iter().map(|p| PartitionInfo { partition: p.partition, start_offset: p.start_offset, end_offset: p.end_offset }).collect(),
+        retention_ms: t.retention_ms,
+        config: t.config,
+        created_ms: t.created_ms,
+    }))
+}
+
+/// Delete a topic and all its records.
+#[utoipa::path(delete, path = "/v1/topics/{topic}", params(("topic" = String, Path)), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, description = "topic_not_found", body = ErrorBody)))]
+async fn delete_topic(State(s): State<Shared>, p: Result<Path<String>, PathRejection>) -> ApiResult<StatusCode> {
+    let Path(raw) = p.map_err(path_err)?;
+    let name = topic_name(&raw)?;
+    let existed = s.index.delete_topic(name.as_str()).await.map_err(|e| ApiError::index(&e))?;
+    s.topics.invalidate(name.as_str()).await;
+    if existed { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::topic_not_found(&raw)) }
+}
+
+static ROUND_ROBIN: AtomicU64 = AtomicU64::new(0);
+
+fn decode_field(i: usize, what: &str, text: Option<String>, b64: Option<String>) -> ApiResult<Option<Bytes>> {
+    match (text, b64) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request("invalid_record", format!("record {i}: give {what} or {what}_b64, not both"))),
+        (Some(t), None) => Ok(Some(Bytes::from(t))),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b.as_bytes())
+            .map(|v| Some(Bytes::from(v)))
+            .map_err(|e| ApiError::bad_request("invalid_base64", format!("record {i}: {what}_b64 is not valid base64: {e}"))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Produce records. Answers only after the records are durable in the bucket and committed
+/// in the index; offsets come back in request order.
+#[utoipa::path(post, path = "/v1/topics/{topic}/records", params(("topic" = String, Path)), request_body = ProduceRequest, responses(
+    (status = 200, body = ProduceResponse),
+    (status = 400, description = "invalid_json, invalid_record, invalid_partition, invalid_base64", body = ErrorBody),
+    (status = 404, description = "topic_not_found", body = ErrorBody),
+    (status = 413, description = "record_too_large, request_too_large", body = ErrorBody),
+    (status = 503, description = "store_unavailable, index_unavailable, overloaded (with Retry-After)", body = ErrorBody)))]
+async fn produce(
+    State(s): State<Shared>,
+    p: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<ProduceRequest>,
+) -> ApiResult<Json<ProduceResponse>> {
+    let started = Instant::now();
+    let Path(raw) = p.map_err(path_err)?;
+    let limits = &s.config.limits;
+    if req.records.is_empty() {
+        return Err(ApiError::bad_request("invalid_request", "records must not be empty"));
+    }
+    if req.records.len() > limits.max_records_per_request {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("{} records in one request; the limit is {}", req.records.len(), limits.max_records_per_request),
+        ));
+    }
+    let topic = existing_topic(&s, &raw).await?;
+    let ts = now_ms();
+    let mut records = Vec::with_capacity(req.records.len());
+    let mut bytes = 0usize;
+    for (i, r) in req.records.into_iter().enumerate() {
+        let key = decode_field(i, "key", r.key, r.key_b64)?;
+        let value = decode_field(i, "value", r.value, r.value_b64)?
+            .ok_or_else(|| ApiError::bad_request("invalid_record", format!("record {i}: value or value_b64 is required")))?;
+        let headers: Vec<(String, String)> = r.headers.unwrap_or_default().into_iter().collect();
+        if headers.len() > limits.max_headers_per_record {
+            return Err(ApiError::bad_request(
+                "invalid_record",
+                format!("record {i}: {} headers; the limit is {}", headers.len(), limits.max_headers_per_record),
+            ));
+        }
+        let partition = match r.partition {
+            Some(p) => u32::try_from(p).ok().filter(|p| *p < topic.partitions).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_partition",
+                    format!("record {i}: partition {p} does not exist; topic {:?} has partitions 0..{}", topic.name, topic.partitions),
+                )
+            })?,
+            None => match &key {
+                Some(k) => partition_for_key(k, topic.partitions),
+                None => (ROUND_ROBIN.fetch_add(1, Ordering::Relaxed) % u64::from(topic.partitions)) as u32,
+            },
+        };
+        let rec = Record { timestamp_ms: ts, key, value, headers };
+        let size = rec.size();
+        if size > limits.max_record_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "record_too_large",
+                format!("record {i} is {size} bytes; the limit is {}", limits.max_record_bytes),
+            ));
+        }
+        bytes += size;
+        records.push((partition, rec));
+    }
+    let offsets = s.producer.append(topic, records, bytes).await?;
+    s.metrics.produce_seconds.observe(started.elapsed().as_secs_f64());
+    Ok(Json(ProduceResponse { offsets }))
+}
+
+/// Query parameters of a fetch.
+#[derive(Debug, Default)]
+struct FetchParams {
+    offset: u64,
+    max_records: Option<u64>,
+    max_bytes: Option<u64>,
+    wait_ms: u64,
+}
+
+fn parse_fetch_params(q: Option<&str>) -> ApiResult<FetchParams> {
+    let mut p = FetchParams::default();
+    for pair in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let num = |name: &'static str| -> ApiResult<u64> {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    if name == "offset" { "invalid_offset" } else { "invalid_parameter" },
+                    format!("{name} must be a non-negative integer, got {v:?}"),
+                )
+            })
+        };
+        match k {
+            "offset" => p.offset = num("offset")?,
+            "max_records" => p.max_records = Some(num("max_records")?),
+            "max_bytes" => p.max_bytes = Some(num("max_bytes")?),
+            "wait_ms" => p.wait_ms = num("wait_ms")?,
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+/// Fetch records of one partition from `offset`. With `wait_ms`, a fetch at the end of the
+/// log waits until new records are committed or the wait ends (then returns no records).
+#[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/records",
+    params(
+        ("topic" = String, Path), ("partition" = u32, Path),
+        ("offset" = Option<u64>, Query, description = "First offset to return (default 0)"),
+        ("max_records" = Option<u64>, Query, description = "Default 500, capped by the agent's max_fetch_records"),
+        ("max_bytes" = Option<u64>, Query, description = "Default 1 MiB, capped by max_fetch_bytes; at least one record is returned"),
+        ("wait_ms" = Option<u64>, Query, description = "Long-poll time when at the end of the log; capped by max_wait_ms")),
+    responses(
+        (status = 200, body = FetchResponse),
+        (status = 400, description = "invalid_partition, invalid_offset, invalid_parameter", body = ErrorBody),
+        (status = 404, description = "topic_not_found", body = ErrorBody),
+        (status = 416, description = "offset_out_of_range", body = ErrorBody)))]
+async fn fetch(
+    State(s): State<Shared>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<FetchResponse>> {
+    let Path((raw, part)) = p.map_err(path_err)?;
+    let params = parse_fetch_params(q.as_deref())?;
+    let limits = &s.config.limits;
+    let topic = existing_topic(&s, &raw).await?;
+    let partition = part.parse::<u32>().ok().filter(|p| *p < topic.partitions).ok_or_else(|| {
+        ApiError::bad_request("invalid_partition", format!("partition {part:?} does not exist; topic {:?} has partitions 0..{}", topic.name, topic.partitions))
+    })?;
+    let max_records = match params.max_records {
+        Some(0) => return Err(ApiError::bad_request("invalid_parameter", "max_records must be at least 1")),
+        Some(n) => (n as usize).min(limits.max_fetch_records),
+        None => 500.min(limits.max_fetch_records),
+    };
+    let max_bytes = params.max_bytes.map_or(1024 * 1024, |b| b as usize).min(limits.max_fetch_bytes);
+    let wait = Duration::from_millis(params.wait_ms.min(limits.max_wait_ms));
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribe before reading the end offset so a commit in between is not missed.
+    let mut commits = s.notifier.subscribe(topic.id, partition);
+    let mut shutdown = s.shutdown.clone();
+    let end_offset = |s: Shared, t: Arc<TopicMeta>| async move {
+        s.index.end_offset(t.id, partition).await.map_err(|e| ApiError::index(&e))?.ok_or_else(|| ApiError::topic_not_found(&t.name))
+    };
+    let mut end = end_offset(s.clone(), topic.clone()).await?;
+    if params.offset > end {
+        return Err(ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "offset_out_of_range",
+            format!("offset {} is beyond the end of partition {partition} (end_offset {end})", params.offset),
+        ));
+    }
+    while params.offset == end && !wait.is_zero() {
+        tokio::select! {
+            r = commits.changed() => { if r.is_err() { break; } }
+            () = tokio::time::sleep_until(deadline) => break,
+            _ = shutdown.wait_for(|v| *v) => break,
+        }
+        end = end_offset(s.clone(), topic.clone()).await?;
+    }
+    if params.offset == end {
+        return Ok(Json(FetchResponse { records: Vec::new(), next_offset: params.offset, end_offset: end }));
+    }
+    let (records, next_offset) = s.reader.read(&topic, partition, params.offset, max_records, max_bytes).await?;
+    Ok(Json(FetchResponse { records, next_offset, end_offset: end }))
+}
+
+/// Helper for tests and tools: the documented (method, path) pairs.
+pub fn documented_routes() -> Vec<(String, String)> {
+    let doc = openapi();
+    let mut out = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        let methods: BTreeMap<&str, bool> = [
+            ("GET", item.get.is_some()),
+            ("POST", item.post.is_some()),
+            ("DELETE", item.delete.is_some()),
+            ("PUT", item.put.is_some()),
+        ]
+        .into_iter()
+        .collect();
+        for (m, present) in methods {
+            if present {
+                out.push((m.to_string(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_params_parse_and_reject() {
+        let p = parse_fetch_params(Some("offset=5&max_records=10&wait_ms=100&x=1")).unwrap();
+        assert_eq!((p.offset, p.max_records, p.wait_ms), (5, Some(10), 100));
+        assert_eq!(parse_fetch_params(Some("offset=-1")).unwrap_err().code, "invalid_offset");
+        assert_eq!(parse_fetch_params(Some("offset=99999999999999999999999")).unwrap_err().code, "invalid_offset");
+        assert_eq!(parse_fetch_params(Some("max_bytes=abc")).unwrap_err().code, "invalid_parameter");
+        assert_eq!(parse_fetch_params(None).unwrap().offset, 0);
+    }
+
+    #[test]
+    fn openapi_documents_every_route() {
+        let routes = documented_routes();
+        for want in [
+            ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+            ("GET", "/v1/topics"), ("POST", "/v1/topics"), ("GET", "/v1/topics/{topic}"), ("DELETE", "/v1/topics/{topic}"),
+            ("POST", "/v1/topics/{topic}/records"), ("GET", "/v1/topics/{topic}/partitions/{partition}/records"),
+        ] {
+            assert!(routes.contains(&(want.0.to_string(), want.1.to_string())), "{want:?} missing from OpenAPI");
+        }
+    }
+}

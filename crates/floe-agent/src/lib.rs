@@ -1,0 +1,159 @@
+//! The Floe agent: a stateless HTTP server in front of an object store and a metadata index.
+//!
+//! - [`produce`]: the agent-wide produce buffer. Records from every request, topic and
+//!   partition are batched for a linger, written as one Parquet segment, then committed in
+//!   one index transaction; only then are producers answered.
+//! - [`fetch`]: reads runs from segments through caches; long-polls on commit notifications.
+//! - [`sweeper`]: deletes segment objects no committed run refers to.
+//! - [`http`]: the JSON API.
+
+pub mod config;
+pub mod error;
+pub mod fetch;
+pub mod http;
+pub mod metrics;
+pub mod notify;
+pub mod produce;
+pub mod store;
+pub mod sweeper;
+pub mod topics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use floe_index::Index;
+use object_store::ObjectStore;
+use tokio::sync::watch;
+use tracing::info;
+
+pub use config::AgentConfig;
+pub use error::ApiError;
+
+/// Everything a request handler needs.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub config: Arc<AgentConfig>,
+    pub store: Arc<dyn ObjectStore>,
+    pub index: Arc<dyn Index>,
+    pub metrics: metrics::Metrics,
+    pub topics: topics::TopicCache,
+    pub notifier: notify::Notifier,
+    pub producer: produce::ProducerHandle,
+    pub reader: fetch::Reader,
+    /// Flips to true when the agent starts shutting down (ends long-polls).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] store::StoreUrlError),
+    #[error("index: {0}")]
+    Index(#[from] floe_index::IndexError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    pub addr: SocketAddr,
+    pub shared: Shared,
+    shutdown_tx: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    producer_task: tokio::task::JoinHandle<()>,
+    sweeper_task: tokio::task::JoinHandle<()>,
+}
+
+impl Agent {
+    /// Open the store and index named in `config` and start serving.
+    pub async fn start(config: AgentConfig) -> Result<Self, StartError> {
+        let store = store::open_store(&config.bucket)?;
+        let index = floe_index::open(&config.index).await?;
+        Self::start_with(config, store, index).await
+    }
+
+    /// Start with a given store and index (tests wrap the store in fault layers).
+    pub async fn start_with(
+        config: AgentConfig,
+        store: Arc<dyn ObjectStore>,
+        index: Arc<dyn Index>,
+    ) -> Result<Self, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let config = Arc::new(config);
+        let metrics = metrics::Metrics::new()?;
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(store::InstrumentedStore::new(store, metrics.store_requests.clone()));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let notifier = notify::Notifier::default();
+        let (producer, producer_task) = produce::spawn(
+            config.clone(),
+            store.clone(),
+            index.clone(),
+            metrics.clone(),
+            notifier.clone(),
+        );
+        let reader = fetch::Reader::new(&config, store.clone(), index.clone(), metrics.clone());
+        let shared = Shared {
+            topics: topics::TopicCache::new(index.clone(), config.topic_cache_ttl),
+            config: config.clone(),
+            store: store.clone(),
+            index: index.clone(),
+            metrics: metrics.clone(),
+            notifier,
+            producer,
+            reader,
+            shutdown: shutdown_rx.clone(),
+        };
+        let sweeper_task = tokio::spawn(sweeper::run(
+            config.clone(),
+            store,
+            index,
+            metrics,
+            shutdown_rx.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Listen(config.listen.clone(), e))?;
+        let app = http::router(shared.clone());
+        let mut stop = shutdown_rx;
+        let server = tokio::spawn(async move {
+            let graceful = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+        info!(%addr, bucket = %config.bucket, index = %redact(&config.index), "floe agent listening");
+        Ok(Self { addr, shared, shutdown_tx, server, producer_task, sweeper_task })
+    }
+
+    /// Graceful shutdown: stop accepting, end long-polls, let in-flight produce requests be
+    /// flushed and answered, then stop the background tasks.
+    pub async fn shutdown(self) {
+        info!("shutting down: flushing buffered records");
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.server.await;
+        // All request handlers are done; close the produce buffer so it flushes what is left.
+        drop(self.shared);
+        let _ = self.producer_task.await;
+        let _ = self.sweeper_task.await;
+        info!("shutdown complete");
+    }
+}
+
+/// Hide credentials in a URL before logging it.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,78 @@
+//! Prometheus metrics of one agent.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    exponential_buckets,
+};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub records_produced: IntCounter,
+    pub bytes_produced: IntCounter,
+    pub records_fetched: IntCounter,
+    pub bytes_fetched: IntCounter,
+    pub segments_written: IntCounter,
+    pub flush_failures: IntCounter,
+    pub orphans_deleted: IntCounter,
+    pub store_requests: IntCounterVec,
+    pub cache: IntCounterVec,
+    pub flush_bytes: Histogram,
+    pub flush_seconds: Histogram,
+    pub produce_seconds: Histogram,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Result<Histogram, prometheus::Error> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let r = Registry::new();
+        let store_requests = IntCounterVec::new(
+            Opts::new("floe_object_store_requests_total", "Object store requests by operation"),
+            &["op"],
+        )?;
+        r.register(Box::new(store_requests.clone()))?;
+        for op in ["put", "get", "list", "delete"] {
+            store_requests.with_label_values(&[op]);
+        }
+        let cache = IntCounterVec::new(
+            Opts::new("floe_segment_cache_total", "Segment cache lookups by result (hit/miss)"),
+            &["result"],
+        )?;
+        r.register(Box::new(cache.clone()))?;
+        let secs = exponential_buckets(0.0005, 2.0, 16)?;
+        Ok(Self {
+            records_produced: counter(&r, "floe_records_produced_total", "Records acked to producers")?,
+            bytes_produced: counter(&r, "floe_bytes_produced_total", "Record bytes acked to producers")?,
+            records_fetched: counter(&r, "floe_records_fetched_total", "Records returned to consumers")?,
+            bytes_fetched: counter(&r, "floe_bytes_fetched_total", "Record bytes returned to consumers")?,
+            segments_written: counter(&r, "floe_segments_written_total", "Segment objects written and committed")?,
+            flush_failures: counter(&r, "floe_flush_failures_total", "Flushes that failed (producers got 503)")?,
+            orphans_deleted: counter(&r, "floe_orphan_segments_deleted_total", "Unreferenced segment objects deleted by the sweeper")?,
+            flush_bytes: histogram(&r, "floe_flush_bytes", "Segment object size per flush", exponential_buckets(1024.0, 2.0, 16)?)?,
+            flush_seconds: histogram(&r, "floe_flush_seconds", "Encode + PUT + commit time per flush", secs.clone())?,
+            produce_seconds: histogram(&r, "floe_produce_seconds", "Produce request latency (receipt to ack)", secs)?,
+            store_requests,
+            cache,
+            registry: r,
+        })
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics; an error yields what was written.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

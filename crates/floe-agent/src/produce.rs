@@ -1,0 +1,336 @@
+//! The agent-wide produce buffer (WarpStream-style batching).
+//!
+//! Every produce request, for any topic and partition, hands its records to one buffer.
+//! The buffer is flushed when the linger elapses or it passes `flush_bytes`. A flush:
+//! 1. groups the records into runs per (topic, partition), in arrival order;
+//! 2. encodes them as one Parquet segment (on a blocking thread);
+//! 3. PUTs the segment (create-only; durable before the PUT returns);
+//! 4. waits until the previous flush has committed (commits happen in flush order, so a
+//!    partition's offsets follow arrival order), then commits all runs in one index
+//!    transaction, which assigns the offsets;
+//! 5. answers every waiting request. Any failure answers every request with a 503, and the
+//!    uncommitted segment is an orphan for the sweeper.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use floe_core::Record;
+use floe_core::api::RecordOffset;
+use floe_core::segment::{EncodeOptions, RunRef, encode_segment};
+use floe_index::{Index, RunCommit, RunOutcome, SegmentCommit, TopicMeta};
+use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::config::AgentConfig;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+
+/// Prefix of every segment object key. Keys never contain user input.
+pub const SEGMENT_PREFIX: &str = "segments";
+
+type Reply = Result<Vec<RecordOffset>, ApiError>;
+
+/// One produce request's records, each with its partition already chosen.
+struct Append {
+    topic: Arc<TopicMeta>,
+    records: Vec<(u32, Record)>,
+    bytes: usize,
+    _permit: OwnedSemaphorePermit,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Cheap handle request handlers use to append to the buffer.
+#[derive(Debug, Clone)]
+pub struct ProducerHandle {
+    tx: mpsc::Sender<Append>,
+    buffer: Arc<Semaphore>,
+    max_buffer: usize,
+    wait: Duration,
+}
+
+impl ProducerHandle {
+    /// Append records and wait until they are durable and committed.
+    pub async fn append(
+        &self,
+        topic: Arc<TopicMeta>,
+        records: Vec<(u32, Record)>,
+        bytes: usize,
+    ) -> Reply {
+        let want = bytes.clamp(1, self.max_buffer) as u32;
+        let permit = match tokio::time::timeout(self.wait, self.buffer.clone().acquire_many_owned(want)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(ApiError::unavailable("shutting_down", "the agent is shutting down")),
+            Err(_) => {
+                return Err(ApiError::unavailable(
+                    "overloaded",
+                    format!("produce buffer full for {:?}; retry later", self.wait),
+                ));
+            }
+        };
+        let (reply, rx) = oneshot::channel();
+        let append = Append { topic, records, bytes, _permit: permit, reply };
+        if self.tx.send(append).await.is_err() {
+            return Err(ApiError::unavailable("shutting_down", "the agent is shutting down"));
+        }
+        rx.await.unwrap_or_else(|_| Err(ApiError::unavailable("flush_aborted", "the flush carrying these records was aborted")))
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    config: Arc<AgentConfig>,
+    store: Arc<dyn ObjectStore>,
+    index: Arc<dyn Index>,
+    metrics: Metrics,
+    notifier: Notifier,
+}
+
+/// Start the buffer task. It ends (after flushing everything) when every handle is dropped.
+pub fn spawn(
+    config: Arc<AgentConfig>,
+    store: Arc<dyn ObjectStore>,
+    index: Arc<dyn Index>,
+    metrics: Metrics,
+    notifier: Notifier,
+) -> (ProducerHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(4096);
+    let handle = ProducerHandle {
+        tx,
+        buffer: Arc::new(Semaphore::new(config.limits.max_buffer_bytes.min(u32::MAX as usize >> 1))),
+        max_buffer: config.limits.max_buffer_bytes.min(u32::MAX as usize >> 1),
+        wait: Duration::from_millis(config.limits.buffer_wait_ms),
+    };
+    let ctx = Ctx { config, store, index, metrics, notifier };
+    let task = tokio::spawn(run(rx, ctx).instrument(info_span!("produce_buffer")));
+    (handle, task)
+}
+
+async fn run(mut rx: mpsc::Receiver<Append>, ctx: Ctx) {
+    let linger = ctx.config.linger;
+    let flight = Arc::new(Semaphore::new(ctx.config.max_inflight_flushes));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut prev: Option<oneshot::Receiver<()>> = None;
+    let mut buf: Vec<Append> = Vec::new();
+    let mut buf_bytes = 0usize;
+    let mut deadline = tokio::time::Instant::now();
+    let mut seq = 0u64;
+    let mut open = true;
+    while open {
+        let msg = if buf.is_empty() {
+            rx.recv().await
+        } else {
+            tokio::select! {
+                m = rx.recv() => m,
+                () = tokio::time::sleep_until(deadline) => {
+                    flush(&mut buf, &mut buf_bytes, &ctx, &flight, &mut prev, &mut tasks, &mut seq).await;
+                    continue;
+                }
+            }
+        };
+        match msg {
+            Some(a) => {
+                if buf.is_empty() {
+                    deadline = tokio::time::Instant::now() + linger;
+                }
+                buf_bytes += a.bytes;
+                buf.push(a);
+                if linger.is_zero() {
+                    // No linger: take whatever is already queued, then flush.
+                    while buf_bytes < ctx.config.flush_bytes {
+                        match rx.try_recv() {
+                            Ok(a) => {
+                                buf_bytes += a.bytes;
+                                buf.push(a);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                if linger.is_zero() || buf_bytes >= ctx.config.flush_bytes {
+                    flush(&mut buf, &mut buf_bytes, &ctx, &flight, &mut prev, &mut tasks, &mut seq).await;
+                }
+            }
+            None => open = false,
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    if !buf.is_empty() {
+        flush(&mut buf, &mut buf_bytes, &ctx, &flight, &mut prev, &mut tasks, &mut seq).await;
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn flush(
+    buf: &mut Vec<Append>,
+    buf_bytes: &mut usize,
+    ctx: &Ctx,
+    flight: &Arc<Semaphore>,
+    prev: &mut Option<oneshot::Receiver<()>>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    seq: &mut u64,
+) {
+    let batch = std::mem::take(buf);
+    *buf_bytes = 0;
+    // Bound the flushes in flight; waiting here pushes back on the channel and the buffer.
+    let Ok(permit) = flight.clone().acquire_owned().await else { return };
+    let (done_tx, done_rx) = oneshot::channel();
+    let before = prev.replace(done_rx);
+    *seq += 1;
+    let span = info_span!("flush", seq = *seq, requests = batch.len());
+    tasks.spawn(
+        flush_one(batch, ctx.clone(), before, done_tx, permit).instrument(span),
+    );
+}
+
+struct RunBuf {
+    topic: Arc<TopicMeta>,
+    partition: u32,
+    records: Vec<Record>,
+}
+
+async fn flush_one(
+    batch: Vec<Append>,
+    ctx: Ctx,
+    before: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let started = Instant::now();
+    // Group into runs; remember where each request's records went.
+    let mut run_of: HashMap<(i64, u32), usize> = HashMap::new();
+    let mut runs: Vec<RunBuf> = Vec::new();
+    let mut waiters = Vec::with_capacity(batch.len());
+    let mut total_records = 0u64;
+    let mut total_bytes = 0u64;
+    for a in batch {
+        let mut places = Vec::with_capacity(a.records.len());
+        total_bytes += a.bytes as u64;
+        for (p, r) in a.records {
+            let i = *run_of.entry((a.topic.id, p)).or_insert_with(|| {
+                runs.push(RunBuf { topic: a.topic.clone(), partition: p, records: Vec::new() });
+                runs.len() - 1
+            });
+            places.push((i, runs[i].records.len() as u64));
+            runs[i].records.push(r);
+            total_records += 1;
+        }
+        waiters.push((places, a.reply, a._permit));
+    }
+    let result = write_and_commit(&ctx, runs, before, started).await;
+    // Let the next flush commit whatever happened here.
+    drop(done);
+    match result {
+        Ok((runs, outcomes)) => {
+            ctx.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+            for (places, reply, _permit) in waiters {
+                let mut offsets = Vec::with_capacity(places.len());
+                let mut gone = None;
+                for (i, pos) in places {
+                    match outcomes[i] {
+                        RunOutcome::Committed { base_offset } => {
+                            offsets.push(RecordOffset { partition: runs[i].0, offset: base_offset + pos });
+                        }
+                        RunOutcome::TopicGone => gone = Some(i),
+                    }
+                }
+                let r = match gone {
+                    // Only possible when the topic was deleted while the flush ran.
+                    Some(i) => Err(ApiError::topic_not_found(&runs[i].1)),
+                    None => Ok(offsets),
+                };
+                let _ = reply.send(r);
+            }
+            ctx.metrics.records_produced.inc_by(total_records);
+            ctx.metrics.bytes_produced.inc_by(total_bytes);
+        }
+        Err(e) => {
+            ctx.metrics.flush_failures.inc();
+            warn!(code = e.code, error = %e.message, "flush failed; producers get 503");
+            for (_, reply, _) in waiters {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Encode, PUT and commit. Returns each run's (partition, topic name) and outcome.
+async fn write_and_commit(
+    ctx: &Ctx,
+    runs: Vec<RunBuf>,
+    before: Option<oneshot::Receiver<()>>,
+    started: Instant,
+) -> Result<(Vec<(u32, String)>, Vec<RunOutcome>), ApiError> {
+    let opts = EncodeOptions {
+        compression: ctx.config.compression,
+        max_rows_per_row_group: ctx.config.rows_per_row_group,
+    };
+    let (runs, encoded) = tokio::task::spawn_blocking(move || {
+        let refs: Vec<RunRef<'_>> = runs
+            .iter()
+            .map(|r| RunRef { topic: r.topic.name.as_str(), partition: r.partition, records: &r.records })
+            .collect();
+        let enc = encode_segment(&refs, opts);
+        (runs, enc)
+    })
+    .await
+    .map_err(|e| ApiError::unavailable("encode_failed", format!("segment encoding task failed: {e}")))?;
+    let (bytes, layouts) =
+        encoded.map_err(|e| ApiError::unavailable("encode_failed", format!("segment encoding failed: {e}")))?;
+    let size = bytes.len() as u64;
+    let key = format!("{SEGMENT_PREFIX}/{}-{}.parquet", uuid::Uuid::now_v7(), ctx.config.agent_id);
+    let put_started = Instant::now();
+    ctx.store
+        .put_opts(
+            &Path::from(key.as_str()),
+            PutPayload::from_bytes(bytes),
+            PutOptions { mode: PutMode::Create, ..PutOptions::default() },
+        )
+        .await
+        .map_err(|e| ApiError::unavailable("store_unavailable", format!("writing segment failed: {e}")))?;
+    debug!(key, size, put_ms = put_started.elapsed().as_millis() as u64, "segment written");
+    if let Some(b) = before {
+        let _ = b.await;
+    }
+    if put_started.elapsed() > ctx.config.commit_deadline {
+        return Err(ApiError::unavailable(
+            "commit_deadline_exceeded",
+            format!("segment not committed within {:?} of its write; abandoned", ctx.config.commit_deadline),
+        ));
+    }
+    let commit = SegmentCommit {
+        key: key.clone(),
+        size,
+        runs: runs
+            .iter()
+            .zip(&layouts)
+            .map(|(r, l)| RunCommit {
+                topic_id: r.topic.id,
+                partition: r.partition,
+                records: l.records,
+                row_group_first: l.row_group_first,
+                row_group_count: l.row_group_count,
+                byte_start: l.byte_start,
+                byte_end: l.byte_end,
+                min_timestamp_ms: l.min_timestamp_ms,
+                max_timestamp_ms: l.max_timestamp_ms,
+            })
+            .collect(),
+    };
+    let outcomes = ctx.index.commit(commit).await.map_err(|e| ApiError::index(&e))?;
+    if outcomes.len() != runs.len() {
+        return Err(ApiError::unavailable("index_unavailable", "index returned a wrong number of outcomes"));
+    }
+    for ((r, l), o) in runs.iter().zip(&layouts).zip(&outcomes) {
+        if let RunOutcome::Committed { base_offset } = o {
+            ctx.notifier.committed(r.topic.id, r.partition, base_offset + u64::from(l.records));
+        }
+    }
+    ctx.metrics.segments_written.inc();
+    ctx.metrics.flush_bytes.observe(size as f64);
+    debug!(key, runs = runs.len(), total_ms = started.elapsed().as_millis() as u64, "segment committed");
+    Ok((runs.into_iter().map(|r| (r.partition, r.topic.name.clone())).collect(), outcomes))
+}

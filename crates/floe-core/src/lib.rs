@@ -1,0 +1,16 @@
+//! Core types of Floe: records, validated names, limits, Kafka-compatible partitioner,
+//! the HTTP API types, and the Parquet segment format.
+//!
+//! Nothing in this crate does I/O; everything here is pure and unit-testable.
+
+pub mod api;
+pub mod limits;
+pub mod log;
+pub mod name;
+pub mod partitioner;
+pub mod record;
+pub mod segment;
+
+pub use limits::Limits;
+pub use name::{NameError, TopicName};
+pub use record::Record;

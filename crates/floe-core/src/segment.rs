@@ -1,0 +1,620 @@
+//! The segment format: one immutable Parquet object per flush.
+//!
+//! A segment holds every record of one flush, grouped into *runs*: the records of one
+//! (topic, partition) in arrival order. Each run occupies its own contiguous row groups,
+//! so a reader fetches one run with one byte-range read and decodes nothing else.
+//!
+//! Columns (readable by any Parquet tool):
+//! - `topic` (utf8), `partition` (int32)
+//! - `run_offset` (int64): position of the record inside its run. Offsets are assigned
+//!   when the index commits the segment, so the absolute offset is
+//!   `base_offset` (from the index) + `run_offset`.
+//! - `timestamp` (timestamp\[ms, UTC\]): the agent's clock at produce time; informational.
+//! - `key` (binary, nullable), `value` (binary)
+//! - `headers` (list<struct<key: utf8, value: utf8>>)
+
+use std::ops::Range;
+use std::sync::{Arc, LazyLock};
+
+use arrow_array::builder::{
+    BinaryBuilder, ListBuilder, StringBuilder, StructBuilder,
+};
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
+    StructArray, TimestampMillisecondArray,
+};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use parquet::basic::{Compression as PqCompression, ZstdLevel};
+use parquet::file::metadata::{FooterTail, KeyValue, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{ChunkReader, Length};
+
+use crate::record::Record;
+
+/// Value of the `floe.segment.version` key in every segment's Parquet metadata.
+pub const FORMAT_VERSION: &str = "1";
+/// Size of the Parquet footer tail (metadata length + magic).
+pub const FOOTER_TAIL: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("corrupt segment: {0}")]
+    Corrupt(String),
+}
+
+/// Compression codec for segment columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Lz4,
+    Zstd(i32),
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "lz4" => Ok(Self::Lz4),
+            "zstd" => Ok(Self::Zstd(1)),
+            other => match other.strip_prefix("zstd:").map(str::parse::<i32>) {
+                Some(Ok(l)) if (1..=22).contains(&l) => Ok(Self::Zstd(l)),
+                _ => Err(format!("unknown compression {other:?}: use none, lz4, zstd or zstd:LEVEL")),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    pub compression: Compression,
+    /// Rows per row group; a run longer than this spans several row groups.
+    pub max_rows_per_row_group: usize,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self { compression: Compression::Lz4, max_rows_per_row_group: 16 * 1024 }
+    }
+}
+
+/// The records of one (topic, partition) inside a flush, in arrival order.
+#[derive(Debug, Clone, Copy)]
+pub struct RunRef<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    pub records: &'a [Record],
+}
+
+/// Where a run landed inside the encoded segment. Stored in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLayout {
+    pub records: u32,
+    pub row_group_first: u32,
+    pub row_group_count: u32,
+    /// Byte range of the run's column chunks inside the object.
+    pub byte_start: u64,
+    pub byte_end: u64,
+    pub min_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("run_offset", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, false),
+        Field::new(
+            "headers",
+            DataType::List(Arc::new(Field::new("item", DataType::Struct(header_fields()), true))),
+            false,
+        ),
+    ]))
+});
+
+fn header_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, false),
+    ])
+}
+
+/// The Arrow schema of every segment.
+pub fn schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+fn run_batch(run: &RunRef<'_>, rows: Range<usize>) -> Result<RecordBatch, SegmentError> {
+    let recs = &run.records[rows.clone()];
+    let n = recs.len();
+    let partition = i32::try_from(run.partition)
+        .map_err(|_| SegmentError::Corrupt(format!("partition {} out of range", run.partition)))?;
+    let topic: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(run.topic, n)));
+    let part: ArrayRef = Arc::new(Int32Array::from_value(partition, n));
+    let off: ArrayRef = Arc::new(Int64Array::from_iter_values(rows.map(|i| i as i64)));
+    let ts: ArrayRef = Arc::new(
+        TimestampMillisecondArray::from_iter_values(recs.iter().map(|r| r.timestamp_ms))
+            .with_timezone("UTC"),
+    );
+    let key_bytes: usize = recs.iter().map(|r| r.key.as_ref().map_or(0, Bytes::len)).sum();
+    let mut keys = BinaryBuilder::with_capacity(n, key_bytes);
+    let val_bytes: usize = recs.iter().map(|r| r.value.len()).sum();
+    let mut vals = BinaryBuilder::with_capacity(n, val_bytes);
+    let mut headers = ListBuilder::new(StructBuilder::from_fields(header_fields(), 0));
+    for r in recs {
+        keys.append_option(r.key.as_deref());
+        vals.append_value(&r.value);
+        let sb = headers.values();
+        for (k, v) in &r.headers {
+            field_builder::<StringBuilder>(sb, 0)?.append_value(k);
+            field_builder::<StringBuilder>(sb, 1)?.append_value(v);
+            sb.append(true);
+        }
+        headers.append(true);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        topic,
+        part,
+        off,
+        ts,
+        Arc::new(keys.finish()),
+        Arc::new(vals.finish()),
+        Arc::new(headers.finish()),
+    ];
+    Ok(RecordBatch::try_new(schema(), cols)?)
+}
+
+fn field_builder<T: arrow_array::builder::ArrayBuilder>(
+    sb: &mut StructBuilder,
+    i: usize,
+) -> Result<&mut T, SegmentError> {
+    sb.field_builder::<T>(i)
+        .ok_or_else(|| SegmentError::Corrupt("header builder type mismatch".into()))
+}
+
+/// Encode runs into one Parquet object. Each run gets its own row groups.
+pub fn encode_segment(
+    runs: &[RunRef<'_>],
+    opts: EncodeOptions,
+) -> Result<(Bytes, Vec<RunLayout>), SegmentError> {
+    let compression = match opts.compression {
+        Compression::None => PqCompression::UNCOMPRESSED,
+        Compression::Lz4 => PqCompression::LZ4_RAW,
+        Compression::Zstd(l) => PqCompression::ZSTD(ZstdLevel::try_new(l)?),
+    };
+    let max_rows = opts.max_rows_per_row_group.max(1);
+    let props = WriterProperties::builder()
+        .set_compression(compression)
+        .set_max_row_group_row_count(Some(max_rows))
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            "floe.segment.version".to_string(),
+            FORMAT_VERSION.to_string(),
+        )]))
+        .build();
+    let total_bytes: usize = runs.iter().flat_map(|r| r.records.iter()).map(Record::size).sum();
+    let mut out = Vec::with_capacity(total_bytes + 4096);
+    let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
+    let mut rg_spans = Vec::with_capacity(runs.len());
+    for run in runs {
+        if run.records.is_empty() {
+            return Err(SegmentError::Corrupt("empty run".into()));
+        }
+        let first = writer.flushed_row_groups().len();
+        let mut start = 0;
+        while start < run.records.len() {
+            let end = (start + max_rows).min(run.records.len());
+            writer.write(&run_batch(run, start..end)?)?;
+            writer.flush()?;
+            start = end;
+        }
+        rg_spans.push((first, writer.flushed_row_groups().len()));
+    }
+    let meta = writer.close()?;
+    let bytes = Bytes::from(out);
+    let mut layouts = Vec::with_capacity(runs.len());
+    for (run, (first, end)) in runs.iter().zip(rg_spans) {
+        let (mut lo, mut hi) = (u64::MAX, 0u64);
+        for rg in &meta.row_groups()[first..end] {
+            for c in rg.columns() {
+                let (s, l) = c.byte_range();
+                lo = lo.min(s);
+                hi = hi.max(s + l);
+            }
+        }
+        let ts = run.records.iter().map(|r| r.timestamp_ms);
+        layouts.push(RunLayout {
+            records: u32::try_from(run.records.len())
+                .map_err(|_| SegmentError::Corrupt("run too long".into()))?,
+            row_group_first: first as u32,
+            row_group_count: (end - first) as u32,
+            byte_start: lo,
+            byte_end: hi,
+            min_timestamp_ms: ts.clone().min().unwrap_or(0),
+            max_timestamp_ms: ts.max().unwrap_or(0),
+        });
+    }
+    Ok((bytes, layouts))
+}
+
+/// Result of looking at the tail of a segment object.
+#[derive(Debug)]
+pub enum Footer {
+    /// The footer is complete; here is the metadata.
+    Parsed(Arc<ParquetMetaData>),
+    /// The tail given was too short: read this many bytes from the end of the object.
+    NeedSuffix(usize),
+}
+
+/// Parse the footer from the last bytes of a segment object (`tail` = the object's suffix).
+pub fn parse_footer(tail: &[u8]) -> Result<Footer, SegmentError> {
+    if tail.len() < FOOTER_TAIL {
+        return Err(SegmentError::Corrupt("object shorter than a parquet footer".into()));
+    }
+    let ft = FooterTail::try_from(&tail[tail.len() - FOOTER_TAIL..])?;
+    let need = ft.metadata_length() + FOOTER_TAIL;
+    if tail.len() < need {
+        return Ok(Footer::NeedSuffix(need));
+    }
+    let meta = ParquetMetaDataReader::decode_metadata(
+        &tail[tail.len() - need..tail.len() - FOOTER_TAIL],
+    )?;
+    Ok(Footer::Parsed(Arc::new(meta)))
+}
+
+/// A byte range of an object, presented to the Parquet reader as if it were the whole file.
+struct RangeChunk {
+    base: u64,
+    data: Bytes,
+    file_len: u64,
+}
+
+impl Length for RangeChunk {
+    fn len(&self) -> u64 {
+        self.file_len
+    }
+}
+
+impl ChunkReader for RangeChunk {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        use bytes::Buf;
+        let len = (self.base + self.data.len() as u64).saturating_sub(start) as usize;
+        Ok(self.slice(start, len)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.slice(start, length)
+    }
+}
+
+impl RangeChunk {
+    fn slice(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        let rel = start
+            .checked_sub(self.base)
+            .map(|r| r as usize)
+            .filter(|r| r.saturating_add(length) <= self.data.len())
+            .ok_or_else(|| {
+                parquet::errors::ParquetError::General(format!(
+                    "read {start}+{length} outside fetched range {}+{}",
+                    self.base,
+                    self.data.len()
+                ))
+            })?;
+        Ok(self.data.slice(rel..rel + length))
+    }
+}
+
+/// Typed columns of one decoded batch.
+#[derive(Debug)]
+struct Cols {
+    ts: TimestampMillisecondArray,
+    key: BinaryArray,
+    value: BinaryArray,
+    headers: ListArray,
+    header_keys: StringArray,
+    header_values: StringArray,
+}
+
+/// One run, decoded; rows are addressed by their position in the run.
+#[derive(Debug)]
+pub struct DecodedRun {
+    batches: Vec<Cols>,
+    /// `starts[i]` = run position of the first row of `batches[i]`.
+    starts: Vec<usize>,
+    len: usize,
+    mem: usize,
+}
+
+/// A record borrowed from a decoded run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub timestamp_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: Vec<(&'a str, &'a str)>,
+}
+
+impl RecordView<'_> {
+    pub fn size(&self) -> usize {
+        self.key.map_or(0, <[u8]>::len)
+            + self.value.len()
+            + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    }
+}
+
+impl DecodedRun {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Approximate memory held, for cache weighting.
+    pub fn memory_size(&self) -> usize {
+        self.mem
+    }
+
+    /// The record at run position `i`.
+    pub fn get(&self, i: usize) -> Option<RecordView<'_>> {
+        if i >= self.len {
+            return None;
+        }
+        let b = self.starts.partition_point(|&s| s <= i) - 1;
+        let c = &self.batches[b];
+        let row = i - self.starts[b];
+        let offs = c.headers.value_offsets();
+        let (hs, he) = (offs[row] as usize, offs[row + 1] as usize);
+        let headers = (hs..he).map(|j| (c.header_keys.value(j), c.header_values.value(j))).collect();
+        Some(RecordView {
+            timestamp_ms: c.ts.value(row),
+            key: (!c.key.is_null(row)).then(|| c.key.value(row)),
+            value: c.value.value(row),
+            headers,
+        })
+    }
+}
+
+/// What the index says about a run, needed to decode and check it.
+#[derive(Debug, Clone)]
+pub struct RunLocation<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    pub records: u32,
+    pub row_group_first: u32,
+    pub row_group_count: u32,
+    pub byte_start: u64,
+}
+
+/// Decode one run from the bytes `[byte_start, byte_start + data.len())` of a segment whose
+/// footer is `meta`. Checks the run's invariants: right topic and partition, and
+/// `run_offset` exactly `0..records`.
+pub fn decode_run(
+    meta: &Arc<ParquetMetaData>,
+    file_len: u64,
+    loc: &RunLocation<'_>,
+    data: Bytes,
+) -> Result<DecodedRun, SegmentError> {
+    let first = loc.row_group_first as usize;
+    let end = first + loc.row_group_count as usize;
+    if end > meta.num_row_groups() {
+        return Err(SegmentError::Corrupt(format!(
+            "run row groups {first}..{end} beyond {} in segment",
+            meta.num_row_groups()
+        )));
+    }
+    let arm = ArrowReaderMetadata::try_new(meta.clone(), ArrowReaderOptions::new())?;
+    let mem = data.len();
+    let chunk = RangeChunk { base: loc.byte_start, data, file_len };
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, arm)
+        .with_row_groups((first..end).collect())
+        .with_batch_size(64 * 1024)
+        .build()?;
+    let mut batches = Vec::new();
+    let mut starts = Vec::new();
+    let mut len = 0usize;
+    let mut mem_total = mem;
+    for batch in reader {
+        let batch = batch?;
+        mem_total += batch.get_array_memory_size();
+        check_batch(&batch, loc, len)?;
+        starts.push(len);
+        len += batch.num_rows();
+        batches.push(cols(&batch)?);
+    }
+    if len != loc.records as usize {
+        return Err(SegmentError::Corrupt(format!(
+            "run has {len} rows, index says {}",
+            loc.records
+        )));
+    }
+    // The raw range is not kept: only the decoded arrays are.
+    Ok(DecodedRun { batches, starts, len, mem: mem_total - mem })
+}
+
+fn col<'b, T: 'static>(b: &'b RecordBatch, i: usize) -> Result<&'b T, SegmentError> {
+    b.column(i)
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| SegmentError::Corrupt(format!("column {i} has an unexpected type")))
+}
+
+fn check_batch(b: &RecordBatch, loc: &RunLocation<'_>, start: usize) -> Result<(), SegmentError> {
+    let topic = col::<StringArray>(b, 0)?;
+    let part = col::<Int32Array>(b, 1)?;
+    let off = col::<Int64Array>(b, 2)?;
+    for i in 0..b.num_rows() {
+        if topic.value(i) != loc.topic
+            || part.value(i) as i64 != loc.partition as i64
+            || off.value(i) != (start + i) as i64
+        {
+            return Err(SegmentError::Corrupt(format!(
+                "row {} is ({}, {}, {}), expected ({}, {}, {})",
+                start + i,
+                topic.value(i),
+                part.value(i),
+                off.value(i),
+                loc.topic,
+                loc.partition,
+                start + i
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn cols(b: &RecordBatch) -> Result<Cols, SegmentError> {
+    let headers = col::<ListArray>(b, 6)?;
+    let hstruct = headers
+        .values()
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| SegmentError::Corrupt("headers are not a struct list".into()))?;
+    let child = |i: usize| {
+        hstruct
+            .column(i)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .cloned()
+            .ok_or_else(|| SegmentError::Corrupt("header fields are not strings".into()))
+    };
+    Ok(Cols {
+        ts: col::<TimestampMillisecondArray>(b, 3)?.clone(),
+        key: col::<BinaryArray>(b, 4)?.clone(),
+        value: col::<BinaryArray>(b, 5)?.clone(),
+        headers: headers.clone(),
+        header_keys: child(0)?,
+        header_values: child(1)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rec(i: usize) -> Record {
+        Record {
+            timestamp_ms: 1_700_000_000_000 + i as i64,
+            key: (i % 3 != 0).then(|| Bytes::from(format!("k{i}"))),
+            value: Bytes::from(format!("value-{i}")),
+            headers: if i % 2 == 0 { vec![("h".into(), format!("{i}"))] } else { vec![] },
+        }
+    }
+
+    fn roundtrip(runs: &[RunRef<'_>], opts: EncodeOptions) {
+        let (bytes, layouts) = encode_segment(runs, opts).unwrap();
+        // Read the footer the way the agent does: from a short suffix first.
+        let tail = &bytes[bytes.len().saturating_sub(64)..];
+        let meta = match parse_footer(tail).unwrap() {
+            Footer::Parsed(m) => m,
+            Footer::NeedSuffix(n) => match parse_footer(&bytes[bytes.len() - n..]).unwrap() {
+                Footer::Parsed(m) => m,
+                Footer::NeedSuffix(_) => panic!("footer still incomplete"),
+            },
+        };
+        for (run, lay) in runs.iter().zip(&layouts) {
+            let loc = RunLocation {
+                topic: run.topic,
+                partition: run.partition,
+                records: lay.records,
+                row_group_first: lay.row_group_first,
+                row_group_count: lay.row_group_count,
+                byte_start: lay.byte_start,
+            };
+            let data = bytes.slice(lay.byte_start as usize..lay.byte_end as usize);
+            let dec = decode_run(&meta, bytes.len() as u64, &loc, data).unwrap();
+            assert_eq!(dec.len(), run.records.len());
+            for (i, r) in run.records.iter().enumerate() {
+                let v = dec.get(i).unwrap();
+                assert_eq!(v.timestamp_ms, r.timestamp_ms);
+                assert_eq!(v.key, r.key.as_deref());
+                assert_eq!(v.value, &r.value[..]);
+                let hs: Vec<(&str, &str)> =
+                    r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                assert_eq!(v.headers, hs);
+            }
+            assert!(dec.get(run.records.len()).is_none());
+        }
+    }
+
+    #[test]
+    fn runs_roundtrip_and_split_row_groups() {
+        let a: Vec<Record> = (0..1000).map(rec).collect();
+        let b: Vec<Record> = (0..7).map(rec).collect();
+        let runs = [
+            RunRef { topic: "orders", partition: 0, records: &a },
+            RunRef { topic: "orders", partition: 3, records: &b },
+            RunRef { topic: "x.y-z", partition: 0, records: &b[..1] },
+        ];
+        for c in [Compression::None, Compression::Lz4, Compression::Zstd(1)] {
+            roundtrip(&runs, EncodeOptions { compression: c, max_rows_per_row_group: 300 });
+        }
+        let (_, lay) = encode_segment(&runs, EncodeOptions { compression: Compression::Lz4, max_rows_per_row_group: 300 }).unwrap();
+        assert_eq!(lay[0].row_group_count, 4);
+        assert_eq!((lay[1].row_group_first, lay[1].row_group_count), (4, 1));
+        assert_eq!(lay[2].row_group_first, 5);
+        assert!(lay[0].byte_end <= lay[1].byte_start, "runs must not overlap");
+    }
+
+    #[test]
+    fn decode_rejects_wrong_partition() {
+        let a: Vec<Record> = (0..10).map(rec).collect();
+        let (bytes, lay) = encode_segment(&[RunRef { topic: "t", partition: 1, records: &a }], EncodeOptions::default()).unwrap();
+        let Footer::Parsed(meta) = parse_footer(&bytes).unwrap() else { panic!() };
+        let loc = RunLocation { topic: "t", partition: 2, records: 10, row_group_first: 0, row_group_count: 1, byte_start: lay[0].byte_start };
+        let data = bytes.slice(lay[0].byte_start as usize..lay[0].byte_end as usize);
+        assert!(matches!(decode_run(&meta, bytes.len() as u64, &loc, data), Err(SegmentError::Corrupt(_))));
+    }
+
+    #[test]
+    fn max_size_record_roundtrips() {
+        let big = Record { timestamp_ms: 0, key: Some(Bytes::from(vec![0u8; 100])), value: Bytes::from(vec![0xffu8; 1024 * 1024]), headers: vec![] };
+        let empty = Record { timestamp_ms: -5, key: Some(Bytes::new()), value: Bytes::new(), headers: vec![("".into(), "".into())] };
+        let recs = vec![big, empty];
+        roundtrip(&[RunRef { topic: "big", partition: 0, records: &recs }], EncodeOptions::default());
+    }
+
+    fn arb_record() -> impl Strategy<Value = Record> {
+        (
+            any::<i64>(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            proptest::collection::vec(any::<u8>(), 0..512),
+            proptest::collection::vec((".{0,8}", ".{0,16}"), 0..4),
+        )
+            .prop_map(|(ts, k, v, h)| Record {
+                timestamp_ms: ts,
+                key: k.map(Bytes::from),
+                value: Bytes::from(v),
+                headers: h,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn arbitrary_runs_roundtrip(
+            runs in proptest::collection::vec((0u32..8, proptest::collection::vec(arb_record(), 1..40)), 1..6),
+            rows in 1usize..50,
+        ) {
+            let refs: Vec<RunRef<'_>> = runs.iter().map(|(p, r)| RunRef { topic: "prop", partition: *p, records: r }).collect();
+            roundtrip(&refs, EncodeOptions { compression: Compression::Zstd(1), max_rows_per_row_group: rows });
+        }
+    }
+}

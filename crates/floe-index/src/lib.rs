@@ -1,0 +1,150 @@
+//! The metadata index: topics, partitions, and which segment run holds which offsets.
+//!
+//! The index is the single place where offsets are assigned: [`Index::commit`] takes the
+//! runs of one freshly written segment and, in one transaction, gives each run its base
+//! offset and records where it lives. A segment whose commit never happened is an orphan
+//! and is never served.
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use floe_core::log::RunSpan;
+
+pub use sqlite::SqliteIndex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("too many topics: the limit is {0}")]
+    TooManyTopics(usize),
+    #[error("index url {0:?} is not supported (use sqlite://PATH)")]
+    BadUrl(String),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("index task failed: {0}")]
+    Task(String),
+    #[error("index data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = IndexError> = std::result::Result<T, E>;
+
+/// A topic as the index stores it. `id` changes when a topic is deleted and re-created,
+/// so a commit for the old incarnation can never land in the new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMeta {
+    pub id: i64,
+    pub name: String,
+    pub partitions: u32,
+    pub retention_ms: Option<i64>,
+    pub config: BTreeMap<String, String>,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: u32,
+    pub retention_ms: Option<i64>,
+    pub config: BTreeMap<String, String>,
+    pub created_ms: i64,
+    /// Refuse to create more than this many topics.
+    pub max_topics: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub partition: u32,
+    pub start_offset: u64,
+    pub end_offset: u64,
+}
+
+/// One run of a segment to commit.
+#[derive(Debug, Clone)]
+pub struct RunCommit {
+    pub topic_id: i64,
+    pub partition: u32,
+    pub records: u32,
+    pub row_group_first: u32,
+    pub row_group_count: u32,
+    pub byte_start: u64,
+    pub byte_end: u64,
+    pub min_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+}
+
+/// A written segment object and its runs.
+#[derive(Debug, Clone)]
+pub struct SegmentCommit {
+    pub key: String,
+    pub size: u64,
+    pub runs: Vec<RunCommit>,
+}
+
+/// A committed run, as read back for fetches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunEntry {
+    pub base_offset: u64,
+    pub records: u32,
+    pub segment_key: String,
+    pub segment_size: u64,
+    pub row_group_first: u32,
+    pub row_group_count: u32,
+    pub byte_start: u64,
+    pub byte_end: u64,
+}
+
+impl RunSpan for RunEntry {
+    fn base_offset(&self) -> u64 {
+        self.base_offset
+    }
+    fn records(&self) -> u32 {
+        self.records
+    }
+}
+
+/// Outcome of committing one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Committed; the run's first record has this offset.
+    Committed { base_offset: u64 },
+    /// The topic (this incarnation) or partition no longer exists; nothing was written for it.
+    TopicGone,
+}
+
+/// The metadata index. Implementations must make `commit` atomic: all runs whose topic
+/// exists are committed together, or none is.
+#[async_trait]
+pub trait Index: Send + Sync + std::fmt::Debug + 'static {
+    async fn create_topic(&self, t: NewTopic) -> Result<TopicMeta>;
+    async fn list_topics(&self) -> Result<Vec<TopicMeta>>;
+    async fn get_topic(&self, name: &str) -> Result<Option<TopicMeta>>;
+    /// Delete a topic and its runs. Returns false when it did not exist.
+    async fn delete_topic(&self, name: &str) -> Result<bool>;
+    async fn partition_offsets(&self, topic_id: i64) -> Result<Vec<PartitionOffsets>>;
+    /// Next offset to be assigned, or `None` when the partition does not exist.
+    async fn end_offset(&self, topic_id: i64, partition: u32) -> Result<Option<u64>>;
+    /// Commit the runs of one segment; one outcome per run, in order.
+    async fn commit(&self, seg: SegmentCommit) -> Result<Vec<RunOutcome>>;
+    /// Runs of a partition covering `offset` and after, in offset order, at most `limit`.
+    async fn runs_from(&self, topic_id: i64, partition: u32, offset: u64, limit: u32) -> Result<Vec<RunEntry>>;
+    /// Whether any committed run refers to this segment object.
+    async fn segment_referenced(&self, key: &str) -> Result<bool>;
+    /// Check the index is reachable.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Open an index from its URL: `sqlite://PATH` (a file; created if missing).
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Index>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(IndexError::BadUrl(url.to_string()));
+        }
+        let idx = SqliteIndex::open(std::path::Path::new(path)).await?;
+        return Ok(std::sync::Arc::new(idx));
+    }
+    Err(IndexError::BadUrl(url.to_string()))
+}

@@ -1,0 +1,369 @@
+//! SQLite index: the embedded default. One writer connection serializes commits; a separate
+//! reader connection serves lookups (WAL mode lets it read while a commit is running).
+//! `synchronous=FULL` makes every commit durable before it returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use floe_core::log::assign_offsets;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{
+    Index, IndexError, NewTopic, PartitionOffsets, Result, RunEntry, RunOutcome, SegmentCommit,
+    TopicMeta,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS topics (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    partitions INTEGER NOT NULL,
+    retention_ms INTEGER,
+    config TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS partitions (
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    base_offset INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    segment_key TEXT NOT NULL,
+    segment_size INTEGER NOT NULL,
+    rg_first INTEGER NOT NULL,
+    rg_count INTEGER NOT NULL,
+    byte_start INTEGER NOT NULL,
+    byte_end INTEGER NOT NULL,
+    min_ts INTEGER NOT NULL,
+    max_ts INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, partition, base_offset)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS runs_by_segment ON runs (segment_key);
+";
+
+#[derive(Debug, Clone)]
+pub struct SqliteIndex {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn connect(path: &Path) -> Result<Connection> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(c)
+}
+
+fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    // A panic while holding the lock cannot leave a half-applied transaction behind
+    // (rusqlite rolls back on drop), so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl SqliteIndex {
+    pub async fn open(path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| IndexError::Task(format!("create {}: {e}", dir.display())))?;
+            }
+            let w = connect(&path)?;
+            w.execute_batch(SCHEMA)?;
+            let r = connect(&path)?;
+            Ok(Self { writer: Arc::new(Mutex::new(w)), reader: Arc::new(Mutex::new(r)) })
+        })
+        .await
+        .map_err(|e| IndexError::Task(e.to_string()))?
+    }
+
+    async fn with<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = conn.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&conn)))
+            .await
+            .map_err(|e| IndexError::Task(e.to_string()))?
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        Self::with(&self.reader, f).await
+    }
+
+    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        Self::with(&self.writer, f).await
+    }
+}
+
+fn topic_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, u32, Option<i64>, String, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn to_meta(t: (i64, String, u32, Option<i64>, String, i64)) -> Result<TopicMeta> {
+    let config: BTreeMap<String, String> = decode_config(&t.4)?;
+    Ok(TopicMeta { id: t.0, name: t.1, partitions: t.2, retention_ms: t.3, config, created_ms: t.5 })
+}
+
+/// Config is stored as `key=value` lines with `\` escaping, to keep this crate free of JSON.
+fn encode_config(c: &BTreeMap<String, String>) -> String {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('\n', "\\n").replace('=', "\\e");
+    c.iter().map(|(k, v)| format!("{}={}\n", esc(k), esc(v))).collect()
+}
+
+fn decode_config(s: &str) -> Result<BTreeMap<String, String>> {
+    let unesc = |s: &str| s.replace("\\e", "=").replace("\\n", "\n").replace("\\\\", "\\");
+    s.lines()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (unesc(k), unesc(v)))
+                .ok_or_else(|| IndexError::Corrupt(format!("bad config line {l:?}")))
+        })
+        .collect()
+}
+
+const TOPIC_COLS: &str = "id, name, partitions, retention_ms, config, created_ms";
+
+#[async_trait]
+impl Index for SqliteIndex {
+    async fn create_topic(&self, t: NewTopic) -> Result<TopicMeta> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let n: i64 = tx.query_row("SELECT COUNT(*) FROM topics", [], |r| r.get(0))?;
+            if n as usize >= t.max_topics {
+                return Err(IndexError::TooManyTopics(t.max_topics));
+            }
+            let inserted = tx.execute(
+                "INSERT INTO topics (name, partitions, retention_ms, config, created_ms) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(name) DO NOTHING",
+                params![t.name, t.partitions, t.retention_ms, encode_config(&t.config), t.created_ms],
+            )?;
+            if inserted == 0 {
+                return Err(IndexError::TopicExists(t.name));
+            }
+            let id = tx.last_insert_rowid();
+            {
+                let mut st = tx.prepare("INSERT INTO partitions (topic_id, partition, start_offset, next_offset) VALUES (?1, ?2, 0, 0)")?;
+                for p in 0..t.partitions {
+                    st.execute(params![id, p])?;
+                }
+            }
+            tx.commit()?;
+            Ok(TopicMeta { id, name: t.name, partitions: t.partitions, retention_ms: t.retention_ms, config: t.config, created_ms: t.created_ms })
+        })
+        .await
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicMeta>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(&format!("SELECT {TOPIC_COLS} FROM topics ORDER BY name"))?;
+            let rows = st.query_map([], topic_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter().map(to_meta).collect()
+        })
+        .await
+    }
+
+    async fn get_topic(&self, name: &str) -> Result<Option<TopicMeta>> {
+        let name = name.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!("SELECT {TOPIC_COLS} FROM topics WHERE name = ?1"))?;
+            st.query_row([name], topic_row).optional()?.map(to_meta).transpose()
+        })
+        .await
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let id: Option<i64> = tx.query_row("SELECT id FROM topics WHERE name = ?1", [&name], |r| r.get(0)).optional()?;
+            let Some(id) = id else { return Ok(false) };
+            tx.execute("DELETE FROM runs WHERE topic_id = ?1", [id])?;
+            tx.execute("DELETE FROM partitions WHERE topic_id = ?1", [id])?;
+            tx.execute("DELETE FROM topics WHERE id = ?1", [id])?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn partition_offsets(&self, topic_id: i64) -> Result<Vec<PartitionOffsets>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT partition, start_offset, next_offset FROM partitions WHERE topic_id = ?1 ORDER BY partition")?;
+            let rows = st
+                .query_map([topic_id], |r| Ok(PartitionOffsets { partition: r.get(0)?, start_offset: r.get(1)?, end_offset: r.get(2)? }))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn end_offset(&self, topic_id: i64, partition: u32) -> Result<Option<u64>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT next_offset FROM partitions WHERE topic_id = ?1 AND partition = ?2")?;
+            Ok(st.query_row(params![topic_id, partition], |r| r.get(0)).optional()?)
+        })
+        .await
+    }
+
+    async fn commit(&self, seg: SegmentCommit) -> Result<Vec<RunOutcome>> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let mut ends: HashMap<(i64, u32), Option<u64>> = HashMap::new();
+            {
+                let mut st = tx.prepare_cached("SELECT next_offset FROM partitions WHERE topic_id = ?1 AND partition = ?2")?;
+                for r in &seg.runs {
+                    if let std::collections::hash_map::Entry::Vacant(e) = ends.entry((r.topic_id, r.partition)) {
+                        e.insert(st.query_row(params![r.topic_id, r.partition], |row| row.get(0)).optional()?);
+                    }
+                }
+            }
+            let live: Vec<((i64, u32), u32)> = seg
+                .runs
+                .iter()
+                .filter(|r| ends.get(&(r.topic_id, r.partition)).copied().flatten().is_some())
+                .map(|r| ((r.topic_id, r.partition), r.records))
+                .collect();
+            let assigned = assign_offsets(&live, |k| ends.get(k).copied().flatten().unwrap_or(0));
+            let mut bases = assigned.iter();
+            let mut out = Vec::with_capacity(seg.runs.len());
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )?;
+                let mut upd = tx.prepare_cached("UPDATE partitions SET next_offset = ?3 WHERE topic_id = ?1 AND partition = ?2 AND next_offset = ?4")?;
+                for r in &seg.runs {
+                    if ends.get(&(r.topic_id, r.partition)).copied().flatten().is_none() {
+                        out.push(RunOutcome::TopicGone);
+                        continue;
+                    }
+                    let Some(&(_, base, n)) = bases.next() else {
+                        return Err(IndexError::Corrupt("offset assignment lost a run".into()));
+                    };
+                    ins.execute(params![
+                        r.topic_id, r.partition, base, r.records, seg.key, seg.size, r.row_group_first,
+                        r.row_group_count, r.byte_start, r.byte_end, r.min_timestamp_ms, r.max_timestamp_ms
+                    ])?;
+                    // Compare-and-set on the end offset: the assertion that no other writer
+                    // moved it (there is one writer connection, so this must hold).
+                    if upd.execute(params![r.topic_id, r.partition, base + n, base])? != 1 {
+                        return Err(IndexError::Corrupt(format!("end offset of ({}, {}) moved during commit", r.topic_id, r.partition)));
+                    }
+                    out.push(RunOutcome::Committed { base_offset: base });
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn runs_from(&self, topic_id: i64, partition: u32, offset: u64, limit: u32) -> Result<Vec<RunEntry>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end FROM runs
+                 WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= COALESCE(
+                    (SELECT MAX(base_offset) FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)
+                 ORDER BY base_offset LIMIT ?4",
+            )?;
+            let rows = st
+                .query_map(params![topic_id, partition, offset, limit], |r| {
+                    Ok(RunEntry {
+                        base_offset: r.get(0)?,
+                        records: r.get(1)?,
+                        segment_key: r.get(2)?,
+                        segment_size: r.get(3)?,
+                        row_group_first: r.get(4)?,
+                        row_group_count: r.get(5)?,
+                        byte_start: r.get(6)?,
+                        byte_end: r.get(7)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn segment_referenced(&self, key: &str) -> Result<bool> {
+        let key = key.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT 1 FROM runs WHERE segment_key = ?1 LIMIT 1")?;
+            Ok(st.query_row([key], |_| Ok(())).optional()?.is_some())
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RunCommit;
+
+    fn run(topic_id: i64, partition: u32, records: u32) -> RunCommit {
+        RunCommit { topic_id, partition, records, row_group_first: 0, row_group_count: 1, byte_start: 4, byte_end: 100, min_timestamp_ms: 0, max_timestamp_ms: 0 }
+    }
+
+    async fn idx() -> (tempfile::TempDir, SqliteIndex) {
+        let d = tempfile::tempdir().unwrap();
+        let i = SqliteIndex::open(&d.path().join("index.db")).await.unwrap();
+        (d, i)
+    }
+
+    fn new_topic(name: &str, partitions: u32) -> NewTopic {
+        NewTopic { name: name.into(), partitions, retention_ms: None, config: BTreeMap::from([("a=b".into(), "x\ny".into())]), created_ms: 1, max_topics: 3 }
+    }
+
+    #[tokio::test]
+    async fn commit_assigns_dense_offsets_and_skips_deleted_topics() {
+        let (_d, i) = idx().await;
+        let a = i.create_topic(new_topic("a", 2)).await.unwrap();
+        let b = i.create_topic(new_topic("b", 1)).await.unwrap();
+        assert!(matches!(i.create_topic(new_topic("a", 1)).await, Err(IndexError::TopicExists(_))));
+        let out = i.commit(SegmentCommit { key: "s1".into(), size: 10, runs: vec![run(a.id, 0, 3), run(b.id, 0, 2), run(a.id, 1, 1)] }).await.unwrap();
+        assert_eq!(out, vec![RunOutcome::Committed { base_offset: 0 }, RunOutcome::Committed { base_offset: 0 }, RunOutcome::Committed { base_offset: 0 }]);
+        let out = i.commit(SegmentCommit { key: "s2".into(), size: 10, runs: vec![run(a.id, 0, 5), run(99, 0, 1)] }).await.unwrap();
+        assert_eq!(out, vec![RunOutcome::Committed { base_offset: 3 }, RunOutcome::TopicGone]);
+        assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(8));
+        let runs = i.runs_from(a.id, 0, 4, 10).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].base_offset, 3);
+        assert_eq!(i.runs_from(a.id, 0, 0, 10).await.unwrap().len(), 2);
+        assert!(i.segment_referenced("s1").await.unwrap());
+        assert!(!i.segment_referenced("nope").await.unwrap());
+        assert_eq!(i.get_topic("a").await.unwrap().unwrap().config, new_topic("a", 1).config);
+        assert!(i.delete_topic("b").await.unwrap());
+        assert!(!i.delete_topic("b").await.unwrap());
+        let out = i.commit(SegmentCommit { key: "s3".into(), size: 10, runs: vec![run(b.id, 0, 1)] }).await.unwrap();
+        assert_eq!(out, vec![RunOutcome::TopicGone]);
+        i.create_topic(new_topic("c", 1)).await.unwrap();
+        i.create_topic(new_topic("d", 1)).await.unwrap();
+        assert!(matches!(i.create_topic(new_topic("e", 1)).await, Err(IndexError::TooManyTopics(3))));
+    }
+
+    #[tokio::test]
+    async fn survives_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("i.db");
+        {
+            let i = SqliteIndex::open(&p).await.unwrap();
+            let a = i.create_topic(new_topic("a", 1)).await.unwrap();
+            i.commit(SegmentCommit { key: "s".into(), size: 1, runs: vec![run(a.id, 0, 7)] }).await.unwrap();
+        }
+        let i = SqliteIndex::open(&p).await.unwrap();
+        let a = i.get_topic("a").await.unwrap().unwrap();
+        assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(7));
+    }
+}
