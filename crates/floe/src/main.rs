@@ -1,1 +1,197 @@
-fn main() {}
+//! `floe`: the agent (`floe serve`) and the command-line client.
+
+mod bench;
+mod cli;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use floe_agent::AgentConfig;
+use floe_core::Limits;
+
+#[derive(Parser, Debug)]
+#[command(name = "floe", version, about = "Floe: a message broker whose only durable state is object storage plus a small index")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run an agent. Defaults: a local folder as bucket and SQLite as index, under --data-dir.
+    Serve(Box<ServeArgs>),
+    /// Manage topics.
+    Topics {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: cli::TopicsCmd,
+    },
+    /// Produce lines from stdin (or --file) as records.
+    Produce(cli::ProduceArgs),
+    /// Print records of a partition.
+    Consume(cli::ConsumeArgs),
+    /// Produce + consume load against a running agent; prints throughput and latencies.
+    Bench(bench::BenchArgs),
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// Agent URL.
+    #[arg(long, env = "FLOE_URL", default_value = "http://127.0.0.1:7070", global = true)]
+    pub url: String,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FLOE_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Folder for the embedded default bucket and index.
+    #[arg(long, env = "FLOE_DATA_DIR", default_value = "./floe-data")]
+    data_dir: PathBuf,
+    /// Object store URL (file:///PATH, memory://). Default: file://DATA_DIR/bucket.
+    #[arg(long, env = "FLOE_BUCKET")]
+    bucket: Option<String>,
+    /// Index URL (sqlite://PATH). Default: sqlite://DATA_DIR/index.db.
+    #[arg(long, env = "FLOE_INDEX")]
+    index: Option<String>,
+    /// Produce buffer linger in ms (0 = flush as soon as possible).
+    #[arg(long, env = "FLOE_LINGER_MS", default_value_t = 100)]
+    linger_ms: u64,
+    /// Flush when the buffer holds this many bytes.
+    #[arg(long, env = "FLOE_FLUSH_BYTES", default_value_t = 8 * 1024 * 1024)]
+    flush_bytes: usize,
+    /// Concurrent flushes (encode + PUT); commits stay in order.
+    #[arg(long, env = "FLOE_MAX_INFLIGHT_FLUSHES", default_value_t = 4)]
+    max_inflight_flushes: usize,
+    /// Segment compression: none, lz4, zstd, zstd:LEVEL.
+    #[arg(long, env = "FLOE_COMPRESSION", default_value = "lz4")]
+    compression: String,
+    /// Abandon a segment not committed this long after its write began.
+    #[arg(long, env = "FLOE_COMMIT_DEADLINE_MS", default_value_t = 30_000)]
+    commit_deadline_ms: u64,
+    /// Sweeper deletes unreferenced segments older than this.
+    #[arg(long, env = "FLOE_ORPHAN_GRACE_MS", default_value_t = 600_000)]
+    orphan_grace_ms: u64,
+    #[arg(long, env = "FLOE_SWEEP_INTERVAL_MS", default_value_t = 60_000)]
+    sweep_interval_ms: u64,
+    /// Decoded segment cache size.
+    #[arg(long, env = "FLOE_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    cache_bytes: u64,
+    /// Name of this agent in segment keys ([A-Za-z0-9-]).
+    #[arg(long, env = "FLOE_AGENT_ID", default_value = "agent")]
+    agent_id: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(Args, Debug)]
+struct LimitArgs {
+    #[arg(long, env = "FLOE_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    max_body_bytes: usize,
+    #[arg(long, env = "FLOE_MAX_RECORD_BYTES", default_value_t = Limits::default().max_record_bytes)]
+    max_record_bytes: usize,
+    #[arg(long, env = "FLOE_MAX_RECORDS_PER_REQUEST", default_value_t = Limits::default().max_records_per_request)]
+    max_records_per_request: usize,
+    #[arg(long, env = "FLOE_MAX_HEADERS_PER_RECORD", default_value_t = Limits::default().max_headers_per_record)]
+    max_headers_per_record: usize,
+    #[arg(long, env = "FLOE_MAX_PARTITIONS", default_value_t = Limits::default().max_partitions)]
+    max_partitions: u32,
+    #[arg(long, env = "FLOE_MAX_TOPICS", default_value_t = Limits::default().max_topics)]
+    max_topics: usize,
+    #[arg(long, env = "FLOE_MAX_WAIT_MS", default_value_t = Limits::default().max_wait_ms)]
+    max_wait_ms: u64,
+    #[arg(long, env = "FLOE_MAX_FETCH_RECORDS", default_value_t = Limits::default().max_fetch_records)]
+    max_fetch_records: usize,
+    #[arg(long, env = "FLOE_MAX_FETCH_BYTES", default_value_t = Limits::default().max_fetch_bytes)]
+    max_fetch_bytes: usize,
+    #[arg(long, env = "FLOE_MAX_BUFFER_BYTES", default_value_t = Limits::default().max_buffer_bytes)]
+    max_buffer_bytes: usize,
+    #[arg(long, env = "FLOE_BUFFER_WAIT_MS", default_value_t = Limits::default().buffer_wait_ms)]
+    buffer_wait_ms: u64,
+}
+
+impl ServeArgs {
+    fn config(self) -> anyhow::Result<AgentConfig> {
+        let dir = std::path::absolute(&self.data_dir).context("resolving --data-dir")?;
+        let l = self.limits;
+        Ok(AgentConfig {
+            listen: self.listen,
+            bucket: self.bucket.unwrap_or_else(|| format!("file://{}", dir.join("bucket").display())),
+            index: self.index.unwrap_or_else(|| format!("sqlite://{}", dir.join("index.db").display())),
+            linger: Duration::from_millis(self.linger_ms),
+            flush_bytes: self.flush_bytes,
+            max_inflight_flushes: self.max_inflight_flushes,
+            compression: self.compression.parse().map_err(anyhow::Error::msg)?,
+            rows_per_row_group: AgentConfig::default().rows_per_row_group,
+            commit_deadline: Duration::from_millis(self.commit_deadline_ms),
+            orphan_grace: Duration::from_millis(self.orphan_grace_ms),
+            sweep_interval: Duration::from_millis(self.sweep_interval_ms),
+            cache_bytes: self.cache_bytes,
+            topic_cache_ttl: AgentConfig::default().topic_cache_ttl,
+            agent_id: self.agent_id,
+            limits: Limits {
+                max_body_bytes: l.max_body_bytes,
+                max_record_bytes: l.max_record_bytes,
+                max_records_per_request: l.max_records_per_request,
+                max_headers_per_record: l.max_headers_per_record,
+                max_partitions: l.max_partitions,
+                max_topics: l.max_topics,
+                max_wait_ms: l.max_wait_ms,
+                max_fetch_records: l.max_fetch_records,
+                max_fetch_bytes: l.max_fetch_bytes,
+                max_buffer_bytes: l.max_buffer_bytes,
+                buffer_wait_ms: l.buffer_wait_ms,
+            },
+        })
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let agent = floe_agent::Agent::start(config).await?;
+    // Tests and scripts read this line to learn the port.
+    println!("floe listening on http://{}", agent.addr);
+    wait_for_signal().await?;
+    agent.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve(a) => serve(*a).await,
+            Cmd::Topics { conn, cmd } => cli::topics(&conn, cmd).await,
+            Cmd::Produce(a) => cli::produce(a).await,
+            Cmd::Consume(a) => cli::consume(a).await,
+            Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Openapi => {
+                println!("{}", serde_json::to_string_pretty(&floe_agent::http::openapi())?);
+                Ok(())
+            }
+        }
+    })
+}

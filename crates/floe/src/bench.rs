@@ -1,0 +1,177 @@
+//! `floe bench`: a produce + consume load over HTTP against a running agent.
+//!
+//! Producers send batches of fixed-size records as fast as acks come back; one consumer
+//! per partition long-polls from offset 0. Each record carries its send time (µs) in the
+//! header `t`, so consumers measure end-to-end latency (send → fetched).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use floe_client::{Client, FetchOptions};
+use hdrhistogram::Histogram;
+use tokio::sync::Mutex;
+
+use crate::Conn;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Topic to use (created if missing). Default: a fresh `bench-<time>` topic.
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 8)]
+    producers: usize,
+    /// Records per produce request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// How long producers run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Skip the consumers (produce only).
+    #[arg(long)]
+    no_consume: bool,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn hist() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram")
+}
+
+/// A JSON produce body with `batch` records, each stamped with the current time.
+fn body(value: &str, batch: usize, producer: usize) -> Bytes {
+    let t = now_us();
+    let mut s = String::with_capacity(batch * (value.len() + 64) + 16);
+    s.push_str("{\"records\":[");
+    for i in 0..batch {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!("{{\"key\":\"p{producer}-{i}\",\"value\":\"{value}\",\"headers\":{{\"t\":\"{t}\"}}}}"));
+    }
+    s.push_str("]}");
+    Bytes::from(s)
+}
+
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let client = Client::new(&a.conn.url)?;
+    let topic = a.topic.clone().unwrap_or_else(|| format!("bench-{}", now_us()));
+    match client.create_topic(&topic, a.partitions).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some("topic_exists") => {}
+        Err(e) => return Err(e.into()),
+    }
+    let puts_before = client.metric("floe_object_store_requests_total{op=\"put\"}").await?;
+    // Printable, poorly compressible value.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let value: String = (0..a.record_bytes)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b'a' + (seed % 26) as u8)
+        })
+        .collect();
+    let value = Arc::new(value);
+    let produce_lat = Arc::new(Mutex::new(hist()?));
+    let e2e_lat = Arc::new(Mutex::new(hist()?));
+    let produced = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let consumed = Arc::new(AtomicU64::new(0));
+    let stop_consumers = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let end = start + Duration::from_secs(a.seconds);
+
+    let mut consumers = Vec::new();
+    if !a.no_consume {
+        for p in 0..a.partitions {
+            let (c, topic, e2e, consumed, stop) = (client.clone(), topic.clone(), e2e_lat.clone(), consumed.clone(), stop_consumers.clone());
+            consumers.push(tokio::spawn(async move {
+                let mut offset = 0;
+                let mut local = hist()?;
+                while !stop.load(Ordering::Relaxed) {
+                    let opts = FetchOptions { max_records: Some(5000), max_bytes: Some(8 << 20), wait_ms: Some(500) };
+                    let Ok(r) = c.fetch(&topic, p, offset, opts).await else { continue };
+                    let now = now_us();
+                    for rec in &r.records {
+                        if let Some(t) = rec.headers.get("t").and_then(|t| t.parse::<u64>().ok()) {
+                            local.record(now.saturating_sub(t).max(1)).ok();
+                        }
+                    }
+                    consumed.fetch_add(r.records.len() as u64, Ordering::Relaxed);
+                    offset = r.next_offset;
+                }
+                e2e.lock().await.add(&local).ok();
+                anyhow::Ok(())
+            }));
+        }
+    }
+
+    let mut producers = Vec::new();
+    for i in 0..a.producers {
+        let (c, topic, value, lat, produced, errors) = (client.clone(), topic.clone(), value.clone(), produce_lat.clone(), produced.clone(), errors.clone());
+        let batch = a.batch;
+        producers.push(tokio::spawn(async move {
+            let mut local = hist()?;
+            while Instant::now() < end {
+                let b = body(&value, batch, i);
+                let t0 = Instant::now();
+                match c.produce_raw(&topic, b).await {
+                    Ok(r) => {
+                        local.record(t0.elapsed().as_micros().max(1) as u64).ok();
+                        produced.fetch_add(r.offsets.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            lat.lock().await.add(&local).ok();
+            anyhow::Ok(())
+        }));
+    }
+    for p in producers {
+        p.await??;
+    }
+    let produce_secs = start.elapsed().as_secs_f64();
+    let total = produced.load(Ordering::Relaxed);
+    // Let consumers catch up (bounded).
+    let catch_up = Instant::now() + Duration::from_secs(30);
+    while !a.no_consume && consumed.load(Ordering::Relaxed) < total && Instant::now() < catch_up {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let consume_secs = start.elapsed().as_secs_f64();
+    stop_consumers.store(true, Ordering::Relaxed);
+    for c in consumers {
+        c.await??;
+    }
+    let puts = client.metric("floe_object_store_requests_total{op=\"put\"}").await? - puts_before;
+    let mib = (total as f64 * a.record_bytes as f64) / (1024.0 * 1024.0);
+    let pl = produce_lat.lock().await;
+    let el = e2e_lat.lock().await;
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!("floe bench: {} producers x {} records x {} B, {} partitions, {}s, topic {topic}", a.producers, a.batch, a.record_bytes, a.partitions, a.seconds);
+    println!("produced      {total} records in {produce_secs:.1}s: {:.0} records/s, {:.1} MiB/s (errors: {})", total as f64 / produce_secs, mib / produce_secs, errors.load(Ordering::Relaxed));
+    println!("produce ms    p50 {:.1}  p99 {:.1}  max {:.1}", ms(pl.value_at_quantile(0.5)), ms(pl.value_at_quantile(0.99)), ms(pl.max()));
+    if !a.no_consume {
+        let got = consumed.load(Ordering::Relaxed);
+        println!("consumed      {got} records ({:.0} records/s over {consume_secs:.1}s)", got as f64 / consume_secs);
+        println!("end-to-end ms p50 {:.1}  p99 {:.1}  max {:.1}", ms(el.value_at_quantile(0.5)), ms(el.value_at_quantile(0.99)), ms(el.max()));
+    }
+    println!("object PUTs   {puts:.0} ({:.2} per MiB)", if mib > 0.0 { puts / mib } else { 0.0 });
+    Ok(())
+}
