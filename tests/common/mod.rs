@@ -1,0 +1,124 @@
+//! Helpers shared by the integration tests: run `floe serve` as a real process on an
+//! ephemeral port, talk to it over real HTTP.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use floe_client::Client;
+
+pub struct AgentProc {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+impl AgentProc {
+    /// Start `floe serve` on the embedded default in `data_dir` with extra flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_floe"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn floe serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            assert!(Instant::now() < deadline, "agent did not start in time");
+            let line = lines.next().expect("agent exited before listening").expect("read stdout");
+            if let Some(u) = line.strip_prefix("floe listening on ") {
+                break u.trim().to_string();
+            }
+        };
+        // Keep draining stdout so the agent never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url, data_dir: data_dir.to_path_buf() }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url).unwrap()
+    }
+
+    /// SIGKILL: no flush, no cleanup.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY-free: libc::kill on our own child's pid.
+        unsafe_kill(pid, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "agent did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: i32, sig: i32) {
+    // SAFETY: sending a signal to a child process we spawned and still own.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Segment objects in the bucket folder of an embedded agent.
+pub fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
+    let dir = data_dir.join("bucket").join("segments");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Read a whole partition from offset 0 to its end.
+pub async fn read_all(c: &Client, topic: &str, partition: u32) -> Vec<floe_core::api::FetchedRecord> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let r = c.fetch(topic, partition, offset, floe_client::FetchOptions { max_records: Some(10_000), ..Default::default() }).await.unwrap();
+        out.extend(r.records);
+        offset = r.next_offset;
+        if offset >= r.end_offset {
+            return out;
+        }
+    }
+}
+
+/// Raw HTTP for hostile-input tests: (status, parsed JSON body or Null).
+pub async fn raw(method: reqwest::Method, url: &str, content_type: Option<&str>, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let http = reqwest::Client::new();
+    let mut req = http.request(method, url).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
