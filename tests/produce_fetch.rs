@@ -13,7 +13,10 @@ use floe_core::api::ProduceRecord;
 use reqwest::Method;
 
 fn rec(value: String) -> ProduceRecord {
-    ProduceRecord { value: Some(value), ..Default::default() }
+    ProduceRecord {
+        value: Some(value),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +34,8 @@ async fn produce_then_fetch_returns_exactly_what_was_produced() {
                     key: (n % 4 != 0).then(|| format!("key-{}", n % 7)),
                     value: (n % 5 != 0).then(|| format!("value {n} ✓")),
                     value_b64: (n % 5 == 0).then(|| base64_of(&[0xff, 0xfe, n as u8])),
-                    headers: (n % 2 == 0).then(|| BTreeMap::from([("n".to_string(), n.to_string())])),
+                    headers: (n % 2 == 0)
+                        .then(|| BTreeMap::from([("n".to_string(), n.to_string())])),
                     partition: (n % 3 == 0).then_some(2),
                     ..Default::default()
                 }
@@ -43,7 +47,10 @@ async fn produce_then_fetch_returns_exactly_what_was_produced() {
             if r.partition == Some(2) {
                 assert_eq!(o.partition, 2);
             } else if let Some(k) = &r.key {
-                assert_eq!(o.partition, floe_core::partitioner::partition_for_key(k.as_bytes(), 3));
+                assert_eq!(
+                    o.partition,
+                    floe_core::partitioner::partition_for_key(k.as_bytes(), 3)
+                );
             }
             sent.push((o, r));
         }
@@ -65,11 +72,40 @@ async fn produce_then_fetch_returns_exactly_what_was_produced() {
         }
     }
     // max_records and max_bytes limit a fetch, and a fetch from the middle starts there.
-    let r = c.fetch("orders", 2, 3, FetchOptions { max_records: Some(5), ..Default::default() }).await.unwrap();
-    assert_eq!(r.records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![3, 4, 5, 6, 7]);
+    let r = c
+        .fetch(
+            "orders",
+            2,
+            3,
+            FetchOptions {
+                max_records: Some(5),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6, 7]
+    );
     assert_eq!(r.next_offset, 8);
-    let r = c.fetch("orders", 2, 0, FetchOptions { max_bytes: Some(1), ..Default::default() }).await.unwrap();
-    assert_eq!(r.records.len(), 1, "at least one record even when it exceeds max_bytes");
+    let r = c
+        .fetch(
+            "orders",
+            2,
+            0,
+            FetchOptions {
+                max_bytes: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.records.len(),
+        1,
+        "at least one record even when it exceeds max_bytes"
+    );
     // Topics list / describe / delete.
     let list = c.list_topics().await.unwrap();
     assert_eq!(list.topics.len(), 1);
@@ -77,8 +113,14 @@ async fn produce_then_fetch_returns_exactly_what_was_produced() {
     let total: u64 = d.partitions.iter().map(|p| p.end_offset).sum();
     assert_eq!(total, sent.len() as u64);
     c.delete_topic("orders").await.unwrap();
-    assert_eq!(c.describe_topic("orders").await.unwrap_err().code(), Some("topic_not_found"));
+    assert_eq!(
+        c.describe_topic("orders").await.unwrap_err().code(),
+        Some("topic_not_found")
+    );
 }
+
+/// (method, url, content type, body, expected status, expected error code)
+type Case<'a> = (Method, String, Option<&'a str>, Vec<u8>, u16, &'a str);
 
 fn base64_of(b: &[u8]) -> String {
     use base64::Engine;
@@ -97,7 +139,9 @@ async fn concurrent_producers_get_unique_dense_offsets_in_send_order() {
         tasks.push(tokio::spawn(async move {
             let mut offsets = Vec::new();
             for b in 0..10 {
-                let recs = (0..10).map(|i| rec(format!("{prod}:{}", b * 10 + i))).collect();
+                let recs = (0..10)
+                    .map(|i| rec(format!("{prod}:{}", b * 10 + i)))
+                    .collect();
                 let r = c.produce("t", recs).await.unwrap();
                 offsets.extend(r.offsets.into_iter().map(|o| o.offset));
             }
@@ -107,11 +151,18 @@ async fn concurrent_producers_get_unique_dense_offsets_in_send_order() {
     let mut all = Vec::new();
     for t in tasks {
         let offs = t.await.unwrap();
-        assert!(offs.windows(2).all(|w| w[0] < w[1]), "a producer's offsets increase in send order");
+        assert!(
+            offs.windows(2).all(|w| w[0] < w[1]),
+            "a producer's offsets increase in send order"
+        );
         all.extend(offs);
     }
     all.sort_unstable();
-    assert_eq!(all, (0..800).collect::<Vec<u64>>(), "offsets unique and dense");
+    assert_eq!(
+        all,
+        (0..800).collect::<Vec<u64>>(),
+        "offsets unique and dense"
+    );
     let got = read_all(&c, "t", 0).await;
     assert_eq!(got.len(), 800);
     let mut next_seq = [0u32; 8];
@@ -132,16 +183,41 @@ async fn long_poll_wakes_on_commit_and_times_out_empty() {
     c.create_topic("lp", 1).await.unwrap();
     // Nothing comes: returns empty at the deadline.
     let t0 = Instant::now();
-    let r = c.fetch("lp", 0, 0, FetchOptions { wait_ms: Some(700), ..Default::default() }).await.unwrap();
+    let r = c
+        .fetch(
+            "lp",
+            0,
+            0,
+            FetchOptions {
+                wait_ms: Some(700),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let waited = t0.elapsed();
     assert!(r.records.is_empty());
-    assert!(waited >= Duration::from_millis(650), "returned after {waited:?}, before the wait ended");
+    assert!(
+        waited >= Duration::from_millis(650),
+        "returned after {waited:?}, before the wait ended"
+    );
     // A waiting fetch is woken by a commit, long before its 10 s wait ends.
     let waiter = {
         let c = c.clone();
         tokio::spawn(async move {
             let t0 = Instant::now();
-            let r = c.fetch("lp", 0, 0, FetchOptions { wait_ms: Some(10_000), ..Default::default() }).await.unwrap();
+            let r = c
+                .fetch(
+                    "lp",
+                    0,
+                    0,
+                    FetchOptions {
+                        wait_ms: Some(10_000),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
             (r, t0.elapsed())
         })
     };
@@ -152,7 +228,11 @@ async fn long_poll_wakes_on_commit_and_times_out_empty() {
     assert_eq!(r.records.len(), 1);
     assert_eq!(r.records[0].value.as_deref(), Some("wake"));
     assert!(waited < Duration::from_secs(5), "waited {waited:?}");
-    assert!(t_produce.elapsed() < Duration::from_secs(2), "woken {:?} after the produce", t_produce.elapsed());
+    assert!(
+        t_produce.elapsed() < Duration::from_secs(2),
+        "woken {:?} after the produce",
+        t_produce.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,59 +240,318 @@ async fn hostile_input_gets_documented_4xx_and_agent_stays_healthy() {
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProc::start(
         dir.path(),
-        &["--linger-ms", "5", "--max-record-bytes", "1000", "--max-body-bytes", "100000", "--max-buffer-bytes", "1000000", "--max-partitions", "16"],
+        &[
+            "--linger-ms",
+            "5",
+            "--max-record-bytes",
+            "1000",
+            "--max-body-bytes",
+            "100000",
+            "--max-buffer-bytes",
+            "1000000",
+            "--max-partitions",
+            "16",
+        ],
     );
     let u = agent.url.clone();
     let c = agent.client();
     c.create_topic("ok", 2).await.unwrap();
     let json = Some("application/json");
-    let cases: Vec<(Method, String, Option<&str>, Vec<u8>, u16, &str)> = vec![
-        (Method::POST, format!("{u}/v1/topics"), json, b"{not json".to_vec(), 400, "invalid_json"),
-        (Method::POST, format!("{u}/v1/topics"), json, br#"{"name": 5, "partitions": 1}"#.to_vec(), 400, "invalid_json"),
-        (Method::POST, format!("{u}/v1/topics"), json, br#"{"name": "x", "partitions": "1"}"#.to_vec(), 400, "invalid_json"),
-        (Method::POST, format!("{u}/v1/topics"), json, br#"{"name": "../x", "partitions": 1}"#.to_vec(), 400, "invalid_topic_name"),
-        (Method::POST, format!("{u}/v1/topics"), json, br#"{"name": "", "partitions": 1}"#.to_vec(), 400, "invalid_topic_name"),
-        (Method::POST, format!("{u}/v1/topics"), json, format!(r#"{{"name": "{}", "partitions": 1}}"#, "a".repeat(300)).into_bytes(), 400, "invalid_topic_name"),
-        (Method::POST, format!("{u}/v1/topics"), json, r#"{"name": "tópico", "partitions": 1}"#.as_bytes().to_vec(), 400, "invalid_topic_name"),
-        (Method::POST, format!("{u}/v1/topics"), json, br#"{"name": "..", "partitions": 1}"#.to_vec(), 400, "invalid_topic_name"),
-        (Method::POST, format!("{u}/v1/topics"), json, br#"{"name": "z", "partitions": 0}"#.to_vec(), 400, "invalid_partitions"),
-        (Method::POST, format!("{u}/v1/topics"), json, br#"{"name": "z", "partitions": 17}"#.to_vec(), 400, "invalid_partitions"),
-        (Method::POST, format!("{u}/v1/topics"), json, br#"{"name": "z", "partitions": -1}"#.to_vec(), 400, "invalid_partitions"),
-        (Method::POST, format!("{u}/v1/topics"), json, br#"{"name": "ok", "partitions": 1}"#.to_vec(), 409, "topic_exists"),
-        (Method::POST, format!("{u}/v1/topics"), Some("text/plain"), br#"{"name": "y", "partitions": 1}"#.to_vec(), 415, "unsupported_media_type"),
-        (Method::POST, format!("{u}/v1/topics/ok/records"), json, br#"{"records": [{"value": 1}]}"#.to_vec(), 400, "invalid_json"),
-        (Method::POST, format!("{u}/v1/topics/ok/records"), json, br#"{"records": []}"#.to_vec(), 400, "invalid_request"),
-        (Method::POST, format!("{u}/v1/topics/ok/records"), json, br#"{"records": [{"key": "k"}]}"#.to_vec(), 400, "invalid_record"),
-        (Method::POST, format!("{u}/v1/topics/ok/records"), json, br#"{"records": [{"value": "a", "value_b64": "YQ=="}]}"#.to_vec(), 400, "invalid_record"),
-        (Method::POST, format!("{u}/v1/topics/ok/records"), json, br#"{"records": [{"value_b64": "***"}]}"#.to_vec(), 400, "invalid_base64"),
-        (Method::POST, format!("{u}/v1/topics/ok/records"), json, br#"{"records": [{"value": "a", "partition": 2}]}"#.to_vec(), 400, "invalid_partition"),
-        (Method::POST, format!("{u}/v1/topics/ok/records"), json, br#"{"records": [{"value": "a", "partition": -1}]}"#.to_vec(), 400, "invalid_partition"),
-        (Method::POST, format!("{u}/v1/topics/nope/records"), json, br#"{"records": [{"value": "a"}]}"#.to_vec(), 404, "topic_not_found"),
-        (Method::POST, format!("{u}/v1/topics/ok/records"), json, format!(r#"{{"records": [{{"value": "{}"}}]}}"#, "v".repeat(2000)).into_bytes(), 413, "record_too_large"),
-        (Method::POST, format!("{u}/v1/topics/ok/records"), json, format!(r#"{{"records": [{{"value": "{}"}}]}}"#, "v".repeat(200_000)).into_bytes(), 413, "request_too_large"),
-        (Method::GET, format!("{u}/v1/topics/ok/partitions/2/records"), None, vec![], 400, "invalid_partition"),
-        (Method::GET, format!("{u}/v1/topics/ok/partitions/-1/records"), None, vec![], 400, "invalid_partition"),
-        (Method::GET, format!("{u}/v1/topics/ok/partitions/0/records?offset=-1"), None, vec![], 400, "invalid_offset"),
-        (Method::GET, format!("{u}/v1/topics/ok/partitions/0/records?offset=18446744073709551616"), None, vec![], 400, "invalid_offset"),
-        (Method::GET, format!("{u}/v1/topics/ok/partitions/0/records?offset=18446744073709551615"), None, vec![], 416, "offset_out_of_range"),
-        (Method::GET, format!("{u}/v1/topics/ok/partitions/0/records?max_records=0"), None, vec![], 400, "invalid_parameter"),
-        (Method::GET, format!("{u}/v1/topics/..%2Fetc/partitions/0/records"), None, vec![], 400, "invalid_topic_name"),
-        (Method::GET, format!("{u}/v1/topics/nope"), None, vec![], 404, "topic_not_found"),
-        (Method::DELETE, format!("{u}/v1/topics/nope"), None, vec![], 404, "topic_not_found"),
-        (Method::GET, format!("{u}/v2/whatever"), None, vec![], 404, "route_not_found"),
-        (Method::PUT, format!("{u}/v1/topics"), None, vec![], 405, "method_not_allowed"),
+    let cases: Vec<Case> = vec![
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            json,
+            b"{not json".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            json,
+            br#"{"name": 5, "partitions": 1}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            json,
+            br#"{"name": "x", "partitions": "1"}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            json,
+            br#"{"name": "../x", "partitions": 1}"#.to_vec(),
+            400,
+            "invalid_topic_name",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            json,
+            br#"{"name": "", "partitions": 1}"#.to_vec(),
+            400,
+            "invalid_topic_name",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            json,
+            format!(r#"{{"name": "{}", "partitions": 1}}"#, "a".repeat(300)).into_bytes(),
+            400,
+            "invalid_topic_name",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            json,
+            r#"{"name": "tópico", "partitions": 1}"#.as_bytes().to_vec(),
+            400,
+            "invalid_topic_name",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            json,
+            br#"{"name": "..", "partitions": 1}"#.to_vec(),
+            400,
+            "invalid_topic_name",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            json,
+            br#"{"name": "z", "partitions": 0}"#.to_vec(),
+            400,
+            "invalid_partitions",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            json,
+            br#"{"name": "z", "partitions": 17}"#.to_vec(),
+            400,
+            "invalid_partitions",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            json,
+            br#"{"name": "z", "partitions": -1}"#.to_vec(),
+            400,
+            "invalid_partitions",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            json,
+            br#"{"name": "ok", "partitions": 1}"#.to_vec(),
+            409,
+            "topic_exists",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics"),
+            Some("text/plain"),
+            br#"{"name": "y", "partitions": 1}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/ok/records"),
+            json,
+            br#"{"records": [{"value": 1}]}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/ok/records"),
+            json,
+            br#"{"records": []}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/ok/records"),
+            json,
+            br#"{"records": [{"key": "k"}]}"#.to_vec(),
+            400,
+            "invalid_record",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/ok/records"),
+            json,
+            br#"{"records": [{"value": "a", "value_b64": "YQ=="}]}"#.to_vec(),
+            400,
+            "invalid_record",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/ok/records"),
+            json,
+            br#"{"records": [{"value_b64": "***"}]}"#.to_vec(),
+            400,
+            "invalid_base64",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/ok/records"),
+            json,
+            br#"{"records": [{"value": "a", "partition": 2}]}"#.to_vec(),
+            400,
+            "invalid_partition",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/ok/records"),
+            json,
+            br#"{"records": [{"value": "a", "partition": -1}]}"#.to_vec(),
+            400,
+            "invalid_partition",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/nope/records"),
+            json,
+            br#"{"records": [{"value": "a"}]}"#.to_vec(),
+            404,
+            "topic_not_found",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/ok/records"),
+            json,
+            format!(r#"{{"records": [{{"value": "{}"}}]}}"#, "v".repeat(2000)).into_bytes(),
+            413,
+            "record_too_large",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/ok/records"),
+            json,
+            format!(r#"{{"records": [{{"value": "{}"}}]}}"#, "v".repeat(200_000)).into_bytes(),
+            413,
+            "request_too_large",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/ok/partitions/2/records"),
+            None,
+            vec![],
+            400,
+            "invalid_partition",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/ok/partitions/-1/records"),
+            None,
+            vec![],
+            400,
+            "invalid_partition",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/ok/partitions/0/records?offset=-1"),
+            None,
+            vec![],
+            400,
+            "invalid_offset",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/ok/partitions/0/records?offset=18446744073709551616"),
+            None,
+            vec![],
+            400,
+            "invalid_offset",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/ok/partitions/0/records?offset=18446744073709551615"),
+            None,
+            vec![],
+            416,
+            "offset_out_of_range",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/ok/partitions/0/records?max_records=0"),
+            None,
+            vec![],
+            400,
+            "invalid_parameter",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/..%2Fetc/partitions/0/records"),
+            None,
+            vec![],
+            400,
+            "invalid_topic_name",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/nope"),
+            None,
+            vec![],
+            404,
+            "topic_not_found",
+        ),
+        (
+            Method::DELETE,
+            format!("{u}/v1/topics/nope"),
+            None,
+            vec![],
+            404,
+            "topic_not_found",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v2/whatever"),
+            None,
+            vec![],
+            404,
+            "route_not_found",
+        ),
+        (
+            Method::PUT,
+            format!("{u}/v1/topics"),
+            None,
+            vec![],
+            405,
+            "method_not_allowed",
+        ),
     ];
     for (m, url, ct, body, status, code) in cases {
         let (got_status, body_json) = raw(m.clone(), &url, ct, body).await;
         assert_eq!(got_status, status, "{m} {url}: {body_json}");
         assert_eq!(body_json["error"]["code"], code, "{m} {url}: {body_json}");
-        assert!(body_json["error"]["message"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(
+            body_json["error"]["message"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        );
     }
     // Nothing above was written, and the agent still works.
     let d = c.describe_topic("ok").await.unwrap();
-    assert!(d.partitions.iter().all(|p| p.end_offset == 0), "rejected produce requests wrote nothing");
+    assert!(
+        d.partitions.iter().all(|p| p.end_offset == 0),
+        "rejected produce requests wrote nothing"
+    );
     assert_eq!(c.list_topics().await.unwrap().topics.len(), 1);
-    let r = c.produce("ok", vec![rec("still fine".into())]).await.unwrap();
+    let r = c
+        .produce("ok", vec![rec("still fine".into())])
+        .await
+        .unwrap();
     assert_eq!(r.offsets.len(), 1);
     let (s, _) = raw(Method::GET, &format!("{u}/healthz"), None, vec![]).await;
     assert_eq!(s, 200);
@@ -232,9 +571,14 @@ async fn sigterm_flushes_buffer_and_answers_waiting_producers() {
         tokio::spawn(async move { c.produce("g", vec![rec("in flight".into())]).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = tokio::task::spawn_blocking(move || agent.terminate()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || agent.terminate())
+        .await
+        .unwrap();
     assert!(status.success(), "clean exit: {status:?}");
-    let acked = pending.await.unwrap().expect("the waiting producer is answered with its offset");
+    let acked = pending
+        .await
+        .unwrap()
+        .expect("the waiting producer is answered with its offset");
     assert_eq!(acked.offsets[0].offset, 0);
     let agent = AgentProc::start(dir.path(), &[]);
     let got = read_all(&agent.client(), "g", 0).await;
@@ -248,25 +592,52 @@ async fn metrics_and_openapi_are_served() {
     let agent = AgentProc::start(dir.path(), &["--linger-ms", "5"]);
     let c = agent.client();
     c.create_topic("m", 1).await.unwrap();
-    c.produce("m", (0..10).map(|i| rec(format!("{i}"))).collect()).await.unwrap();
+    c.produce("m", (0..10).map(|i| rec(format!("{i}"))).collect())
+        .await
+        .unwrap();
     read_all(&c, "m", 0).await;
     let text = c.metrics().await.unwrap();
     for name in [
-        "floe_records_produced_total 10", "floe_records_fetched_total 10", "floe_segments_written_total 1",
-        "floe_object_store_requests_total{op=\"put\"} 1", "floe_flush_seconds_bucket", "floe_produce_seconds_bucket",
-        "floe_flush_bytes_bucket", "floe_bytes_produced_total", "floe_bytes_fetched_total",
+        "floe_records_produced_total 10",
+        "floe_records_fetched_total 10",
+        "floe_segments_written_total 1",
+        "floe_object_store_requests_total{op=\"put\"} 1",
+        "floe_flush_seconds_bucket",
+        "floe_produce_seconds_bucket",
+        "floe_flush_bytes_bucket",
+        "floe_bytes_produced_total",
+        "floe_bytes_fetched_total",
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }
     // The served OpenAPI document is the one checked in (docs/openapi.json), and each
     // documented route exists on the agent (no route_not_found).
-    let (s, served) = raw(Method::GET, &format!("{}/openapi.json", agent.url), None, vec![]).await;
+    let (s, served) = raw(
+        Method::GET,
+        &format!("{}/openapi.json", agent.url),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(s, 200);
-    let checked_in: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json")).unwrap()).unwrap();
-    assert_eq!(served, checked_in, "docs/openapi.json is stale: regenerate with `floe openapi > docs/openapi.json`");
+    let checked_in: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/openapi.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        served, checked_in,
+        "docs/openapi.json is stale: regenerate with `floe openapi > docs/openapi.json`"
+    );
     for (m, path) in floe_agent::http::documented_routes() {
-        let url = format!("{}{}", agent.url, path.replace("{topic}", "m").replace("{partition}", "0"));
+        let url = format!(
+            "{}{}",
+            agent.url,
+            path.replace("{topic}", "m").replace("{partition}", "0")
+        );
         let method = Method::from_bytes(m.as_bytes()).unwrap();
         if method == Method::DELETE {
             continue;

@@ -26,23 +26,65 @@ async fn pyarrow_reads_segments_as_written() {
         })
         .collect();
     c.produce("analytics", recs).await.unwrap();
-    assert!(tokio::task::spawn_blocking(move || agent.terminate()).await.unwrap().success());
+    assert!(
+        tokio::task::spawn_blocking(move || agent.terminate())
+            .await
+            .unwrap()
+            .success()
+    );
     let files = segment_files(dir.path());
-    assert_eq!(files.len(), 1, "one produce request within one linger is one segment");
+    assert_eq!(
+        files.len(),
+        1,
+        "one produce request within one linger is one segment"
+    );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/pyarrow_check.py");
-    let out = Command::new("python3").arg(script).arg(&files[0]).output().expect("python3 must be installed (tests/setup.sh)");
-    assert!(out.status.success(), "pyarrow check failed (is pyarrow installed? run tests/setup.sh):\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&files[0])
+        .output()
+        .expect("python3 must be installed (tests/setup.sh)");
+    assert!(
+        out.status.success(),
+        "pyarrow check failed (is pyarrow installed? run tests/setup.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["rows"], 50);
-    assert_eq!(report["columns"], serde_json::json!(["topic", "partition", "run_offset", "timestamp", "key", "value", "headers"]));
+    assert_eq!(
+        report["columns"],
+        serde_json::json!([
+            "topic",
+            "partition",
+            "run_offset",
+            "timestamp",
+            "key",
+            "value",
+            "headers"
+        ])
+    );
     assert_eq!(report["topics"], serde_json::json!(["analytics"]));
-    assert_eq!(report["partition_rows"], serde_json::json!({"0": 25, "1": 25}));
-    assert_eq!(report["row_groups"], 2, "one row group per (topic, partition) run");
-    let values: Vec<String> = report["values"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        report["partition_rows"],
+        serde_json::json!({"0": 25, "1": 25})
+    );
+    assert_eq!(
+        report["row_groups"], 2,
+        "one row group per (topic, partition) run"
+    );
+    let values: Vec<String> = report["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     let mut want: Vec<String> = (0..50).map(|i| format!("{{\"n\": {i}}}")).collect();
     want.sort();
     let mut got = values.clone();
     got.sort();
     assert_eq!(got, want);
-    assert_eq!(report["first_headers"], serde_json::json!([{"key": "source", "value": "test"}]));
+    assert_eq!(
+        report["first_headers"],
+        serde_json::json!([{"key": "source", "value": "test"}])
+    );
 }

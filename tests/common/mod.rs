@@ -35,14 +35,21 @@ impl AgentProc {
         let deadline = Instant::now() + Duration::from_secs(30);
         let url = loop {
             assert!(Instant::now() < deadline, "agent did not start in time");
-            let line = lines.next().expect("agent exited before listening").expect("read stdout");
+            let line = lines
+                .next()
+                .expect("agent exited before listening")
+                .expect("read stdout");
             if let Some(u) = line.strip_prefix("floe listening on ") {
                 break u.trim().to_string();
             }
         };
         // Keep draining stdout so the agent never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, url, data_dir: data_dir.to_path_buf() }
+        Self {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+        }
     }
 
     pub fn client(&self) -> Client {
@@ -65,7 +72,10 @@ impl AgentProc {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "agent did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -90,18 +100,38 @@ impl Drop for AgentProc {
 pub fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
     let dir = data_dir.join("bucket").join("segments");
     let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+                .collect()
+        })
         .unwrap_or_default();
     out.sort();
     out
 }
 
 /// Read a whole partition from offset 0 to its end.
-pub async fn read_all(c: &Client, topic: &str, partition: u32) -> Vec<floe_core::api::FetchedRecord> {
+pub async fn read_all(
+    c: &Client,
+    topic: &str,
+    partition: u32,
+) -> Vec<floe_core::api::FetchedRecord> {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
-        let r = c.fetch(topic, partition, offset, floe_client::FetchOptions { max_records: Some(10_000), ..Default::default() }).await.unwrap();
+        let r = c
+            .fetch(
+                topic,
+                partition,
+                offset,
+                floe_client::FetchOptions {
+                    max_records: Some(10_000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         out.extend(r.records);
         offset = r.next_offset;
         if offset >= r.end_offset {
@@ -111,7 +141,12 @@ pub async fn read_all(c: &Client, topic: &str, partition: u32) -> Vec<floe_core:
 }
 
 /// Raw HTTP for hostile-input tests: (status, parsed JSON body or Null).
-pub async fn raw(method: reqwest::Method, url: &str, content_type: Option<&str>, body: Vec<u8>) -> (u16, serde_json::Value) {
+pub async fn raw(
+    method: reqwest::Method,
+    url: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
     let http = reqwest::Client::new();
     let mut req = http.request(method, url).body(body);
     if let Some(ct) = content_type {
@@ -120,5 +155,8 @@ pub async fn raw(method: reqwest::Method, url: &str, content_type: Option<&str>,
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
 }

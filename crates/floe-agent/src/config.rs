@@ -67,7 +67,9 @@ impl AgentConfig {
             ));
         }
         if self.flush_bytes == 0 || self.max_inflight_flushes == 0 || self.rows_per_row_group == 0 {
-            return Err("flush_bytes, max_inflight_flushes and rows_per_row_group must be > 0".into());
+            return Err(
+                "flush_bytes, max_inflight_flushes and rows_per_row_group must be > 0".into(),
+            );
         }
         if self.limits.max_buffer_bytes < self.limits.max_body_bytes {
             return Err("max_buffer_bytes must be at least max_body_bytes".into());
@@ -75,7 +77,12 @@ impl AgentConfig {
         if self.limits.max_record_bytes > self.limits.max_body_bytes {
             return Err("max_record_bytes must not exceed max_body_bytes".into());
         }
-        if !self.agent_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || self.agent_id.is_empty() {
+        if !self
+            .agent_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || self.agent_id.is_empty()
+        {
             return Err("agent id must be [A-Za-z0-9-]+".into());
         }
         Ok(())

@@ -35,7 +35,9 @@ pub struct Reader {
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("cached_runs", &self.runs.entry_count()).finish()
+        f.debug_struct("Reader")
+            .field("cached_runs", &self.runs.entry_count())
+            .finish()
     }
 }
 
@@ -44,7 +46,12 @@ fn weight(bytes: usize) -> u32 {
 }
 
 impl Reader {
-    pub fn new(config: &AgentConfig, store: Arc<dyn ObjectStore>, index: Arc<dyn Index>, metrics: Metrics) -> Self {
+    pub fn new(
+        config: &AgentConfig,
+        store: Arc<dyn ObjectStore>,
+        index: Arc<dyn Index>,
+        metrics: Metrics,
+    ) -> Self {
         let footers = moka::future::Cache::builder()
             .max_capacity(config.cache_bytes / 8 + 1)
             .weigher(|_k: &String, v: &Arc<ParquetMetaData>| weight(v.memory_size()))
@@ -53,7 +60,13 @@ impl Reader {
             .max_capacity(config.cache_bytes)
             .weigher(|_k: &(String, u32), v: &Arc<DecodedRun>| weight(v.memory_size()))
             .build();
-        Self { store, index, metrics, footers, runs }
+        Self {
+            store,
+            index,
+            metrics,
+            footers,
+            runs,
+        }
     }
 
     /// Up to `max_records` records from `offset`, stopping before `max_bytes` is passed
@@ -95,7 +108,12 @@ impl Reader {
         Ok((out, next))
     }
 
-    async fn run(&self, topic: &TopicMeta, partition: u32, e: &RunEntry) -> Result<Arc<DecodedRun>, ApiError> {
+    async fn run(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+        e: &RunEntry,
+    ) -> Result<Arc<DecodedRun>, ApiError> {
         let key = (e.segment_key.clone(), e.row_group_first);
         if let Some(r) = self.runs.get(&key).await {
             self.metrics.cache.with_label_values(&["hit"]).inc();
@@ -107,12 +125,20 @@ impl Reader {
                 let meta = self.footer(e).await?;
                 let data = self
                     .store
-                    .get_range(&Path::from(e.segment_key.as_str()), e.byte_start..e.byte_end)
+                    .get_range(
+                        &Path::from(e.segment_key.as_str()),
+                        e.byte_start..e.byte_end,
+                    )
                     .await
                     .map_err(|err| store_err(e, &err))?;
                 let loc_topic = topic.name.clone();
-                let (records, rg_first, rg_count, byte_start, size) =
-                    (e.records, e.row_group_first, e.row_group_count, e.byte_start, e.segment_size);
+                let (records, rg_first, rg_count, byte_start, size) = (
+                    e.records,
+                    e.row_group_first,
+                    e.row_group_count,
+                    e.byte_start,
+                    e.segment_size,
+                );
                 let decoded = tokio::task::spawn_blocking(move || {
                     let loc = RunLocation {
                         topic: &loc_topic,
@@ -165,7 +191,10 @@ impl Reader {
 
 fn store_err(e: &RunEntry, err: &object_store::Error) -> ApiError {
     tracing::warn!(segment = %e.segment_key, error = %err, "segment read failed");
-    ApiError::unavailable("store_unavailable", format!("reading segment failed: {err}"))
+    ApiError::unavailable(
+        "store_unavailable",
+        format!("reading segment failed: {err}"),
+    )
 }
 
 fn corrupt(e: &RunEntry, what: &str) -> ApiError {
@@ -180,7 +209,10 @@ fn corrupt(e: &RunEntry, what: &str) -> ApiError {
 fn text_or_b64(b: &[u8]) -> (Option<String>, Option<String>) {
     match std::str::from_utf8(b) {
         Ok(s) => (Some(s.to_string()), None),
-        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(b))),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(b)),
+        ),
     }
 }
 
@@ -194,6 +226,10 @@ fn to_api(offset: u64, v: &RecordView<'_>) -> FetchedRecord {
         key_b64,
         value,
         value_b64,
-        headers: v.headers.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
+        headers: v
+            .headers
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect(),
     }
 }

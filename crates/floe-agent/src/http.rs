@@ -33,11 +33,37 @@ type ApiResult<T> = Result<T, ApiError>;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Floe", description = "Floe agent HTTP API: topics, produce, fetch (long-poll)."),
-    paths(healthz, readyz, create_topic, list_topics, describe_topic, delete_topic, produce, fetch, metrics, openapi_json),
+    info(
+        title = "Floe",
+        description = "Floe agent HTTP API: topics, produce, fetch (long-poll)."
+    ),
+    paths(
+        healthz,
+        readyz,
+        create_topic,
+        list_topics,
+        describe_topic,
+        delete_topic,
+        produce,
+        fetch,
+        metrics,
+        openapi_json
+    ),
     components(schemas(
-        ErrorBody, ErrorDetail, CreateTopicRequest, TopicInfo, TopicList, TopicSummary, TopicDescription,
-        PartitionInfo, ProduceRequest, ProduceRecord, ProduceResponse, RecordOffset, FetchResponse, FetchedRecord
+        ErrorBody,
+        ErrorDetail,
+        CreateTopicRequest,
+        TopicInfo,
+        TopicList,
+        TopicSummary,
+        TopicDescription,
+        PartitionInfo,
+        ProduceRequest,
+        ProduceRecord,
+        ProduceResponse,
+        RecordOffset,
+        FetchResponse,
+        FetchedRecord
     ))
 )]
 pub struct ApiDoc;
@@ -55,9 +81,15 @@ pub fn router(shared: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/v1/topics", get(list_topics).post(create_topic))
-        .route("/v1/topics/{topic}", get(describe_topic).delete(delete_topic))
+        .route(
+            "/v1/topics/{topic}",
+            get(describe_topic).delete(delete_topic),
+        )
         .route("/v1/topics/{topic}/records", axum::routing::post(produce))
-        .route("/v1/topics/{topic}/partitions/{partition}/records", get(fetch))
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/records",
+            get(fetch),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
@@ -73,11 +105,19 @@ async fn trace_request(req: Request, next: axum::middleware::Next) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint; see /openapi.json")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        "no such endpoint; see /openapi.json",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint; see /openapi.json")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint; see /openapi.json",
+    )
 }
 
 /// JSON body extractor whose rejections follow the JSON error contract.
@@ -88,7 +128,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ok = ct.to_str().map(|s| s.trim_start().to_ascii_lowercase().starts_with("application/json")).unwrap_or(false);
+            let ok = ct
+                .to_str()
+                .map(|s| {
+                    s.trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("application/json")
+                })
+                .unwrap_or(false);
             if !ok {
                 return Err(ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -99,9 +146,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body exceeds the agent's max_body_bytes limit")
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    "request body exceeds the agent's max_body_bytes limit",
+                )
             } else {
-                ApiError::bad_request("invalid_body", format!("could not read request body: {rej}"))
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("could not read request body: {rej}"),
+                )
             }
         })?;
         serde_json::from_slice(&bytes)
@@ -138,7 +192,9 @@ fn info_of(t: &TopicMeta) -> TopicInfo {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Liveness: 200 while the process runs.
@@ -154,16 +210,24 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(s): State<Shared>) -> ApiResult<Json<serde_json::Value>> {
     s.index.ping().await.map_err(|e| ApiError::index(&e))?;
     s.store
-        .list_with_delimiter(Some(&object_store::path::Path::from(crate::produce::SEGMENT_PREFIX)))
+        .list_with_delimiter(Some(&object_store::path::Path::from(
+            crate::produce::SEGMENT_PREFIX,
+        )))
         .await
-        .map_err(|e| ApiError::unavailable("store_unavailable", format!("bucket unreachable: {e}")))?;
+        .map_err(|e| {
+            ApiError::unavailable("store_unavailable", format!("bucket unreachable: {e}"))
+        })?;
     Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 async fn metrics(State(s): State<Shared>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 /// This document.
@@ -177,15 +241,29 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     (status = 201, body = TopicInfo),
     (status = 400, description = "invalid_topic_name, invalid_partitions, invalid_json", body = ErrorBody),
     (status = 409, description = "topic_exists", body = ErrorBody)))]
-async fn create_topic(State(s): State<Shared>, JsonBody(req): JsonBody<CreateTopicRequest>) -> ApiResult<(StatusCode, Json<TopicInfo>)> {
+async fn create_topic(
+    State(s): State<Shared>,
+    JsonBody(req): JsonBody<CreateTopicRequest>,
+) -> ApiResult<(StatusCode, Json<TopicInfo>)> {
     let name = topic_name(&req.name)?;
     let max = s.config.limits.max_partitions;
     let partitions = u32::try_from(req.partitions)
         .ok()
         .filter(|p| (1..=max).contains(p))
-        .ok_or_else(|| ApiError::bad_request("invalid_partitions", format!("partitions must be between 1 and {max}, got {}", req.partitions)))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_partitions",
+                format!(
+                    "partitions must be between 1 and {max}, got {}",
+                    req.partitions
+                ),
+            )
+        })?;
     if let Some(r) = req.retention_ms.filter(|r| *r < 0) {
-        return Err(ApiError::bad_request("invalid_retention", format!("retention_ms must be >= 0, got {r}")));
+        return Err(ApiError::bad_request(
+            "invalid_retention",
+            format!("retention_ms must be >= 0, got {r}"),
+        ));
     }
     let t = s
         .index
@@ -199,8 +277,16 @@ async fn create_topic(State(s): State<Shared>, JsonBody(req): JsonBody<CreateTop
         })
         .await
         .map_err(|e| match e {
-            IndexError::TopicExists(n) => ApiError::new(StatusCode::CONFLICT, "topic_exists", format!("topic {n:?} already exists")),
-            IndexError::TooManyTopics(n) => ApiError::new(StatusCode::CONFLICT, "too_many_topics", format!("the agent's limit of {n} topics is reached")),
+            IndexError::TopicExists(n) => ApiError::new(
+                StatusCode::CONFLICT,
+                "topic_exists",
+                format!("topic {n:?} already exists"),
+            ),
+            IndexError::TooManyTopics(n) => ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_topics",
+                format!("the agent's limit of {n} topics is reached"),
+            ),
             other => ApiError::index(&other),
         })?;
     s.topics.invalidate(&t.name).await;
@@ -210,22 +296,53 @@ async fn create_topic(State(s): State<Shared>, JsonBody(req): JsonBody<CreateTop
 /// List topics.
 #[utoipa::path(get, path = "/v1/topics", responses((status = 200, body = TopicList)))]
 async fn list_topics(State(s): State<Shared>) -> ApiResult<Json<TopicList>> {
-    let ts = s.index.list_topics().await.map_err(|e| ApiError::index(&e))?;
-    Ok(Json(TopicList { topics: ts.into_iter().map(|t| TopicSummary { name: t.name, partitions: t.partitions }).collect() }))
+    let ts = s
+        .index
+        .list_topics()
+        .await
+        .map_err(|e| ApiError::index(&e))?;
+    Ok(Json(TopicList {
+        topics: ts
+            .into_iter()
+            .map(|t| TopicSummary {
+                name: t.name,
+                partitions: t.partitions,
+            })
+            .collect(),
+    }))
 }
 
 /// Describe a topic: its partitions with start and end offsets.
 #[utoipa::path(get, path = "/v1/topics/{topic}", params(("topic" = String, Path)), responses(
     (status = 200, body = TopicDescription),
     (status = 404, description = "topic_not_found", body = ErrorBody)))]
-async fn describe_topic(State(s): State<Shared>, p: Result<Path<String>, PathRejection>) -> ApiResult<Json<TopicDescription>> {
+async fn describe_topic(
+    State(s): State<Shared>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<TopicDescription>> {
     let Path(raw) = p.map_err(path_err)?;
     let name = topic_name(&raw)?;
-    let t = s.index.get_topic(name.as_str()).await.map_err(|e| ApiError::index(&e))?.ok_or_else(|| ApiError::topic_not_found(&raw))?;
-    let parts = s.index.partition_offsets(t.id).await.map_err(|e| ApiError::index(&e))?;
+    let t = s
+        .index
+        .get_topic(name.as_str())
+        .await
+        .map_err(|e| ApiError::index(&e))?
+        .ok_or_else(|| ApiError::topic_not_found(&raw))?;
+    let parts = s
+        .index
+        .partition_offsets(t.id)
+        .await
+        .map_err(|e| ApiError::index(&e))?;
     Ok(Json(TopicDescription {
         name: t.name,
-        partitions: parts.into_iter().map(|p| PartitionInfo { partition: p.partition, start_offset: p.start_offset, end_offset: p.end_offset }).collect(),
+        partitions: parts
+            .into_iter()
+            .map(|p| PartitionInfo {
+                partition: p.partition,
+                start_offset: p.start_offset,
+                end_offset: p.end_offset,
+            })
+            .collect(),
         retention_ms: t.retention_ms,
         config: t.config,
         created_ms: t.created_ms,
@@ -236,24 +353,48 @@ async fn describe_topic(State(s): State<Shared>, p: Result<Path<String>, PathRej
 #[utoipa::path(delete, path = "/v1/topics/{topic}", params(("topic" = String, Path)), responses(
     (status = 204, description = "Deleted"),
     (status = 404, description = "topic_not_found", body = ErrorBody)))]
-async fn delete_topic(State(s): State<Shared>, p: Result<Path<String>, PathRejection>) -> ApiResult<StatusCode> {
+async fn delete_topic(
+    State(s): State<Shared>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
     let Path(raw) = p.map_err(path_err)?;
     let name = topic_name(&raw)?;
-    let existed = s.index.delete_topic(name.as_str()).await.map_err(|e| ApiError::index(&e))?;
+    let existed = s
+        .index
+        .delete_topic(name.as_str())
+        .await
+        .map_err(|e| ApiError::index(&e))?;
     s.topics.invalidate(name.as_str()).await;
-    if existed { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::topic_not_found(&raw)) }
+    if existed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::topic_not_found(&raw))
+    }
 }
 
 static ROUND_ROBIN: AtomicU64 = AtomicU64::new(0);
 
-fn decode_field(i: usize, what: &str, text: Option<String>, b64: Option<String>) -> ApiResult<Option<Bytes>> {
+fn decode_field(
+    i: usize,
+    what: &str,
+    text: Option<String>,
+    b64: Option<String>,
+) -> ApiResult<Option<Bytes>> {
     match (text, b64) {
-        (Some(_), Some(_)) => Err(ApiError::bad_request("invalid_record", format!("record {i}: give {what} or {what}_b64, not both"))),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_record",
+            format!("record {i}: give {what} or {what}_b64, not both"),
+        )),
         (Some(t), None) => Ok(Some(Bytes::from(t))),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
             .decode(b.as_bytes())
             .map(|v| Some(Bytes::from(v)))
-            .map_err(|e| ApiError::bad_request("invalid_base64", format!("record {i}: {what}_b64 is not valid base64: {e}"))),
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_base64",
+                    format!("record {i}: {what}_b64 is not valid base64: {e}"),
+                )
+            }),
         (None, None) => Ok(None),
     }
 }
@@ -275,13 +416,20 @@ async fn produce(
     let Path(raw) = p.map_err(path_err)?;
     let limits = &s.config.limits;
     if req.records.is_empty() {
-        return Err(ApiError::bad_request("invalid_request", "records must not be empty"));
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "records must not be empty",
+        ));
     }
     if req.records.len() > limits.max_records_per_request {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
-            format!("{} records in one request; the limit is {}", req.records.len(), limits.max_records_per_request),
+            format!(
+                "{} records in one request; the limit is {}",
+                req.records.len(),
+                limits.max_records_per_request
+            ),
         ));
     }
     let topic = existing_topic(&s, &raw).await?;
@@ -290,13 +438,21 @@ async fn produce(
     let mut bytes = 0usize;
     for (i, r) in req.records.into_iter().enumerate() {
         let key = decode_field(i, "key", r.key, r.key_b64)?;
-        let value = decode_field(i, "value", r.value, r.value_b64)?
-            .ok_or_else(|| ApiError::bad_request("invalid_record", format!("record {i}: value or value_b64 is required")))?;
+        let value = decode_field(i, "value", r.value, r.value_b64)?.ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_record",
+                format!("record {i}: value or value_b64 is required"),
+            )
+        })?;
         let headers: Vec<(String, String)> = r.headers.unwrap_or_default().into_iter().collect();
         if headers.len() > limits.max_headers_per_record {
             return Err(ApiError::bad_request(
                 "invalid_record",
-                format!("record {i}: {} headers; the limit is {}", headers.len(), limits.max_headers_per_record),
+                format!(
+                    "record {i}: {} headers; the limit is {}",
+                    headers.len(),
+                    limits.max_headers_per_record
+                ),
             ));
         }
         let partition = match r.partition {
@@ -311,20 +467,30 @@ async fn produce(
                 None => (ROUND_ROBIN.fetch_add(1, Ordering::Relaxed) % u64::from(topic.partitions)) as u32,
             },
         };
-        let rec = Record { timestamp_ms: ts, key, value, headers };
+        let rec = Record {
+            timestamp_ms: ts,
+            key,
+            value,
+            headers,
+        };
         let size = rec.size();
         if size > limits.max_record_bytes {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "record_too_large",
-                format!("record {i} is {size} bytes; the limit is {}", limits.max_record_bytes),
+                format!(
+                    "record {i} is {size} bytes; the limit is {}",
+                    limits.max_record_bytes
+                ),
             ));
         }
         bytes += size;
         records.push((partition, rec));
     }
     let offsets = s.producer.append(topic, records, bytes).await?;
-    s.metrics.produce_seconds.observe(started.elapsed().as_secs_f64());
+    s.metrics
+        .produce_seconds
+        .observe(started.elapsed().as_secs_f64());
     Ok(Json(ProduceResponse { offsets }))
 }
 
@@ -344,7 +510,11 @@ fn parse_fetch_params(q: Option<&str>) -> ApiResult<FetchParams> {
         let num = |name: &'static str| -> ApiResult<u64> {
             v.parse::<u64>().map_err(|_| {
                 ApiError::bad_request(
-                    if name == "offset" { "invalid_offset" } else { "invalid_parameter" },
+                    if name == "offset" {
+                        "invalid_offset"
+                    } else {
+                        "invalid_parameter"
+                    },
                     format!("{name} must be a non-negative integer, got {v:?}"),
                 )
             })
@@ -383,29 +553,54 @@ async fn fetch(
     let params = parse_fetch_params(q.as_deref())?;
     let limits = &s.config.limits;
     let topic = existing_topic(&s, &raw).await?;
-    let partition = part.parse::<u32>().ok().filter(|p| *p < topic.partitions).ok_or_else(|| {
-        ApiError::bad_request("invalid_partition", format!("partition {part:?} does not exist; topic {:?} has partitions 0..{}", topic.name, topic.partitions))
-    })?;
+    let partition = part
+        .parse::<u32>()
+        .ok()
+        .filter(|p| *p < topic.partitions)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_partition",
+                format!(
+                    "partition {part:?} does not exist; topic {:?} has partitions 0..{}",
+                    topic.name, topic.partitions
+                ),
+            )
+        })?;
     let max_records = match params.max_records {
-        Some(0) => return Err(ApiError::bad_request("invalid_parameter", "max_records must be at least 1")),
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "max_records must be at least 1",
+            ));
+        }
         Some(n) => (n as usize).min(limits.max_fetch_records),
         None => 500.min(limits.max_fetch_records),
     };
-    let max_bytes = params.max_bytes.map_or(1024 * 1024, |b| b as usize).min(limits.max_fetch_bytes);
+    let max_bytes = params
+        .max_bytes
+        .map_or(1024 * 1024, |b| b as usize)
+        .min(limits.max_fetch_bytes);
     let wait = Duration::from_millis(params.wait_ms.min(limits.max_wait_ms));
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before reading the end offset so a commit in between is not missed.
     let mut commits = s.notifier.subscribe(topic.id, partition);
     let mut shutdown = s.shutdown.clone();
     let end_offset = |s: Shared, t: Arc<TopicMeta>| async move {
-        s.index.end_offset(t.id, partition).await.map_err(|e| ApiError::index(&e))?.ok_or_else(|| ApiError::topic_not_found(&t.name))
+        s.index
+            .end_offset(t.id, partition)
+            .await
+            .map_err(|e| ApiError::index(&e))?
+            .ok_or_else(|| ApiError::topic_not_found(&t.name))
     };
     let mut end = end_offset(s.clone(), topic.clone()).await?;
     if params.offset > end {
         return Err(ApiError::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
             "offset_out_of_range",
-            format!("offset {} is beyond the end of partition {partition} (end_offset {end})", params.offset),
+            format!(
+                "offset {} is beyond the end of partition {partition} (end_offset {end})",
+                params.offset
+            ),
         ));
     }
     while params.offset == end && !wait.is_zero() {
@@ -417,10 +612,21 @@ async fn fetch(
         end = end_offset(s.clone(), topic.clone()).await?;
     }
     if params.offset == end {
-        return Ok(Json(FetchResponse { records: Vec::new(), next_offset: params.offset, end_offset: end }));
+        return Ok(Json(FetchResponse {
+            records: Vec::new(),
+            next_offset: params.offset,
+            end_offset: end,
+        }));
     }
-    let (records, next_offset) = s.reader.read(&topic, partition, params.offset, max_records, max_bytes).await?;
-    Ok(Json(FetchResponse { records, next_offset, end_offset: end }))
+    let (records, next_offset) = s
+        .reader
+        .read(&topic, partition, params.offset, max_records, max_bytes)
+        .await?;
+    Ok(Json(FetchResponse {
+        records,
+        next_offset,
+        end_offset: end,
+    }))
 }
 
 /// Helper for tests and tools: the documented (method, path) pairs.
@@ -453,9 +659,20 @@ mod tests {
     fn fetch_params_parse_and_reject() {
         let p = parse_fetch_params(Some("offset=5&max_records=10&wait_ms=100&x=1")).unwrap();
         assert_eq!((p.offset, p.max_records, p.wait_ms), (5, Some(10), 100));
-        assert_eq!(parse_fetch_params(Some("offset=-1")).unwrap_err().code, "invalid_offset");
-        assert_eq!(parse_fetch_params(Some("offset=99999999999999999999999")).unwrap_err().code, "invalid_offset");
-        assert_eq!(parse_fetch_params(Some("max_bytes=abc")).unwrap_err().code, "invalid_parameter");
+        assert_eq!(
+            parse_fetch_params(Some("offset=-1")).unwrap_err().code,
+            "invalid_offset"
+        );
+        assert_eq!(
+            parse_fetch_params(Some("offset=99999999999999999999999"))
+                .unwrap_err()
+                .code,
+            "invalid_offset"
+        );
+        assert_eq!(
+            parse_fetch_params(Some("max_bytes=abc")).unwrap_err().code,
+            "invalid_parameter"
+        );
         assert_eq!(parse_fetch_params(None).unwrap().offset, 0);
     }
 
@@ -463,11 +680,21 @@ mod tests {
     fn openapi_documents_every_route() {
         let routes = documented_routes();
         for want in [
-            ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json"),
-            ("GET", "/v1/topics"), ("POST", "/v1/topics"), ("GET", "/v1/topics/{topic}"), ("DELETE", "/v1/topics/{topic}"),
-            ("POST", "/v1/topics/{topic}/records"), ("GET", "/v1/topics/{topic}/partitions/{partition}/records"),
+            ("GET", "/healthz"),
+            ("GET", "/readyz"),
+            ("GET", "/metrics"),
+            ("GET", "/openapi.json"),
+            ("GET", "/v1/topics"),
+            ("POST", "/v1/topics"),
+            ("GET", "/v1/topics/{topic}"),
+            ("DELETE", "/v1/topics/{topic}"),
+            ("POST", "/v1/topics/{topic}/records"),
+            ("GET", "/v1/topics/{topic}/partitions/{partition}/records"),
         ] {
-            assert!(routes.contains(&(want.0.to_string(), want.1.to_string())), "{want:?} missing from OpenAPI");
+            assert!(
+                routes.contains(&(want.0.to_string(), want.1.to_string())),
+                "{want:?} missing from OpenAPI"
+            );
         }
     }
 }

@@ -86,8 +86,10 @@ impl Agent {
         config.validate().map_err(StartError::Config)?;
         let config = Arc::new(config);
         let metrics = metrics::Metrics::new()?;
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(store::InstrumentedStore::new(store, metrics.store_requests.clone()));
+        let store: Arc<dyn ObjectStore> = Arc::new(store::InstrumentedStore::new(
+            store,
+            metrics.store_requests.clone(),
+        ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let notifier = notify::Notifier::default();
         let (producer, producer_task) = produce::spawn(
@@ -128,12 +130,22 @@ impl Agent {
             let graceful = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await
+            {
                 tracing::error!(error = %e, "http server failed");
             }
         });
         info!(%addr, bucket = %config.bucket, index = %redact(&config.index), "floe agent listening");
-        Ok(Self { addr, shared, shutdown_tx, server, producer_task, sweeper_task })
+        Ok(Self {
+            addr,
+            shared,
+            shutdown_tx,
+            server,
+            producer_task,
+            sweeper_task,
+        })
     }
 
     /// Graceful shutdown: stop accepting, end long-polls, let in-flight produce requests be

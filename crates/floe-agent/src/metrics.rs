@@ -28,7 +28,12 @@ fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheu
     Ok(c)
 }
 
-fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Result<Histogram, prometheus::Error> {
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> Result<Histogram, prometheus::Error> {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
     r.register(Box::new(h.clone()))?;
     Ok(h)
@@ -38,7 +43,10 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let r = Registry::new();
         let store_requests = IntCounterVec::new(
-            Opts::new("floe_object_store_requests_total", "Object store requests by operation"),
+            Opts::new(
+                "floe_object_store_requests_total",
+                "Object store requests by operation",
+            ),
             &["op"],
         )?;
         r.register(Box::new(store_requests.clone()))?;
@@ -46,22 +54,68 @@ impl Metrics {
             store_requests.with_label_values(&[op]);
         }
         let cache = IntCounterVec::new(
-            Opts::new("floe_segment_cache_total", "Segment cache lookups by result (hit/miss)"),
+            Opts::new(
+                "floe_segment_cache_total",
+                "Segment cache lookups by result (hit/miss)",
+            ),
             &["result"],
         )?;
         r.register(Box::new(cache.clone()))?;
         let secs = exponential_buckets(0.0005, 2.0, 16)?;
         Ok(Self {
-            records_produced: counter(&r, "floe_records_produced_total", "Records acked to producers")?,
-            bytes_produced: counter(&r, "floe_bytes_produced_total", "Record bytes acked to producers")?,
-            records_fetched: counter(&r, "floe_records_fetched_total", "Records returned to consumers")?,
-            bytes_fetched: counter(&r, "floe_bytes_fetched_total", "Record bytes returned to consumers")?,
-            segments_written: counter(&r, "floe_segments_written_total", "Segment objects written and committed")?,
-            flush_failures: counter(&r, "floe_flush_failures_total", "Flushes that failed (producers got 503)")?,
-            orphans_deleted: counter(&r, "floe_orphan_segments_deleted_total", "Unreferenced segment objects deleted by the sweeper")?,
-            flush_bytes: histogram(&r, "floe_flush_bytes", "Segment object size per flush", exponential_buckets(1024.0, 2.0, 16)?)?,
-            flush_seconds: histogram(&r, "floe_flush_seconds", "Encode + PUT + commit time per flush", secs.clone())?,
-            produce_seconds: histogram(&r, "floe_produce_seconds", "Produce request latency (receipt to ack)", secs)?,
+            records_produced: counter(
+                &r,
+                "floe_records_produced_total",
+                "Records acked to producers",
+            )?,
+            bytes_produced: counter(
+                &r,
+                "floe_bytes_produced_total",
+                "Record bytes acked to producers",
+            )?,
+            records_fetched: counter(
+                &r,
+                "floe_records_fetched_total",
+                "Records returned to consumers",
+            )?,
+            bytes_fetched: counter(
+                &r,
+                "floe_bytes_fetched_total",
+                "Record bytes returned to consumers",
+            )?,
+            segments_written: counter(
+                &r,
+                "floe_segments_written_total",
+                "Segment objects written and committed",
+            )?,
+            flush_failures: counter(
+                &r,
+                "floe_flush_failures_total",
+                "Flushes that failed (producers got 503)",
+            )?,
+            orphans_deleted: counter(
+                &r,
+                "floe_orphan_segments_deleted_total",
+                "Unreferenced segment objects deleted by the sweeper",
+            )?,
+            flush_bytes: histogram(
+                &r,
+                "floe_flush_bytes",
+                "Segment object size per flush",
+                exponential_buckets(1024.0, 2.0, 16)?,
+            )?,
+            flush_seconds: histogram(
+                &r,
+                "floe_flush_seconds",
+                "Encode + PUT + commit time per flush",
+                secs.clone(),
+            )?,
+            produce_seconds: histogram(
+                &r,
+                "floe_produce_seconds",
+                "Produce request latency (receipt to ack)",
+                secs,
+            )?,
             store_requests,
             cache,
             registry: r,

@@ -8,14 +8,18 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+type Watchers = HashMap<(i64, u32), watch::Sender<u64>>;
+
 #[derive(Debug, Clone, Default)]
 pub struct Notifier {
-    inner: Arc<Mutex<HashMap<(i64, u32), watch::Sender<u64>>>>,
+    inner: Arc<Mutex<Watchers>>,
 }
 
 impl Notifier {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i64, u32), watch::Sender<u64>>> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watchers> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn subscribe(&self, topic_id: i64, partition: u32) -> watch::Receiver<u64> {

@@ -61,22 +61,44 @@ impl ProducerHandle {
         bytes: usize,
     ) -> Reply {
         let want = bytes.clamp(1, self.max_buffer) as u32;
-        let permit = match tokio::time::timeout(self.wait, self.buffer.clone().acquire_many_owned(want)).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(ApiError::unavailable("shutting_down", "the agent is shutting down")),
-            Err(_) => {
-                return Err(ApiError::unavailable(
-                    "overloaded",
-                    format!("produce buffer full for {:?}; retry later", self.wait),
-                ));
-            }
-        };
+        let permit =
+            match tokio::time::timeout(self.wait, self.buffer.clone().acquire_many_owned(want))
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => {
+                    return Err(ApiError::unavailable(
+                        "shutting_down",
+                        "the agent is shutting down",
+                    ));
+                }
+                Err(_) => {
+                    return Err(ApiError::unavailable(
+                        "overloaded",
+                        format!("produce buffer full for {:?}; retry later", self.wait),
+                    ));
+                }
+            };
         let (reply, rx) = oneshot::channel();
-        let append = Append { topic, records, bytes, _permit: permit, reply };
+        let append = Append {
+            topic,
+            records,
+            bytes,
+            _permit: permit,
+            reply,
+        };
         if self.tx.send(append).await.is_err() {
-            return Err(ApiError::unavailable("shutting_down", "the agent is shutting down"));
+            return Err(ApiError::unavailable(
+                "shutting_down",
+                "the agent is shutting down",
+            ));
         }
-        rx.await.unwrap_or_else(|_| Err(ApiError::unavailable("flush_aborted", "the flush carrying these records was aborted")))
+        rx.await.unwrap_or_else(|_| {
+            Err(ApiError::unavailable(
+                "flush_aborted",
+                "the flush carrying these records was aborted",
+            ))
+        })
     }
 }
 
@@ -100,11 +122,19 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(4096);
     let handle = ProducerHandle {
         tx,
-        buffer: Arc::new(Semaphore::new(config.limits.max_buffer_bytes.min(u32::MAX as usize >> 1))),
+        buffer: Arc::new(Semaphore::new(
+            config.limits.max_buffer_bytes.min(u32::MAX as usize >> 1),
+        )),
         max_buffer: config.limits.max_buffer_bytes.min(u32::MAX as usize >> 1),
         wait: Duration::from_millis(config.limits.buffer_wait_ms),
     };
-    let ctx = Ctx { config, store, index, metrics, notifier };
+    let ctx = Ctx {
+        config,
+        store,
+        index,
+        metrics,
+        notifier,
+    };
     let task = tokio::spawn(run(rx, ctx).instrument(info_span!("produce_buffer")));
     (handle, task)
 }
@@ -151,7 +181,16 @@ async fn run(mut rx: mpsc::Receiver<Append>, ctx: Ctx) {
                     }
                 }
                 if linger.is_zero() || buf_bytes >= ctx.config.flush_bytes {
-                    flush(&mut buf, &mut buf_bytes, &ctx, &flight, &mut prev, &mut tasks, &mut seq).await;
+                    flush(
+                        &mut buf,
+                        &mut buf_bytes,
+                        &ctx,
+                        &flight,
+                        &mut prev,
+                        &mut tasks,
+                        &mut seq,
+                    )
+                    .await;
                 }
             }
             None => open = false,
@@ -159,7 +198,16 @@ async fn run(mut rx: mpsc::Receiver<Append>, ctx: Ctx) {
         while tasks.try_join_next().is_some() {}
     }
     if !buf.is_empty() {
-        flush(&mut buf, &mut buf_bytes, &ctx, &flight, &mut prev, &mut tasks, &mut seq).await;
+        flush(
+            &mut buf,
+            &mut buf_bytes,
+            &ctx,
+            &flight,
+            &mut prev,
+            &mut tasks,
+            &mut seq,
+        )
+        .await;
     }
     while tasks.join_next().await.is_some() {}
 }
@@ -176,14 +224,14 @@ async fn flush(
     let batch = std::mem::take(buf);
     *buf_bytes = 0;
     // Bound the flushes in flight; waiting here pushes back on the channel and the buffer.
-    let Ok(permit) = flight.clone().acquire_owned().await else { return };
+    let Ok(permit) = flight.clone().acquire_owned().await else {
+        return;
+    };
     let (done_tx, done_rx) = oneshot::channel();
     let before = prev.replace(done_rx);
     *seq += 1;
     let span = info_span!("flush", seq = *seq, requests = batch.len());
-    tasks.spawn(
-        flush_one(batch, ctx.clone(), before, done_tx, permit).instrument(span),
-    );
+    tasks.spawn(flush_one(batch, ctx.clone(), before, done_tx, permit).instrument(span));
 }
 
 struct RunBuf {
@@ -211,7 +259,11 @@ async fn flush_one(
         total_bytes += a.bytes as u64;
         for (p, r) in a.records {
             let i = *run_of.entry((a.topic.id, p)).or_insert_with(|| {
-                runs.push(RunBuf { topic: a.topic.clone(), partition: p, records: Vec::new() });
+                runs.push(RunBuf {
+                    topic: a.topic.clone(),
+                    partition: p,
+                    records: Vec::new(),
+                });
                 runs.len() - 1
             });
             places.push((i, runs[i].records.len() as u64));
@@ -225,14 +277,19 @@ async fn flush_one(
     drop(done);
     match result {
         Ok((runs, outcomes)) => {
-            ctx.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+            ctx.metrics
+                .flush_seconds
+                .observe(started.elapsed().as_secs_f64());
             for (places, reply, _permit) in waiters {
                 let mut offsets = Vec::with_capacity(places.len());
                 let mut gone = None;
                 for (i, pos) in places {
                     match outcomes[i] {
                         RunOutcome::Committed { base_offset } => {
-                            offsets.push(RecordOffset { partition: runs[i].0, offset: base_offset + pos });
+                            offsets.push(RecordOffset {
+                                partition: runs[i].0,
+                                offset: base_offset + pos,
+                            });
                         }
                         RunOutcome::TopicGone => gone = Some(i),
                     }
@@ -271,34 +328,61 @@ async fn write_and_commit(
     let (runs, encoded) = tokio::task::spawn_blocking(move || {
         let refs: Vec<RunRef<'_>> = runs
             .iter()
-            .map(|r| RunRef { topic: r.topic.name.as_str(), partition: r.partition, records: &r.records })
+            .map(|r| RunRef {
+                topic: r.topic.name.as_str(),
+                partition: r.partition,
+                records: &r.records,
+            })
             .collect();
         let enc = encode_segment(&refs, opts);
         (runs, enc)
     })
     .await
-    .map_err(|e| ApiError::unavailable("encode_failed", format!("segment encoding task failed: {e}")))?;
-    let (bytes, layouts) =
-        encoded.map_err(|e| ApiError::unavailable("encode_failed", format!("segment encoding failed: {e}")))?;
+    .map_err(|e| {
+        ApiError::unavailable(
+            "encode_failed",
+            format!("segment encoding task failed: {e}"),
+        )
+    })?;
+    let (bytes, layouts) = encoded.map_err(|e| {
+        ApiError::unavailable("encode_failed", format!("segment encoding failed: {e}"))
+    })?;
     let size = bytes.len() as u64;
-    let key = format!("{SEGMENT_PREFIX}/{}-{}.parquet", uuid::Uuid::now_v7(), ctx.config.agent_id);
+    let key = format!(
+        "{SEGMENT_PREFIX}/{}-{}.parquet",
+        uuid::Uuid::now_v7(),
+        ctx.config.agent_id
+    );
     let put_started = Instant::now();
     ctx.store
         .put_opts(
             &Path::from(key.as_str()),
             PutPayload::from_bytes(bytes),
-            PutOptions { mode: PutMode::Create, ..PutOptions::default() },
+            PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            },
         )
         .await
-        .map_err(|e| ApiError::unavailable("store_unavailable", format!("writing segment failed: {e}")))?;
-    debug!(key, size, put_ms = put_started.elapsed().as_millis() as u64, "segment written");
+        .map_err(|e| {
+            ApiError::unavailable("store_unavailable", format!("writing segment failed: {e}"))
+        })?;
+    debug!(
+        key,
+        size,
+        put_ms = put_started.elapsed().as_millis() as u64,
+        "segment written"
+    );
     if let Some(b) = before {
         let _ = b.await;
     }
     if put_started.elapsed() > ctx.config.commit_deadline {
         return Err(ApiError::unavailable(
             "commit_deadline_exceeded",
-            format!("segment not committed within {:?} of its write; abandoned", ctx.config.commit_deadline),
+            format!(
+                "segment not committed within {:?} of its write; abandoned",
+                ctx.config.commit_deadline
+            ),
         ));
     }
     let commit = SegmentCommit {
@@ -320,17 +404,35 @@ async fn write_and_commit(
             })
             .collect(),
     };
-    let outcomes = ctx.index.commit(commit).await.map_err(|e| ApiError::index(&e))?;
+    let outcomes = ctx
+        .index
+        .commit(commit)
+        .await
+        .map_err(|e| ApiError::index(&e))?;
     if outcomes.len() != runs.len() {
-        return Err(ApiError::unavailable("index_unavailable", "index returned a wrong number of outcomes"));
+        return Err(ApiError::unavailable(
+            "index_unavailable",
+            "index returned a wrong number of outcomes",
+        ));
     }
     for ((r, l), o) in runs.iter().zip(&layouts).zip(&outcomes) {
         if let RunOutcome::Committed { base_offset } = o {
-            ctx.notifier.committed(r.topic.id, r.partition, base_offset + u64::from(l.records));
+            ctx.notifier
+                .committed(r.topic.id, r.partition, base_offset + u64::from(l.records));
         }
     }
     ctx.metrics.segments_written.inc();
     ctx.metrics.flush_bytes.observe(size as f64);
-    debug!(key, runs = runs.len(), total_ms = started.elapsed().as_millis() as u64, "segment committed");
-    Ok((runs.into_iter().map(|r| (r.partition, r.topic.name.clone())).collect(), outcomes))
+    debug!(
+        key,
+        runs = runs.len(),
+        total_ms = started.elapsed().as_millis() as u64,
+        "segment committed"
+    );
+    Ok((
+        runs.into_iter()
+            .map(|r| (r.partition, r.topic.name.clone()))
+            .collect(),
+        outcomes,
+    ))
 }

@@ -71,11 +71,20 @@ impl fmt::Display for InstrumentedStore {
 
 #[async_trait]
 impl ObjectStore for InstrumentedStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
         self.count("put");
         self.inner.put_opts(location, payload, opts).await
     }
-    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
         self.count("put");
         self.inner.put_multipart_opts(location, opts).await
     }
@@ -84,10 +93,15 @@ impl ObjectStore for InstrumentedStore {
         self.inner.get_opts(location, options).await
     }
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.requests.with_label_values(&["get"]).inc_by(ranges.len() as u64);
+        self.requests
+            .with_label_values(&["get"])
+            .inc_by(ranges.len() as u64);
         self.inner.get_ranges(location, ranges).await
     }
-    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
         let c = self.requests.with_label_values(&["delete"]);
         self.inner.delete_stream(
             locations
@@ -121,7 +135,10 @@ pub struct FaultStore {
 
 impl FaultStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        Self { inner, failing: Arc::new(AtomicBool::new(false)) }
+        Self {
+            inner,
+            failing: Arc::new(AtomicBool::new(false)),
+        }
     }
     /// A handle that switches failures on and off.
     pub fn switch(&self) -> Arc<AtomicBool> {
@@ -146,11 +163,20 @@ impl fmt::Display for FaultStore {
 
 #[async_trait]
 impl ObjectStore for FaultStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
         self.check()?;
         self.inner.put_opts(location, payload, opts).await
     }
-    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
         self.check()?;
         self.inner.put_multipart_opts(location, opts).await
     }
@@ -158,7 +184,10 @@ impl ObjectStore for FaultStore {
         self.check()?;
         self.inner.get_opts(location, options).await
     }
-    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
         if let Err(e) = self.check() {
             return futures::stream::once(async move { Err(e) }).boxed();
         }

@@ -33,7 +33,10 @@ pub async fn run(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let span = info_span!("sweep");
-        match sweep_once(&store, index.as_ref(), config.orphan_grace).instrument(span).await {
+        match sweep_once(&store, index.as_ref(), config.orphan_grace)
+            .instrument(span)
+            .await
+        {
             Ok(n) => {
                 if n > 0 {
                     metrics.orphans_deleted.inc_by(n);
@@ -54,7 +57,11 @@ pub enum SweepError {
 }
 
 /// One pass. Returns how many objects were deleted.
-pub async fn sweep_once(store: &Arc<dyn ObjectStore>, index: &dyn Index, grace: Duration) -> Result<u64, SweepError> {
+pub async fn sweep_once(
+    store: &Arc<dyn ObjectStore>,
+    index: &dyn Index,
+    grace: Duration,
+) -> Result<u64, SweepError> {
     let cutoff = chrono_now() - grace.as_millis() as i64;
     let mut listing = store.list(Some(&Path::from(SEGMENT_PREFIX)));
     let mut deleted = 0;

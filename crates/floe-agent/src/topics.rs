@@ -14,13 +14,21 @@ pub struct TopicCache {
 
 impl std::fmt::Debug for TopicCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TopicCache").field("entries", &self.cache.entry_count()).finish()
+        f.debug_struct("TopicCache")
+            .field("entries", &self.cache.entry_count())
+            .finish()
     }
 }
 
 impl TopicCache {
     pub fn new(index: Arc<dyn Index>, ttl: Duration) -> Self {
-        Self { index, cache: moka::future::Cache::builder().max_capacity(100_000).time_to_live(ttl).build() }
+        Self {
+            index,
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
     }
 
     pub async fn get(&self, name: &str) -> Result<Option<Arc<TopicMeta>>, IndexError> {

@@ -12,7 +12,11 @@ use serde::de::DeserializeOwned;
 pub enum ClientError {
     /// The agent answered with an error body.
     #[error("{status} {code}: {message}")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("http: {0}")]
     Http(#[from] reqwest::Error),
     #[error("unexpected response ({status}): {body}")]
@@ -60,7 +64,10 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(64)
             .build()?;
-        Ok(Self { http, base: base.trim_end_matches('/').to_string() })
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        })
     }
 
     pub fn base(&self) -> &str {
@@ -81,26 +88,61 @@ impl Client {
 
     fn error(status: u16, bytes: &[u8]) -> ClientError {
         match serde_json::from_slice::<ErrorBody>(bytes) {
-            Ok(b) => ClientError::Api { status, code: b.error.code, message: b.error.message },
-            Err(_) => ClientError::Unexpected { status, body: String::from_utf8_lossy(bytes).into_owned() },
+            Ok(b) => ClientError::Api {
+                status,
+                code: b.error.code,
+                message: b.error.message,
+            },
+            Err(_) => ClientError::Unexpected {
+                status,
+                body: String::from_utf8_lossy(bytes).into_owned(),
+            },
         }
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<TopicInfo> {
-        let req = CreateTopicRequest { name: name.into(), partitions: i64::from(partitions), retention_ms: None, config: None };
-        Self::decode(self.http.post(format!("{}/v1/topics", self.base)).json(&req).send().await?).await
+        let req = CreateTopicRequest {
+            name: name.into(),
+            partitions: i64::from(partitions),
+            retention_ms: None,
+            config: None,
+        };
+        Self::decode(
+            self.http
+                .post(format!("{}/v1/topics", self.base))
+                .json(&req)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     pub async fn list_topics(&self) -> Result<TopicList> {
-        Self::decode(self.http.get(format!("{}/v1/topics", self.base)).send().await?).await
+        Self::decode(
+            self.http
+                .get(format!("{}/v1/topics", self.base))
+                .send()
+                .await?,
+        )
+        .await
     }
 
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
-        Self::decode(self.http.get(format!("{}/v1/topics/{name}", self.base)).send().await?).await
+        Self::decode(
+            self.http
+                .get(format!("{}/v1/topics/{name}", self.base))
+                .send()
+                .await?,
+        )
+        .await
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
-        let resp = self.http.delete(format!("{}/v1/topics/{name}", self.base)).send().await?;
+        let resp = self
+            .http
+            .delete(format!("{}/v1/topics/{name}", self.base))
+            .send()
+            .await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -108,9 +150,20 @@ impl Client {
         Err(Self::error(status.as_u16(), &resp.bytes().await?))
     }
 
-    pub async fn produce(&self, topic: &str, records: Vec<ProduceRecord>) -> Result<ProduceResponse> {
+    pub async fn produce(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<ProduceResponse> {
         let body = ProduceRequest { records };
-        Self::decode(self.http.post(format!("{}/v1/topics/{topic}/records", self.base)).json(&body).send().await?).await
+        Self::decode(
+            self.http
+                .post(format!("{}/v1/topics/{topic}/records", self.base))
+                .json(&body)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// Produce a pre-serialized JSON body (`{"records": [...]}`).
@@ -125,8 +178,17 @@ impl Client {
         Self::decode(resp).await
     }
 
-    pub async fn fetch(&self, topic: &str, partition: u32, offset: u64, opts: FetchOptions) -> Result<FetchResponse> {
-        let mut url = format!("{}/v1/topics/{topic}/partitions/{partition}/records?offset={offset}", self.base);
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        opts: FetchOptions,
+    ) -> Result<FetchResponse> {
+        let mut url = format!(
+            "{}/v1/topics/{topic}/partitions/{partition}/records?offset={offset}",
+            self.base
+        );
         if let Some(n) = opts.max_records {
             url.push_str(&format!("&max_records={n}"));
         }
@@ -141,7 +203,13 @@ impl Client {
 
     /// The agent's Prometheus metrics text.
     pub async fn metrics(&self) -> Result<String> {
-        Ok(self.http.get(format!("{}/metrics", self.base)).send().await?.text().await?)
+        Ok(self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .text()
+            .await?)
     }
 
     /// Sum of a counter across its labels in the metrics text (e.g. `floe_object_store_requests_total{op="put"}`).

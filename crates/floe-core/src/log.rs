@@ -92,7 +92,21 @@ mod tests {
     fn plan_skips_and_limits() {
         let runs = [R(0, 5), R(5, 5), R(10, 5)];
         let (p, next) = plan_fetch(&runs, 3, 4);
-        assert_eq!(p, vec![Slice { run: 0, from: 3, to: 5 }, Slice { run: 1, from: 0, to: 2 }]);
+        assert_eq!(
+            p,
+            vec![
+                Slice {
+                    run: 0,
+                    from: 3,
+                    to: 5
+                },
+                Slice {
+                    run: 1,
+                    from: 0,
+                    to: 2
+                }
+            ]
+        );
         assert_eq!(next, 7);
         let (p, next) = plan_fetch(&runs, 15, 10);
         assert!(p.is_empty());

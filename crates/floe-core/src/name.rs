@@ -79,6 +79,9 @@ mod tests {
         assert_eq!(TopicName::new("../x"), Err(NameError::BadChar('/')));
         assert_eq!(TopicName::new("a b"), Err(NameError::BadChar(' ')));
         assert_eq!(TopicName::new("tópico"), Err(NameError::BadChar('ó')));
-        assert_eq!(TopicName::new(&"x".repeat(250)), Err(NameError::TooLong(250)));
+        assert_eq!(
+            TopicName::new(&"x".repeat(250)),
+            Err(NameError::TooLong(250))
+        );
     }
 }

@@ -16,9 +16,7 @@
 use std::ops::Range;
 use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{
-    BinaryBuilder, ListBuilder, StringBuilder, StructBuilder,
-};
+use arrow_array::builder::{BinaryBuilder, ListBuilder, StringBuilder, StructBuilder};
 use arrow_array::{
     Array, ArrayRef, BinaryArray, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
     StructArray, TimestampMillisecondArray,
@@ -68,7 +66,9 @@ impl std::str::FromStr for Compression {
             "zstd" => Ok(Self::Zstd(1)),
             other => match other.strip_prefix("zstd:").map(str::parse::<i32>) {
                 Some(Ok(l)) if (1..=22).contains(&l) => Ok(Self::Zstd(l)),
-                _ => Err(format!("unknown compression {other:?}: use none, lz4, zstd or zstd:LEVEL")),
+                _ => Err(format!(
+                    "unknown compression {other:?}: use none, lz4, zstd or zstd:LEVEL"
+                )),
             },
         }
     }
@@ -83,7 +83,10 @@ pub struct EncodeOptions {
 
 impl Default for EncodeOptions {
     fn default() -> Self {
-        Self { compression: Compression::Lz4, max_rows_per_row_group: 16 * 1024 }
+        Self {
+            compression: Compression::Lz4,
+            max_rows_per_row_group: 16 * 1024,
+        }
     }
 }
 
@@ -122,7 +125,11 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("value", DataType::Binary, false),
         Field::new(
             "headers",
-            DataType::List(Arc::new(Field::new("item", DataType::Struct(header_fields()), true))),
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(header_fields()),
+                true,
+            ))),
             false,
         ),
     ]))
@@ -145,14 +152,19 @@ fn run_batch(run: &RunRef<'_>, rows: Range<usize>) -> Result<RecordBatch, Segmen
     let n = recs.len();
     let partition = i32::try_from(run.partition)
         .map_err(|_| SegmentError::Corrupt(format!("partition {} out of range", run.partition)))?;
-    let topic: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(run.topic, n)));
+    let topic: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+        run.topic, n,
+    )));
     let part: ArrayRef = Arc::new(Int32Array::from_value(partition, n));
     let off: ArrayRef = Arc::new(Int64Array::from_iter_values(rows.map(|i| i as i64)));
     let ts: ArrayRef = Arc::new(
         TimestampMillisecondArray::from_iter_values(recs.iter().map(|r| r.timestamp_ms))
             .with_timezone("UTC"),
     );
-    let key_bytes: usize = recs.iter().map(|r| r.key.as_ref().map_or(0, Bytes::len)).sum();
+    let key_bytes: usize = recs
+        .iter()
+        .map(|r| r.key.as_ref().map_or(0, Bytes::len))
+        .sum();
     let mut keys = BinaryBuilder::with_capacity(n, key_bytes);
     let val_bytes: usize = recs.iter().map(|r| r.value.len()).sum();
     let mut vals = BinaryBuilder::with_capacity(n, val_bytes);
@@ -207,7 +219,11 @@ pub fn encode_segment(
             FORMAT_VERSION.to_string(),
         )]))
         .build();
-    let total_bytes: usize = runs.iter().flat_map(|r| r.records.iter()).map(Record::size).sum();
+    let total_bytes: usize = runs
+        .iter()
+        .flat_map(|r| r.records.iter())
+        .map(Record::size)
+        .sum();
     let mut out = Vec::with_capacity(total_bytes + 4096);
     let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
     let mut rg_spans = Vec::with_capacity(runs.len());
@@ -264,16 +280,17 @@ pub enum Footer {
 /// Parse the footer from the last bytes of a segment object (`tail` = the object's suffix).
 pub fn parse_footer(tail: &[u8]) -> Result<Footer, SegmentError> {
     if tail.len() < FOOTER_TAIL {
-        return Err(SegmentError::Corrupt("object shorter than a parquet footer".into()));
+        return Err(SegmentError::Corrupt(
+            "object shorter than a parquet footer".into(),
+        ));
     }
     let ft = FooterTail::try_from(&tail[tail.len() - FOOTER_TAIL..])?;
     let need = ft.metadata_length() + FOOTER_TAIL;
     if tail.len() < need {
         return Ok(Footer::NeedSuffix(need));
     }
-    let meta = ParquetMetaDataReader::decode_metadata(
-        &tail[tail.len() - need..tail.len() - FOOTER_TAIL],
-    )?;
+    let meta =
+        ParquetMetaDataReader::decode_metadata(&tail[tail.len() - need..tail.len() - FOOTER_TAIL])?;
     Ok(Footer::Parsed(Arc::new(meta)))
 }
 
@@ -355,7 +372,11 @@ impl RecordView<'_> {
     pub fn size(&self) -> usize {
         self.key.map_or(0, <[u8]>::len)
             + self.value.len()
-            + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 }
 
@@ -381,7 +402,9 @@ impl DecodedRun {
         let row = i - self.starts[b];
         let offs = c.headers.value_offsets();
         let (hs, he) = (offs[row] as usize, offs[row + 1] as usize);
-        let headers = (hs..he).map(|j| (c.header_keys.value(j), c.header_values.value(j))).collect();
+        let headers = (hs..he)
+            .map(|j| (c.header_keys.value(j), c.header_values.value(j)))
+            .collect();
         Some(RecordView {
             timestamp_ms: c.ts.value(row),
             key: (!c.key.is_null(row)).then(|| c.key.value(row)),
@@ -421,7 +444,11 @@ pub fn decode_run(
     }
     let arm = ArrowReaderMetadata::try_new(meta.clone(), ArrowReaderOptions::new())?;
     let mem = data.len();
-    let chunk = RangeChunk { base: loc.byte_start, data, file_len };
+    let chunk = RangeChunk {
+        base: loc.byte_start,
+        data,
+        file_len,
+    };
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, arm)
         .with_row_groups((first..end).collect())
         .with_batch_size(64 * 1024)
@@ -445,10 +472,15 @@ pub fn decode_run(
         )));
     }
     // The raw range is not kept: only the decoded arrays are.
-    Ok(DecodedRun { batches, starts, len, mem: mem_total - mem })
+    Ok(DecodedRun {
+        batches,
+        starts,
+        len,
+        mem: mem_total - mem,
+    })
 }
 
-fn col<'b, T: 'static>(b: &'b RecordBatch, i: usize) -> Result<&'b T, SegmentError> {
+fn col<T: 'static>(b: &RecordBatch, i: usize) -> Result<&T, SegmentError> {
     b.column(i)
         .as_any()
         .downcast_ref::<T>()
@@ -512,9 +544,13 @@ mod tests {
     fn rec(i: usize) -> Record {
         Record {
             timestamp_ms: 1_700_000_000_000 + i as i64,
-            key: (i % 3 != 0).then(|| Bytes::from(format!("k{i}"))),
+            key: (!i.is_multiple_of(3)).then(|| Bytes::from(format!("k{i}"))),
             value: Bytes::from(format!("value-{i}")),
-            headers: if i % 2 == 0 { vec![("h".into(), format!("{i}"))] } else { vec![] },
+            headers: if i.is_multiple_of(2) {
+                vec![("h".into(), format!("{i}"))]
+            } else {
+                vec![]
+            },
         }
     }
 
@@ -546,8 +582,11 @@ mod tests {
                 assert_eq!(v.timestamp_ms, r.timestamp_ms);
                 assert_eq!(v.key, r.key.as_deref());
                 assert_eq!(v.value, &r.value[..]);
-                let hs: Vec<(&str, &str)> =
-                    r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let hs: Vec<(&str, &str)> = r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 assert_eq!(v.headers, hs);
             }
             assert!(dec.get(run.records.len()).is_none());
@@ -559,36 +598,101 @@ mod tests {
         let a: Vec<Record> = (0..1000).map(rec).collect();
         let b: Vec<Record> = (0..7).map(rec).collect();
         let runs = [
-            RunRef { topic: "orders", partition: 0, records: &a },
-            RunRef { topic: "orders", partition: 3, records: &b },
-            RunRef { topic: "x.y-z", partition: 0, records: &b[..1] },
+            RunRef {
+                topic: "orders",
+                partition: 0,
+                records: &a,
+            },
+            RunRef {
+                topic: "orders",
+                partition: 3,
+                records: &b,
+            },
+            RunRef {
+                topic: "x.y-z",
+                partition: 0,
+                records: &b[..1],
+            },
         ];
         for c in [Compression::None, Compression::Lz4, Compression::Zstd(1)] {
-            roundtrip(&runs, EncodeOptions { compression: c, max_rows_per_row_group: 300 });
+            roundtrip(
+                &runs,
+                EncodeOptions {
+                    compression: c,
+                    max_rows_per_row_group: 300,
+                },
+            );
         }
-        let (_, lay) = encode_segment(&runs, EncodeOptions { compression: Compression::Lz4, max_rows_per_row_group: 300 }).unwrap();
+        let (_, lay) = encode_segment(
+            &runs,
+            EncodeOptions {
+                compression: Compression::Lz4,
+                max_rows_per_row_group: 300,
+            },
+        )
+        .unwrap();
         assert_eq!(lay[0].row_group_count, 4);
         assert_eq!((lay[1].row_group_first, lay[1].row_group_count), (4, 1));
         assert_eq!(lay[2].row_group_first, 5);
-        assert!(lay[0].byte_end <= lay[1].byte_start, "runs must not overlap");
+        assert!(
+            lay[0].byte_end <= lay[1].byte_start,
+            "runs must not overlap"
+        );
     }
 
     #[test]
     fn decode_rejects_wrong_partition() {
         let a: Vec<Record> = (0..10).map(rec).collect();
-        let (bytes, lay) = encode_segment(&[RunRef { topic: "t", partition: 1, records: &a }], EncodeOptions::default()).unwrap();
-        let Footer::Parsed(meta) = parse_footer(&bytes).unwrap() else { panic!() };
-        let loc = RunLocation { topic: "t", partition: 2, records: 10, row_group_first: 0, row_group_count: 1, byte_start: lay[0].byte_start };
+        let (bytes, lay) = encode_segment(
+            &[RunRef {
+                topic: "t",
+                partition: 1,
+                records: &a,
+            }],
+            EncodeOptions::default(),
+        )
+        .unwrap();
+        let Footer::Parsed(meta) = parse_footer(&bytes).unwrap() else {
+            panic!()
+        };
+        let loc = RunLocation {
+            topic: "t",
+            partition: 2,
+            records: 10,
+            row_group_first: 0,
+            row_group_count: 1,
+            byte_start: lay[0].byte_start,
+        };
         let data = bytes.slice(lay[0].byte_start as usize..lay[0].byte_end as usize);
-        assert!(matches!(decode_run(&meta, bytes.len() as u64, &loc, data), Err(SegmentError::Corrupt(_))));
+        assert!(matches!(
+            decode_run(&meta, bytes.len() as u64, &loc, data),
+            Err(SegmentError::Corrupt(_))
+        ));
     }
 
     #[test]
     fn max_size_record_roundtrips() {
-        let big = Record { timestamp_ms: 0, key: Some(Bytes::from(vec![0u8; 100])), value: Bytes::from(vec![0xffu8; 1024 * 1024]), headers: vec![] };
-        let empty = Record { timestamp_ms: -5, key: Some(Bytes::new()), value: Bytes::new(), headers: vec![("".into(), "".into())] };
+        let big = Record {
+            timestamp_ms: 0,
+            key: Some(Bytes::from(vec![0u8; 100])),
+            value: Bytes::from(vec![0xffu8; 1024 * 1024]),
+            headers: vec![],
+        };
+        let empty = Record {
+            timestamp_ms: -5,
+            key: Some(Bytes::new()),
+            value: Bytes::new(),
+            headers: vec![("".into(), "".into())],
+        };
         let recs = vec![big, empty];
-        roundtrip(&[RunRef { topic: "big", partition: 0, records: &recs }], EncodeOptions::default());
+        roundtrip(
+            &[RunRef {
+                topic: "big",
+                partition: 0,
+                records: &recs,
+            }],
+            EncodeOptions::default(),
+        );
     }
 
     fn arb_record() -> impl Strategy<Value = Record> {

@@ -130,7 +130,13 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     /// Commit the runs of one segment; one outcome per run, in order.
     async fn commit(&self, seg: SegmentCommit) -> Result<Vec<RunOutcome>>;
     /// Runs of a partition covering `offset` and after, in offset order, at most `limit`.
-    async fn runs_from(&self, topic_id: i64, partition: u32, offset: u64, limit: u32) -> Result<Vec<RunEntry>>;
+    async fn runs_from(
+        &self,
+        topic_id: i64,
+        partition: u32,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Vec<RunEntry>>;
     /// Whether any committed run refers to this segment object.
     async fn segment_referenced(&self, key: &str) -> Result<bool>;
     /// Check the index is reachable.

@@ -75,12 +75,16 @@ impl SqliteIndex {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| IndexError::Task(format!("create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| IndexError::Task(format!("create {}: {e}", dir.display())))?;
             }
             let w = connect(&path)?;
             w.execute_batch(SCHEMA)?;
             let r = connect(&path)?;
-            Ok(Self { writer: Arc::new(Mutex::new(w)), reader: Arc::new(Mutex::new(r)) })
+            Ok(Self {
+                writer: Arc::new(Mutex::new(w)),
+                reader: Arc::new(Mutex::new(r)),
+            })
         })
         .await
         .map_err(|e| IndexError::Task(e.to_string()))?
@@ -96,32 +100,64 @@ impl SqliteIndex {
             .map_err(|e| IndexError::Task(e.to_string()))?
     }
 
-    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         Self::with(&self.reader, f).await
     }
 
-    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         Self::with(&self.writer, f).await
     }
 }
 
-fn topic_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, u32, Option<i64>, String, i64)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+fn topic_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(i64, String, u32, Option<i64>, String, i64)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 fn to_meta(t: (i64, String, u32, Option<i64>, String, i64)) -> Result<TopicMeta> {
     let config: BTreeMap<String, String> = decode_config(&t.4)?;
-    Ok(TopicMeta { id: t.0, name: t.1, partitions: t.2, retention_ms: t.3, config, created_ms: t.5 })
+    Ok(TopicMeta {
+        id: t.0,
+        name: t.1,
+        partitions: t.2,
+        retention_ms: t.3,
+        config,
+        created_ms: t.5,
+    })
 }
 
 /// Config is stored as `key=value` lines with `\` escaping, to keep this crate free of JSON.
 fn encode_config(c: &BTreeMap<String, String>) -> String {
-    let esc = |s: &str| s.replace('\\', "\\\\").replace('\n', "\\n").replace('=', "\\e");
-    c.iter().map(|(k, v)| format!("{}={}\n", esc(k), esc(v))).collect()
+    let esc = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('\n', "\\n")
+            .replace('=', "\\e")
+    };
+    c.iter()
+        .map(|(k, v)| format!("{}={}\n", esc(k), esc(v)))
+        .collect()
 }
 
 fn decode_config(s: &str) -> Result<BTreeMap<String, String>> {
-    let unesc = |s: &str| s.replace("\\e", "=").replace("\\n", "\n").replace("\\\\", "\\");
+    let unesc = |s: &str| {
+        s.replace("\\e", "=")
+            .replace("\\n", "\n")
+            .replace("\\\\", "\\")
+    };
     s.lines()
         .map(|l| {
             l.split_once('=')
@@ -164,8 +200,11 @@ impl Index for SqliteIndex {
 
     async fn list_topics(&self) -> Result<Vec<TopicMeta>> {
         self.read(|c| {
-            let mut st = c.prepare_cached(&format!("SELECT {TOPIC_COLS} FROM topics ORDER BY name"))?;
-            let rows = st.query_map([], topic_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut st =
+                c.prepare_cached(&format!("SELECT {TOPIC_COLS} FROM topics ORDER BY name"))?;
+            let rows = st
+                .query_map([], topic_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.into_iter().map(to_meta).collect()
         })
         .await
@@ -174,8 +213,12 @@ impl Index for SqliteIndex {
     async fn get_topic(&self, name: &str) -> Result<Option<TopicMeta>> {
         let name = name.to_string();
         self.read(move |c| {
-            let mut st = c.prepare_cached(&format!("SELECT {TOPIC_COLS} FROM topics WHERE name = ?1"))?;
-            st.query_row([name], topic_row).optional()?.map(to_meta).transpose()
+            let mut st =
+                c.prepare_cached(&format!("SELECT {TOPIC_COLS} FROM topics WHERE name = ?1"))?;
+            st.query_row([name], topic_row)
+                .optional()?
+                .map(to_meta)
+                .transpose()
         })
         .await
     }
@@ -184,7 +227,11 @@ impl Index for SqliteIndex {
         let name = name.to_string();
         self.write(move |c| {
             let tx = c.transaction()?;
-            let id: Option<i64> = tx.query_row("SELECT id FROM topics WHERE name = ?1", [&name], |r| r.get(0)).optional()?;
+            let id: Option<i64> = tx
+                .query_row("SELECT id FROM topics WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })
+                .optional()?;
             let Some(id) = id else { return Ok(false) };
             tx.execute("DELETE FROM runs WHERE topic_id = ?1", [id])?;
             tx.execute("DELETE FROM partitions WHERE topic_id = ?1", [id])?;
@@ -208,8 +255,12 @@ impl Index for SqliteIndex {
 
     async fn end_offset(&self, topic_id: i64, partition: u32) -> Result<Option<u64>> {
         self.read(move |c| {
-            let mut st = c.prepare_cached("SELECT next_offset FROM partitions WHERE topic_id = ?1 AND partition = ?2")?;
-            Ok(st.query_row(params![topic_id, partition], |r| r.get(0)).optional()?)
+            let mut st = c.prepare_cached(
+                "SELECT next_offset FROM partitions WHERE topic_id = ?1 AND partition = ?2",
+            )?;
+            Ok(st
+                .query_row(params![topic_id, partition], |r| r.get(0))
+                .optional()?)
         })
         .await
     }
@@ -266,7 +317,13 @@ impl Index for SqliteIndex {
         .await
     }
 
-    async fn runs_from(&self, topic_id: i64, partition: u32, offset: u64, limit: u32) -> Result<Vec<RunEntry>> {
+    async fn runs_from(
+        &self,
+        topic_id: i64,
+        partition: u32,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Vec<RunEntry>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end FROM runs
@@ -303,7 +360,8 @@ impl Index for SqliteIndex {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
 }
 
@@ -313,7 +371,17 @@ mod tests {
     use crate::RunCommit;
 
     fn run(topic_id: i64, partition: u32, records: u32) -> RunCommit {
-        RunCommit { topic_id, partition, records, row_group_first: 0, row_group_count: 1, byte_start: 4, byte_end: 100, min_timestamp_ms: 0, max_timestamp_ms: 0 }
+        RunCommit {
+            topic_id,
+            partition,
+            records,
+            row_group_first: 0,
+            row_group_count: 1,
+            byte_start: 4,
+            byte_end: 100,
+            min_timestamp_ms: 0,
+            max_timestamp_ms: 0,
+        }
     }
 
     async fn idx() -> (tempfile::TempDir, SqliteIndex) {
@@ -323,7 +391,14 @@ mod tests {
     }
 
     fn new_topic(name: &str, partitions: u32) -> NewTopic {
-        NewTopic { name: name.into(), partitions, retention_ms: None, config: BTreeMap::from([("a=b".into(), "x\ny".into())]), created_ms: 1, max_topics: 3 }
+        NewTopic {
+            name: name.into(),
+            partitions,
+            retention_ms: None,
+            config: BTreeMap::from([("a=b".into(), "x\ny".into())]),
+            created_ms: 1,
+            max_topics: 3,
+        }
     }
 
     #[tokio::test]
@@ -331,11 +406,41 @@ mod tests {
         let (_d, i) = idx().await;
         let a = i.create_topic(new_topic("a", 2)).await.unwrap();
         let b = i.create_topic(new_topic("b", 1)).await.unwrap();
-        assert!(matches!(i.create_topic(new_topic("a", 1)).await, Err(IndexError::TopicExists(_))));
-        let out = i.commit(SegmentCommit { key: "s1".into(), size: 10, runs: vec![run(a.id, 0, 3), run(b.id, 0, 2), run(a.id, 1, 1)] }).await.unwrap();
-        assert_eq!(out, vec![RunOutcome::Committed { base_offset: 0 }, RunOutcome::Committed { base_offset: 0 }, RunOutcome::Committed { base_offset: 0 }]);
-        let out = i.commit(SegmentCommit { key: "s2".into(), size: 10, runs: vec![run(a.id, 0, 5), run(99, 0, 1)] }).await.unwrap();
-        assert_eq!(out, vec![RunOutcome::Committed { base_offset: 3 }, RunOutcome::TopicGone]);
+        assert!(matches!(
+            i.create_topic(new_topic("a", 1)).await,
+            Err(IndexError::TopicExists(_))
+        ));
+        let out = i
+            .commit(SegmentCommit {
+                key: "s1".into(),
+                size: 10,
+                runs: vec![run(a.id, 0, 3), run(b.id, 0, 2), run(a.id, 1, 1)],
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                RunOutcome::Committed { base_offset: 0 },
+                RunOutcome::Committed { base_offset: 0 },
+                RunOutcome::Committed { base_offset: 0 }
+            ]
+        );
+        let out = i
+            .commit(SegmentCommit {
+                key: "s2".into(),
+                size: 10,
+                runs: vec![run(a.id, 0, 5), run(99, 0, 1)],
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                RunOutcome::Committed { base_offset: 3 },
+                RunOutcome::TopicGone
+            ]
+        );
         assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(8));
         let runs = i.runs_from(a.id, 0, 4, 10).await.unwrap();
         assert_eq!(runs.len(), 1);
@@ -343,14 +448,27 @@ mod tests {
         assert_eq!(i.runs_from(a.id, 0, 0, 10).await.unwrap().len(), 2);
         assert!(i.segment_referenced("s1").await.unwrap());
         assert!(!i.segment_referenced("nope").await.unwrap());
-        assert_eq!(i.get_topic("a").await.unwrap().unwrap().config, new_topic("a", 1).config);
+        assert_eq!(
+            i.get_topic("a").await.unwrap().unwrap().config,
+            new_topic("a", 1).config
+        );
         assert!(i.delete_topic("b").await.unwrap());
         assert!(!i.delete_topic("b").await.unwrap());
-        let out = i.commit(SegmentCommit { key: "s3".into(), size: 10, runs: vec![run(b.id, 0, 1)] }).await.unwrap();
+        let out = i
+            .commit(SegmentCommit {
+                key: "s3".into(),
+                size: 10,
+                runs: vec![run(b.id, 0, 1)],
+            })
+            .await
+            .unwrap();
         assert_eq!(out, vec![RunOutcome::TopicGone]);
         i.create_topic(new_topic("c", 1)).await.unwrap();
         i.create_topic(new_topic("d", 1)).await.unwrap();
-        assert!(matches!(i.create_topic(new_topic("e", 1)).await, Err(IndexError::TooManyTopics(3))));
+        assert!(matches!(
+            i.create_topic(new_topic("e", 1)).await,
+            Err(IndexError::TooManyTopics(3))
+        ));
     }
 
     #[tokio::test]
@@ -360,7 +478,13 @@ mod tests {
         {
             let i = SqliteIndex::open(&p).await.unwrap();
             let a = i.create_topic(new_topic("a", 1)).await.unwrap();
-            i.commit(SegmentCommit { key: "s".into(), size: 1, runs: vec![run(a.id, 0, 7)] }).await.unwrap();
+            i.commit(SegmentCommit {
+                key: "s".into(),
+                size: 1,
+                runs: vec![run(a.id, 0, 7)],
+            })
+            .await
+            .unwrap();
         }
         let i = SqliteIndex::open(&p).await.unwrap();
         let a = i.get_topic("a").await.unwrap().unwrap();

@@ -44,7 +44,9 @@ pub struct BenchArgs {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn hist() -> anyhow::Result<Histogram<u64>> {
@@ -60,7 +62,9 @@ fn body(value: &str, batch: usize, producer: usize) -> Bytes {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(&format!("{{\"key\":\"p{producer}-{i}\",\"value\":\"{value}\",\"headers\":{{\"t\":\"{t}\"}}}}"));
+        s.push_str(&format!(
+            "{{\"key\":\"p{producer}-{i}\",\"value\":\"{value}\",\"headers\":{{\"t\":\"{t}\"}}}}"
+        ));
     }
     s.push_str("]}");
     Bytes::from(s)
@@ -68,13 +72,18 @@ fn body(value: &str, batch: usize, producer: usize) -> Bytes {
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let client = Client::new(&a.conn.url)?;
-    let topic = a.topic.clone().unwrap_or_else(|| format!("bench-{}", now_us()));
+    let topic = a
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("bench-{}", now_us()));
     match client.create_topic(&topic, a.partitions).await {
         Ok(_) => {}
         Err(e) if e.code() == Some("topic_exists") => {}
         Err(e) => return Err(e.into()),
     }
-    let puts_before = client.metric("floe_object_store_requests_total{op=\"put\"}").await?;
+    let puts_before = client
+        .metric("floe_object_store_requests_total{op=\"put\"}")
+        .await?;
     // Printable, poorly compressible value.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let value: String = (0..a.record_bytes)
@@ -98,13 +107,25 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut consumers = Vec::new();
     if !a.no_consume {
         for p in 0..a.partitions {
-            let (c, topic, e2e, consumed, stop) = (client.clone(), topic.clone(), e2e_lat.clone(), consumed.clone(), stop_consumers.clone());
+            let (c, topic, e2e, consumed, stop) = (
+                client.clone(),
+                topic.clone(),
+                e2e_lat.clone(),
+                consumed.clone(),
+                stop_consumers.clone(),
+            );
             consumers.push(tokio::spawn(async move {
                 let mut offset = 0;
                 let mut local = hist()?;
                 while !stop.load(Ordering::Relaxed) {
-                    let opts = FetchOptions { max_records: Some(5000), max_bytes: Some(8 << 20), wait_ms: Some(500) };
-                    let Ok(r) = c.fetch(&topic, p, offset, opts).await else { continue };
+                    let opts = FetchOptions {
+                        max_records: Some(5000),
+                        max_bytes: Some(8 << 20),
+                        wait_ms: Some(500),
+                    };
+                    let Ok(r) = c.fetch(&topic, p, offset, opts).await else {
+                        continue;
+                    };
                     let now = now_us();
                     for rec in &r.records {
                         if let Some(t) = rec.headers.get("t").and_then(|t| t.parse::<u64>().ok()) {
@@ -122,7 +143,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     let mut producers = Vec::new();
     for i in 0..a.producers {
-        let (c, topic, value, lat, produced, errors) = (client.clone(), topic.clone(), value.clone(), produce_lat.clone(), produced.clone(), errors.clone());
+        let (c, topic, value, lat, produced, errors) = (
+            client.clone(),
+            topic.clone(),
+            value.clone(),
+            produce_lat.clone(),
+            produced.clone(),
+            errors.clone(),
+        );
         let batch = a.batch;
         producers.push(tokio::spawn(async move {
             let mut local = hist()?;
@@ -159,19 +187,46 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     for c in consumers {
         c.await??;
     }
-    let puts = client.metric("floe_object_store_requests_total{op=\"put\"}").await? - puts_before;
+    let puts = client
+        .metric("floe_object_store_requests_total{op=\"put\"}")
+        .await?
+        - puts_before;
     let mib = (total as f64 * a.record_bytes as f64) / (1024.0 * 1024.0);
     let pl = produce_lat.lock().await;
     let el = e2e_lat.lock().await;
     let ms = |us: u64| us as f64 / 1000.0;
-    println!("floe bench: {} producers x {} records x {} B, {} partitions, {}s, topic {topic}", a.producers, a.batch, a.record_bytes, a.partitions, a.seconds);
-    println!("produced      {total} records in {produce_secs:.1}s: {:.0} records/s, {:.1} MiB/s (errors: {})", total as f64 / produce_secs, mib / produce_secs, errors.load(Ordering::Relaxed));
-    println!("produce ms    p50 {:.1}  p99 {:.1}  max {:.1}", ms(pl.value_at_quantile(0.5)), ms(pl.value_at_quantile(0.99)), ms(pl.max()));
+    println!(
+        "floe bench: {} producers x {} records x {} B, {} partitions, {}s, topic {topic}",
+        a.producers, a.batch, a.record_bytes, a.partitions, a.seconds
+    );
+    println!(
+        "produced      {total} records in {produce_secs:.1}s: {:.0} records/s, {:.1} MiB/s (errors: {})",
+        total as f64 / produce_secs,
+        mib / produce_secs,
+        errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "produce ms    p50 {:.1}  p99 {:.1}  max {:.1}",
+        ms(pl.value_at_quantile(0.5)),
+        ms(pl.value_at_quantile(0.99)),
+        ms(pl.max())
+    );
     if !a.no_consume {
         let got = consumed.load(Ordering::Relaxed);
-        println!("consumed      {got} records ({:.0} records/s over {consume_secs:.1}s)", got as f64 / consume_secs);
-        println!("end-to-end ms p50 {:.1}  p99 {:.1}  max {:.1}", ms(el.value_at_quantile(0.5)), ms(el.value_at_quantile(0.99)), ms(el.max()));
+        println!(
+            "consumed      {got} records ({:.0} records/s over {consume_secs:.1}s)",
+            got as f64 / consume_secs
+        );
+        println!(
+            "end-to-end ms p50 {:.1}  p99 {:.1}  max {:.1}",
+            ms(el.value_at_quantile(0.5)),
+            ms(el.value_at_quantile(0.99)),
+            ms(el.max())
+        );
     }
-    println!("object PUTs   {puts:.0} ({:.2} per MiB)", if mib > 0.0 { puts / mib } else { 0.0 });
+    println!(
+        "object PUTs   {puts:.0} ({:.2} per MiB)",
+        if mib > 0.0 { puts / mib } else { 0.0 }
+    );
     Ok(())
 }

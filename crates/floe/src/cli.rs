@@ -28,9 +28,13 @@ pub enum TopicsCmd {
 pub async fn topics(conn: &Conn, cmd: TopicsCmd) -> anyhow::Result<()> {
     let c = Client::new(&conn.url)?;
     let out = match cmd {
-        TopicsCmd::Create { name, partitions } => serde_json::to_string_pretty(&c.create_topic(&name, partitions).await?)?,
+        TopicsCmd::Create { name, partitions } => {
+            serde_json::to_string_pretty(&c.create_topic(&name, partitions).await?)?
+        }
         TopicsCmd::List => serde_json::to_string_pretty(&c.list_topics().await?)?,
-        TopicsCmd::Describe { name } => serde_json::to_string_pretty(&c.describe_topic(&name).await?)?,
+        TopicsCmd::Describe { name } => {
+            serde_json::to_string_pretty(&c.describe_topic(&name).await?)?
+        }
         TopicsCmd::Delete { name } => {
             c.delete_topic(&name).await?;
             format!("deleted {name}")
@@ -62,7 +66,9 @@ pub struct ProduceArgs {
 pub async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
     let c = Client::new(&a.conn.url)?;
     let reader: Box<dyn BufRead> = match &a.file {
-        Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?)),
+        Some(f) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?,
+        )),
         None => Box::new(std::io::stdin().lock()),
     };
     let mut batch = Vec::new();
@@ -125,12 +131,26 @@ pub async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
         (false, Some(o)) => o,
         (false, None) => {
             let d = c.describe_topic(&a.topic).await?;
-            d.partitions.iter().find(|p| p.partition == a.partition).map(|p| p.end_offset).context("no such partition")?
+            d.partitions
+                .iter()
+                .find(|p| p.partition == a.partition)
+                .map(|p| p.end_offset)
+                .context("no such partition")?
         }
     };
     loop {
         let wait = if a.follow { Some(10_000) } else { None };
-        let r = c.fetch(&a.topic, a.partition, offset, FetchOptions { wait_ms: wait, ..FetchOptions::default() }).await?;
+        let r = c
+            .fetch(
+                &a.topic,
+                a.partition,
+                offset,
+                FetchOptions {
+                    wait_ms: wait,
+                    ..FetchOptions::default()
+                },
+            )
+            .await?;
         for rec in &r.records {
             if a.json {
                 println!("{}", serde_json::to_string(rec)?);

@@ -12,7 +12,11 @@ use floe_agent::AgentConfig;
 use floe_core::Limits;
 
 #[derive(Parser, Debug)]
-#[command(name = "floe", version, about = "Floe: a message broker whose only durable state is object storage plus a small index")]
+#[command(
+    name = "floe",
+    version,
+    about = "Floe: a message broker whose only durable state is object storage plus a small index"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -42,7 +46,12 @@ enum Cmd {
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
     /// Agent URL.
-    #[arg(long, env = "FLOE_URL", default_value = "http://127.0.0.1:7070", global = true)]
+    #[arg(
+        long,
+        env = "FLOE_URL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
     pub url: String,
 }
 
@@ -122,8 +131,12 @@ impl ServeArgs {
         let l = self.limits;
         Ok(AgentConfig {
             listen: self.listen,
-            bucket: self.bucket.unwrap_or_else(|| format!("file://{}", dir.join("bucket").display())),
-            index: self.index.unwrap_or_else(|| format!("sqlite://{}", dir.join("index.db").display())),
+            bucket: self
+                .bucket
+                .unwrap_or_else(|| format!("file://{}", dir.join("bucket").display())),
+            index: self
+                .index
+                .unwrap_or_else(|| format!("sqlite://{}", dir.join("index.db").display())),
             linger: Duration::from_millis(self.linger_ms),
             flush_bytes: self.flush_bytes,
             max_inflight_flushes: self.max_inflight_flushes,
@@ -180,7 +193,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve(a) => serve(*a).await,
@@ -189,7 +204,10 @@ fn main() -> anyhow::Result<()> {
             Cmd::Consume(a) => cli::consume(a).await,
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Openapi => {
-                println!("{}", serde_json::to_string_pretty(&floe_agent::http::openapi())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&floe_agent::http::openapi())?
+                );
                 Ok(())
             }
         }
