@@ -18,18 +18,11 @@ pub struct AgentProc {
 impl AgentProc {
     /// Start `floe serve` on the embedded default in `data_dir` with extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_floe"))
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn floe serve");
+        Self::start_env(data_dir, extra, &[])
+    }
+
+    fn spawn(mut cmd: Command, data_dir: &Path) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn floe serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -159,4 +152,84 @@ pub async fn raw(
         status,
         serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// The S3 endpoint the shared-storage tests use (started by tests/run-all.sh: moto, then LocalStack).
+pub fn s3_endpoint() -> String {
+    std::env::var("FLOE_TEST_S3_ENDPOINT").expect(
+        "FLOE_TEST_S3_ENDPOINT is not set: run the suite with `bash tests/run-all.sh`, or start moto with `eval \"$(bash infra/moto.sh)\"`",
+    )
+}
+
+pub fn s3_bucket() -> String {
+    std::env::var("FLOE_TEST_BUCKET").unwrap_or_else(|_| "floe-test".into())
+}
+
+/// Environment for agents and test clients talking to the test S3 server.
+pub fn s3_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", s3_endpoint()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ]
+}
+
+/// A fresh `s3://bucket/<unique prefix>` URL.
+pub fn fresh_bucket_url() -> String {
+    format!("s3://{}/t-{}", s3_bucket(), unique())
+}
+
+pub fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{}{}{}", t % 1_000_000_000_000, std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A fresh PostgreSQL database on the test server; returns its URL.
+pub async fn fresh_pg_db() -> String {
+    let admin = std::env::var("FLOE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL must run on 127.0.0.1:5432 (bash infra/postgres.sh)");
+    tokio::spawn(conn);
+    let name = format!("floe_t_{}", unique());
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
+    format!("{base}/{name}")
+}
+
+/// The object store the agents use, opened directly (to plant and list objects).
+pub fn test_store(bucket_url: &str) -> std::sync::Arc<dyn object_store::ObjectStore> {
+    let rest = bucket_url.strip_prefix("s3://").unwrap();
+    let (bucket, prefix) = rest.split_once('/').unwrap();
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_endpoint(s3_endpoint())
+        .with_allow_http(true)
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_region("us-east-1")
+        .build()
+        .unwrap();
+    std::sync::Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+}
+
+impl AgentProc {
+    /// Start an agent on a shared bucket and index.
+    pub fn start_shared(data_dir: &Path, bucket: &str, index: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--bucket", bucket, "--index", index];
+        args.extend_from_slice(extra);
+        Self::start_env(data_dir, &args, &s3_env())
+    }
+
+    pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&'static str, String)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_floe"));
+        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir).args(extra).env("RUST_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd, data_dir)
+    }
 }

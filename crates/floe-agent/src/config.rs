@@ -9,9 +9,9 @@ use floe_core::segment::Compression;
 pub struct AgentConfig {
     /// Address to listen on, e.g. `127.0.0.1:7070` (`:0` picks a free port).
     pub listen: String,
-    /// Object store URL: `file:///path` or `memory://`.
+    /// Object store URL: `file:///path`, `s3://bucket/prefix` or `memory://`.
     pub bucket: String,
-    /// Index URL: `sqlite://path`.
+    /// Index URL: `sqlite://path` or `postgres://...`.
     pub index: String,
     /// How long the produce buffer waits for more records before a flush.
     pub linger: Duration,
@@ -29,6 +29,9 @@ pub struct AgentConfig {
     pub sweep_interval: Duration,
     /// Decoded-run cache size in bytes.
     pub cache_bytes: u64,
+    /// Long-polls re-read the end offset at least this often (safety net for lost
+    /// notifications from other agents).
+    pub poll_interval: Duration,
     /// How long topic metadata is cached before it is re-read from the index.
     pub topic_cache_ttl: Duration,
     pub limits: Limits,
@@ -51,6 +54,7 @@ impl Default for AgentConfig {
             orphan_grace: Duration::from_secs(600),
             sweep_interval: Duration::from_secs(60),
             cache_bytes: 256 * 1024 * 1024,
+            poll_interval: Duration::from_secs(1),
             topic_cache_ttl: Duration::from_secs(5),
             limits: Limits::default(),
             agent_id: "agent".into(),

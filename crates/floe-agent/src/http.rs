@@ -603,10 +603,13 @@ async fn fetch(
             ),
         ));
     }
-    while params.offset == end && !wait.is_zero() {
+    while params.offset == end && tokio::time::Instant::now() < deadline {
+        // Woken by a commit notification (this agent's, or another's via the index);
+        // the periodic re-check is the safety net should a notification be lost.
+        let recheck = tokio::time::Instant::now() + s.config.poll_interval;
         tokio::select! {
             r = commits.changed() => { if r.is_err() { break; } }
-            () = tokio::time::sleep_until(deadline) => break,
+            () = tokio::time::sleep_until(recheck.min(deadline)) => {}
             _ = shutdown.wait_for(|v| *v) => break,
         }
         end = end_offset(s.clone(), topic.clone()).await?;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use floe_index::Index;
 use object_store::ObjectStore;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{Instrument, info};
 
 pub use config::AgentConfig;
 pub use error::ApiError;
@@ -67,6 +67,7 @@ pub struct Agent {
     server: tokio::task::JoinHandle<()>,
     producer_task: tokio::task::JoinHandle<()>,
     sweeper_task: tokio::task::JoinHandle<()>,
+    watcher_task: tokio::task::JoinHandle<()>,
 }
 
 impl Agent {
@@ -111,6 +112,15 @@ impl Agent {
             reader,
             shutdown: shutdown_rx.clone(),
         };
+        // Commits made by other agents (shared index) wake this agent's long-polls.
+        let sink_notifier = shared.notifier.clone();
+        let sink: floe_index::CommitSink = Arc::new(move |t, p, e| sink_notifier.committed(t, p, e));
+        let watch_index = index.clone();
+        let watch_stop = shutdown_rx.clone();
+        let watcher_task = tokio::spawn(
+            async move { watch_index.watch_commits(sink, watch_stop).await }
+                .instrument(tracing::info_span!("commit_watcher")),
+        );
         let sweeper_task = tokio::spawn(sweeper::run(
             config.clone(),
             store,
@@ -145,6 +155,7 @@ impl Agent {
             server,
             producer_task,
             sweeper_task,
+            watcher_task,
         })
     }
 
@@ -158,6 +169,7 @@ impl Agent {
         drop(self.shared);
         let _ = self.producer_task.await;
         let _ = self.sweeper_task.await;
+        let _ = self.watcher_task.await;
         info!("shutdown complete");
     }
 }

@@ -20,7 +20,7 @@ use prometheus::IntCounterVec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreUrlError {
-    #[error("bucket url {0:?} is not supported (use file:///PATH or memory://)")]
+    #[error("bucket url {0:?} is not supported (use file:///PATH, s3://BUCKET/PREFIX or memory://)")]
     Unsupported(String),
     #[error("cannot create bucket folder {0}: {1}")]
     Folder(String, std::io::Error),
@@ -41,10 +41,47 @@ pub fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreUrlError> {
         let fs = object_store::local::LocalFileSystem::new_with_prefix(path)?.with_fsync(true);
         return Ok(Arc::new(fs));
     }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        return open_s3(url, rest);
+    }
     if url == "memory://" || url == "memory:///" {
         return Ok(Arc::new(object_store::memory::InMemory::new()));
     }
     Err(StoreUrlError::Unsupported(url.to_string()))
+}
+
+/// `s3://bucket/prefix` with the standard AWS environment: `AWS_ENDPOINT_URL` (an `http://`
+/// endpoint is allowed), `AWS_REGION` (default us-east-1), `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`. Path-style addressing; conditional writes
+/// (`If-None-Match`) for create-only segment PUTs. Retries 5xx and timeouts with backoff a
+/// bounded number of times, then the produce fails with 503.
+fn open_s3(url: &str, rest: &str) -> Result<Arc<dyn ObjectStore>, StoreUrlError> {
+    use object_store::aws::AmazonS3Builder;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(StoreUrlError::Unsupported(url.to_string()));
+    }
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(false)
+        .with_retry(object_store::RetryConfig {
+            backoff: object_store::BackoffConfig::default(),
+            max_retries: 4,
+            retry_timeout: std::time::Duration::from_secs(15),
+        });
+    if let Some(ep) = &endpoint {
+        b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
+    }
+    if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+        b = b.with_region("us-east-1");
+    }
+    let s3: Arc<dyn ObjectStore> = Arc::new(b.build()?);
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        return Ok(s3);
+    }
+    Ok(Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)))
 }
 
 /// Counts object-store requests by operation (`put`, `get`, `list`, `delete`, `copy`).

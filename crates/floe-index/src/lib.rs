@@ -5,6 +5,7 @@
 //! offset and records where it lives. A segment whose commit never happened is an orphan
 //! and is never served.
 
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -12,7 +13,11 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use floe_core::log::RunSpan;
 
+pub use postgres::PostgresIndex;
 pub use sqlite::SqliteIndex;
+
+/// Receives (topic_id, partition, end_offset) for commits made by any agent.
+pub type CommitSink = std::sync::Arc<dyn Fn(i64, u32, u64) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -20,8 +25,10 @@ pub enum IndexError {
     TopicExists(String),
     #[error("too many topics: the limit is {0}")]
     TooManyTopics(usize),
-    #[error("index url {0:?} is not supported (use sqlite://PATH)")]
+    #[error("index url {0:?} is not supported (use sqlite://PATH or postgres://...)")]
     BadUrl(String),
+    #[error("postgres: {0}")]
+    Postgres(String),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("index task failed: {0}")]
@@ -141,6 +148,9 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     async fn segment_referenced(&self, key: &str) -> Result<bool>;
     /// Check the index is reachable.
     async fn ping(&self) -> Result<()>;
+    /// Deliver commits made by *other* agents to `sink` until `stop` turns true.
+    /// Backends shared by one agent only have nothing to deliver.
+    async fn watch_commits(&self, _sink: CommitSink, _stop: tokio::sync::watch::Receiver<bool>) {}
 }
 
 /// Open an index from its URL: `sqlite://PATH` (a file; created if missing).
@@ -152,5 +162,37 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Index>> {
         let idx = SqliteIndex::open(std::path::Path::new(path)).await?;
         return Ok(std::sync::Arc::new(idx));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(PostgresIndex::open(url).await?));
+    }
     Err(IndexError::BadUrl(url.to_string()))
 }
+
+/// Config is stored as `key=value` lines with `\` escaping, to keep this crate free of JSON.
+pub(crate) fn encode_config(c: &BTreeMap<String, String>) -> String {
+    let esc = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('\n', "\\n")
+            .replace('=', "\\e")
+    };
+    c.iter()
+        .map(|(k, v)| format!("{}={}\n", esc(k), esc(v)))
+        .collect()
+}
+
+pub(crate) fn decode_config(s: &str) -> Result<BTreeMap<String, String>> {
+    let unesc = |s: &str| {
+        s.replace("\\e", "=")
+            .replace("\\n", "\n")
+            .replace("\\\\", "\\")
+    };
+    s.lines()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (unesc(k), unesc(v)))
+                .ok_or_else(|| IndexError::Corrupt(format!("bad config line {l:?}")))
+        })
+        .collect()
+}
+
+

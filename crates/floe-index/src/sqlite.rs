@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
     Index, IndexError, NewTopic, PartitionOffsets, Result, RunEntry, RunOutcome, SegmentCommit,
-    TopicMeta,
+    TopicMeta, decode_config, encode_config,
 };
 
 const SCHEMA: &str = "
@@ -138,33 +138,6 @@ fn to_meta(t: (i64, String, u32, Option<i64>, String, i64)) -> Result<TopicMeta>
         config,
         created_ms: t.5,
     })
-}
-
-/// Config is stored as `key=value` lines with `\` escaping, to keep this crate free of JSON.
-fn encode_config(c: &BTreeMap<String, String>) -> String {
-    let esc = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('\n', "\\n")
-            .replace('=', "\\e")
-    };
-    c.iter()
-        .map(|(k, v)| format!("{}={}\n", esc(k), esc(v)))
-        .collect()
-}
-
-fn decode_config(s: &str) -> Result<BTreeMap<String, String>> {
-    let unesc = |s: &str| {
-        s.replace("\\e", "=")
-            .replace("\\n", "\n")
-            .replace("\\\\", "\\")
-    };
-    s.lines()
-        .map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (unesc(k), unesc(v)))
-                .ok_or_else(|| IndexError::Corrupt(format!("bad config line {l:?}")))
-        })
-        .collect()
 }
 
 const TOPIC_COLS: &str = "id, name, partitions, retention_ms, config, created_ms";

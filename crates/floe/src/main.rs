@@ -63,10 +63,11 @@ struct ServeArgs {
     /// Folder for the embedded default bucket and index.
     #[arg(long, env = "FLOE_DATA_DIR", default_value = "./floe-data")]
     data_dir: PathBuf,
-    /// Object store URL (file:///PATH, memory://). Default: file://DATA_DIR/bucket.
+    /// Object store URL (file:///PATH, s3://BUCKET/PREFIX, memory://). Default: file://DATA_DIR/bucket.
+    /// For s3://, the standard AWS variables apply (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...).
     #[arg(long, env = "FLOE_BUCKET")]
     bucket: Option<String>,
-    /// Index URL (sqlite://PATH). Default: sqlite://DATA_DIR/index.db.
+    /// Index URL (sqlite://PATH, postgres://USER@HOST/DB). Default: sqlite://DATA_DIR/index.db.
     #[arg(long, env = "FLOE_INDEX")]
     index: Option<String>,
     /// Produce buffer linger in ms (0 = flush as soon as possible).
@@ -92,6 +93,12 @@ struct ServeArgs {
     /// Decoded segment cache size.
     #[arg(long, env = "FLOE_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
     cache_bytes: u64,
+    /// Long-polls re-read the end offset at least this often.
+    #[arg(long, env = "FLOE_POLL_INTERVAL_MS", default_value_t = 1000)]
+    poll_interval_ms: u64,
+    /// Topic metadata cache lifetime (changes made via other agents show up after it).
+    #[arg(long, env = "FLOE_TOPIC_CACHE_TTL_MS", default_value_t = 5000)]
+    topic_cache_ttl_ms: u64,
     /// Name of this agent in segment keys ([A-Za-z0-9-]).
     #[arg(long, env = "FLOE_AGENT_ID", default_value = "agent")]
     agent_id: String,
@@ -146,7 +153,8 @@ impl ServeArgs {
             orphan_grace: Duration::from_millis(self.orphan_grace_ms),
             sweep_interval: Duration::from_millis(self.sweep_interval_ms),
             cache_bytes: self.cache_bytes,
-            topic_cache_ttl: AgentConfig::default().topic_cache_ttl,
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            topic_cache_ttl: Duration::from_millis(self.topic_cache_ttl_ms),
             agent_id: self.agent_id,
             limits: Limits {
                 max_body_bytes: l.max_body_bytes,

@@ -1,0 +1,473 @@
+//! PostgreSQL index: any number of agents share it.
+//!
+//! Commits lock the partition rows they touch with `SELECT ... FOR UPDATE` in (topic,
+//! partition) order, so concurrent commits from many agents serialize per partition and
+//! never deadlock; serialization failures and deadlocks are retried anyway. Each commit
+//! sends `NOTIFY floe_commits` (delivered after commit) so long-polls on other agents wake.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use floe_core::log::assign_offsets;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tracing::{Instrument, info_span, warn};
+
+use crate::{
+    CommitSink, Index, IndexError, NewTopic, PartitionOffsets, Result, RunEntry, RunOutcome,
+    SegmentCommit, TopicMeta, decode_config, encode_config,
+};
+
+/// NOTIFY channel for commits; payload `topic_id:partition:end_offset` entries joined by `,`.
+pub const CHANNEL: &str = "floe_commits";
+/// PostgreSQL limits NOTIFY payloads to 8000 bytes; stay well below.
+const MAX_PAYLOAD: usize = 7000;
+const COMMIT_ATTEMPTS: usize = 5;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS floe_topics (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    partitions INTEGER NOT NULL,
+    retention_ms BIGINT,
+    config TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS floe_partitions (
+    topic_id BIGINT NOT NULL,
+    partition INTEGER NOT NULL,
+    start_offset BIGINT NOT NULL,
+    next_offset BIGINT NOT NULL,
+    PRIMARY KEY (topic_id, partition)
+);
+CREATE TABLE IF NOT EXISTS floe_runs (
+    topic_id BIGINT NOT NULL,
+    partition INTEGER NOT NULL,
+    base_offset BIGINT NOT NULL,
+    records INTEGER NOT NULL,
+    segment_key TEXT NOT NULL,
+    segment_size BIGINT NOT NULL,
+    rg_first INTEGER NOT NULL,
+    rg_count INTEGER NOT NULL,
+    byte_start BIGINT NOT NULL,
+    byte_end BIGINT NOT NULL,
+    min_ts BIGINT NOT NULL,
+    max_ts BIGINT NOT NULL,
+    PRIMARY KEY (topic_id, partition, base_offset)
+);
+CREATE INDEX IF NOT EXISTS floe_runs_by_segment ON floe_runs (segment_key);
+";
+
+pub struct PostgresIndex {
+    pool: Pool,
+    config: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for PostgresIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresIndex").field("pool", &self.pool.status()).finish()
+    }
+}
+
+fn pg(e: tokio_postgres::Error) -> IndexError {
+    IndexError::Postgres(e.to_string())
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> IndexError {
+    IndexError::Postgres(format!("connection pool: {e}"))
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| IndexError::Corrupt(format!("{what} {v} out of range")))
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| IndexError::Corrupt(format!("{what} {v} is negative")))
+}
+
+fn to_u32(v: i32, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| IndexError::Corrupt(format!("{what} {v} is negative")))
+}
+
+impl PostgresIndex {
+    /// Connect and apply migrations (under an advisory lock, so agents starting together
+    /// do not race).
+    pub async fn open(url: &str) -> Result<Self> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| IndexError::BadUrl(format!("{e}")))?;
+        let mut cfg = config.clone();
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(Duration::from_secs(5));
+        }
+        let mgr = Manager::from_config(cfg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(mgr)
+            .max_size(16)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| IndexError::Postgres(e.to_string()))?;
+        let mut c = pool.get().await.map_err(pool_err)?;
+        let tx = c.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock(7340123)", &[]).await.map_err(pg)?;
+        tx.batch_execute(SCHEMA).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(Self { pool, config: cfg })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    async fn try_commit(&self, seg: &SegmentCommit) -> std::result::Result<Vec<RunOutcome>, CommitError> {
+        let mut c = self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(b) => CommitError::Pg(b),
+            other => CommitError::Pool(other.to_string()),
+        })?;
+        let tx = c.transaction().await?;
+        let mut keys: Vec<(i64, i32)> = seg.runs.iter().map(|r| (r.topic_id, r.partition as i32)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let tids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let parts: Vec<i32> = keys.iter().map(|k| k.1).collect();
+        // Lock in (topic, partition) order: no deadlocks between agents.
+        let rows = tx
+            .query(
+                "SELECT p.topic_id, p.partition, p.next_offset FROM floe_partitions p
+                 JOIN UNNEST($1::bigint[], $2::int[]) AS k(t, p) ON p.topic_id = k.t AND p.partition = k.p
+                 ORDER BY p.topic_id, p.partition FOR UPDATE OF p",
+                &[&tids, &parts],
+            )
+            .await?;
+        let mut ends: HashMap<(i64, u32), u64> = HashMap::new();
+        for r in rows {
+            let (t, p, n): (i64, i32, i64) = (r.get(0), r.get(1), r.get(2));
+            ends.insert((t, p as u32), n as u64);
+        }
+        let live: Vec<((i64, u32), u32)> = seg
+            .runs
+            .iter()
+            .filter(|r| ends.contains_key(&(r.topic_id, r.partition)))
+            .map(|r| ((r.topic_id, r.partition), r.records))
+            .collect();
+        let assigned = assign_offsets(&live, |k| ends.get(k).copied().unwrap_or(0));
+        let mut bases = assigned.iter();
+        let mut out = Vec::with_capacity(seg.runs.len());
+        let mut new_ends: BTreeMap<(i64, u32), u64> = BTreeMap::new();
+        let (mut c_t, mut c_p, mut c_b, mut c_n, mut c_rf, mut c_rc, mut c_bs, mut c_be, mut c_mn, mut c_mx) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for r in &seg.runs {
+            if !ends.contains_key(&(r.topic_id, r.partition)) {
+                out.push(RunOutcome::TopicGone);
+                continue;
+            }
+            let Some(&(_, base, n)) = bases.next() else {
+                out.push(RunOutcome::TopicGone);
+                continue;
+            };
+            c_t.push(r.topic_id);
+            c_p.push(r.partition as i32);
+            c_b.push(base as i64);
+            c_n.push(r.records as i32);
+            c_rf.push(r.row_group_first as i32);
+            c_rc.push(r.row_group_count as i32);
+            c_bs.push(r.byte_start as i64);
+            c_be.push(r.byte_end as i64);
+            c_mn.push(r.min_timestamp_ms);
+            c_mx.push(r.max_timestamp_ms);
+            new_ends.insert((r.topic_id, r.partition), base + n);
+            out.push(RunOutcome::Committed { base_offset: base });
+        }
+        if !c_t.is_empty() {
+            tx.execute(
+                "INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts)
+                 SELECT t, p, b, n, $11, $12, rf, rc, bs, be, mn, mx
+                 FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::int[], $6::int[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
+                   AS u(t, p, b, n, rf, rc, bs, be, mn, mx)",
+                &[&c_t, &c_p, &c_b, &c_n, &c_rf, &c_rc, &c_bs, &c_be, &c_mn, &c_mx, &seg.key, &(seg.size as i64)],
+            )
+            .await?;
+            let ut: Vec<i64> = new_ends.keys().map(|k| k.0).collect();
+            let up: Vec<i32> = new_ends.keys().map(|k| k.1 as i32).collect();
+            let un: Vec<i64> = new_ends.values().map(|v| *v as i64).collect();
+            tx.execute(
+                "UPDATE floe_partitions p SET next_offset = u.n FROM UNNEST($1::bigint[], $2::int[], $3::bigint[]) AS u(t, p, n)
+                 WHERE p.topic_id = u.t AND p.partition = u.p",
+                &[&ut, &up, &un],
+            )
+            .await?;
+            for payload in notify_payloads(&new_ends) {
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+/// Why one commit attempt failed.
+enum CommitError {
+    Pg(tokio_postgres::Error),
+    Pool(String),
+}
+
+impl From<tokio_postgres::Error> for CommitError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Pg(e)
+    }
+}
+
+/// Split commit notifications into payloads under PostgreSQL's limit.
+pub fn notify_payloads(ends: &BTreeMap<(i64, u32), u64>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for ((t, p), e) in ends {
+        let item = format!("{t}:{p}:{e}");
+        if !cur.is_empty() && cur.len() + item.len() + 1 > MAX_PAYLOAD {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(',');
+        }
+        cur.push_str(&item);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Parse a NOTIFY payload back into (topic_id, partition, end_offset) triples.
+pub fn parse_payload(s: &str) -> Vec<(i64, u32, u64)> {
+    s.split(',')
+        .filter_map(|item| {
+            let mut it = item.split(':');
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+const TOPIC_COLS: &str = "id, name, partitions, retention_ms, config, created_ms";
+
+fn topic_from(r: &tokio_postgres::Row) -> Result<TopicMeta> {
+    Ok(TopicMeta {
+        id: r.get(0),
+        name: r.get(1),
+        partitions: to_u32(r.get(2), "partitions")?,
+        retention_ms: r.get(3),
+        config: decode_config(r.get(4))?,
+        created_ms: r.get(5),
+    })
+}
+
+#[async_trait]
+impl Index for PostgresIndex {
+    async fn create_topic(&self, t: NewTopic) -> Result<TopicMeta> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // Serialize topic creation so the topic-count limit holds across agents.
+        tx.execute("SELECT pg_advisory_xact_lock(7340124)", &[]).await.map_err(pg)?;
+        let n: i64 = tx.query_one("SELECT COUNT(*) FROM floe_topics", &[]).await.map_err(pg)?.get(0);
+        if n as usize >= t.max_topics {
+            return Err(IndexError::TooManyTopics(t.max_topics));
+        }
+        let row = tx
+            .query_opt(
+                "INSERT INTO floe_topics (name, partitions, retention_ms, config, created_ms) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (name) DO NOTHING RETURNING id",
+                &[&t.name, &(t.partitions as i32), &t.retention_ms, &encode_config(&t.config), &t.created_ms],
+            )
+            .await
+            .map_err(pg)?;
+        let Some(row) = row else { return Err(IndexError::TopicExists(t.name)) };
+        let id: i64 = row.get(0);
+        tx.execute(
+            "INSERT INTO floe_partitions (topic_id, partition, start_offset, next_offset) SELECT $1, g, 0, 0 FROM generate_series(0, $2 - 1) g",
+            &[&id, &(t.partitions as i32)],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(TopicMeta { id, name: t.name, partitions: t.partitions, retention_ms: t.retention_ms, config: t.config, created_ms: t.created_ms })
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicMeta>> {
+        let c = self.client().await?;
+        let rows = c.query(&format!("SELECT {TOPIC_COLS} FROM floe_topics ORDER BY name"), &[]).await.map_err(pg)?;
+        rows.iter().map(topic_from).collect()
+    }
+
+    async fn get_topic(&self, name: &str) -> Result<Option<TopicMeta>> {
+        let c = self.client().await?;
+        let row = c.query_opt(&format!("SELECT {TOPIC_COLS} FROM floe_topics WHERE name = $1"), &[&name]).await.map_err(pg)?;
+        row.as_ref().map(topic_from).transpose()
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<bool> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let Some(row) = tx.query_opt("DELETE FROM floe_topics WHERE name = $1 RETURNING id", &[&name]).await.map_err(pg)? else {
+            return Ok(false);
+        };
+        let id: i64 = row.get(0);
+        tx.execute("DELETE FROM floe_partitions WHERE topic_id = $1", &[&id]).await.map_err(pg)?;
+        tx.execute("DELETE FROM floe_runs WHERE topic_id = $1", &[&id]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(true)
+    }
+
+    async fn partition_offsets(&self, topic_id: i64) -> Result<Vec<PartitionOffsets>> {
+        let c = self.client().await?;
+        let rows = c
+            .query("SELECT partition, start_offset, next_offset FROM floe_partitions WHERE topic_id = $1 ORDER BY partition", &[&topic_id])
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|r| {
+                Ok(PartitionOffsets {
+                    partition: to_u32(r.get(0), "partition")?,
+                    start_offset: to_u64(r.get(1), "start_offset")?,
+                    end_offset: to_u64(r.get(2), "next_offset")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn end_offset(&self, topic_id: i64, partition: u32) -> Result<Option<u64>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt("SELECT next_offset FROM floe_partitions WHERE topic_id = $1 AND partition = $2", &[&topic_id, &(partition as i32)])
+            .await
+            .map_err(pg)?;
+        row.map(|r| to_u64(r.get(0), "next_offset")).transpose()
+    }
+
+    async fn commit(&self, seg: SegmentCommit) -> Result<Vec<RunOutcome>> {
+        let mut last = None;
+        for attempt in 0..COMMIT_ATTEMPTS {
+            match self.try_commit(&seg).await {
+                Ok(out) => return Ok(out),
+                Err(CommitError::Pg(e))
+                    if matches!(e.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED) =>
+                {
+                    warn!(attempt, error = %e, "commit conflict; retrying");
+                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                    last = Some(pg(e));
+                }
+                Err(CommitError::Pg(e)) => return Err(pg(e)),
+                Err(CommitError::Pool(e)) => return Err(IndexError::Postgres(format!("connection pool: {e}"))),
+            }
+        }
+        Err(last.unwrap_or_else(|| IndexError::Postgres("commit retries exhausted".into())))
+    }
+
+    async fn runs_from(&self, topic_id: i64, partition: u32, offset: u64, limit: u32) -> Result<Vec<RunEntry>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end FROM floe_runs
+                 WHERE topic_id = $1 AND partition = $2 AND base_offset >= COALESCE(
+                    (SELECT MAX(base_offset) FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset <= $3), 0)
+                 ORDER BY base_offset LIMIT $4",
+                &[&topic_id, &(partition as i32), &to_i64(offset, "offset")?, &i64::from(limit)],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|r| {
+                Ok(RunEntry {
+                    base_offset: to_u64(r.get(0), "base_offset")?,
+                    records: to_u32(r.get(1), "records")?,
+                    segment_key: r.get(2),
+                    segment_size: to_u64(r.get(3), "segment_size")?,
+                    row_group_first: to_u32(r.get(4), "rg_first")?,
+                    row_group_count: to_u32(r.get(5), "rg_count")?,
+                    byte_start: to_u64(r.get(6), "byte_start")?,
+                    byte_end: to_u64(r.get(7), "byte_end")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn segment_referenced(&self, key: &str) -> Result<bool> {
+        let c = self.client().await?;
+        Ok(c.query_opt("SELECT 1 FROM floe_runs WHERE segment_key = $1 LIMIT 1", &[&key]).await.map_err(pg)?.is_some())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let c = self.client().await?;
+        c.query_one("SELECT 1", &[]).await.map_err(pg)?;
+        Ok(())
+    }
+
+    async fn watch_commits(&self, sink: CommitSink, mut stop: watch::Receiver<bool>) {
+        let config = self.config.clone();
+        loop {
+            let session = listen_once(&config, &sink).instrument(info_span!("pg_listen"));
+            tokio::select! {
+                r = session => {
+                    if let Err(e) = r {
+                        warn!(error = %e, "commit listener lost its connection; reconnecting");
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+/// One LISTEN session on a dedicated connection; returns when the connection ends.
+async fn listen_once(config: &tokio_postgres::Config, sink: &CommitSink) -> std::result::Result<(), tokio_postgres::Error> {
+    let (client, mut conn) = config.connect(NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    while let Some(payload) = rx.recv().await {
+        for (t, p, e) in parse_payload(&payload) {
+            sink(t, p, e);
+        }
+    }
+    drop(client);
+    match driver.await {
+        Ok(r) => r,
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_split_under_limit_and_roundtrip() {
+        let ends: BTreeMap<(i64, u32), u64> = (0..2000).map(|i| ((i64::from(i / 10), i % 10), u64::from(i) * 1000)).collect();
+        let payloads = notify_payloads(&ends);
+        assert!(payloads.len() > 1);
+        assert!(payloads.iter().all(|p| p.len() <= MAX_PAYLOAD));
+        let back: BTreeMap<(i64, u32), u64> = payloads.iter().flat_map(|p| parse_payload(p)).map(|(t, p, e)| ((t, p), e)).collect();
+        assert_eq!(back, ends);
+    }
+}
+
