@@ -30,7 +30,16 @@ async fn postgres_restart_mid_load_loses_nothing_and_recovers() {
             while Instant::now() < end {
                 n += 1;
                 let v = format!("r{n}");
-                match c.produce("pg", vec![ProduceRecord { value: Some(v.clone()), ..Default::default() }]).await {
+                match c
+                    .produce(
+                        "pg",
+                        vec![ProduceRecord {
+                            value: Some(v.clone()),
+                            ..Default::default()
+                        }],
+                    )
+                    .await
+                {
                     Ok(r) => {
                         acked.insert(r.offsets[0].offset, v);
                         ok += 1;
@@ -46,9 +55,19 @@ async fn postgres_restart_mid_load_loses_nothing_and_recovers() {
         })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let ver = std::fs::read_dir("/etc/postgresql").unwrap().next().unwrap().unwrap().file_name();
+    let ver = std::fs::read_dir("/etc/postgresql")
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
     let st = std::process::Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", ver.to_str().unwrap(), "main", "restart"])
+        .args([
+            "--skip-systemctl-redirect",
+            ver.to_str().unwrap(),
+            "main",
+            "restart",
+        ])
         .status()
         .unwrap();
     assert!(st.success());
@@ -56,10 +75,22 @@ async fn postgres_restart_mid_load_loses_nothing_and_recovers() {
     eprintln!("postgres restart: {ok} produces acked, {failed} failed with 503 during the restart");
     assert!(ok > 0);
     // Recovered: a produce after the restart works.
-    c.produce("pg", vec![ProduceRecord { value: Some("after".into()), ..Default::default() }]).await.unwrap();
+    c.produce(
+        "pg",
+        vec![ProduceRecord {
+            value: Some("after".into()),
+            ..Default::default()
+        }],
+    )
+    .await
+    .unwrap();
     let got = read_all(&c, "pg", 0).await;
     for (o, v) in &acked {
-        assert_eq!(got.get(*o as usize).and_then(|r| r.value.as_ref()), Some(v), "acked offset {o} lost");
+        assert_eq!(
+            got.get(*o as usize).and_then(|r| r.value.as_ref()),
+            Some(v),
+            "acked offset {o} lost"
+        );
     }
     for (i, r) in got.iter().enumerate() {
         assert_eq!(r.offset, i as u64);

@@ -15,12 +15,23 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 
 fn rec(value: String) -> ProduceRecord {
-    ProduceRecord { value: Some(value), ..Default::default() }
+    ProduceRecord {
+        value: Some(value),
+        ..Default::default()
+    }
 }
 
 const FLAGS: &[&str] = &[
-    "--linger-ms", "20", "--commit-deadline-ms", "2000", "--orphan-grace-ms", "5000", "--sweep-interval-ms", "500",
-    "--topic-cache-ttl-ms", "500",
+    "--linger-ms",
+    "20",
+    "--commit-deadline-ms",
+    "2000",
+    "--orphan-grace-ms",
+    "5000",
+    "--sweep-interval-ms",
+    "500",
+    "--topic-cache-ttl-ms",
+    "500",
 ];
 
 struct Cluster {
@@ -35,7 +46,12 @@ impl Cluster {
         let bucket = fresh_bucket_url();
         let index = fresh_pg_db().await;
         let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
-        let mut c = Self { dirs, agents: Vec::new(), bucket, index };
+        let mut c = Self {
+            dirs,
+            agents: Vec::new(),
+            bucket,
+            index,
+        };
         for i in 0..n {
             let a = c.start_agent(i);
             c.agents.push(Some(a));
@@ -59,7 +75,15 @@ async fn three_agents_share_one_bucket_and_index() {
     cl.client(0).create_topic("shared", 3).await.unwrap();
     // Topic metadata made on agent 0 is visible on the others.
     for i in 1..3 {
-        assert_eq!(cl.client(i).describe_topic("shared").await.unwrap().partitions.len(), 3);
+        assert_eq!(
+            cl.client(i)
+                .describe_topic("shared")
+                .await
+                .unwrap()
+                .partitions
+                .len(),
+            3
+        );
     }
     let mut tasks = Vec::new();
     for prod in 0..6 {
@@ -68,7 +92,13 @@ async fn three_agents_share_one_bucket_and_index() {
             let mut acked = Vec::new();
             for b in 0..15 {
                 let vals: Vec<String> = (0..10).map(|i| format!("{prod}:{}", b * 10 + i)).collect();
-                let recs = vals.iter().map(|v| ProduceRecord { key: Some(format!("k{prod}")), ..rec(v.clone()) }).collect();
+                let recs = vals
+                    .iter()
+                    .map(|v| ProduceRecord {
+                        key: Some(format!("k{prod}")),
+                        ..rec(v.clone())
+                    })
+                    .collect();
                 let r = c.produce("shared", recs).await.unwrap();
                 acked.extend(r.offsets.into_iter().zip(vals));
             }
@@ -78,7 +108,10 @@ async fn three_agents_share_one_bucket_and_index() {
     let mut acked = BTreeMap::new();
     for t in tasks {
         for (o, v) in t.await.unwrap() {
-            assert!(acked.insert((o.partition, o.offset), v).is_none(), "offset assigned twice");
+            assert!(
+                acked.insert((o.partition, o.offset), v).is_none(),
+                "offset assigned twice"
+            );
         }
     }
     assert_eq!(acked.len(), 900);
@@ -92,7 +125,12 @@ async fn three_agents_share_one_bucket_and_index() {
             for (n, r) in got.iter().enumerate() {
                 assert_eq!(r.offset, n as u64);
                 let v = r.value.clone().unwrap();
-                assert_eq!(acked.get(&(p, r.offset)), Some(&v), "agent {i} partition {p} offset {}", r.offset);
+                assert_eq!(
+                    acked.get(&(p, r.offset)),
+                    Some(&v),
+                    "agent {i} partition {p} offset {}",
+                    r.offset
+                );
                 let (prod, seq) = v.split_once(':').unwrap();
                 let seq: i64 = seq.parse().unwrap();
                 let prev = last_seq.insert(prod.to_string(), seq).unwrap_or(-1);
@@ -103,7 +141,11 @@ async fn three_agents_share_one_bucket_and_index() {
     // A topic deleted on one agent is gone on the others (after the topic cache TTL).
     cl.client(2).delete_topic("shared").await.unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let err = cl.client(0).produce("shared", vec![rec("late".into())]).await.unwrap_err();
+    let err = cl
+        .client(0)
+        .produce("shared", vec![rec("late".into())])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("topic_not_found"));
 }
 
@@ -119,7 +161,18 @@ async fn long_poll_on_one_agent_wakes_on_commit_through_another() {
     ca.create_topic("lp", 1).await.unwrap();
     let waiter = tokio::spawn(async move {
         let t0 = Instant::now();
-        let r = ca.fetch("lp", 0, 0, FetchOptions { wait_ms: Some(10_000), ..Default::default() }).await.unwrap();
+        let r = ca
+            .fetch(
+                "lp",
+                0,
+                0,
+                FetchOptions {
+                    wait_ms: Some(10_000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         (r, t0.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -129,7 +182,10 @@ async fn long_poll_on_one_agent_wakes_on_commit_through_another() {
     assert_eq!(r.records.len(), 1);
     assert_eq!(r.records[0].value.as_deref(), Some("across"));
     let woke = t_produce.elapsed();
-    assert!(woke < Duration::from_secs(2), "woken {woke:?} after the produce on the other agent");
+    assert!(
+        woke < Duration::from_secs(2),
+        "woken {woke:?} after the produce on the other agent"
+    );
 }
 
 /// One trial: producers on all three agents; agent `victim` is killed with SIGKILL mid-load.
@@ -141,9 +197,19 @@ async fn trial(cl: &mut Cluster, trial: usize, victim: usize) -> BTreeMap<(u32, 
             let mut acked = Vec::new();
             let mut failures = 0;
             for b in 0..40 {
-                let vals: Vec<String> = (0..10).map(|i| format!("t{trial}-p{prod}-b{b}-{i}")).collect();
-                match c.produce("kill", vals.iter().cloned().map(rec).collect()).await {
-                    Ok(r) => acked.extend(r.offsets.into_iter().map(|o| (o.partition, o.offset)).zip(vals)),
+                let vals: Vec<String> = (0..10)
+                    .map(|i| format!("t{trial}-p{prod}-b{b}-{i}"))
+                    .collect();
+                match c
+                    .produce("kill", vals.iter().cloned().map(rec).collect())
+                    .await
+                {
+                    Ok(r) => acked.extend(
+                        r.offsets
+                            .into_iter()
+                            .map(|o| (o.partition, o.offset))
+                            .zip(vals),
+                    ),
                     Err(_) => {
                         failures += 1;
                         if failures > 3 {
@@ -157,7 +223,9 @@ async fn trial(cl: &mut Cluster, trial: usize, victim: usize) -> BTreeMap<(u32, 
     }
     tokio::time::sleep(Duration::from_millis(300 + 200 * (trial as u64 % 4))).await;
     let a = cl.agents[victim].take().unwrap();
-    tokio::task::spawn_blocking(move || a.kill9()).await.unwrap();
+    tokio::task::spawn_blocking(move || a.kill9())
+        .await
+        .unwrap();
     let mut acked = BTreeMap::new();
     for t in tasks {
         for (k, v) in t.await.unwrap() {
@@ -171,7 +239,10 @@ async fn trial(cl: &mut Cluster, trial: usize, victim: usize) -> BTreeMap<(u32, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_one_of_three_agents_loses_no_acked_record() {
-    let trials: usize = std::env::var("FLOE_KILL_TRIALS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let trials: usize = std::env::var("FLOE_KILL_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let mut cl = Cluster::new(3).await;
     cl.client(0).create_topic("kill", 2).await.unwrap();
     let mut acked = BTreeMap::new();
@@ -181,7 +252,10 @@ async fn kill9_one_of_three_agents_loses_no_acked_record() {
     // Plant an orphan the sweepers must remove.
     let store = test_store(&cl.bucket);
     let planted = object_store::path::Path::from("segments/00000000-planted-orphan.parquet");
-    store.put(&planted, bytes::Bytes::from_static(b"not committed").into()).await.unwrap();
+    store
+        .put(&planted, bytes::Bytes::from_static(b"not committed").into())
+        .await
+        .unwrap();
     let mut lost = 0;
     for i in 0..3 {
         let c = cl.client(i);
@@ -201,7 +275,10 @@ async fn kill9_one_of_three_agents_loses_no_acked_record() {
         }
     }
     assert_eq!(lost, 0, "acked records lost");
-    eprintln!("kill -9 trials: {trials}; acked records: {}; lost: {lost}", acked.len());
+    eprintln!(
+        "kill -9 trials: {trials}; acked records: {}; lost: {lost}",
+        acked.len()
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while store.head(&planted).await.is_ok() {
         assert!(Instant::now() < deadline, "planted orphan was not swept");
@@ -214,13 +291,20 @@ async fn kill9_one_of_three_agents_loses_no_acked_record() {
     while let Some(m) = listing.next().await {
         let m = m.unwrap();
         if m.last_modified.timestamp_millis() < cutoff {
-            assert!(index.segment_referenced(m.location.as_ref()).await.unwrap(), "orphan {} survived", m.location);
+            assert!(
+                index.segment_referenced(m.location.as_ref()).await.unwrap(),
+                "orphan {} survived",
+                m.location
+            );
         }
     }
 }
 
 fn chrono_like_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,17 +316,38 @@ async fn s3_failure_gives_503_and_recovers_without_loss() {
     let fault = floe_agent::store::FaultStore::new(test_store(&bucket));
     let switch = fault.switch();
     let index = floe_index::open(&index_url).await.unwrap();
-    let config = floe_agent::AgentConfig { listen: "127.0.0.1:0".into(), linger: Duration::from_millis(5), ..Default::default() };
-    let agent = floe_agent::Agent::start_with(config, Arc::new(fault), index).await.unwrap();
+    let config = floe_agent::AgentConfig {
+        listen: "127.0.0.1:0".into(),
+        linger: Duration::from_millis(5),
+        ..Default::default()
+    };
+    let agent = floe_agent::Agent::start_with(config, Arc::new(fault), index)
+        .await
+        .unwrap();
     let c = Client::new(&format!("http://{}", agent.addr)).unwrap();
     c.create_topic("f", 1).await.unwrap();
     c.produce("f", vec![rec("before".into())]).await.unwrap();
     switch.store(true, Ordering::SeqCst);
-    let err = c.produce("f", vec![rec("during".into())]).await.unwrap_err();
+    let err = c
+        .produce("f", vec![rec("during".into())])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("store_unavailable"));
     switch.store(false, Ordering::SeqCst);
-    assert_eq!(c.produce("f", vec![rec("after".into())]).await.unwrap().offsets[0].offset, 1);
+    assert_eq!(
+        c.produce("f", vec![rec("after".into())])
+            .await
+            .unwrap()
+            .offsets[0]
+            .offset,
+        1
+    );
     let got = read_all(&c, "f", 0).await;
-    assert_eq!(got.iter().map(|r| r.value.clone().unwrap()).collect::<Vec<_>>(), vec!["before", "after"]);
+    assert_eq!(
+        got.iter()
+            .map(|r| r.value.clone().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["before", "after"]
+    );
     agent.shutdown().await;
 }

@@ -114,7 +114,8 @@ impl Agent {
         };
         // Commits made by other agents (shared index) wake this agent's long-polls.
         let sink_notifier = shared.notifier.clone();
-        let sink: floe_index::CommitSink = Arc::new(move |t, p, e| sink_notifier.committed(t, p, e));
+        let sink: floe_index::CommitSink =
+            Arc::new(move |t, p, e| sink_notifier.committed(t, p, e));
         let watch_index = index.clone();
         let watch_stop = shutdown_rx.clone();
         let watcher_task = tokio::spawn(

@@ -20,7 +20,9 @@ use prometheus::IntCounterVec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreUrlError {
-    #[error("bucket url {0:?} is not supported (use file:///PATH, s3://BUCKET/PREFIX or memory://)")]
+    #[error(
+        "bucket url {0:?} is not supported (use file:///PATH, s3://BUCKET/PREFIX or memory://)"
+    )]
     Unsupported(String),
     #[error("cannot create bucket folder {0}: {1}")]
     Folder(String, std::io::Error),
@@ -61,7 +63,9 @@ fn open_s3(url: &str, rest: &str) -> Result<Arc<dyn ObjectStore>, StoreUrlError>
     if bucket.is_empty() {
         return Err(StoreUrlError::Unsupported(url.to_string()));
     }
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .ok();
     let mut b = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_virtual_hosted_style_request(false)
@@ -71,7 +75,9 @@ fn open_s3(url: &str, rest: &str) -> Result<Arc<dyn ObjectStore>, StoreUrlError>
             retry_timeout: std::time::Duration::from_secs(15),
         });
     if let Some(ep) = &endpoint {
-        b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
+        b = b
+            .with_endpoint(ep)
+            .with_allow_http(ep.starts_with("http://"));
     }
     if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
         b = b.with_region("us-east-1");

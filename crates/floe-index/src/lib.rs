@@ -194,5 +194,3 @@ pub(crate) fn decode_config(s: &str) -> Result<BTreeMap<String, String>> {
         })
         .collect()
 }
-
-

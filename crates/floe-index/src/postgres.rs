@@ -69,7 +69,9 @@ pub struct PostgresIndex {
 
 impl std::fmt::Debug for PostgresIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresIndex").field("pool", &self.pool.status()).finish()
+        f.debug_struct("PostgresIndex")
+            .field("pool", &self.pool.status())
+            .finish()
     }
 }
 
@@ -97,12 +99,20 @@ impl PostgresIndex {
     /// Connect and apply migrations (under an advisory lock, so agents starting together
     /// do not race).
     pub async fn open(url: &str) -> Result<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| IndexError::BadUrl(format!("{e}")))?;
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| IndexError::BadUrl(format!("{e}")))?;
         let mut cfg = config.clone();
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(5));
         }
-        let mgr = Manager::from_config(cfg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let mgr = Manager::from_config(
+            cfg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(mgr)
             .max_size(16)
             .wait_timeout(Some(Duration::from_secs(10)))
@@ -113,7 +123,9 @@ impl PostgresIndex {
             .map_err(|e| IndexError::Postgres(e.to_string()))?;
         let mut c = pool.get().await.map_err(pool_err)?;
         let tx = c.transaction().await.map_err(pg)?;
-        tx.execute("SELECT pg_advisory_xact_lock(7340123)", &[]).await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock(7340123)", &[])
+            .await
+            .map_err(pg)?;
         tx.batch_execute(SCHEMA).await.map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(Self { pool, config: cfg })
@@ -123,13 +135,20 @@ impl PostgresIndex {
         self.pool.get().await.map_err(pool_err)
     }
 
-    async fn try_commit(&self, seg: &SegmentCommit) -> std::result::Result<Vec<RunOutcome>, CommitError> {
+    async fn try_commit(
+        &self,
+        seg: &SegmentCommit,
+    ) -> std::result::Result<Vec<RunOutcome>, CommitError> {
         let mut c = self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(b) => CommitError::Pg(b),
             other => CommitError::Pool(other.to_string()),
         })?;
         let tx = c.transaction().await?;
-        let mut keys: Vec<(i64, i32)> = seg.runs.iter().map(|r| (r.topic_id, r.partition as i32)).collect();
+        let mut keys: Vec<(i64, i32)> = seg
+            .runs
+            .iter()
+            .map(|r| (r.topic_id, r.partition as i32))
+            .collect();
         keys.sort_unstable();
         keys.dedup();
         let tids: Vec<i64> = keys.iter().map(|k| k.0).collect();
@@ -158,8 +177,29 @@ impl PostgresIndex {
         let mut bases = assigned.iter();
         let mut out = Vec::with_capacity(seg.runs.len());
         let mut new_ends: BTreeMap<(i64, u32), u64> = BTreeMap::new();
-        let (mut c_t, mut c_p, mut c_b, mut c_n, mut c_rf, mut c_rc, mut c_bs, mut c_be, mut c_mn, mut c_mx) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (
+            mut c_t,
+            mut c_p,
+            mut c_b,
+            mut c_n,
+            mut c_rf,
+            mut c_rc,
+            mut c_bs,
+            mut c_be,
+            mut c_mn,
+            mut c_mx,
+        ) = (
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+        );
         for r in &seg.runs {
             if !ends.contains_key(&(r.topic_id, r.partition)) {
                 out.push(RunOutcome::TopicGone);
@@ -201,7 +241,8 @@ impl PostgresIndex {
             )
             .await?;
             for payload in notify_payloads(&new_ends) {
-                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await?;
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -246,7 +287,11 @@ pub fn parse_payload(s: &str) -> Vec<(i64, u32, u64)> {
     s.split(',')
         .filter_map(|item| {
             let mut it = item.split(':');
-            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+            Some((
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+            ))
         })
         .collect()
 }
@@ -270,8 +315,14 @@ impl Index for PostgresIndex {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         // Serialize topic creation so the topic-count limit holds across agents.
-        tx.execute("SELECT pg_advisory_xact_lock(7340124)", &[]).await.map_err(pg)?;
-        let n: i64 = tx.query_one("SELECT COUNT(*) FROM floe_topics", &[]).await.map_err(pg)?.get(0);
+        tx.execute("SELECT pg_advisory_xact_lock(7340124)", &[])
+            .await
+            .map_err(pg)?;
+        let n: i64 = tx
+            .query_one("SELECT COUNT(*) FROM floe_topics", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
         if n as usize >= t.max_topics {
             return Err(IndexError::TooManyTopics(t.max_topics));
         }
@@ -283,7 +334,9 @@ impl Index for PostgresIndex {
             )
             .await
             .map_err(pg)?;
-        let Some(row) = row else { return Err(IndexError::TopicExists(t.name)) };
+        let Some(row) = row else {
+            return Err(IndexError::TopicExists(t.name));
+        };
         let id: i64 = row.get(0);
         tx.execute(
             "INSERT INTO floe_partitions (topic_id, partition, start_offset, next_offset) SELECT $1, g, 0, 0 FROM generate_series(0, $2 - 1) g",
@@ -292,30 +345,60 @@ impl Index for PostgresIndex {
         .await
         .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
-        Ok(TopicMeta { id, name: t.name, partitions: t.partitions, retention_ms: t.retention_ms, config: t.config, created_ms: t.created_ms })
+        Ok(TopicMeta {
+            id,
+            name: t.name,
+            partitions: t.partitions,
+            retention_ms: t.retention_ms,
+            config: t.config,
+            created_ms: t.created_ms,
+        })
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicMeta>> {
         let c = self.client().await?;
-        let rows = c.query(&format!("SELECT {TOPIC_COLS} FROM floe_topics ORDER BY name"), &[]).await.map_err(pg)?;
+        let rows = c
+            .query(
+                &format!("SELECT {TOPIC_COLS} FROM floe_topics ORDER BY name"),
+                &[],
+            )
+            .await
+            .map_err(pg)?;
         rows.iter().map(topic_from).collect()
     }
 
     async fn get_topic(&self, name: &str) -> Result<Option<TopicMeta>> {
         let c = self.client().await?;
-        let row = c.query_opt(&format!("SELECT {TOPIC_COLS} FROM floe_topics WHERE name = $1"), &[&name]).await.map_err(pg)?;
+        let row = c
+            .query_opt(
+                &format!("SELECT {TOPIC_COLS} FROM floe_topics WHERE name = $1"),
+                &[&name],
+            )
+            .await
+            .map_err(pg)?;
         row.as_ref().map(topic_from).transpose()
     }
 
     async fn delete_topic(&self, name: &str) -> Result<bool> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
-        let Some(row) = tx.query_opt("DELETE FROM floe_topics WHERE name = $1 RETURNING id", &[&name]).await.map_err(pg)? else {
+        let Some(row) = tx
+            .query_opt(
+                "DELETE FROM floe_topics WHERE name = $1 RETURNING id",
+                &[&name],
+            )
+            .await
+            .map_err(pg)?
+        else {
             return Ok(false);
         };
         let id: i64 = row.get(0);
-        tx.execute("DELETE FROM floe_partitions WHERE topic_id = $1", &[&id]).await.map_err(pg)?;
-        tx.execute("DELETE FROM floe_runs WHERE topic_id = $1", &[&id]).await.map_err(pg)?;
+        tx.execute("DELETE FROM floe_partitions WHERE topic_id = $1", &[&id])
+            .await
+            .map_err(pg)?;
+        tx.execute("DELETE FROM floe_runs WHERE topic_id = $1", &[&id])
+            .await
+            .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(true)
     }
@@ -340,7 +423,10 @@ impl Index for PostgresIndex {
     async fn end_offset(&self, topic_id: i64, partition: u32) -> Result<Option<u64>> {
         let c = self.client().await?;
         let row = c
-            .query_opt("SELECT next_offset FROM floe_partitions WHERE topic_id = $1 AND partition = $2", &[&topic_id, &(partition as i32)])
+            .query_opt(
+                "SELECT next_offset FROM floe_partitions WHERE topic_id = $1 AND partition = $2",
+                &[&topic_id, &(partition as i32)],
+            )
             .await
             .map_err(pg)?;
         row.map(|r| to_u64(r.get(0), "next_offset")).transpose()
@@ -351,21 +437,28 @@ impl Index for PostgresIndex {
         for attempt in 0..COMMIT_ATTEMPTS {
             match self.try_commit(&seg).await {
                 Ok(out) => return Ok(out),
-                Err(CommitError::Pg(e))
-                    if matches!(e.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED) =>
+                Err(CommitError::Pg(e)) if matches!(e.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED) =>
                 {
                     warn!(attempt, error = %e, "commit conflict; retrying");
                     tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
                     last = Some(pg(e));
                 }
                 Err(CommitError::Pg(e)) => return Err(pg(e)),
-                Err(CommitError::Pool(e)) => return Err(IndexError::Postgres(format!("connection pool: {e}"))),
+                Err(CommitError::Pool(e)) => {
+                    return Err(IndexError::Postgres(format!("connection pool: {e}")));
+                }
             }
         }
         Err(last.unwrap_or_else(|| IndexError::Postgres("commit retries exhausted".into())))
     }
 
-    async fn runs_from(&self, topic_id: i64, partition: u32, offset: u64, limit: u32) -> Result<Vec<RunEntry>> {
+    async fn runs_from(
+        &self,
+        topic_id: i64,
+        partition: u32,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Vec<RunEntry>> {
         let c = self.client().await?;
         let rows = c
             .query(
@@ -395,7 +488,13 @@ impl Index for PostgresIndex {
 
     async fn segment_referenced(&self, key: &str) -> Result<bool> {
         let c = self.client().await?;
-        Ok(c.query_opt("SELECT 1 FROM floe_runs WHERE segment_key = $1 LIMIT 1", &[&key]).await.map_err(pg)?.is_some())
+        Ok(c.query_opt(
+            "SELECT 1 FROM floe_runs WHERE segment_key = $1 LIMIT 1",
+            &[&key],
+        )
+        .await
+        .map_err(pg)?
+        .is_some())
     }
 
     async fn ping(&self) -> Result<()> {
@@ -425,7 +524,10 @@ impl Index for PostgresIndex {
 }
 
 /// One LISTEN session on a dedicated connection; returns when the connection ends.
-async fn listen_once(config: &tokio_postgres::Config, sink: &CommitSink) -> std::result::Result<(), tokio_postgres::Error> {
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    sink: &CommitSink,
+) -> std::result::Result<(), tokio_postgres::Error> {
     let (client, mut conn) = config.connect(NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
@@ -462,12 +564,17 @@ mod tests {
 
     #[test]
     fn payloads_split_under_limit_and_roundtrip() {
-        let ends: BTreeMap<(i64, u32), u64> = (0..2000).map(|i| ((i64::from(i / 10), i % 10), u64::from(i) * 1000)).collect();
+        let ends: BTreeMap<(i64, u32), u64> = (0..2000)
+            .map(|i| ((i64::from(i / 10), i % 10), u64::from(i) * 1000))
+            .collect();
         let payloads = notify_payloads(&ends);
         assert!(payloads.len() > 1);
         assert!(payloads.iter().all(|p| p.len() <= MAX_PAYLOAD));
-        let back: BTreeMap<(i64, u32), u64> = payloads.iter().flat_map(|p| parse_payload(p)).map(|(t, p, e)| ((t, p), e)).collect();
+        let back: BTreeMap<(i64, u32), u64> = payloads
+            .iter()
+            .flat_map(|p| parse_payload(p))
+            .map(|(t, p, e)| ((t, p), e))
+            .collect();
         assert_eq!(back, ends);
     }
 }
-
