@@ -351,3 +351,52 @@ async fn s3_failure_gives_503_and_recovers_without_loss() {
     );
     agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_bucket_is_a_clear_startup_error_and_bucket_init_creates_it() {
+    let bucket = format!("floe-new-{}", common::unique());
+    let url = format!("s3://{bucket}/p");
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_floe"));
+        cmd.args(args);
+        for (k, v) in common::s3_env() {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--bucket",
+        &url,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not exist") && err.contains(&bucket),
+        "{err}"
+    );
+    let out = run(&["bucket", "init", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["bucket", "check", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent = AgentProc::start_env(dir.path(), &["--bucket", &url], &common::s3_env());
+    let c = agent.client();
+    c.create_topic("t", 1).await.unwrap();
+    assert_eq!(
+        c.produce("t", vec![rec("x".into())]).await.unwrap().offsets[0].offset,
+        0
+    );
+}

@@ -21,6 +21,10 @@ use crate::Conn;
 pub struct BenchArgs {
     #[command(flatten)]
     conn: Conn,
+    /// More agent URLs (comma-separated): producers and consumers are spread over `--url`
+    /// and these, e.g. three agents sharing one bucket and index.
+    #[arg(long, value_delimiter = ',')]
+    also: Vec<String>,
     /// Topic to use (created if missing). Default: a fresh `bench-<time>` topic.
     #[arg(long)]
     topic: Option<String>,
@@ -72,6 +76,10 @@ fn body(value: &str, batch: usize, producer: usize) -> Bytes {
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let client = Client::new(&a.conn.url)?;
+    let mut clients = vec![client.clone()];
+    for u in &a.also {
+        clients.push(Client::new(u)?);
+    }
     let topic = a
         .topic
         .clone()
@@ -81,9 +89,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         Err(e) if e.code() == Some("topic_exists") => {}
         Err(e) => return Err(e.into()),
     }
-    let puts_before = client
-        .metric("floe_object_store_requests_total{op=\"put\"}")
-        .await?;
+    let puts_before = total_puts(&clients).await?;
     // Printable, poorly compressible value.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let value: String = (0..a.record_bytes)
@@ -108,7 +114,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if !a.no_consume {
         for p in 0..a.partitions {
             let (c, topic, e2e, consumed, stop) = (
-                client.clone(),
+                clients[p as usize % clients.len()].clone(),
                 topic.clone(),
                 e2e_lat.clone(),
                 consumed.clone(),
@@ -144,7 +150,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut producers = Vec::new();
     for i in 0..a.producers {
         let (c, topic, value, lat, produced, errors) = (
-            client.clone(),
+            clients[i % clients.len()].clone(),
             topic.clone(),
             value.clone(),
             produce_lat.clone(),
@@ -187,10 +193,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     for c in consumers {
         c.await??;
     }
-    let puts = client
-        .metric("floe_object_store_requests_total{op=\"put\"}")
-        .await?
-        - puts_before;
+    let puts = total_puts(&clients).await? - puts_before;
     let mib = (total as f64 * a.record_bytes as f64) / (1024.0 * 1024.0);
     let pl = produce_lat.lock().await;
     let el = e2e_lat.lock().await;
@@ -229,4 +232,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         if mib > 0.0 { puts / mib } else { 0.0 }
     );
     Ok(())
+}
+
+async fn total_puts(clients: &[Client]) -> anyhow::Result<f64> {
+    let mut n = 0.0;
+    for c in clients {
+        n += c
+            .metric("floe_object_store_requests_total{op=\"put\"}")
+            .await?;
+    }
+    Ok(n)
 }

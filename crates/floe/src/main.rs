@@ -1,6 +1,7 @@
 //! `floe`: the agent (`floe serve`) and the command-line client.
 
 mod bench;
+mod bucket;
 mod cli;
 
 use std::path::PathBuf;
@@ -41,6 +42,19 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Check or create an s3:// bucket (standard AWS environment variables apply).
+    Bucket {
+        #[command(subcommand)]
+        cmd: BucketCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BucketCmd {
+    /// Create the bucket if it does not exist, then check it is accessible.
+    Init { url: String },
+    /// Check the bucket exists and is accessible.
+    Check { url: String },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -93,6 +107,9 @@ struct ServeArgs {
     /// Decoded segment cache size.
     #[arg(long, env = "FLOE_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
     cache_bytes: u64,
+    /// For s3:// buckets: create the bucket at start-up if it does not exist.
+    #[arg(long, env = "FLOE_CREATE_BUCKET")]
+    create_bucket: bool,
     /// Long-polls re-read the end offset at least this often.
     #[arg(long, env = "FLOE_POLL_INTERVAL_MS", default_value_t = 1000)]
     poll_interval_ms: u64,
@@ -174,7 +191,9 @@ impl ServeArgs {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let create = args.create_bucket;
     let config = args.config()?;
+    bucket::ensure(&config.bucket, create).await?;
     let agent = floe_agent::Agent::start(config).await?;
     // Tests and scripts read this line to learn the port.
     println!("floe listening on http://{}", agent.addr);
@@ -211,6 +230,20 @@ fn main() -> anyhow::Result<()> {
             Cmd::Produce(a) => cli::produce(a).await,
             Cmd::Consume(a) => cli::consume(a).await,
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Bucket {
+                cmd: BucketCmd::Init { url },
+            } => {
+                bucket::ensure(&url, true).await?;
+                println!("bucket {} ready", bucket::s3_bucket(&url).unwrap_or(&url));
+                Ok(())
+            }
+            Cmd::Bucket {
+                cmd: BucketCmd::Check { url },
+            } => {
+                bucket::ensure(&url, false).await?;
+                println!("bucket {} ok", bucket::s3_bucket(&url).unwrap_or(&url));
+                Ok(())
+            }
             Cmd::Openapi => {
                 println!(
                     "{}",
