@@ -7,16 +7,10 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{AgentProc, read_all, segment_files};
+use common::{AgentProc, read_all, rec, segment_files};
 use floe_core::api::ProduceRecord;
 use floe_index::Index;
 
-fn rec(value: String) -> ProduceRecord {
-    ProduceRecord {
-        value: Some(value),
-        ..Default::default()
-    }
-}
 
 const FLAGS: &[&str] = &[
     "--linger-ms",

@@ -7,17 +7,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{AgentProc, raw, read_all};
+use common::{AgentProc, raw, read_all, rec};
 use floe_client::FetchOptions;
 use floe_core::api::ProduceRecord;
 use reqwest::Method;
 
-fn rec(value: String) -> ProduceRecord {
-    ProduceRecord {
-        value: Some(value),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_then_fetch_returns_exactly_what_was_produced() {
@@ -201,38 +195,9 @@ async fn long_poll_wakes_on_commit_and_times_out_empty() {
         waited >= Duration::from_millis(650),
         "returned after {waited:?}, before the wait ended"
     );
-    // A waiting fetch is woken by a commit, long before its 10 s wait ends.
-    let waiter = {
-        let c = c.clone();
-        tokio::spawn(async move {
-            let t0 = Instant::now();
-            let r = c
-                .fetch(
-                    "lp",
-                    0,
-                    0,
-                    FetchOptions {
-                        wait_ms: Some(10_000),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-            (r, t0.elapsed())
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let t_produce = Instant::now();
-    c.produce("lp", vec![rec("wake".into())]).await.unwrap();
-    let (r, waited) = waiter.await.unwrap();
-    assert_eq!(r.records.len(), 1);
-    assert_eq!(r.records[0].value.as_deref(), Some("wake"));
-    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
-    assert!(
-        t_produce.elapsed() < Duration::from_secs(2),
-        "woken {:?} after the produce",
-        t_produce.elapsed()
-    );
+    // A waiting fetch is woken by the commit, long before its 10 s wait ends.
+    let woke = common::long_poll_wake_time(&c, &c, "lp", "wake").await;
+    assert!(woke < Duration::from_secs(2), "woken {woke:?} after the produce");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,18 +8,12 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{AgentProc, fresh_bucket_url, fresh_pg_db, read_all, test_store};
+use common::{AgentProc, fresh_bucket_url, fresh_pg_db, read_all, rec, test_store};
 use floe_client::{Client, FetchOptions};
 use floe_core::api::ProduceRecord;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 
-fn rec(value: String) -> ProduceRecord {
-    ProduceRecord {
-        value: Some(value),
-        ..Default::default()
-    }
-}
 
 const FLAGS: &[&str] = &[
     "--linger-ms",
@@ -159,33 +153,8 @@ async fn long_poll_on_one_agent_wakes_on_commit_through_another() {
     let b = AgentProc::start_shared(d2.path(), &bucket, &index, &["--linger-ms", "10"]);
     let (ca, cb) = (a.client(), b.client());
     ca.create_topic("lp", 1).await.unwrap();
-    let waiter = tokio::spawn(async move {
-        let t0 = Instant::now();
-        let r = ca
-            .fetch(
-                "lp",
-                0,
-                0,
-                FetchOptions {
-                    wait_ms: Some(10_000),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        (r, t0.elapsed())
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let t_produce = Instant::now();
-    cb.produce("lp", vec![rec("across".into())]).await.unwrap();
-    let (r, _) = waiter.await.unwrap();
-    assert_eq!(r.records.len(), 1);
-    assert_eq!(r.records[0].value.as_deref(), Some("across"));
-    let woke = t_produce.elapsed();
-    assert!(
-        woke < Duration::from_secs(2),
-        "woken {woke:?} after the produce on the other agent"
-    );
+    let woke = common::long_poll_wake_time(&ca, &cb, "lp", "across").await;
+    assert!(woke < Duration::from_secs(2), "woken {woke:?} after the produce on the other agent");
 }
 
 /// One trial: producers on all three agents; agent `victim` is killed with SIGKILL mid-load.

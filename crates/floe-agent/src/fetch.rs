@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use base64::Engine;
+use bytes::Bytes;
 use floe_core::api::FetchedRecord;
 use floe_core::log::plan_fetch;
 use floe_core::segment::{DecodedRun, Footer, RecordView, RunLocation, decode_run, parse_footer};
@@ -31,6 +32,11 @@ pub struct Reader {
     metrics: Metrics,
     footers: moka::future::Cache<String, Arc<ParquetMetaData>>,
     runs: moka::future::Cache<(String, u32), Arc<DecodedRun>>,
+    /// Whole segment objects (those up to `whole_object_max` bytes): one GET serves the
+    /// footer and every run of a segment. The agent that wrote a segment puts it here
+    /// itself, so its own readers never GET it.
+    objects: moka::future::Cache<String, Bytes>,
+    whole_object_max: u64,
 }
 
 impl std::fmt::Debug for Reader {
@@ -60,13 +66,47 @@ impl Reader {
             .max_capacity(config.cache_bytes)
             .weigher(|_k: &(String, u32), v: &Arc<DecodedRun>| weight(v.memory_size()))
             .build();
+        let objects = moka::future::Cache::builder()
+            .max_capacity(config.cache_bytes / 2 + 1)
+            .weigher(|_k: &String, v: &Bytes| weight(v.len()))
+            .build();
         Self {
             store,
             index,
             metrics,
             footers,
             runs,
+            objects,
+            whole_object_max: config.flush_bytes as u64 * 2,
         }
+    }
+
+    /// A segment this agent just wrote (not yet committed: only index entries lead to it).
+    pub async fn insert_written(&self, key: &str, bytes: Bytes) {
+        if bytes.len() as u64 <= self.whole_object_max {
+            self.objects.insert(key.to_string(), bytes).await;
+        }
+    }
+
+    /// Bytes `range` of a segment: from the whole-object cache (fetching the whole object
+    /// once when it is small enough), else with a ranged GET.
+    async fn read_range(&self, e: &RunEntry, range: std::ops::Range<u64>) -> Result<Bytes, ApiError> {
+        let path = Path::from(e.segment_key.as_str());
+        if e.segment_size > self.whole_object_max {
+            return self.store.get_range(&path, range).await.map_err(|err| store_err(e, &err));
+        }
+        let whole = self
+            .objects
+            .try_get_with(e.segment_key.clone(), async {
+                let b = self.store.get_range(&path, 0..e.segment_size).await.map_err(|err| store_err(e, &err))?;
+                Ok::<_, ApiError>(b)
+            })
+            .await
+            .map_err(|err: Arc<ApiError>| (*err).clone())?;
+        if range.end > whole.len() as u64 || range.start > range.end {
+            return Err(corrupt(e, "byte range beyond the object"));
+        }
+        Ok(whole.slice(range.start as usize..range.end as usize))
     }
 
     /// Up to `max_records` records from `offset`, stopping before `max_bytes` is passed
@@ -123,14 +163,7 @@ impl Reader {
         self.runs
             .try_get_with(key, async {
                 let meta = self.footer(e).await?;
-                let data = self
-                    .store
-                    .get_range(
-                        &Path::from(e.segment_key.as_str()),
-                        e.byte_start..e.byte_end,
-                    )
-                    .await
-                    .map_err(|err| store_err(e, &err))?;
+                let data = self.read_range(e, e.byte_start..e.byte_end).await?;
                 let loc_topic = topic.name.clone();
                 let (records, rg_first, rg_count, byte_start, size) = (
                     e.records,
@@ -162,21 +195,12 @@ impl Reader {
     async fn footer(&self, e: &RunEntry) -> Result<Arc<ParquetMetaData>, ApiError> {
         self.footers
             .try_get_with(e.segment_key.clone(), async {
-                let path = Path::from(e.segment_key.as_str());
                 let size = e.segment_size;
-                let tail = self
-                    .store
-                    .get_range(&path, size.saturating_sub(FOOTER_GUESS)..size)
-                    .await
-                    .map_err(|err| store_err(e, &err))?;
+                let tail = self.read_range(e, size.saturating_sub(FOOTER_GUESS)..size).await?;
                 match parse_footer(&tail).map_err(|err| corrupt(e, &err.to_string()))? {
                     Footer::Parsed(m) => Ok(m),
                     Footer::NeedSuffix(n) => {
-                        let tail = self
-                            .store
-                            .get_range(&path, size.saturating_sub(n as u64)..size)
-                            .await
-                            .map_err(|err| store_err(e, &err))?;
+                        let tail = self.read_range(e, size.saturating_sub(n as u64)..size).await?;
                         match parse_footer(&tail).map_err(|err| corrupt(e, &err.to_string()))? {
                             Footer::Parsed(m) => Ok(m),
                             Footer::NeedSuffix(_) => Err(corrupt(e, "footer length inconsistent")),

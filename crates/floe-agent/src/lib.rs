@@ -93,14 +93,15 @@ impl Agent {
         ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let notifier = notify::Notifier::default();
+        let reader = fetch::Reader::new(&config, store.clone(), index.clone(), metrics.clone());
         let (producer, producer_task) = produce::spawn(
             config.clone(),
             store.clone(),
             index.clone(),
             metrics.clone(),
             notifier.clone(),
+            reader.clone(),
         );
-        let reader = fetch::Reader::new(&config, store.clone(), index.clone(), metrics.clone());
         let shared = Shared {
             topics: topics::TopicCache::new(index.clone(), config.topic_cache_ttl),
             config: config.clone(),

@@ -26,6 +26,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::AgentConfig;
 use crate::error::ApiError;
+use crate::fetch::Reader;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 
@@ -109,6 +110,7 @@ struct Ctx {
     index: Arc<dyn Index>,
     metrics: Metrics,
     notifier: Notifier,
+    reader: Reader,
 }
 
 /// Start the buffer task. It ends (after flushing everything) when every handle is dropped.
@@ -118,6 +120,7 @@ pub fn spawn(
     index: Arc<dyn Index>,
     metrics: Metrics,
     notifier: Notifier,
+    reader: Reader,
 ) -> (ProducerHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(4096);
     let handle = ProducerHandle {
@@ -134,6 +137,7 @@ pub fn spawn(
         index,
         metrics,
         notifier,
+        reader,
     };
     let task = tokio::spawn(run(rx, ctx).instrument(info_span!("produce_buffer")));
     (handle, task)
@@ -357,7 +361,7 @@ async fn write_and_commit(
     ctx.store
         .put_opts(
             &Path::from(key.as_str()),
-            PutPayload::from_bytes(bytes),
+            PutPayload::from_bytes(bytes.clone()),
             PutOptions {
                 mode: PutMode::Create,
                 ..PutOptions::default()
@@ -367,6 +371,8 @@ async fn write_and_commit(
         .map_err(|e| {
             ApiError::unavailable("store_unavailable", format!("writing segment failed: {e}"))
         })?;
+    // Readers on this agent will not need to GET what it just wrote.
+    ctx.reader.insert_written(&key, bytes).await;
     debug!(
         key,
         size,
