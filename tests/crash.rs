@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::{AgentProc, read_all, rec, segment_files};
-use floe_core::api::ProduceRecord;
 use floe_index::Index;
-
 
 const FLAGS: &[&str] = &[
     "--linger-ms",

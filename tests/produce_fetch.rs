@@ -12,7 +12,6 @@ use floe_client::FetchOptions;
 use floe_core::api::ProduceRecord;
 use reqwest::Method;
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_then_fetch_returns_exactly_what_was_produced() {
     let dir = tempfile::tempdir().unwrap();
@@ -197,7 +196,10 @@ async fn long_poll_wakes_on_commit_and_times_out_empty() {
     );
     // A waiting fetch is woken by the commit, long before its 10 s wait ends.
     let woke = common::long_poll_wake_time(&c, &c, "lp", "wake").await;
-    assert!(woke < Duration::from_secs(2), "woken {woke:?} after the produce");
+    assert!(
+        woke < Duration::from_secs(2),
+        "woken {woke:?} after the produce"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

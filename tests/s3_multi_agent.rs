@@ -9,11 +9,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::{AgentProc, fresh_bucket_url, fresh_pg_db, read_all, rec, test_store};
-use floe_client::{Client, FetchOptions};
+use floe_client::Client;
 use floe_core::api::ProduceRecord;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
-
 
 const FLAGS: &[&str] = &[
     "--linger-ms",
@@ -154,7 +153,10 @@ async fn long_poll_on_one_agent_wakes_on_commit_through_another() {
     let (ca, cb) = (a.client(), b.client());
     ca.create_topic("lp", 1).await.unwrap();
     let woke = common::long_poll_wake_time(&ca, &cb, "lp", "across").await;
-    assert!(woke < Duration::from_secs(2), "woken {woke:?} after the produce on the other agent");
+    assert!(
+        woke < Duration::from_secs(2),
+        "woken {woke:?} after the produce on the other agent"
+    );
 }
 
 /// One trial: producers on all three agents; agent `victim` is killed with SIGKILL mid-load.

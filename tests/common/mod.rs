@@ -257,20 +257,44 @@ impl AgentProc {
 }
 
 pub fn rec(value: String) -> floe_core::api::ProduceRecord {
-    floe_core::api::ProduceRecord { value: Some(value), ..Default::default() }
+    floe_core::api::ProduceRecord {
+        value: Some(value),
+        ..Default::default()
+    }
 }
 
 /// Start a 10 s long-poll at the end of `topic`/0 on `waiter`, produce `value` through
 /// `producer`, and return how long after the produce the poll returned with the record.
-pub async fn long_poll_wake_time(waiter: &Client, producer: &Client, topic: &str, value: &str) -> Duration {
+pub async fn long_poll_wake_time(
+    waiter: &Client,
+    producer: &Client,
+    topic: &str,
+    value: &str,
+) -> Duration {
     let (w, t) = (waiter.clone(), topic.to_string());
     let poll = tokio::spawn(async move {
-        w.fetch(&t, 0, 0, floe_client::FetchOptions { wait_ms: Some(10_000), ..Default::default() }).await.unwrap()
+        w.fetch(
+            &t,
+            0,
+            0,
+            floe_client::FetchOptions {
+                wait_ms: Some(10_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(!poll.is_finished(), "the long-poll returned before anything was produced");
+    assert!(
+        !poll.is_finished(),
+        "the long-poll returned before anything was produced"
+    );
     let t_produce = Instant::now();
-    producer.produce(topic, vec![rec(value.to_string())]).await.unwrap();
+    producer
+        .produce(topic, vec![rec(value.to_string())])
+        .await
+        .unwrap();
     let r = poll.await.unwrap();
     let woke = t_produce.elapsed();
     assert_eq!(r.records.len(), 1);

@@ -90,15 +90,27 @@ impl Reader {
 
     /// Bytes `range` of a segment: from the whole-object cache (fetching the whole object
     /// once when it is small enough), else with a ranged GET.
-    async fn read_range(&self, e: &RunEntry, range: std::ops::Range<u64>) -> Result<Bytes, ApiError> {
+    async fn read_range(
+        &self,
+        e: &RunEntry,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, ApiError> {
         let path = Path::from(e.segment_key.as_str());
         if e.segment_size > self.whole_object_max {
-            return self.store.get_range(&path, range).await.map_err(|err| store_err(e, &err));
+            return self
+                .store
+                .get_range(&path, range)
+                .await
+                .map_err(|err| store_err(e, &err));
         }
         let whole = self
             .objects
             .try_get_with(e.segment_key.clone(), async {
-                let b = self.store.get_range(&path, 0..e.segment_size).await.map_err(|err| store_err(e, &err))?;
+                let b = self
+                    .store
+                    .get_range(&path, 0..e.segment_size)
+                    .await
+                    .map_err(|err| store_err(e, &err))?;
                 Ok::<_, ApiError>(b)
             })
             .await
@@ -119,33 +131,49 @@ impl Reader {
         offset: u64,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<FetchedRecord>, u64), ApiError> {
+    ) -> Result<Fetched, ApiError> {
         let entries = self
             .index
             .runs_from(topic.id, partition, offset, RUNS_PER_FETCH)
             .await
             .map_err(|e| ApiError::index(&e))?;
         let (plan, _) = plan_fetch(&entries, offset, max_records);
-        let mut out = Vec::new();
+        let mut out = Fetched {
+            slices: Vec::new(),
+            next: offset,
+            count: 0,
+        };
         let mut bytes = 0usize;
-        let mut next = offset;
         'runs: for s in plan {
             let entry = &entries[s.run];
             let run = self.run(topic, partition, entry).await?;
+            let mut to = s.from;
             for pos in s.from..s.to {
                 let v = run.get(pos).ok_or_else(|| corrupt(entry, "row missing"))?;
                 let size = v.size();
-                if !out.is_empty() && bytes + size > max_bytes {
-                    break 'runs;
+                if out.count > 0 && bytes + size > max_bytes {
+                    break;
                 }
                 bytes += size;
-                next = entry.base_offset + pos as u64 + 1;
-                out.push(to_api(next - 1, &v));
+                out.count += 1;
+                to = pos + 1;
+            }
+            if to > s.from {
+                out.next = entry.base_offset + to as u64;
+                out.slices.push(RunSlice {
+                    run,
+                    base_offset: entry.base_offset,
+                    from: s.from,
+                    to,
+                });
+            }
+            if to < s.to {
+                break 'runs;
             }
         }
-        self.metrics.records_fetched.inc_by(out.len() as u64);
+        self.metrics.records_fetched.inc_by(out.count as u64);
         self.metrics.bytes_fetched.inc_by(bytes as u64);
-        Ok((out, next))
+        Ok(out)
     }
 
     async fn run(
@@ -196,11 +224,15 @@ impl Reader {
         self.footers
             .try_get_with(e.segment_key.clone(), async {
                 let size = e.segment_size;
-                let tail = self.read_range(e, size.saturating_sub(FOOTER_GUESS)..size).await?;
+                let tail = self
+                    .read_range(e, size.saturating_sub(FOOTER_GUESS)..size)
+                    .await?;
                 match parse_footer(&tail).map_err(|err| corrupt(e, &err.to_string()))? {
                     Footer::Parsed(m) => Ok(m),
                     Footer::NeedSuffix(n) => {
-                        let tail = self.read_range(e, size.saturating_sub(n as u64)..size).await?;
+                        let tail = self
+                            .read_range(e, size.saturating_sub(n as u64)..size)
+                            .await?;
                         match parse_footer(&tail).map_err(|err| corrupt(e, &err.to_string()))? {
                             Footer::Parsed(m) => Ok(m),
                             Footer::NeedSuffix(_) => Err(corrupt(e, "footer length inconsistent")),
@@ -228,6 +260,94 @@ fn corrupt(e: &RunEntry, what: &str) -> ApiError {
         "segment_corrupt",
         format!("segment {} is unreadable: {what}", e.segment_key),
     )
+}
+
+/// Rows `from..to` of a decoded run whose first row has offset `base_offset`.
+#[derive(Debug)]
+pub struct RunSlice {
+    run: Arc<DecodedRun>,
+    base_offset: u64,
+    from: usize,
+    to: usize,
+}
+
+/// The result of a fetch: records borrowed from cached runs, serialized straight from the
+/// Arrow arrays (no per-record copies) in the shape of [`FetchedRecord`].
+#[derive(Debug)]
+pub struct Fetched {
+    slices: Vec<RunSlice>,
+    pub next: u64,
+    pub count: usize,
+}
+
+impl Fetched {
+    /// Owned records (for callers that need them as values).
+    pub fn to_records(&self) -> Vec<FetchedRecord> {
+        self.iter().map(|(o, v)| to_api(o, &v)).collect()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, RecordView<'_>)> {
+        self.slices.iter().flat_map(|s| {
+            (s.from..s.to)
+                .filter_map(move |pos| Some((s.base_offset + pos as u64, s.run.get(pos)?)))
+        })
+    }
+}
+
+impl serde::Serialize for Fetched {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = ser.serialize_seq(Some(self.count))?;
+        for (offset, v) in self.iter() {
+            seq.serialize_element(&RecordJson { offset, v: &v })?;
+        }
+        seq.end()
+    }
+}
+
+struct RecordJson<'a> {
+    offset: u64,
+    v: &'a RecordView<'a>,
+}
+
+struct Headers<'a>(&'a [(&'a str, &'a str)]);
+
+impl serde::Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl serde::Serialize for RecordJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("offset", &self.offset)?;
+        m.serialize_entry("timestamp_ms", &self.v.timestamp_ms)?;
+        if let Some(k) = self.v.key {
+            match std::str::from_utf8(k) {
+                Ok(s) => m.serialize_entry("key", s)?,
+                Err(_) => m.serialize_entry(
+                    "key_b64",
+                    &base64::engine::general_purpose::STANDARD.encode(k),
+                )?,
+            }
+        }
+        match std::str::from_utf8(self.v.value) {
+            Ok(s) => m.serialize_entry("value", s)?,
+            Err(_) => m.serialize_entry(
+                "value_b64",
+                &base64::engine::general_purpose::STANDARD.encode(self.v.value),
+            )?,
+        }
+        m.serialize_entry("headers", &Headers(&self.v.headers))?;
+        m.end()
+    }
 }
 
 fn text_or_b64(b: &[u8]) -> (Option<String>, Option<String>) {

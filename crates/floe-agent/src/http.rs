@@ -548,7 +548,7 @@ async fn fetch(
     State(s): State<Shared>,
     p: Result<Path<(String, String)>, PathRejection>,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<FetchResponse>> {
+) -> ApiResult<Response> {
     let Path((raw, part)) = p.map_err(path_err)?;
     let params = parse_fetch_params(q.as_deref())?;
     let limits = &s.config.limits;
@@ -619,17 +619,27 @@ async fn fetch(
             records: Vec::new(),
             next_offset: params.offset,
             end_offset: end,
-        }));
+        })
+        .into_response());
     }
-    let (records, next_offset) = s
+    let fetched = s
         .reader
         .read(&topic, partition, params.offset, max_records, max_bytes)
         .await?;
-    Ok(Json(FetchResponse {
-        records,
-        next_offset,
+    let body = FetchBody {
+        next_offset: fetched.next,
+        records: fetched,
         end_offset: end,
-    }))
+    };
+    Ok(Json(body).into_response())
+}
+
+/// Same JSON shape as [`FetchResponse`], serialized without copying record bytes.
+#[derive(serde::Serialize)]
+struct FetchBody {
+    records: crate::fetch::Fetched,
+    next_offset: u64,
+    end_offset: u64,
 }
 
 /// Helper for tests and tools: the documented (method, path) pairs.
