@@ -613,3 +613,101 @@ async fn metrics_and_openapi_are_served() {
         assert_ne!(body["error"]["code"], "route_not_found", "{m} {path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrow_ipc_produce_and_fetch_match_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(
+        dir.path(),
+        &["--linger-ms", "5", "--max-records-per-request", "100"],
+    );
+    let c = agent.client();
+    c.create_topic("bin", 2).await.unwrap();
+    let values: Vec<Vec<u8>> = (0..50u8)
+        .map(|i| vec![i, 0xff, i.wrapping_mul(7)])
+        .collect();
+    let keys: Vec<String> = (0..50).map(|i| format!("key{i}")).collect();
+    let recs: Vec<floe_core::ipc::RecordParts<'_>> = values
+        .iter()
+        .zip(&keys)
+        .enumerate()
+        .map(|(i, (v, k))| {
+            (
+                (i % 3 != 0).then_some(k.as_bytes()),
+                v.as_slice(),
+                Some((i % 2) as i32),
+            )
+        })
+        .collect();
+    let body = floe_core::ipc::encode_produce(&recs).unwrap();
+    let r = c.produce_arrow("bin", body).await.unwrap();
+    assert_eq!(r.offsets.len(), 50);
+    for p in 0..2u32 {
+        let (arrow, next, end) = c
+            .fetch_arrow("bin", p, 0, FetchOptions::default())
+            .await
+            .unwrap();
+        let json = read_all(&c, "bin", p).await;
+        assert_eq!((next, end), (25, 25));
+        assert_eq!(arrow.len(), 25);
+        for (i, (a, j)) in arrow.iter().zip(&json).enumerate() {
+            let sent = i * 2 + p as usize;
+            assert_eq!(a.offset, i as u64);
+            assert_eq!(a.offset, j.offset);
+            assert_eq!(a.value, values[sent]);
+            assert_eq!(j.value_bytes().unwrap(), values[sent]);
+            assert_eq!(a.key.as_deref(), recs[sent].0);
+            assert_eq!(a.timestamp_ms, j.timestamp_ms);
+        }
+        // An Arrow fetch at the end of the log is an empty stream with the offsets in headers.
+        let (none, next, _) = c
+            .fetch_arrow(
+                "bin",
+                p,
+                25,
+                FetchOptions {
+                    wait_ms: Some(50),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        assert_eq!(next, 25);
+    }
+    // Bad Arrow bodies are 4xx with JSON errors and write nothing.
+    let u = format!("{}/v1/topics/bin/records", agent.url);
+    let arrow = Some(floe_core::ipc::ARROW_STREAM);
+    let (s, b) = raw(Method::POST, &u, arrow, b"definitely not arrow".to_vec()).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_arrow"))
+    );
+    let many: Vec<floe_core::ipc::RecordParts<'_>> =
+        (0..101).map(|_| (None, &b"x"[..], None)).collect();
+    let (s, b) = raw(
+        Method::POST,
+        &u,
+        arrow,
+        floe_core::ipc::encode_produce(&many).unwrap().to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("request_too_large"))
+    );
+    let bad_part: Vec<floe_core::ipc::RecordParts<'_>> = vec![(None, &b"x"[..], Some(7))];
+    let (s, b) = raw(
+        Method::POST,
+        &u,
+        arrow,
+        floe_core::ipc::encode_produce(&bad_part).unwrap().to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_partition"))
+    );
+    let d = c.describe_topic("bin").await.unwrap();
+    assert_eq!(d.partitions.iter().map(|p| p.end_offset).sum::<u64>(), 50);
+}

@@ -286,6 +286,17 @@ impl Fetched {
         self.iter().map(|(o, v)| to_api(o, &v)).collect()
     }
 
+    /// The records as Arrow batches (zero-copy slices of the cached runs).
+    pub fn arrow_batches(
+        &self,
+    ) -> Result<Vec<arrow_array::RecordBatch>, floe_core::segment::SegmentError> {
+        let mut out = Vec::new();
+        for s in &self.slices {
+            out.extend(s.run.fetch_batches(s.base_offset, s.from, s.to)?);
+        }
+        Ok(out)
+    }
+
     fn iter(&self) -> impl Iterator<Item = (u64, RecordView<'_>)> {
         self.slices.iter().flat_map(|s| {
             (s.from..s.to)

@@ -19,6 +19,7 @@ use floe_core::api::{
     ProduceRecord, ProduceRequest, ProduceResponse, RecordOffset, TopicDescription, TopicInfo,
     TopicList, TopicSummary,
 };
+use floe_core::ipc::{ARROW_STREAM, IncomingRecord, IpcError};
 use floe_core::partitioner::partition_for_key;
 use floe_core::{Record, TopicName};
 use floe_index::{IndexError, NewTopic, TopicMeta};
@@ -161,6 +162,49 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
+    }
+}
+
+/// A produce body: JSON (default) or an Arrow IPC stream (`Content-Type:
+/// application/vnd.apache.arrow.stream`), decoded to the same records.
+pub enum ProduceBody {
+    Json(ProduceRequest),
+    Arrow(Bytes),
+}
+
+impl<S: Send + Sync> FromRequest<S> for ProduceBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let arrow = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|c| c.to_str().ok())
+            .is_some_and(|c| {
+                c.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with(ARROW_STREAM)
+            });
+        if !arrow {
+            return JsonBody::from_request(req, state)
+                .await
+                .map(|JsonBody(r)| Self::Json(r));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    "request body exceeds the agent's max_body_bytes limit",
+                )
+            } else {
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("could not read request body: {rej}"),
+                )
+            }
+        })?;
+        Ok(Self::Arrow(bytes))
     }
 }
 
@@ -374,6 +418,19 @@ async fn delete_topic(
 
 static ROUND_ROBIN: AtomicU64 = AtomicU64::new(0);
 
+fn too_many_records(n: usize, max: usize) -> ApiError {
+    let what = if n > max + 1 {
+        format!("{n}")
+    } else {
+        format!("more than {max}")
+    };
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        format!("{what} records in one request; the limit is {max}"),
+    )
+}
+
 fn decode_field(
     i: usize,
     what: &str,
@@ -399,9 +456,16 @@ fn decode_field(
     }
 }
 
-/// Produce records. Answers only after the records are durable in the bucket and committed
+/// Produce records, as JSON or as an Arrow IPC stream (`Content-Type:
+/// application/vnd.apache.arrow.stream`; columns `value` binary|utf8, optional `key`
+/// binary|utf8, `partition` int32|int64, `headers` list<struct<key, value>>).
+/// Answers only after the records are durable in the bucket and committed
 /// in the index; offsets come back in request order.
-#[utoipa::path(post, path = "/v1/topics/{topic}/records", params(("topic" = String, Path)), request_body = ProduceRequest, responses(
+#[utoipa::path(post, path = "/v1/topics/{topic}/records", params(("topic" = String, Path)),
+    request_body(content(
+        (ProduceRequest = "application/json"),
+        (String = "application/vnd.apache.arrow.stream")
+    )), responses(
     (status = 200, body = ProduceResponse),
     (status = 400, description = "invalid_json, invalid_record, invalid_partition, invalid_base64", body = ErrorBody),
     (status = 404, description = "topic_not_found", body = ErrorBody),
@@ -410,41 +474,70 @@ fn decode_field(
 async fn produce(
     State(s): State<Shared>,
     p: Result<Path<String>, PathRejection>,
-    JsonBody(req): JsonBody<ProduceRequest>,
+    body: ProduceBody,
 ) -> ApiResult<Json<ProduceResponse>> {
     let started = Instant::now();
     let Path(raw) = p.map_err(path_err)?;
     let limits = &s.config.limits;
-    if req.records.is_empty() {
+    let incoming: Vec<IncomingRecord> = match body {
+        ProduceBody::Json(req) => {
+            if req.records.len() > limits.max_records_per_request {
+                return Err(too_many_records(
+                    req.records.len(),
+                    limits.max_records_per_request,
+                ));
+            }
+            req.records
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let key = decode_field(i, "key", r.key, r.key_b64)?;
+                    let value =
+                        decode_field(i, "value", r.value, r.value_b64)?.ok_or_else(|| {
+                            ApiError::bad_request(
+                                "invalid_record",
+                                format!("record {i}: value or value_b64 is required"),
+                            )
+                        })?;
+                    let headers = r.headers.unwrap_or_default().into_iter().collect();
+                    Ok(IncomingRecord {
+                        key,
+                        value,
+                        headers,
+                        partition: r.partition,
+                    })
+                })
+                .collect::<ApiResult<_>>()?
+        }
+        ProduceBody::Arrow(bytes) => {
+            let max = limits.max_records_per_request;
+            tokio::task::spawn_blocking(move || floe_core::ipc::decode_produce(&bytes, max))
+                .await
+                .map_err(|e| ApiError::unavailable("decode_failed", e.to_string()))?
+                .map_err(|e| match e {
+                    IpcError::TooMany(n) => too_many_records(n + 1, n),
+                    IpcError::Record(..) => ApiError::bad_request("invalid_record", e.to_string()),
+                    other => ApiError::bad_request("invalid_arrow", other.to_string()),
+                })?
+        }
+    };
+    if incoming.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_request",
             "records must not be empty",
         ));
     }
-    if req.records.len() > limits.max_records_per_request {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            format!(
-                "{} records in one request; the limit is {}",
-                req.records.len(),
-                limits.max_records_per_request
-            ),
-        ));
-    }
     let topic = existing_topic(&s, &raw).await?;
     let ts = now_ms();
-    let mut records = Vec::with_capacity(req.records.len());
+    let mut records = Vec::with_capacity(incoming.len());
     let mut bytes = 0usize;
-    for (i, r) in req.records.into_iter().enumerate() {
-        let key = decode_field(i, "key", r.key, r.key_b64)?;
-        let value = decode_field(i, "value", r.value, r.value_b64)?.ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_record",
-                format!("record {i}: value or value_b64 is required"),
-            )
-        })?;
-        let headers: Vec<(String, String)> = r.headers.unwrap_or_default().into_iter().collect();
+    for (i, r) in incoming.into_iter().enumerate() {
+        let IncomingRecord {
+            key,
+            value,
+            headers,
+            partition,
+        } = r;
         if headers.len() > limits.max_headers_per_record {
             return Err(ApiError::bad_request(
                 "invalid_record",
@@ -455,7 +548,7 @@ async fn produce(
                 ),
             ));
         }
-        let partition = match r.partition {
+        let partition = match partition {
             Some(p) => u32::try_from(p).ok().filter(|p| *p < topic.partitions).ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_partition",
@@ -540,7 +633,7 @@ fn parse_fetch_params(q: Option<&str>) -> ApiResult<FetchParams> {
         ("max_bytes" = Option<u64>, Query, description = "Default 1 MiB, capped by max_fetch_bytes; at least one record is returned"),
         ("wait_ms" = Option<u64>, Query, description = "Long-poll time when at the end of the log; capped by max_wait_ms")),
     responses(
-        (status = 200, body = FetchResponse),
+        (status = 200, description = "JSON, or with `Accept: application/vnd.apache.arrow.stream` an Arrow IPC stream (offset, timestamp, key, value, headers) with Floe-Next-Offset / Floe-End-Offset headers", body = FetchResponse),
         (status = 400, description = "invalid_partition, invalid_offset, invalid_parameter", body = ErrorBody),
         (status = 404, description = "topic_not_found", body = ErrorBody),
         (status = 416, description = "offset_out_of_range", body = ErrorBody)))]
@@ -548,7 +641,12 @@ async fn fetch(
     State(s): State<Shared>,
     p: Result<Path<(String, String)>, PathRejection>,
     RawQuery(q): RawQuery,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
+    let want_arrow = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains(ARROW_STREAM));
     let Path((raw, part)) = p.map_err(path_err)?;
     let params = parse_fetch_params(q.as_deref())?;
     let limits = &s.config.limits;
@@ -615,6 +713,9 @@ async fn fetch(
         end = end_offset(s.clone(), topic.clone()).await?;
     }
     if params.offset == end {
+        if want_arrow {
+            return arrow_response(&[], params.offset, end);
+        }
         return Ok(Json(FetchResponse {
             records: Vec::new(),
             next_offset: params.offset,
@@ -626,12 +727,58 @@ async fn fetch(
         .reader
         .read(&topic, partition, params.offset, max_records, max_bytes)
         .await?;
+    if want_arrow {
+        let batches = fetched.arrow_batches().map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "segment_corrupt",
+                e.to_string(),
+            )
+        })?;
+        return arrow_response(&batches, fetched.next, end);
+    }
     let body = FetchBody {
         next_offset: fetched.next,
         records: fetched,
         end_offset: end,
     };
     Ok(Json(body).into_response())
+}
+
+/// Header carrying `next_offset` on Arrow fetch responses.
+pub const NEXT_OFFSET_HEADER: &str = "floe-next-offset";
+/// Header carrying `end_offset` on Arrow fetch responses.
+pub const END_OFFSET_HEADER: &str = "floe-end-offset";
+
+fn arrow_response(
+    batches: &[arrow_array::RecordBatch],
+    next: u64,
+    end: u64,
+) -> ApiResult<Response> {
+    let body = floe_core::ipc::write_stream(&floe_core::segment::fetch_schema(), batches).map_err(
+        |e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encode_failed",
+                e.to_string(),
+            )
+        },
+    )?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, ARROW_STREAM.to_string()),
+            (
+                header::HeaderName::from_static(NEXT_OFFSET_HEADER),
+                next.to_string(),
+            ),
+            (
+                header::HeaderName::from_static(END_OFFSET_HEADER),
+                end.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// Same JSON shape as [`FetchResponse`], serialized without copying record bytes.

@@ -201,6 +201,71 @@ impl Client {
         Self::decode(self.http.get(url).send().await?).await
     }
 
+    /// Produce an Arrow IPC stream body (see `floe_core::ipc::encode_produce`).
+    pub async fn produce_arrow(&self, topic: &str, body: bytes::Bytes) -> Result<ProduceResponse> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/topics/{topic}/records", self.base))
+            .header("content-type", floe_core::ipc::ARROW_STREAM)
+            .body(body)
+            .send()
+            .await?;
+        Self::decode(resp).await
+    }
+
+    /// Fetch as an Arrow IPC stream; returns the records, `next_offset` and `end_offset`.
+    pub async fn fetch_arrow(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        opts: FetchOptions,
+    ) -> Result<(Vec<floe_core::ipc::FetchedBinary>, u64, u64)> {
+        let mut url = format!(
+            "{}/v1/topics/{topic}/partitions/{partition}/records?offset={offset}",
+            self.base
+        );
+        for (k, v) in [
+            ("max_records", opts.max_records),
+            ("max_bytes", opts.max_bytes),
+            ("wait_ms", opts.wait_ms),
+        ] {
+            if let Some(v) = v {
+                url.push_str(&format!("&{k}={v}"));
+            }
+        }
+        let resp = self
+            .http
+            .get(url)
+            .header("accept", floe_core::ipc::ARROW_STREAM)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let (next, end) = (header("floe-next-offset"), header("floe-end-offset"));
+        let bytes = resp.bytes().await?;
+        if status != 200 {
+            return Err(Self::error(status, &bytes));
+        }
+        let (Some(next), Some(end)) = (next, end) else {
+            return Err(ClientError::Unexpected {
+                status,
+                body: "missing floe-next-offset / floe-end-offset headers".into(),
+            });
+        };
+        let records =
+            floe_core::ipc::decode_fetch(&bytes).map_err(|e| ClientError::Unexpected {
+                status,
+                body: format!("bad Arrow response: {e}"),
+            })?;
+        Ok((records, next, end))
+    }
+
     /// The agent's Prometheus metrics text.
     pub async fn metrics(&self) -> Result<String> {
         Ok(self

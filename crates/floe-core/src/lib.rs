@@ -4,6 +4,7 @@
 //! Nothing in this crate does I/O; everything here is pure and unit-testable.
 
 pub mod api;
+pub mod ipc;
 pub mod limits;
 pub mod log;
 pub mod name;

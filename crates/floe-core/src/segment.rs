@@ -135,6 +135,18 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+static FETCH_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let seg = schema();
+    let mut fields = vec![Arc::new(Field::new("offset", DataType::Int64, false))];
+    fields.extend(seg.fields().iter().skip(3).cloned());
+    Arc::new(Schema::new(fields))
+});
+
+/// Columns of an Arrow fetch response: `offset`, `timestamp`, `key`, `value`, `headers`.
+pub fn fetch_schema() -> SchemaRef {
+    FETCH_SCHEMA.clone()
+}
+
 fn header_fields() -> Fields {
     Fields::from(vec![
         Field::new("key", DataType::Utf8, false),
@@ -353,6 +365,8 @@ struct Cols {
 #[derive(Debug)]
 pub struct DecodedRun {
     batches: Vec<Cols>,
+    /// The decoded batches as read (same arrays as `batches`), for zero-copy Arrow output.
+    raw: Vec<RecordBatch>,
     /// `starts[i]` = run position of the first row of `batches[i]`.
     starts: Vec<usize>,
     len: usize,
@@ -390,6 +404,32 @@ impl DecodedRun {
     /// Approximate memory held, for cache weighting.
     pub fn memory_size(&self) -> usize {
         self.mem
+    }
+
+    /// Rows `from..to` as Arrow batches in the [`fetch_schema`] shape (`offset` computed
+    /// from `base_offset`); the key/value/header arrays are zero-copy slices.
+    pub fn fetch_batches(
+        &self,
+        base_offset: u64,
+        from: usize,
+        to: usize,
+    ) -> Result<Vec<RecordBatch>, SegmentError> {
+        let mut out = Vec::new();
+        for (b, start) in self.raw.iter().zip(&self.starts) {
+            let (lo, hi) = (from.max(*start), to.min(start + b.num_rows()));
+            if lo >= hi {
+                continue;
+            }
+            let (off, n) = (lo - start, hi - lo);
+            let first = base_offset + lo as u64;
+            let offsets: ArrayRef = Arc::new(Int64Array::from_iter_values(
+                (0..n as u64).map(|i| (first + i) as i64),
+            ));
+            let mut cols = vec![offsets];
+            cols.extend((3..7).map(|c| b.column(c).slice(off, n)));
+            out.push(RecordBatch::try_new(fetch_schema(), cols)?);
+        }
+        Ok(out)
     }
 
     /// The record at run position `i`.
@@ -454,6 +494,7 @@ pub fn decode_run(
         .with_batch_size(64 * 1024)
         .build()?;
     let mut batches = Vec::new();
+    let mut raw = Vec::new();
     let mut starts = Vec::new();
     let mut len = 0usize;
     let mut mem_total = mem;
@@ -464,6 +505,7 @@ pub fn decode_run(
         starts.push(len);
         len += batch.num_rows();
         batches.push(cols(&batch)?);
+        raw.push(batch);
     }
     if len != loc.records as usize {
         return Err(SegmentError::Corrupt(format!(
@@ -474,6 +516,7 @@ pub fn decode_run(
     // The raw range is not kept: only the decoded arrays are.
     Ok(DecodedRun {
         batches,
+        raw,
         starts,
         len,
         mem: mem_total - mem,

@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// How long producers run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Wire format for produce and fetch: json or arrow (Arrow IPC streams).
+    #[arg(long, default_value = "json", value_parser = ["json", "arrow"])]
+    format: String,
     /// Skip the consumers (produce only).
     #[arg(long)]
     no_consume: bool,
@@ -55,6 +58,30 @@ fn now_us() -> u64 {
 
 fn hist() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram")
+}
+
+/// An Arrow IPC produce body: send time in the key (`<µs>-<i>`), partitions spread
+/// explicitly (Arrow records carry no headers here).
+fn arrow_body(
+    value: &str,
+    batch: usize,
+    producer: usize,
+    partitions: u32,
+) -> anyhow::Result<Bytes> {
+    let t = now_us();
+    let keys: Vec<String> = (0..batch).map(|i| format!("{t}-{i}")).collect();
+    let recs: Vec<floe_core::ipc::RecordParts<'_>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            (
+                Some(k.as_bytes()),
+                value.as_bytes(),
+                Some(((producer + i) % partitions as usize) as i32),
+            )
+        })
+        .collect();
+    Ok(floe_core::ipc::encode_produce(&recs)?)
 }
 
 /// A JSON produce body with `batch` records, each stamped with the current time.
@@ -110,6 +137,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let end = start + Duration::from_secs(a.seconds);
 
+    let arrow = a.format == "arrow";
+    let partitions = a.partitions;
     let mut consumers = Vec::new();
     if !a.no_consume {
         for p in 0..a.partitions {
@@ -129,17 +158,36 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                         max_bytes: Some(8 << 20),
                         wait_ms: Some(500),
                     };
-                    let Ok(r) = c.fetch(&topic, p, offset, opts).await else {
-                        continue;
+                    let (sent, next) = if arrow {
+                        let Ok((recs, next, _)) = c.fetch_arrow(&topic, p, offset, opts).await
+                        else {
+                            continue;
+                        };
+                        let sent: Vec<Option<u64>> = recs
+                            .iter()
+                            .map(|r| {
+                                let k = std::str::from_utf8(r.key.as_deref()?).ok()?;
+                                k.split('-').next()?.parse().ok()
+                            })
+                            .collect();
+                        (sent, next)
+                    } else {
+                        let Ok(r) = c.fetch(&topic, p, offset, opts).await else {
+                            continue;
+                        };
+                        let sent = r
+                            .records
+                            .iter()
+                            .map(|rec| rec.headers.get("t").and_then(|t| t.parse::<u64>().ok()))
+                            .collect();
+                        (sent, r.next_offset)
                     };
                     let now = now_us();
-                    for rec in &r.records {
-                        if let Some(t) = rec.headers.get("t").and_then(|t| t.parse::<u64>().ok()) {
-                            local.record(now.saturating_sub(t).max(1)).ok();
-                        }
+                    for t in sent.iter().flatten() {
+                        local.record(now.saturating_sub(*t).max(1)).ok();
                     }
-                    consumed.fetch_add(r.records.len() as u64, Ordering::Relaxed);
-                    offset = r.next_offset;
+                    consumed.fetch_add(sent.len() as u64, Ordering::Relaxed);
+                    offset = next;
                 }
                 e2e.lock().await.add(&local).ok();
                 anyhow::Ok(())
@@ -161,9 +209,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         producers.push(tokio::spawn(async move {
             let mut local = hist()?;
             while Instant::now() < end {
-                let b = body(&value, batch, i);
                 let t0 = Instant::now();
-                match c.produce_raw(&topic, b).await {
+                let sent = if arrow {
+                    c.produce_arrow(&topic, arrow_body(&value, batch, i, partitions)?)
+                        .await
+                } else {
+                    c.produce_raw(&topic, body(&value, batch, i)).await
+                };
+                match sent {
                     Ok(r) => {
                         local.record(t0.elapsed().as_micros().max(1) as u64).ok();
                         produced.fetch_add(r.offsets.len() as u64, Ordering::Relaxed);
