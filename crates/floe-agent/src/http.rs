@@ -121,6 +121,24 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The request body within `max_body_bytes` (413 `request_too_large` past it).
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "request body exceeds the agent's max_body_bytes limit",
+            )
+        } else {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("could not read request body: {rej}"),
+            )
+        }
+    })
+}
+
 /// JSON body extractor whose rejections follow the JSON error contract.
 pub struct JsonBody<T>(pub T);
 
@@ -145,20 +163,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ));
             }
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request_too_large",
-                    "request body exceeds the agent's max_body_bytes limit",
-                )
-            } else {
-                ApiError::bad_request(
-                    "invalid_body",
-                    format!("could not read request body: {rej}"),
-                )
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
@@ -190,20 +195,7 @@ impl<S: Send + Sync> FromRequest<S> for ProduceBody {
                 .await
                 .map(|JsonBody(r)| Self::Json(r));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request_too_large",
-                    "request body exceeds the agent's max_body_bytes limit",
-                )
-            } else {
-                ApiError::bad_request(
-                    "invalid_body",
-                    format!("could not read request body: {rej}"),
-                )
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         Ok(Self::Arrow(bytes))
     }
 }

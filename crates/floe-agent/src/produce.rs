@@ -143,99 +143,90 @@ pub fn spawn(
     (handle, task)
 }
 
+/// The buffer task's state: records waiting for the next flush and the flushes in flight.
+struct Buffer {
+    ctx: Ctx,
+    buf: Vec<Append>,
+    bytes: usize,
+    /// Bounds the flushes in flight; waiting for it pushes back on the channel.
+    flight: Arc<Semaphore>,
+    /// Completion of the previous flush's commit: the next flush commits after it.
+    prev: Option<oneshot::Receiver<()>>,
+    tasks: tokio::task::JoinSet<()>,
+    seq: u64,
+}
+
+impl Buffer {
+    fn push(&mut self, a: Append) {
+        self.bytes += a.bytes;
+        self.buf.push(a);
+    }
+
+    async fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.buf);
+        self.bytes = 0;
+        let Ok(permit) = self.flight.clone().acquire_owned().await else {
+            return;
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        let before = self.prev.replace(done_rx);
+        self.seq += 1;
+        let span = info_span!("flush", seq = self.seq, requests = batch.len());
+        self.tasks
+            .spawn(flush_one(batch, self.ctx.clone(), before, done_tx, permit).instrument(span));
+    }
+}
+
 async fn run(mut rx: mpsc::Receiver<Append>, ctx: Ctx) {
     let linger = ctx.config.linger;
-    let flight = Arc::new(Semaphore::new(ctx.config.max_inflight_flushes));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut prev: Option<oneshot::Receiver<()>> = None;
-    let mut buf: Vec<Append> = Vec::new();
-    let mut buf_bytes = 0usize;
+    let flush_bytes = ctx.config.flush_bytes;
+    let mut b = Buffer {
+        flight: Arc::new(Semaphore::new(ctx.config.max_inflight_flushes)),
+        ctx,
+        buf: Vec::new(),
+        bytes: 0,
+        prev: None,
+        tasks: tokio::task::JoinSet::new(),
+        seq: 0,
+    };
     let mut deadline = tokio::time::Instant::now();
-    let mut seq = 0u64;
-    let mut open = true;
-    while open {
-        let msg = if buf.is_empty() {
+    loop {
+        let msg = if b.buf.is_empty() {
             rx.recv().await
         } else {
             tokio::select! {
                 m = rx.recv() => m,
                 () = tokio::time::sleep_until(deadline) => {
-                    flush(&mut buf, &mut buf_bytes, &ctx, &flight, &mut prev, &mut tasks, &mut seq).await;
+                    b.flush().await;
                     continue;
                 }
             }
         };
-        match msg {
-            Some(a) => {
-                if buf.is_empty() {
-                    deadline = tokio::time::Instant::now() + linger;
-                }
-                buf_bytes += a.bytes;
-                buf.push(a);
-                if linger.is_zero() {
-                    // No linger: take whatever is already queued, then flush.
-                    while buf_bytes < ctx.config.flush_bytes {
-                        match rx.try_recv() {
-                            Ok(a) => {
-                                buf_bytes += a.bytes;
-                                buf.push(a);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
-                if linger.is_zero() || buf_bytes >= ctx.config.flush_bytes {
-                    flush(
-                        &mut buf,
-                        &mut buf_bytes,
-                        &ctx,
-                        &flight,
-                        &mut prev,
-                        &mut tasks,
-                        &mut seq,
-                    )
-                    .await;
+        let Some(a) = msg else { break };
+        if b.buf.is_empty() {
+            deadline = tokio::time::Instant::now() + linger;
+        }
+        b.push(a);
+        if linger.is_zero() {
+            // No linger: take whatever is already queued, then flush.
+            while b.bytes < flush_bytes {
+                match rx.try_recv() {
+                    Ok(a) => b.push(a),
+                    Err(_) => break,
                 }
             }
-            None => open = false,
         }
-        while tasks.try_join_next().is_some() {}
+        if linger.is_zero() || b.bytes >= flush_bytes {
+            b.flush().await;
+        }
+        while b.tasks.try_join_next().is_some() {}
     }
-    if !buf.is_empty() {
-        flush(
-            &mut buf,
-            &mut buf_bytes,
-            &ctx,
-            &flight,
-            &mut prev,
-            &mut tasks,
-            &mut seq,
-        )
-        .await;
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
-async fn flush(
-    buf: &mut Vec<Append>,
-    buf_bytes: &mut usize,
-    ctx: &Ctx,
-    flight: &Arc<Semaphore>,
-    prev: &mut Option<oneshot::Receiver<()>>,
-    tasks: &mut tokio::task::JoinSet<()>,
-    seq: &mut u64,
-) {
-    let batch = std::mem::take(buf);
-    *buf_bytes = 0;
-    // Bound the flushes in flight; waiting here pushes back on the channel and the buffer.
-    let Ok(permit) = flight.clone().acquire_owned().await else {
-        return;
-    };
-    let (done_tx, done_rx) = oneshot::channel();
-    let before = prev.replace(done_rx);
-    *seq += 1;
-    let span = info_span!("flush", seq = *seq, requests = batch.len());
-    tasks.spawn(flush_one(batch, ctx.clone(), before, done_tx, permit).instrument(span));
+    // Every handle is gone (shutdown): flush what is left and wait for all flushes.
+    b.flush().await;
+    while b.tasks.join_next().await.is_some() {}
 }
 
 struct RunBuf {
