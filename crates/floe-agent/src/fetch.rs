@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use floe_core::api::FetchedRecord;
 use floe_core::log::plan_fetch;
 use floe_core::segment::{DecodedRun, Footer, RecordView, RunLocation, decode_run, parse_footer};
 use floe_index::{Index, RunEntry, TopicMeta};
@@ -281,11 +280,6 @@ pub struct Fetched {
 }
 
 impl Fetched {
-    /// Owned records (for callers that need them as values).
-    pub fn to_records(&self) -> Vec<FetchedRecord> {
-        self.iter().map(|(o, v)| to_api(o, &v)).collect()
-    }
-
     /// The records as Arrow batches (zero-copy slices of the cached runs).
     pub fn arrow_batches(
         &self,
@@ -358,33 +352,5 @@ impl serde::Serialize for RecordJson<'_> {
         }
         m.serialize_entry("headers", &Headers(&self.v.headers))?;
         m.end()
-    }
-}
-
-fn text_or_b64(b: &[u8]) -> (Option<String>, Option<String>) {
-    match std::str::from_utf8(b) {
-        Ok(s) => (Some(s.to_string()), None),
-        Err(_) => (
-            None,
-            Some(base64::engine::general_purpose::STANDARD.encode(b)),
-        ),
-    }
-}
-
-fn to_api(offset: u64, v: &RecordView<'_>) -> FetchedRecord {
-    let (key, key_b64) = v.key.map(text_or_b64).unwrap_or((None, None));
-    let (value, value_b64) = text_or_b64(v.value);
-    FetchedRecord {
-        offset,
-        timestamp_ms: v.timestamp_ms,
-        key,
-        key_b64,
-        value,
-        value_b64,
-        headers: v
-            .headers
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-            .collect(),
     }
 }

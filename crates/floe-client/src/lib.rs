@@ -185,19 +185,7 @@ impl Client {
         offset: u64,
         opts: FetchOptions,
     ) -> Result<FetchResponse> {
-        let mut url = format!(
-            "{}/v1/topics/{topic}/partitions/{partition}/records?offset={offset}",
-            self.base
-        );
-        if let Some(n) = opts.max_records {
-            url.push_str(&format!("&max_records={n}"));
-        }
-        if let Some(n) = opts.max_bytes {
-            url.push_str(&format!("&max_bytes={n}"));
-        }
-        if let Some(n) = opts.wait_ms {
-            url.push_str(&format!("&wait_ms={n}"));
-        }
+        let url = self.fetch_url(topic, partition, offset, opts);
         Self::decode(self.http.get(url).send().await?).await
     }
 
@@ -213,14 +201,7 @@ impl Client {
         Self::decode(resp).await
     }
 
-    /// Fetch as an Arrow IPC stream; returns the records, `next_offset` and `end_offset`.
-    pub async fn fetch_arrow(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        opts: FetchOptions,
-    ) -> Result<(Vec<floe_core::ipc::FetchedBinary>, u64, u64)> {
+    fn fetch_url(&self, topic: &str, partition: u32, offset: u64, opts: FetchOptions) -> String {
         let mut url = format!(
             "{}/v1/topics/{topic}/partitions/{partition}/records?offset={offset}",
             self.base
@@ -234,6 +215,18 @@ impl Client {
                 url.push_str(&format!("&{k}={v}"));
             }
         }
+        url
+    }
+
+    /// Fetch as an Arrow IPC stream; returns the records, `next_offset` and `end_offset`.
+    pub async fn fetch_arrow(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        opts: FetchOptions,
+    ) -> Result<(Vec<floe_core::ipc::FetchedBinary>, u64, u64)> {
+        let url = self.fetch_url(topic, partition, offset, opts);
         let resp = self
             .http
             .get(url)

@@ -529,33 +529,25 @@ async fn listen_once(
     sink: &CommitSink,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let (client, mut conn) = config.connect(NoTls).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The connection's messages are handled as they arrive (no queue in between):
+    // notifications go straight to the sink.
+    let driver_sink = sink.clone();
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().to_string()).is_err() {
-                        break;
-                    }
+            if let AsyncMessage::Notification(n) = m? {
+                for (t, p, e) in parse_payload(n.payload()) {
+                    driver_sink(t, p, e);
                 }
-                Ok(_) => {}
-                Err(e) => return Err(e),
             }
         }
         Ok(())
     });
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    while let Some(payload) = rx.recv().await {
-        for (t, p, e) in parse_payload(&payload) {
-            sink(t, p, e);
-        }
-    }
+    // The session lasts as long as the connection; `client` must stay alive meanwhile.
+    let r = driver.await.unwrap_or(Ok(()));
     drop(client);
-    match driver.await {
-        Ok(r) => r,
-        Err(_) => Ok(()),
-    }
+    r
 }
 
 #[cfg(test)]
