@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use floe_client::Client;
 
+pub mod scenarios;
+
 pub struct AgentProc {
     pub child: Child,
     pub url: String,

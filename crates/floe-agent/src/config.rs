@@ -37,6 +37,11 @@ pub struct AgentConfig {
     pub limits: Limits,
     /// Identifies this agent in segment object keys.
     pub agent_id: String,
+    /// Queues: deliveries before a record is dead-lettered (topic config
+    /// `queue.max_deliveries` overrides it).
+    pub max_deliveries: u32,
+    /// Queues: an unfinished dead-letter write is taken over after this long.
+    pub dead_letter_retry: Duration,
 }
 
 impl Default for AgentConfig {
@@ -58,6 +63,8 @@ impl Default for AgentConfig {
             topic_cache_ttl: Duration::from_secs(5),
             limits: Limits::default(),
             agent_id: "agent".into(),
+            max_deliveries: 5,
+            dead_letter_retry: Duration::from_secs(30),
         }
     }
 }
@@ -74,6 +81,18 @@ impl AgentConfig {
             return Err(
                 "flush_bytes, max_inflight_flushes and rows_per_row_group must be > 0".into(),
             );
+        }
+        if self.max_deliveries == 0 {
+            return Err("max_deliveries must be at least 1".into());
+        }
+        let l = &self.limits;
+        if l.max_receive_records == 0
+            || l.max_in_flight_per_partition == 0
+            || l.max_group_members == 0
+            || l.min_session_timeout_ms == 0
+            || l.min_session_timeout_ms > l.max_session_timeout_ms
+        {
+            return Err("max_receive_records, max_in_flight_per_partition and max_group_members must be > 0, and 0 < min_session_timeout_ms <= max_session_timeout_ms".into());
         }
         if self.limits.max_buffer_bytes < self.limits.max_body_bytes {
             return Err("max_buffer_bytes must be at least max_body_bytes".into());

@@ -291,7 +291,17 @@ impl Fetched {
         Ok(out)
     }
 
-    fn iter(&self) -> impl Iterator<Item = (u64, RecordView<'_>)> {
+    /// No records; the next offset stays `next`.
+    pub fn empty(next: u64) -> Self {
+        Self {
+            slices: Vec::new(),
+            next,
+            count: 0,
+        }
+    }
+
+    /// (offset, record) in offset order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, RecordView<'_>)> {
         self.slices.iter().flat_map(|s| {
             (s.from..s.to)
                 .filter_map(move |pos| Some((s.base_offset + pos as u64, s.run.get(pos)?)))
@@ -313,6 +323,11 @@ impl serde::Serialize for Fetched {
 struct RecordJson<'a> {
     offset: u64,
     v: &'a RecordView<'a>,
+}
+
+/// One record as JSON, in the shape of [`floe_core::api::FetchedRecord`].
+pub fn record_json(offset: u64, v: &RecordView<'_>) -> serde_json::Result<String> {
+    serde_json::to_string(&RecordJson { offset, v })
 }
 
 struct Headers<'a>(&'a [(&'a str, &'a str)]);

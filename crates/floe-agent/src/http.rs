@@ -10,7 +10,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
@@ -36,7 +36,7 @@ type ApiResult<T> = Result<T, ApiError>;
 #[openapi(
     info(
         title = "Floe",
-        description = "Floe agent HTTP API: topics, produce, fetch (long-poll)."
+        description = "Floe agent HTTP API: topics, produce, fetch (long-poll), SSE tail, consumer groups (pub/sub) and share groups (queues)."
     ),
     paths(
         healthz,
@@ -47,6 +47,20 @@ type ApiResult<T> = Result<T, ApiError>;
         delete_topic,
         produce,
         fetch,
+        crate::stream::stream,
+        crate::groups::list_groups,
+        crate::groups::describe_group,
+        crate::groups::join_group,
+        crate::groups::heartbeat,
+        crate::groups::leave_group,
+        crate::groups::group_fetch,
+        crate::groups::commit,
+        crate::queues::receive,
+        crate::queues::ack,
+        crate::queues::release,
+        crate::queues::reject,
+        crate::queues::extend,
+        crate::queues::describe_queue,
         metrics,
         openapi_json
     ),
@@ -64,7 +78,25 @@ type ApiResult<T> = Result<T, ApiError>;
         ProduceResponse,
         RecordOffset,
         FetchResponse,
-        FetchedRecord
+        FetchedRecord,
+        floe_core::api::ResetPolicy,
+        floe_core::api::JoinGroupRequest,
+        floe_core::api::Assignment,
+        floe_core::api::PartitionRecords,
+        floe_core::api::GroupFetchResponse,
+        floe_core::api::CommitOffset,
+        floe_core::api::CommitRequest,
+        floe_core::api::GroupMemberInfo,
+        floe_core::api::GroupPartitionLag,
+        floe_core::api::GroupDescription,
+        floe_core::api::ReceiveRequest,
+        floe_core::api::QueuedRecord,
+        floe_core::api::ReceiveResponse,
+        floe_core::api::SettleRequest,
+        floe_core::api::SettleFailure,
+        floe_core::api::SettleResponse,
+        floe_core::api::QueuePartitionState,
+        floe_core::api::QueueDescription
     ))
 )]
 pub struct ApiDoc;
@@ -90,6 +122,59 @@ pub fn router(shared: Shared) -> Router {
         .route(
             "/v1/topics/{topic}/partitions/{partition}/records",
             get(fetch),
+        )
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/stream",
+            get(crate::stream::stream),
+        )
+        .route("/v1/topics/{topic}/groups", get(crate::groups::list_groups))
+        .route(
+            "/v1/topics/{topic}/groups/{group}",
+            get(crate::groups::describe_group),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/members",
+            post(crate::groups::join_group),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/members/{member}",
+            delete(crate::groups::leave_group),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/members/{member}/heartbeat",
+            post(crate::groups::heartbeat),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/members/{member}/records",
+            get(crate::groups::group_fetch),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/commit",
+            post(crate::groups::commit),
+        )
+        .route(
+            "/v1/topics/{topic}/queues/{group}",
+            get(crate::queues::describe_queue),
+        )
+        .route(
+            "/v1/topics/{topic}/queues/{group}/receive",
+            post(crate::queues::receive),
+        )
+        .route(
+            "/v1/topics/{topic}/queues/{group}/ack",
+            post(crate::queues::ack),
+        )
+        .route(
+            "/v1/topics/{topic}/queues/{group}/release",
+            post(crate::queues::release),
+        )
+        .route(
+            "/v1/topics/{topic}/queues/{group}/reject",
+            post(crate::queues::reject),
+        )
+        .route(
+            "/v1/topics/{topic}/queues/{group}/extend",
+            post(crate::queues::extend),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -200,15 +285,15 @@ impl<S: Send + Sync> FromRequest<S> for ProduceBody {
     }
 }
 
-fn topic_name(raw: &str) -> ApiResult<TopicName> {
+pub(crate) fn topic_name(raw: &str) -> ApiResult<TopicName> {
     TopicName::new(raw).map_err(|e| ApiError::bad_request("invalid_topic_name", e.to_string()))
 }
 
-fn path_err(e: PathRejection) -> ApiError {
+pub(crate) fn path_err(e: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", format!("invalid path parameter: {e}"))
 }
 
-async fn existing_topic(s: &Shared, raw: &str) -> ApiResult<Arc<TopicMeta>> {
+pub(crate) async fn existing_topic(s: &Shared, raw: &str) -> ApiResult<Arc<TopicMeta>> {
     let name = topic_name(raw)?;
     s.topics
         .get(name.as_str())
@@ -227,7 +312,7 @@ fn info_of(t: &TopicMeta) -> TopicInfo {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -259,6 +344,9 @@ async fn readyz(State(s): State<Shared>) -> ApiResult<Json<serde_json::Value>> {
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 async fn metrics(State(s): State<Shared>) -> Response {
+    if let Err(e) = crate::groups::refresh_lag_metrics(&s).await {
+        tracing::warn!(error = %e, "group lag metrics not refreshed");
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
@@ -842,6 +930,29 @@ mod tests {
             ("DELETE", "/v1/topics/{topic}"),
             ("POST", "/v1/topics/{topic}/records"),
             ("GET", "/v1/topics/{topic}/partitions/{partition}/records"),
+            ("GET", "/v1/topics/{topic}/partitions/{partition}/stream"),
+            ("GET", "/v1/topics/{topic}/groups"),
+            ("GET", "/v1/topics/{topic}/groups/{group}"),
+            ("POST", "/v1/topics/{topic}/groups/{group}/members"),
+            (
+                "DELETE",
+                "/v1/topics/{topic}/groups/{group}/members/{member}",
+            ),
+            (
+                "POST",
+                "/v1/topics/{topic}/groups/{group}/members/{member}/heartbeat",
+            ),
+            (
+                "GET",
+                "/v1/topics/{topic}/groups/{group}/members/{member}/records",
+            ),
+            ("POST", "/v1/topics/{topic}/groups/{group}/commit"),
+            ("GET", "/v1/topics/{topic}/queues/{group}"),
+            ("POST", "/v1/topics/{topic}/queues/{group}/receive"),
+            ("POST", "/v1/topics/{topic}/queues/{group}/ack"),
+            ("POST", "/v1/topics/{topic}/queues/{group}/release"),
+            ("POST", "/v1/topics/{topic}/queues/{group}/reject"),
+            ("POST", "/v1/topics/{topic}/queues/{group}/extend"),
         ] {
             assert!(
                 routes.contains(&(want.0.to_string(), want.1.to_string())),

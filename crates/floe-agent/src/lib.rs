@@ -5,16 +5,24 @@
 //!   one index transaction; only then are producers answered.
 //! - [`fetch`]: reads runs from segments through caches; long-polls on commit notifications.
 //! - [`sweeper`]: deletes segment objects no committed run refers to.
+//! - [`groups`]: consumer groups (pub/sub) — membership, assignment, fenced commits.
+//! - [`queues`]: share groups (queues) — receive, ack/release/reject/extend, dead-letters.
+//! - [`state`]: group/queue state in the index, changed by compare-and-swap.
+//! - [`stream`]: Server-Sent Events tail of a partition.
 //! - [`http`]: the JSON API.
 
 pub mod config;
 pub mod error;
 pub mod fetch;
+pub mod groups;
 pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod produce;
+pub mod queues;
+pub mod state;
 pub mod store;
+pub mod stream;
 pub mod sweeper;
 pub mod topics;
 

@@ -1,8 +1,8 @@
 //! Prometheus metrics of one agent.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
-    exponential_buckets,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder, exponential_buckets,
 };
 
 #[derive(Debug, Clone)]
@@ -20,6 +20,14 @@ pub struct Metrics {
     pub flush_bytes: Histogram,
     pub flush_seconds: Histogram,
     pub produce_seconds: Histogram,
+    /// Queue records handed out / settled by action / dead-lettered.
+    pub queue_delivered: IntCounter,
+    pub queue_settled: IntCounterVec,
+    pub queue_dead_lettered: IntCounter,
+    /// Optimistic-concurrency retries on consumer state.
+    pub state_conflicts: IntCounter,
+    /// Consumer group lag, recomputed from the index on every scrape.
+    pub group_lag: IntGaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -61,6 +69,22 @@ impl Metrics {
             &["result"],
         )?;
         r.register(Box::new(cache.clone()))?;
+        let queue_settled = IntCounterVec::new(
+            Opts::new(
+                "floe_queue_settled_total",
+                "Queue receipts settled, by action",
+            ),
+            &["action"],
+        )?;
+        r.register(Box::new(queue_settled.clone()))?;
+        let group_lag = IntGaugeVec::new(
+            Opts::new(
+                "floe_group_lag",
+                "Records after the committed offset, per consumer group and partition",
+            ),
+            &["topic", "group", "partition"],
+        )?;
+        r.register(Box::new(group_lag.clone()))?;
         let secs = exponential_buckets(0.0005, 2.0, 16)?;
         Ok(Self {
             records_produced: counter(
@@ -116,6 +140,23 @@ impl Metrics {
                 "Produce request latency (receipt to ack)",
                 secs,
             )?,
+            queue_delivered: counter(
+                &r,
+                "floe_queue_delivered_total",
+                "Queue records handed out to consumers (redeliveries included)",
+            )?,
+            queue_dead_lettered: counter(
+                &r,
+                "floe_queue_dead_lettered_total",
+                "Queue records written to a dead-letter topic",
+            )?,
+            state_conflicts: counter(
+                &r,
+                "floe_consumer_state_conflicts_total",
+                "Compare-and-swap conflicts on group/queue state (retried)",
+            )?,
+            queue_settled,
+            group_lag,
             store_requests,
             cache,
             registry: r,

@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use floe_core::api::{
-    CreateTopicRequest, ErrorBody, FetchResponse, ProduceRecord, ProduceRequest, ProduceResponse,
-    TopicDescription, TopicInfo, TopicList,
+    Assignment, CommitOffset, CommitRequest, CreateTopicRequest, ErrorBody, FetchResponse,
+    GroupDescription, GroupFetchResponse, JoinGroupRequest, ProduceRecord, ProduceRequest,
+    ProduceResponse, QueueDescription, ReceiveRequest, ReceiveResponse, SettleRequest,
+    SettleResponse, TopicDescription, TopicInfo, TopicList,
 };
 use serde::de::DeserializeOwned;
 
@@ -278,5 +280,149 @@ impl Client {
             .filter(|l| l.starts_with(name_with_labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
+    }
+
+    async fn no_content(resp: reqwest::Response) -> Result<()> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(Self::error(status.as_u16(), &resp.bytes().await?))
+    }
+
+    fn group_url(&self, topic: &str, group: &str) -> String {
+        format!("{}/v1/topics/{topic}/groups/{group}", self.base)
+    }
+
+    /// Join a consumer group; the answer names the member's partitions and generation.
+    pub async fn join_group(
+        &self,
+        topic: &str,
+        group: &str,
+        req: &JoinGroupRequest,
+    ) -> Result<Assignment> {
+        let url = format!("{}/members", self.group_url(topic, group));
+        Self::decode(self.http.post(url).json(req).send().await?).await
+    }
+
+    pub async fn heartbeat(&self, topic: &str, group: &str, member: &str) -> Result<Assignment> {
+        let url = format!(
+            "{}/members/{member}/heartbeat",
+            self.group_url(topic, group)
+        );
+        Self::decode(self.http.post(url).send().await?).await
+    }
+
+    pub async fn leave_group(&self, topic: &str, group: &str, member: &str) -> Result<()> {
+        let url = format!("{}/members/{member}", self.group_url(topic, group));
+        Self::no_content(self.http.delete(url).send().await?).await
+    }
+
+    /// Fetch from the member's partitions; pass the previous answer's `cursor` to go on.
+    pub async fn group_fetch(
+        &self,
+        topic: &str,
+        group: &str,
+        member: &str,
+        cursor: Option<&str>,
+        opts: FetchOptions,
+    ) -> Result<GroupFetchResponse> {
+        let url = format!("{}/members/{member}/records", self.group_url(topic, group));
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if let Some(c) = cursor {
+            q.push(("cursor", c.to_string()));
+        }
+        for (k, v) in [
+            ("max_records", opts.max_records),
+            ("max_bytes", opts.max_bytes),
+            ("wait_ms", opts.wait_ms),
+        ] {
+            if let Some(v) = v {
+                q.push((k, v.to_string()));
+            }
+        }
+        let url =
+            reqwest::Url::parse_with_params(&url, &q).map_err(|e| ClientError::Unexpected {
+                status: 0,
+                body: format!("bad url: {e}"),
+            })?;
+        Self::decode(self.http.get(url).send().await?).await
+    }
+
+    /// Commit offsets (next offset to read per partition) for `member` in `generation`.
+    pub async fn commit(
+        &self,
+        topic: &str,
+        group: &str,
+        member: &str,
+        generation: u64,
+        offsets: &[(u32, u64)],
+    ) -> Result<()> {
+        let req = CommitRequest {
+            member_id: member.to_string(),
+            generation,
+            offsets: offsets
+                .iter()
+                .map(|(partition, offset)| CommitOffset {
+                    partition: *partition,
+                    offset: *offset,
+                })
+                .collect(),
+        };
+        let url = format!("{}/commit", self.group_url(topic, group));
+        Self::no_content(self.http.post(url).json(&req).send().await?).await
+    }
+
+    pub async fn list_groups(&self, topic: &str) -> Result<Vec<String>> {
+        let url = format!("{}/v1/topics/{topic}/groups", self.base);
+        Self::decode(self.http.get(url).send().await?).await
+    }
+
+    pub async fn describe_group(&self, topic: &str, group: &str) -> Result<GroupDescription> {
+        Self::decode(self.http.get(self.group_url(topic, group)).send().await?).await
+    }
+
+    fn queue_url(&self, topic: &str, group: &str) -> String {
+        format!("{}/v1/topics/{topic}/queues/{group}", self.base)
+    }
+
+    /// Receive records from a queue (share group).
+    pub async fn receive(
+        &self,
+        topic: &str,
+        group: &str,
+        req: &ReceiveRequest,
+    ) -> Result<ReceiveResponse> {
+        let url = format!("{}/receive", self.queue_url(topic, group));
+        Self::decode(self.http.post(url).json(req).send().await?).await
+    }
+
+    /// Settle receipts: `action` is `ack`, `release`, `reject` or `extend`.
+    pub async fn settle(
+        &self,
+        topic: &str,
+        group: &str,
+        action: &str,
+        req: &SettleRequest,
+    ) -> Result<SettleResponse> {
+        let url = format!("{}/{action}", self.queue_url(topic, group));
+        Self::decode(self.http.post(url).json(req).send().await?).await
+    }
+
+    pub async fn ack(
+        &self,
+        topic: &str,
+        group: &str,
+        receipts: Vec<String>,
+    ) -> Result<SettleResponse> {
+        let req = SettleRequest {
+            receipts,
+            ..SettleRequest::default()
+        };
+        self.settle(topic, group, "ack", &req).await
+    }
+
+    pub async fn describe_queue(&self, topic: &str, group: &str) -> Result<QueueDescription> {
+        Self::decode(self.http.get(self.queue_url(topic, group)).send().await?).await
     }
 }

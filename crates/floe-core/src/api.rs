@@ -151,3 +151,214 @@ pub struct FetchResponse {
     /// Next offset to be assigned in this partition (the log end).
     pub end_offset: u64,
 }
+
+// ---------------------------------------------------------------------------------------
+// Consumer groups (pub/sub)
+// ---------------------------------------------------------------------------------------
+
+/// Where a member starts reading a partition that has no committed offset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetPolicy {
+    /// The start of the log.
+    #[default]
+    Earliest,
+    /// The end of the log at the time of the fetch.
+    Latest,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinGroupRequest {
+    /// Re-join with this id (e.g. after a restart); a new id is made when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<String>,
+    /// A member not seen (join, heartbeat or fetch) for this long is removed. Default 10 000,
+    /// bounded by the agent's min/max session timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_timeout_ms: Option<u64>,
+    /// Commit a fetch's positions when the member fetches again with its cursor
+    /// (at-least-once, like Kafka's auto-commit). Default false: commit explicitly.
+    #[serde(default)]
+    pub auto_commit: bool,
+}
+
+/// A member's view of the group after join / heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Assignment {
+    pub member_id: String,
+    pub generation: u64,
+    /// Partitions this member owns in this generation.
+    pub partitions: Vec<u32>,
+    /// Send a heartbeat (or fetch) at least this often.
+    pub heartbeat_interval_ms: u64,
+    pub session_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PartitionRecords {
+    pub partition: u32,
+    pub records: Vec<FetchedRecord>,
+    /// Offset to read next in this partition.
+    pub next_offset: u64,
+    pub end_offset: u64,
+}
+
+/// Records from the member's assigned partitions.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GroupFetchResponse {
+    pub generation: u64,
+    pub assigned: Vec<u32>,
+    pub partitions: Vec<PartitionRecords>,
+    /// Pass back as `cursor` on the next fetch to continue after these records without
+    /// committing; ignored after a rebalance (reading restarts from committed offsets).
+    pub cursor: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CommitOffset {
+    pub partition: u32,
+    /// The next offset to read (one past the last processed record).
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    pub member_id: String,
+    pub generation: u64,
+    pub offsets: Vec<CommitOffset>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GroupMemberInfo {
+    pub member_id: String,
+    pub partitions: Vec<u32>,
+    pub last_seen_ms: i64,
+    pub session_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GroupPartitionLag {
+    pub partition: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<u64>,
+    pub end_offset: u64,
+    /// `end_offset - committed` (from the partition start when nothing is committed).
+    pub lag: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GroupDescription {
+    pub topic: String,
+    pub group: String,
+    pub generation: u64,
+    pub members: Vec<GroupMemberInfo>,
+    pub partitions: Vec<GroupPartitionLag>,
+    pub total_lag: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// Share groups (queues)
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveRequest {
+    /// Who receives (shown in the queue description); default "anonymous".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// Default 10, capped by the agent's max_receive_records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_records: Option<u64>,
+    /// Long-poll when nothing is available; capped by max_wait_ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    /// How long received records stay invisible to others. Default 30 000, capped by
+    /// max_visibility_ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility_timeout_ms: Option<u64>,
+}
+
+/// A received record. Like [`FetchedRecord`], plus its partition, how many times it has
+/// been delivered (this time included) and the receipt to settle it with.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct QueuedRecord {
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_b64: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub delivery_count: u32,
+    pub receipt: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReceiveResponse {
+    pub records: Vec<QueuedRecord>,
+}
+
+/// Settle received records: `ack`, `release` (with optional `delay_ms`), `reject` (with
+/// optional `reason`) or `extend` (with `visibility_timeout_ms`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettleRequest {
+    pub receipts: Vec<String>,
+    /// release: make the records available again after this delay (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// reject: recorded in the dead-letter record's `floe.dlq.message` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// extend: keep the records invisible this long from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SettleFailure {
+    pub receipt: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// Per-receipt outcome: receipts not in `failed` were settled.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SettleResponse {
+    pub settled: u64,
+    pub failed: Vec<SettleFailure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueuePartitionState {
+    pub partition: u32,
+    /// Every offset below this is acknowledged or dead-lettered.
+    pub start_offset: u64,
+    /// First offset never delivered.
+    pub next_offset: u64,
+    pub end_offset: u64,
+    pub in_flight: u64,
+    /// Delivered before, waiting for redelivery.
+    pub available: u64,
+    pub acked: u64,
+    pub dead_lettering: u64,
+    /// Records not yet acknowledged or dead-lettered.
+    pub backlog: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueDescription {
+    pub topic: String,
+    pub group: String,
+    pub dead_letter_topic: String,
+    pub max_deliveries: u32,
+    pub partitions: Vec<QueuePartitionState>,
+}

@@ -4,6 +4,7 @@
 //! Nothing in this crate does I/O; everything here is pure and unit-testable.
 
 pub mod api;
+pub mod group;
 pub mod ipc;
 pub mod limits;
 pub mod log;
@@ -11,6 +12,7 @@ pub mod name;
 pub mod partitioner;
 pub mod record;
 pub mod segment;
+pub mod share;
 
 pub use limits::Limits;
 pub use name::{NameError, TopicName};

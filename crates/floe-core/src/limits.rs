@@ -29,6 +29,18 @@ pub struct Limits {
     pub max_buffer_bytes: usize,
     /// How long a produce request may wait for buffer space before a 503.
     pub buffer_wait_ms: u64,
+    /// Most records one queue `receive` hands out (and most receipts one settle call takes).
+    pub max_receive_records: usize,
+    /// Upper bound for a queue visibility timeout; larger values are capped to it.
+    pub max_visibility_ms: u64,
+    /// Most records of one partition a share group has in flight (delivered, not yet
+    /// acknowledged or dead-lettered); bounds the stored state.
+    pub max_in_flight_per_partition: u64,
+    /// Most members in one consumer group.
+    pub max_group_members: usize,
+    /// Bounds for a consumer group member's session timeout.
+    pub min_session_timeout_ms: u64,
+    pub max_session_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -45,6 +57,12 @@ impl Default for Limits {
             max_fetch_bytes: 16 * 1024 * 1024,
             max_buffer_bytes: 128 * 1024 * 1024,
             buffer_wait_ms: 5_000,
+            max_receive_records: 1_000,
+            max_visibility_ms: 12 * 60 * 60 * 1000,
+            max_in_flight_per_partition: 2_000,
+            max_group_members: 1_000,
+            min_session_timeout_ms: 1_000,
+            max_session_timeout_ms: 300_000,
         }
     }
 }

@@ -122,6 +122,47 @@ pub enum RunOutcome {
     TopicGone,
 }
 
+/// What a consumer-state blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateKind {
+    /// A consumer group (pub/sub): members, assignment, committed offsets. Partition 0.
+    Group,
+    /// A share group (queue): delivery state of one partition.
+    Share,
+}
+
+impl StateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Group => "group",
+            Self::Share => "share",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "group" => Ok(Self::Group),
+            "share" => Ok(Self::Share),
+            other => Err(IndexError::Corrupt(format!("unknown state kind {other:?}"))),
+        }
+    }
+}
+
+/// Names one consumer-state blob.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StateKey {
+    pub kind: StateKind,
+    pub topic_id: i64,
+    pub group: String,
+    pub partition: u32,
+}
+
+/// A stored blob and its version (bumped by every successful [`Index::store_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub version: i64,
+    pub data: Vec<u8>,
+}
+
 /// The metadata index. Implementations must make `commit` atomic: all runs whose topic
 /// exists are committed together, or none is.
 #[async_trait]
@@ -148,6 +189,23 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     async fn segment_referenced(&self, key: &str) -> Result<bool>;
     /// Check the index is reachable.
     async fn ping(&self) -> Result<()>;
+    /// Consumer state (groups and queues) is kept as opaque blobs changed by
+    /// compare-and-swap: the pure state machines live in `floe_core::{group, share}`.
+    async fn load_state(&self, key: &StateKey) -> Result<Option<Versioned>>;
+    /// Store `data` if the stored version is still `expected` (`None`: nothing stored yet).
+    /// Returns false, changing nothing, when another writer got there first.
+    async fn store_state(
+        &self,
+        key: &StateKey,
+        expected: Option<i64>,
+        data: Vec<u8>,
+    ) -> Result<bool>;
+    /// Every blob of one kind, optionally of one topic, ordered by (topic, group, partition).
+    async fn list_states(
+        &self,
+        kind: StateKind,
+        topic_id: Option<i64>,
+    ) -> Result<Vec<(StateKey, Versioned)>>;
     /// Deliver commits made by *other* agents to `sink` until `stop` turns true.
     /// Backends shared by one agent only have nothing to deliver.
     async fn watch_commits(&self, _sink: CommitSink, _stop: tokio::sync::watch::Receiver<bool>) {}

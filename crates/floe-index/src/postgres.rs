@@ -19,7 +19,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::{
     CommitSink, Index, IndexError, NewTopic, PartitionOffsets, Result, RunEntry, RunOutcome,
-    SegmentCommit, TopicMeta, decode_config, encode_config,
+    SegmentCommit, StateKey, StateKind, TopicMeta, Versioned, decode_config, encode_config,
 };
 
 /// NOTIFY channel for commits; payload `topic_id:partition:end_offset` entries joined by `,`.
@@ -60,6 +60,15 @@ CREATE TABLE IF NOT EXISTS floe_runs (
     PRIMARY KEY (topic_id, partition, base_offset)
 );
 CREATE INDEX IF NOT EXISTS floe_runs_by_segment ON floe_runs (segment_key);
+CREATE TABLE IF NOT EXISTS floe_consumer_state (
+    kind TEXT NOT NULL,
+    topic_id BIGINT NOT NULL,
+    grp TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    version BIGINT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (kind, topic_id, grp, partition)
+);
 ";
 
 pub struct PostgresIndex {
@@ -399,6 +408,12 @@ impl Index for PostgresIndex {
         tx.execute("DELETE FROM floe_runs WHERE topic_id = $1", &[&id])
             .await
             .map_err(pg)?;
+        tx.execute(
+            "DELETE FROM floe_consumer_state WHERE topic_id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(true)
     }
@@ -501,6 +516,83 @@ impl Index for PostgresIndex {
         let c = self.client().await?;
         c.query_one("SELECT 1", &[]).await.map_err(pg)?;
         Ok(())
+    }
+
+    async fn load_state(&self, key: &StateKey) -> Result<Option<Versioned>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT version, data FROM floe_consumer_state WHERE kind = $1 AND topic_id = $2 AND grp = $3 AND partition = $4",
+                &[&key.kind.as_str(), &key.topic_id, &key.group, &(key.partition as i32)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| Versioned {
+            version: r.get(0),
+            data: r.get(1),
+        }))
+    }
+
+    async fn store_state(
+        &self,
+        key: &StateKey,
+        expected: Option<i64>,
+        data: Vec<u8>,
+    ) -> Result<bool> {
+        let c = self.client().await?;
+        let (k, p) = (key.kind.as_str(), key.partition as i32);
+        let n = match expected {
+            None => c
+                .execute(
+                    "INSERT INTO floe_consumer_state (kind, topic_id, grp, partition, version, data)
+                     SELECT $1, $2, $3, $4, 1, $5 WHERE EXISTS (SELECT 1 FROM floe_topics WHERE id = $2)
+                     ON CONFLICT DO NOTHING",
+                    &[&k, &key.topic_id, &key.group, &p, &data],
+                )
+                .await
+                .map_err(pg)?,
+            Some(v) => c
+                .execute(
+                    "UPDATE floe_consumer_state SET version = version + 1, data = $5
+                     WHERE kind = $1 AND topic_id = $2 AND grp = $3 AND partition = $4 AND version = $6",
+                    &[&k, &key.topic_id, &key.group, &p, &data, &v],
+                )
+                .await
+                .map_err(pg)?,
+        };
+        Ok(n == 1)
+    }
+
+    async fn list_states(
+        &self,
+        kind: StateKind,
+        topic_id: Option<i64>,
+    ) -> Result<Vec<(StateKey, Versioned)>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT topic_id, grp, partition, version, data FROM floe_consumer_state
+                 WHERE kind = $1 AND ($2::BIGINT IS NULL OR topic_id = $2) ORDER BY topic_id, grp, partition",
+                &[&kind.as_str(), &topic_id],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    StateKey {
+                        kind,
+                        topic_id: r.get(0),
+                        group: r.get(1),
+                        partition: to_u32(r.get(2), "partition")?,
+                    },
+                    Versioned {
+                        version: r.get(3),
+                        data: r.get(4),
+                    },
+                ))
+            })
+            .collect()
     }
 
     async fn watch_commits(&self, sink: CommitSink, mut stop: watch::Receiver<bool>) {

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
     Index, IndexError, NewTopic, PartitionOffsets, Result, RunEntry, RunOutcome, SegmentCommit,
-    TopicMeta, decode_config, encode_config,
+    StateKey, StateKind, TopicMeta, Versioned, decode_config, encode_config,
 };
 
 const SCHEMA: &str = "
@@ -47,6 +47,15 @@ CREATE TABLE IF NOT EXISTS runs (
     PRIMARY KEY (topic_id, partition, base_offset)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_by_segment ON runs (segment_key);
+CREATE TABLE IF NOT EXISTS consumer_state (
+    kind TEXT NOT NULL,
+    topic_id INTEGER NOT NULL,
+    grp TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (kind, topic_id, grp, partition)
+) WITHOUT ROWID;
 ";
 
 #[derive(Debug, Clone)]
@@ -208,6 +217,7 @@ impl Index for SqliteIndex {
             let Some(id) = id else { return Ok(false) };
             tx.execute("DELETE FROM runs WHERE topic_id = ?1", [id])?;
             tx.execute("DELETE FROM partitions WHERE topic_id = ?1", [id])?;
+            tx.execute("DELETE FROM consumer_state WHERE topic_id = ?1", [id])?;
             tx.execute("DELETE FROM topics WHERE id = ?1", [id])?;
             tx.commit()?;
             Ok(true)
@@ -335,6 +345,95 @@ impl Index for SqliteIndex {
     async fn ping(&self) -> Result<()> {
         self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
+    }
+
+    async fn load_state(&self, key: &StateKey) -> Result<Option<Versioned>> {
+        let key = key.clone();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT version, data FROM consumer_state WHERE kind = ?1 AND topic_id = ?2 AND grp = ?3 AND partition = ?4",
+            )?;
+            Ok(st
+                .query_row(
+                    params![key.kind.as_str(), key.topic_id, key.group, key.partition],
+                    |r| {
+                        Ok(Versioned {
+                            version: r.get(0)?,
+                            data: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn store_state(
+        &self,
+        key: &StateKey,
+        expected: Option<i64>,
+        data: Vec<u8>,
+    ) -> Result<bool> {
+        let key = key.clone();
+        self.write(move |c| {
+            let (k, t, g, p) = (key.kind.as_str(), key.topic_id, &key.group, key.partition);
+            let changed = match expected {
+                None => c
+                    .prepare_cached(
+                        "INSERT INTO consumer_state (kind, topic_id, grp, partition, version, data)
+                         SELECT ?1, ?2, ?3, ?4, 1, ?5 WHERE EXISTS (SELECT 1 FROM topics WHERE id = ?2)
+                         ON CONFLICT DO NOTHING",
+                    )?
+                    .execute(params![k, t, g, p, data])?,
+                Some(v) => c
+                    .prepare_cached(
+                        "UPDATE consumer_state SET version = version + 1, data = ?5
+                         WHERE kind = ?1 AND topic_id = ?2 AND grp = ?3 AND partition = ?4 AND version = ?6",
+                    )?
+                    .execute(params![k, t, g, p, data, v])?,
+            };
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn list_states(
+        &self,
+        kind: StateKind,
+        topic_id: Option<i64>,
+    ) -> Result<Vec<(StateKey, Versioned)>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT kind, topic_id, grp, partition, version, data FROM consumer_state
+                 WHERE kind = ?1 AND (?2 IS NULL OR topic_id = ?2) ORDER BY topic_id, grp, partition",
+            )?;
+            let rows = st
+                .query_map(params![kind.as_str(), topic_id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, u32>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Vec<u8>>(5)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|(k, topic_id, group, partition, version, data)| {
+                    Ok((
+                        StateKey {
+                            kind: StateKind::parse(&k)?,
+                            topic_id,
+                            group,
+                            partition,
+                        },
+                        Versioned { version, data },
+                    ))
+                })
+                .collect()
+        })
+        .await
     }
 }
 

@@ -1,11 +1,13 @@
-//! Client subcommands: topics, produce, consume.
+//! Client subcommands: topics, produce, consume, groups, queues.
 
 use std::io::BufRead;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use floe_client::{Client, FetchOptions};
-use floe_core::api::ProduceRecord;
+use floe_core::api::{
+    FetchedRecord, JoinGroupRequest, ProduceRecord, ReceiveRequest, SettleRequest,
+};
 
 use crate::Conn;
 
@@ -122,10 +124,90 @@ pub struct ConsumeArgs {
     /// Print records as JSON lines (default: values only).
     #[arg(long)]
     json: bool,
+    /// Consume as a member of this consumer group: read the member's assigned partitions
+    /// from the group's committed offsets, and commit after printing each batch.
+    #[arg(long, conflicts_with_all = ["offset", "from_beginning"])]
+    group: Option<String>,
+    /// Member id to (re)join the group with (default: a new one).
+    #[arg(long, requires = "group")]
+    member: Option<String>,
+}
+
+fn print_record(json: bool, rec: &FetchedRecord, value: Option<Vec<u8>>) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(rec)?);
+    } else {
+        println!("{}", String::from_utf8_lossy(&value.unwrap_or_default()));
+    }
+    Ok(())
+}
+
+/// `floe consume --group G`: join, fetch, print, commit; leave on exit (or Ctrl-C).
+async fn consume_group(c: &Client, a: &ConsumeArgs, group: &str) -> anyhow::Result<()> {
+    let joined = c
+        .join_group(
+            &a.topic,
+            group,
+            &JoinGroupRequest {
+                member_id: a.member.clone(),
+                ..JoinGroupRequest::default()
+            },
+        )
+        .await?;
+    let member = joined.member_id;
+    eprintln!(
+        "joined group {group} as {member} (generation {}, partitions {:?})",
+        joined.generation, joined.partitions
+    );
+    let run = async {
+        let mut cursor: Option<String> = None;
+        loop {
+            let r = c
+                .group_fetch(
+                    &a.topic,
+                    group,
+                    &member,
+                    cursor.as_deref(),
+                    FetchOptions {
+                        wait_ms: a.follow.then_some(5_000),
+                        ..FetchOptions::default()
+                    },
+                )
+                .await?;
+            let mut commits = Vec::new();
+            for p in &r.partitions {
+                for rec in &p.records {
+                    print_record(a.json, rec, rec.value_bytes())?;
+                }
+                if !p.records.is_empty() {
+                    commits.push((p.partition, p.next_offset));
+                }
+            }
+            if !commits.is_empty() {
+                // Committed only after the records were printed: at-least-once.
+                c.commit(&a.topic, group, &member, r.generation, &commits)
+                    .await?;
+            }
+            let caught_up = r.partitions.iter().all(|p| p.next_offset >= p.end_offset);
+            if !a.follow && caught_up {
+                return anyhow::Ok(());
+            }
+            cursor = Some(r.cursor);
+        }
+    };
+    let out = tokio::select! {
+        r = run => r,
+        r = tokio::signal::ctrl_c() => r.map_err(anyhow::Error::from),
+    };
+    c.leave_group(&a.topic, group, &member).await?;
+    out
 }
 
 pub async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
     let c = Client::new(&a.conn.url)?;
+    if let Some(g) = &a.group {
+        return consume_group(&c, &a, g).await;
+    }
     let mut offset = match (a.from_beginning, a.offset) {
         (true, _) => 0,
         (false, Some(o)) => o,
@@ -152,16 +234,198 @@ pub async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
             )
             .await?;
         for rec in &r.records {
-            if a.json {
-                println!("{}", serde_json::to_string(rec)?);
-            } else {
-                let v = rec.value_bytes().unwrap_or_default();
-                println!("{}", String::from_utf8_lossy(&v));
-            }
+            print_record(a.json, rec, rec.value_bytes())?;
         }
         offset = r.next_offset;
         if !a.follow && offset >= r.end_offset {
             return Ok(());
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCmd {
+    /// Show a consumer group: generation, members, committed offsets, lag.
+    Describe { topic: String, group: String },
+    /// List the consumer groups of a topic.
+    List { topic: String },
+}
+
+pub async fn group(conn: &Conn, cmd: GroupCmd) -> anyhow::Result<()> {
+    let c = Client::new(&conn.url)?;
+    let out = match cmd {
+        GroupCmd::Describe { topic, group } => {
+            serde_json::to_string_pretty(&c.describe_group(&topic, &group).await?)?
+        }
+        GroupCmd::List { topic } => serde_json::to_string_pretty(&c.list_groups(&topic).await?)?,
+    };
+    println!("{out}");
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCmd {
+    /// Receive records (printed as JSON lines, each with its `receipt`).
+    Receive {
+        topic: String,
+        group: String,
+        /// Most records to receive.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        max: u64,
+        /// Long-poll this long when nothing is available.
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+        /// Keep the records invisible to others this long.
+        #[arg(long)]
+        visibility_ms: Option<u64>,
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Acknowledge the records right after printing them.
+        #[arg(long)]
+        ack: bool,
+    },
+    /// Acknowledge receipts: done, never delivered again.
+    Ack {
+        topic: String,
+        group: String,
+        receipts: Vec<String>,
+    },
+    /// Release receipts: deliver again (after --delay-ms).
+    Release {
+        topic: String,
+        group: String,
+        receipts: Vec<String>,
+        #[arg(long)]
+        delay_ms: Option<u64>,
+    },
+    /// Reject receipts: dead-letter them now.
+    Reject {
+        topic: String,
+        group: String,
+        receipts: Vec<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Extend the visibility timeout of receipts.
+    Extend {
+        topic: String,
+        group: String,
+        receipts: Vec<String>,
+        #[arg(long)]
+        visibility_ms: u64,
+    },
+    /// Show a queue's state per partition.
+    Describe { topic: String, group: String },
+}
+
+pub async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<()> {
+    let c = Client::new(&conn.url)?;
+    let (topic, group, action, req) = match cmd {
+        QueueCmd::Receive {
+            topic,
+            group,
+            max,
+            wait_ms,
+            visibility_ms,
+            consumer,
+            ack,
+        } => {
+            let r = c
+                .receive(
+                    &topic,
+                    &group,
+                    &ReceiveRequest {
+                        consumer,
+                        max_records: Some(max),
+                        wait_ms: Some(wait_ms),
+                        visibility_timeout_ms: visibility_ms,
+                    },
+                )
+                .await?;
+            for rec in &r.records {
+                println!("{}", serde_json::to_string(rec)?);
+            }
+            if ack && !r.records.is_empty() {
+                let receipts = r.records.iter().map(|r| r.receipt.clone()).collect();
+                let s = c.ack(&topic, &group, receipts).await?;
+                eprintln!("acked {} ({} failed)", s.settled, s.failed.len());
+            }
+            return Ok(());
+        }
+        QueueCmd::Describe { topic, group } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&c.describe_queue(&topic, &group).await?)?
+            );
+            return Ok(());
+        }
+        QueueCmd::Ack {
+            topic,
+            group,
+            receipts,
+        } => (
+            topic,
+            group,
+            "ack",
+            SettleRequest {
+                receipts,
+                ..SettleRequest::default()
+            },
+        ),
+        QueueCmd::Release {
+            topic,
+            group,
+            receipts,
+            delay_ms,
+        } => (
+            topic,
+            group,
+            "release",
+            SettleRequest {
+                receipts,
+                delay_ms,
+                ..SettleRequest::default()
+            },
+        ),
+        QueueCmd::Reject {
+            topic,
+            group,
+            receipts,
+            reason,
+        } => (
+            topic,
+            group,
+            "reject",
+            SettleRequest {
+                receipts,
+                reason,
+                ..SettleRequest::default()
+            },
+        ),
+        QueueCmd::Extend {
+            topic,
+            group,
+            receipts,
+            visibility_ms,
+        } => (
+            topic,
+            group,
+            "extend",
+            SettleRequest {
+                receipts,
+                visibility_timeout_ms: Some(visibility_ms),
+                ..SettleRequest::default()
+            },
+        ),
+    };
+    let r = c.settle(&topic, &group, action, &req).await?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    if !r.failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} receipts failed",
+            r.failed.len(),
+            req.receipts.len()
+        );
+    }
+    Ok(())
 }

@@ -43,6 +43,20 @@ enum Cmd {
     Produce(cli::ProduceArgs),
     /// Print records of a partition.
     Consume(cli::ConsumeArgs),
+    /// Consumer groups (pub/sub): describe, list.
+    Group {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: cli::GroupCmd,
+    },
+    /// Queues (share groups): receive, ack, release, reject, extend, describe.
+    Queue {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: cli::QueueCmd,
+    },
     /// Produce + consume load against a running agent; prints throughput and latencies.
     Bench(bench::BenchArgs),
     /// Print the OpenAPI document of the HTTP API.
@@ -124,6 +138,14 @@ struct ServeArgs {
     /// Name of this agent in segment keys ([A-Za-z0-9-]).
     #[arg(long, env = "FLOE_AGENT_ID", default_value = "agent")]
     agent_id: String,
+    /// Queues: deliveries of one record before it goes to the dead-letter topic (a topic's
+    /// `queue.max_deliveries` config overrides it).
+    #[arg(long, env = "FLOE_MAX_DELIVERIES", default_value_t = 5)]
+    max_deliveries: u32,
+    /// Queues: a dead-letter write not finished this long after an agent took it is taken
+    /// over by the next receive or settle on that partition.
+    #[arg(long, env = "FLOE_DEAD_LETTER_RETRY_MS", default_value_t = 30_000)]
+    dead_letter_retry_ms: u64,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -152,6 +174,18 @@ struct LimitArgs {
     max_buffer_bytes: usize,
     #[arg(long, env = "FLOE_BUFFER_WAIT_MS", default_value_t = Limits::default().buffer_wait_ms)]
     buffer_wait_ms: u64,
+    #[arg(long, env = "FLOE_MAX_RECEIVE_RECORDS", default_value_t = Limits::default().max_receive_records)]
+    max_receive_records: usize,
+    #[arg(long, env = "FLOE_MAX_VISIBILITY_MS", default_value_t = Limits::default().max_visibility_ms)]
+    max_visibility_ms: u64,
+    #[arg(long, env = "FLOE_MAX_IN_FLIGHT_PER_PARTITION", default_value_t = Limits::default().max_in_flight_per_partition)]
+    max_in_flight_per_partition: u64,
+    #[arg(long, env = "FLOE_MAX_GROUP_MEMBERS", default_value_t = Limits::default().max_group_members)]
+    max_group_members: usize,
+    #[arg(long, env = "FLOE_MIN_SESSION_TIMEOUT_MS", default_value_t = Limits::default().min_session_timeout_ms)]
+    min_session_timeout_ms: u64,
+    #[arg(long, env = "FLOE_MAX_SESSION_TIMEOUT_MS", default_value_t = Limits::default().max_session_timeout_ms)]
+    max_session_timeout_ms: u64,
 }
 
 impl ServeArgs {
@@ -190,7 +224,15 @@ impl ServeArgs {
                 max_fetch_bytes: l.max_fetch_bytes,
                 max_buffer_bytes: l.max_buffer_bytes,
                 buffer_wait_ms: l.buffer_wait_ms,
+                max_receive_records: l.max_receive_records,
+                max_visibility_ms: l.max_visibility_ms,
+                max_in_flight_per_partition: l.max_in_flight_per_partition,
+                max_group_members: l.max_group_members,
+                min_session_timeout_ms: l.min_session_timeout_ms,
+                max_session_timeout_ms: l.max_session_timeout_ms,
             },
+            max_deliveries: self.max_deliveries,
+            dead_letter_retry: Duration::from_millis(self.dead_letter_retry_ms),
         })
     }
 }
@@ -245,6 +287,8 @@ fn run() -> anyhow::Result<()> {
             Cmd::Topics { conn, cmd } => cli::topics(&conn, cmd).await,
             Cmd::Produce(a) => cli::produce(a).await,
             Cmd::Consume(a) => cli::consume(a).await,
+            Cmd::Group { conn, cmd } => cli::group(&conn, cmd).await,
+            Cmd::Queue { conn, cmd } => cli::queue(&conn, cmd).await,
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Bucket {
                 cmd: BucketCmd::Init { url },

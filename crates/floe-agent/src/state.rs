@@ -1,0 +1,107 @@
+//! Consumer state (groups and queues) in the index, changed by optimistic concurrency:
+//! load the blob, apply a pure change from `floe_core::{group, share}`, store it only if
+//! nobody else stored a newer version meanwhile; otherwise retry on the fresh state.
+//! This is what makes any agent able to serve any consumer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe_index::{Index, StateKey};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Conflicting writers retry this many times before the request gets a 503.
+const MAX_ATTEMPTS: u32 = 64;
+
+fn decode<S: DeserializeOwned>(key: &StateKey, data: &[u8]) -> Result<S, ApiError> {
+    serde_json::from_slice(data).map_err(|e| {
+        tracing::error!(?key, error = %e, "consumer state unreadable");
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "state_corrupt",
+            format!(
+                "stored consumer state for {:?} is unreadable: {e}",
+                key.group
+            ),
+        )
+    })
+}
+
+/// The current state, or `None` when nothing is stored.
+pub async fn load<S: DeserializeOwned>(
+    index: &Arc<dyn Index>,
+    key: &StateKey,
+) -> Result<Option<S>, ApiError> {
+    match index
+        .load_state(key)
+        .await
+        .map_err(|e| ApiError::index(&e))?
+    {
+        Some(v) => decode(key, &v.data).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Apply `change` to the stored state (or to `init()` when none is stored) and store the
+/// result. `change` returns its answer and whether it changed the state; it may run more
+/// than once (on conflicts), always on the latest state, so it must not have side effects.
+/// An `Err` from `change` stores nothing.
+pub async fn update<S, R>(
+    index: &Arc<dyn Index>,
+    metrics: &Metrics,
+    key: &StateKey,
+    init: impl Fn() -> S,
+    mut change: impl FnMut(&mut S) -> Result<(R, bool), ApiError>,
+) -> Result<R, ApiError>
+where
+    S: Serialize + DeserializeOwned,
+{
+    for attempt in 0..MAX_ATTEMPTS {
+        let current = index
+            .load_state(key)
+            .await
+            .map_err(|e| ApiError::index(&e))?;
+        let (mut state, version) = match &current {
+            Some(v) => (decode::<S>(key, &v.data)?, Some(v.version)),
+            None => (init(), None),
+        };
+        let (answer, changed) = change(&mut state)?;
+        if !changed {
+            return Ok(answer);
+        }
+        let data = serde_json::to_vec(&state).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "state_encode_failed",
+                e.to_string(),
+            )
+        })?;
+        if index
+            .store_state(key, version, data)
+            .await
+            .map_err(|e| ApiError::index(&e))?
+        {
+            return Ok(answer);
+        }
+        metrics.state_conflicts.inc();
+        // Back off a little, with jitter, so that competing writers spread out.
+        let jitter = u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+                % 1000,
+        );
+        let base = 200 * u64::from(attempt.min(10));
+        tokio::time::sleep(Duration::from_micros(base + jitter)).await;
+    }
+    Err(ApiError::unavailable(
+        "contention",
+        format!(
+            "consumer state of {:?} changed concurrently {MAX_ATTEMPTS} times in a row; retry",
+            key.group
+        ),
+    ))
+}

@@ -1,0 +1,508 @@
+//! Consumer groups, queues and SSE against a real `floe serve` process on the embedded
+//! default (local folder + SQLite). The same scenarios run across two agents on S3 +
+//! PostgreSQL in `s3_multi_agent.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::scenarios;
+use common::{AgentProc, raw, rec};
+use floe_client::Client;
+use floe_core::api::{ReceiveRequest, SettleRequest};
+use futures::StreamExt;
+use reqwest::Method;
+
+fn agent(dir: &std::path::Path) -> AgentProc {
+    AgentProc::start(dir, &["--linger-ms", "10", "--poll-interval-ms", "200"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_groups_each_get_every_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    scenarios::three_groups_each_get_everything(&[a.client()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_under_load_skips_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    scenarios::rebalance_under_load_skips_nothing(&[a.client()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_generation_commit_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    scenarios::stale_generation_commit_rejected(&[a.client()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_five_consumers_process_10k_records_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    scenarios::queue_competing_consumers_process_once(&[a.client()], 10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_dead_consumer_records_are_redelivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    scenarios::dead_consumer_records_redelivered(&[a.client()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_poison_record_reaches_dead_letter_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    scenarios::poison_goes_to_dead_letter_topic(&[a.client()]).await;
+}
+
+/// Queue state lives in the index: records held when the agent stops come back after a
+/// restart (once their visibility timeout passes); acked ones never come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_state_survives_agent_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    let c = a.client();
+    c.create_topic("restart", 1).await.unwrap();
+    scenarios::produce_values(&c, "restart", "r", 30).await;
+    let req = |max: u64| ReceiveRequest {
+        max_records: Some(max),
+        wait_ms: Some(3_000),
+        visibility_timeout_ms: Some(1_000),
+        ..Default::default()
+    };
+    let first = c.receive("restart", "q", &req(20)).await.unwrap();
+    assert_eq!(first.records.len(), 20);
+    c.ack(
+        "restart",
+        "q",
+        first.records[..10]
+            .iter()
+            .map(|r| r.receipt.clone())
+            .collect(),
+    )
+    .await
+    .unwrap();
+    assert!(a.terminate().success());
+    let a = agent(dir.path());
+    let c = a.client();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < 20 {
+        assert!(Instant::now() < deadline, "got only {got:?}");
+        let r = c.receive("restart", "q", &req(100)).await.unwrap();
+        c.ack(
+            "restart",
+            "q",
+            r.records.iter().map(|r| r.receipt.clone()).collect(),
+        )
+        .await
+        .ok();
+        got.extend(r.records.into_iter().map(|r| (r.offset, r.delivery_count)));
+    }
+    got.sort();
+    let want: Vec<(u64, u32)> = (10..20)
+        .map(|o| (o, 2))
+        .chain((20..30).map(|o| (o, 1)))
+        .collect();
+    assert_eq!(
+        got, want,
+        "unacked come back with delivery_count 2; acked never"
+    );
+}
+
+/// Read SSE events until `n` records arrived; returns their (id, offset in data).
+async fn sse_read(
+    url: &str,
+    last_event_id: Option<u64>,
+    n: usize,
+) -> Vec<(u64, serde_json::Value)> {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id.to_string());
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while out.len() < n {
+        let chunk = tokio::time::timeout_at(deadline.into(), body.next())
+            .await
+            .expect("SSE events in time")
+            .unwrap()
+            .unwrap();
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let (mut id, mut data, mut kind) = (None, None, None);
+            for line in event.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().parse::<u64>().unwrap());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = Some(serde_json::from_str::<serde_json::Value>(v.trim()).unwrap());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    kind = Some(v.trim().to_string());
+                }
+            }
+            if kind.as_deref() == Some("record") {
+                out.push((id.unwrap(), data.unwrap()));
+            }
+        }
+    }
+    // Dropping the response closes the connection, like a client going away.
+    out.truncate(n);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resume_with_last_event_id_has_no_gap_and_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    let c = a.client();
+    c.create_topic("tail", 1).await.unwrap();
+    let produce = |c: Client, from: usize, n: usize| async move {
+        let recs = (from..from + n).map(|i| rec(format!("e{i}"))).collect();
+        c.produce("tail", recs).await.unwrap();
+    };
+    produce(c.clone(), 0, 100).await;
+    let url = format!("{}/v1/topics/tail/partitions/0/stream?offset=0", a.url);
+    let first = sse_read(&url, None, 40).await;
+    let last = first.last().unwrap().0;
+    assert_eq!(last, 39);
+    // More records arrive while disconnected; then resume live and keep tailing.
+    produce(c.clone(), 100, 100).await;
+    let tailer = {
+        let url = url.clone();
+        tokio::spawn(async move { sse_read(&url, Some(last), 260 - 40).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    produce(c.clone(), 200, 60).await;
+    let second = tailer.await.unwrap();
+    let all: Vec<_> = first.into_iter().chain(second).collect();
+    for (i, (id, data)) in all.iter().enumerate() {
+        assert_eq!(*id, i as u64, "no gap, no duplicate");
+        assert_eq!(data["offset"], i as u64);
+        assert_eq!(data["value"], format!("e{i}"));
+    }
+    assert_eq!(all.len(), 260);
+    // Without offset or Last-Event-ID the stream starts at the end of the log.
+    let url_end = format!("{}/v1/topics/tail/partitions/0/stream", a.url);
+    let t = tokio::spawn(async move { sse_read(&url_end, None, 1).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    produce(c.clone(), 260, 1).await;
+    assert_eq!(t.await.unwrap()[0].0, 260);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_endpoints_reject_bad_input_with_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    let c = a.client();
+    c.create_topic("t", 2).await.unwrap();
+    scenarios::produce_values(&c, "t", "x", 4).await;
+    let u = &a.url;
+    let json = Some("application/json");
+    let long_reason = format!(
+        r#"{{"receipts": ["0-0-1"], "reason": "{}"}}"#,
+        "x".repeat(2000)
+    );
+    type Case<'a> = (Method, String, Option<&'a str>, &'a str, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/groups/bad%20name/members"),
+            json,
+            "{}",
+            400,
+            "invalid_group_name",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/groups/g/members"),
+            json,
+            r#"{"session_timeout_ms": 5}"#,
+            400,
+            "invalid_session_timeout",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/groups/g/members"),
+            json,
+            r#"{"member_id": "a/b"}"#,
+            400,
+            "invalid_member_id",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/groups/g/members"),
+            json,
+            r#"{"bogus": 1}"#,
+            400,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/nope/groups/g/members"),
+            json,
+            "{}",
+            404,
+            "topic_not_found",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/groups/g/members/ghost/heartbeat"),
+            None,
+            "",
+            409,
+            "unknown_member",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/t/groups/g/members/ghost/records"),
+            None,
+            "",
+            409,
+            "unknown_member",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/t/groups/g/members/ghost/records?cursor=zz"),
+            None,
+            "",
+            400,
+            "invalid_cursor",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/t/groups/g/members/ghost/records?max_records=x"),
+            None,
+            "",
+            400,
+            "invalid_parameter",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/t/groups/none"),
+            None,
+            "",
+            404,
+            "group_not_found",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/groups/g/commit"),
+            json,
+            r#"{"member_id":"m","generation":1,"offsets":[{"partition":9,"offset":0}]}"#,
+            400,
+            "invalid_partition",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/groups/g/commit"),
+            json,
+            r#"{"member_id":"m","generation":1,"offsets":[{"partition":0,"offset":999}]}"#,
+            400,
+            "invalid_offset",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/queues/q/receive"),
+            json,
+            r#"{"max_records": 0}"#,
+            400,
+            "invalid_parameter",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/queues/q/receive"),
+            json,
+            r#"{"visibility_timeout_ms": 0}"#,
+            400,
+            "invalid_parameter",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/queues/q/receive"),
+            Some("text/plain"),
+            "{}",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/queues/q/ack"),
+            json,
+            r#"{"receipts": []}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/queues/q/ack"),
+            json,
+            r#"{"receipts": ["garbage"]}"#,
+            400,
+            "invalid_receipt",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/queues/q/ack"),
+            json,
+            r#"{"receipts": ["7-0-1"]}"#,
+            400,
+            "invalid_receipt",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/queues/q/extend"),
+            json,
+            r#"{"receipts": ["0-0-1"]}"#,
+            400,
+            "invalid_parameter",
+        ),
+        (
+            Method::POST,
+            format!("{u}/v1/topics/t/queues/q/reject"),
+            json,
+            &long_reason,
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/t/partitions/0/stream?offset=99"),
+            None,
+            "",
+            416,
+            "offset_out_of_range",
+        ),
+        (
+            Method::GET,
+            format!("{u}/v1/topics/t/partitions/5/stream"),
+            None,
+            "",
+            400,
+            "invalid_partition",
+        ),
+    ];
+    for (m, url, ct, body, status, code) in cases {
+        let (s, v) = raw(m.clone(), &url, ct, body.as_bytes().to_vec()).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{m} {url}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    // Last-Event-ID must be an offset.
+    let resp = reqwest::Client::new()
+        .get(format!("{u}/v1/topics/t/partitions/0/stream"))
+        .header("last-event-id", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    // A receipt that was never handed out does not settle anything.
+    let s = c
+        .settle(
+            "t",
+            "q",
+            "ack",
+            &SettleRequest {
+                receipts: vec!["0-0-1".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((s.settled, s.failed.len()), (0, 1));
+    // Nothing was consumed by the bad requests: the queue still hands out all 4 records.
+    let r = c
+        .receive(
+            "t",
+            "q",
+            &ReceiveRequest {
+                max_records: Some(100),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.records.len(), 4);
+    assert!(c.describe_topic("t").await.is_ok(), "agent healthy");
+}
+
+/// `floe consume --group` and `floe queue receive/ack` through the real CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_group_consume_and_queue_receive_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    let c = a.client();
+    c.create_topic("cli", 2).await.unwrap();
+    scenarios::produce_values(&c, "cli", "line", 30).await;
+    let floe = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_floe"))
+            .args(args)
+            .env("FLOE_URL", &a.url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = floe(&["consume", "cli", "--group", "g1"]);
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    let mut want: Vec<String> = (0..30).map(|i| format!("line-{i}")).collect();
+    want.sort();
+    assert_eq!(lines, want);
+    // Committed: a second run of the same group prints nothing new.
+    assert_eq!(floe(&["consume", "cli", "--group", "g1"]), "");
+    let d = c.describe_group("cli", "g1").await.unwrap();
+    assert_eq!(d.total_lag, 0);
+    assert!(d.members.is_empty(), "the CLI left the group on exit");
+    // Queue: receive 5 as JSON lines with receipts, ack them with `floe queue ack`.
+    let out = floe(&["queue", "receive", "cli", "q", "-n", "5"]);
+    let recs: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 5);
+    let mut args = vec!["queue", "ack", "cli", "q"];
+    let receipts: Vec<String> = recs
+        .iter()
+        .map(|r| r["receipt"].as_str().unwrap().to_string())
+        .collect();
+    args.extend(receipts.iter().map(String::as_str));
+    let out = floe(&args);
+    assert!(out.contains("\"settled\": 5"), "{out}");
+    let d: serde_json::Value =
+        serde_json::from_str(&floe(&["queue", "describe", "cli", "q"])).unwrap();
+    let acked: u64 = d["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["start_offset"].as_u64().unwrap() + p["acked"].as_u64().unwrap())
+        .sum();
+    assert_eq!(acked, 5);
+}
