@@ -142,6 +142,28 @@ async fn three_agents_share_one_bucket_and_index() {
     assert_eq!(err.code(), Some("topic_not_found"));
 }
 
+/// Consumer groups across two agents: members of one group on different agents share the
+/// partitions, commits are fenced through the shared PostgreSQL index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_groups_across_two_agents() {
+    let cl = Cluster::new(2).await;
+    let cs = [cl.client(0), cl.client(1)];
+    common::scenarios::three_groups_each_get_everything(&cs).await;
+    common::scenarios::stale_generation_commit_rejected(&cs).await;
+    common::scenarios::rebalance_under_load_skips_nothing(&cs).await;
+}
+
+/// Queues across two agents: competing consumers on both agents, redelivery of records a
+/// consumer on one agent died holding to a consumer on the other, dead-lettering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_across_two_agents() {
+    let cl = Cluster::new(2).await;
+    let cs = [cl.client(0), cl.client(1)];
+    common::scenarios::queue_competing_consumers_process_once(&cs, 10_000).await;
+    common::scenarios::dead_consumer_records_redelivered(&cs).await;
+    common::scenarios::poison_goes_to_dead_letter_topic(&cs).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_on_one_agent_wakes_on_commit_through_another() {
     let bucket = fresh_bucket_url();
