@@ -48,6 +48,16 @@ pub struct BenchArgs {
     /// Skip the consumers (produce only).
     #[arg(long)]
     no_consume: bool,
+    /// Queue benchmark instead: preload `--records` records, then `--consumers` competing
+    /// consumers receive (batches of `--batch`) and ack until all are acked; then, as the
+    /// side-by-side baseline, a consumer group with as many members reads and commits the
+    /// same backlog.
+    #[arg(long)]
+    queue: bool,
+    #[arg(long, default_value_t = 5)]
+    consumers: usize,
+    #[arg(long, default_value_t = 50_000)]
+    records: usize,
 }
 
 fn now_us() -> u64 {
@@ -102,6 +112,9 @@ fn body(value: &str, batch: usize, producer: usize) -> Bytes {
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if a.queue {
+        return run_queue(a).await;
+    }
     let client = Client::new(&a.conn.url)?;
     let mut clients = vec![client.clone()];
     for u in &a.also {
@@ -295,4 +308,198 @@ async fn total_puts(clients: &[Client]) -> anyhow::Result<f64> {
             .await?;
     }
     Ok(n)
+}
+
+fn printable_value(n: usize) -> String {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b'a' + (seed % 26) as u8)
+        })
+        .collect()
+}
+
+/// Create `topic` and fill it with `records` records of `value` (not timed).
+async fn preload(
+    c: &Client,
+    topic: &str,
+    partitions: u32,
+    records: usize,
+    value: &str,
+) -> anyhow::Result<()> {
+    c.create_topic(topic, partitions).await?;
+    let per_req = 1000.min(records.max(1));
+    let mut sent = 0;
+    while sent < records {
+        let n = per_req.min(records - sent);
+        let mut s = String::with_capacity(n * (value.len() + 32) + 16);
+        s.push_str("{\"records\":[");
+        for i in 0..n {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(&format!(
+                "{{\"key\":\"k{}\",\"value\":\"{value}\"}}",
+                sent + i
+            ));
+        }
+        s.push_str("]}");
+        c.produce_raw(topic, Bytes::from(s)).await?;
+        sent += n;
+    }
+    Ok(())
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// `floe bench --queue`: records acked per second by competing consumers, next to a
+/// consumer group reading and committing the same backlog.
+async fn run_queue(a: BenchArgs) -> anyhow::Result<()> {
+    let mut clients = vec![Client::new(&a.conn.url)?];
+    for u in &a.also {
+        clients.push(Client::new(u)?);
+    }
+    let value = printable_value(a.record_bytes);
+    let base = a
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("qbench-{}", now_us()));
+    let (qtopic, gtopic) = (format!("{base}-queue"), format!("{base}-group"));
+    preload(&clients[0], &qtopic, a.partitions, a.records, &value).await?;
+    preload(&clients[0], &gtopic, a.partitions, a.records, &value).await?;
+    let total = a.records as u64;
+    let mib = (total as f64 * a.record_bytes as f64) / (1024.0 * 1024.0);
+
+    // Queue: receive a batch, ack it, repeat.
+    let acked = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new((hist()?, hist()?)));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..a.consumers {
+        let (c, topic, acked, lat) = (
+            clients[i % clients.len()].clone(),
+            qtopic.clone(),
+            acked.clone(),
+            lat.clone(),
+        );
+        let batch = a.batch as u64;
+        tasks.push(tokio::spawn(async move {
+            let req = floe_core::api::ReceiveRequest {
+                consumer: Some(format!("c{i}")),
+                max_records: Some(batch),
+                wait_ms: Some(200),
+                visibility_timeout_ms: Some(60_000),
+            };
+            while acked.load(Ordering::Relaxed) < total {
+                let t0 = Instant::now();
+                let r = c.receive(&topic, "bench", &req).await?;
+                let t1 = Instant::now();
+                if r.records.is_empty() {
+                    continue;
+                }
+                let receipts: Vec<String> = r.records.into_iter().map(|r| r.receipt).collect();
+                let s = c.ack(&topic, "bench", receipts).await?;
+                let t2 = Instant::now();
+                acked.fetch_add(s.settled, Ordering::Relaxed);
+                let mut l = lat.lock().await;
+                l.0.record((t1 - t0).as_micros() as u64)?;
+                l.1.record((t2 - t1).as_micros() as u64)?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let q_secs = started.elapsed().as_secs_f64();
+    let l = lat.lock().await;
+    let q_rate = total as f64 / q_secs;
+    println!(
+        "queue: {} consumers, {} partitions, batch {}: {} records acked in {:.2} s = {:.0} acked/s ({:.1} MiB/s); receive p50 {:.1} / p99 {:.1} ms, ack p50 {:.1} / p99 {:.1} ms",
+        a.consumers,
+        a.partitions,
+        a.batch,
+        total,
+        q_secs,
+        q_rate,
+        mib / q_secs,
+        ms(&l.0, 0.5),
+        ms(&l.0, 0.99),
+        ms(&l.1, 0.5),
+        ms(&l.1, 0.99)
+    );
+    drop(l);
+
+    // Baseline: a consumer group with as many members; fetch, commit, repeat.
+    let mut members = Vec::new();
+    for i in 0..a.consumers {
+        let c = clients[i % clients.len()].clone();
+        let m = c
+            .join_group(
+                &gtopic,
+                "bench",
+                &floe_core::api::JoinGroupRequest::default(),
+            )
+            .await?;
+        members.push((c, m.member_id));
+    }
+    let read = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, member) in members {
+        let (topic, read) = (gtopic.clone(), read.clone());
+        let batch = a.batch as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut cursor: Option<String> = None;
+            while read.load(Ordering::Relaxed) < total {
+                let r = c
+                    .group_fetch(
+                        &topic,
+                        "bench",
+                        &member,
+                        cursor.as_deref(),
+                        FetchOptions {
+                            max_records: Some(batch),
+                            wait_ms: Some(200),
+                            ..FetchOptions::default()
+                        },
+                    )
+                    .await?;
+                let offsets: Vec<(u32, u64)> = r
+                    .partitions
+                    .iter()
+                    .filter(|p| !p.records.is_empty())
+                    .map(|p| (p.partition, p.next_offset))
+                    .collect();
+                let n: usize = r.partitions.iter().map(|p| p.records.len()).sum();
+                if n > 0 {
+                    c.commit(&topic, "bench", &member, r.generation, &offsets)
+                        .await?;
+                    read.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                cursor = Some(r.cursor);
+            }
+            c.leave_group(&topic, "bench", &member).await?;
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let g_secs = started.elapsed().as_secs_f64();
+    let g_rate = total as f64 / g_secs;
+    println!(
+        "group baseline: {} members, same backlog: {:.2} s = {:.0} records/s committed ({:.1} MiB/s)",
+        a.consumers,
+        g_secs,
+        g_rate,
+        mib / g_secs
+    );
+    println!("ratio queue/group: {:.2}x", q_rate / g_rate);
+    Ok(())
 }
