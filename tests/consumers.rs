@@ -506,3 +506,61 @@ async fn cli_group_consume_and_queue_receive_ack() {
         .sum();
     assert_eq!(acked, 5);
 }
+
+/// `auto_commit` members commit the previous fetch's positions when they fetch again with
+/// its cursor (at-least-once: the last batch is not committed until the next fetch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_commit_commits_the_previous_fetch_on_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    let c = a.client();
+    c.create_topic("auto", 1).await.unwrap();
+    scenarios::produce_values(&c, "auto", "a", 10).await;
+    let m = c
+        .join_group(
+            "auto",
+            "g",
+            &floe_core::api::JoinGroupRequest {
+                auto_commit: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let opts = floe_client::FetchOptions {
+        max_records: Some(4),
+        ..Default::default()
+    };
+    let r1 = c
+        .group_fetch("auto", "g", &m.member_id, None, opts)
+        .await
+        .unwrap();
+    assert_eq!(r1.partitions[0].records.len(), 4);
+    let d = c.describe_group("auto", "g").await.unwrap();
+    assert_eq!(d.partitions[0].committed, None, "nothing committed yet");
+    let r2 = c
+        .group_fetch("auto", "g", &m.member_id, Some(&r1.cursor), opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        r2.partitions[0].records[0].offset, 4,
+        "continues after the cursor"
+    );
+    let d = c.describe_group("auto", "g").await.unwrap();
+    assert_eq!(d.partitions[0].committed, Some(4));
+    assert_eq!(d.total_lag, 6);
+    // A member without auto_commit never commits by fetching.
+    let m2 = c
+        .join_group("auto", "manual", &Default::default())
+        .await
+        .unwrap();
+    let r = c
+        .group_fetch("auto", "manual", &m2.member_id, None, opts)
+        .await
+        .unwrap();
+    c.group_fetch("auto", "manual", &m2.member_id, Some(&r.cursor), opts)
+        .await
+        .unwrap();
+    let d = c.describe_group("auto", "manual").await.unwrap();
+    assert_eq!(d.partitions[0].committed, None);
+}

@@ -461,7 +461,7 @@ pub async fn group_fetch(
         let has_data = pos
             .iter()
             .any(|(p, o)| ends.get(p).is_some_and(|e| e.1 > *o));
-        if has_data || tokio::time::Instant::now() >= deadline || subs.is_empty() {
+        if has_data || tokio::time::Instant::now() >= deadline {
             let mut out = Vec::with_capacity(assigned.len());
             let (mut left_records, mut left_bytes) = (max_records, max_bytes);
             let n = assigned.len().max(1);
@@ -497,10 +497,18 @@ pub async fn group_fetch(
             return Ok(Json(body).into_response());
         }
         let recheck = tokio::time::Instant::now() + s.config.poll_interval;
-        let any_commit =
-            futures::future::select_all(subs.iter_mut().map(|r| Box::pin(r.changed())));
+        // A member with no partitions (more members than partitions) just waits out the
+        // long-poll instead of spinning.
+        let any_commit = async {
+            if subs.is_empty() {
+                std::future::pending::<()>().await;
+            } else {
+                let _ = futures::future::select_all(subs.iter_mut().map(|r| Box::pin(r.changed())))
+                    .await;
+            }
+        };
         tokio::select! {
-            _ = any_commit => {}
+            () = any_commit => {}
             () = tokio::time::sleep_until(recheck.min(deadline)) => {}
             _ = shutdown.wait_for(|v| *v) => { return Err(ApiError::unavailable("shutting_down", "the agent is shutting down")); }
         }

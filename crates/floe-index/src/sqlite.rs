@@ -562,4 +562,45 @@ mod tests {
         let a = i.get_topic("a").await.unwrap().unwrap();
         assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(7));
     }
+
+    #[tokio::test]
+    async fn consumer_state_is_compare_and_swap_and_dies_with_its_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = SqliteIndex::open(&dir.path().join("i.db")).await.unwrap();
+        let t = idx.create_topic(new_topic("t", 2)).await.unwrap();
+        let key = StateKey {
+            kind: StateKind::Share,
+            topic_id: t.id,
+            group: "g".into(),
+            partition: 1,
+        };
+        assert_eq!(idx.load_state(&key).await.unwrap(), None);
+        assert!(idx.store_state(&key, None, b"a".to_vec()).await.unwrap());
+        assert!(
+            !idx.store_state(&key, None, b"b".to_vec()).await.unwrap(),
+            "insert races lose"
+        );
+        let v = idx.load_state(&key).await.unwrap().unwrap();
+        assert_eq!((v.version, v.data.as_slice()), (1, &b"a"[..]));
+        assert!(idx.store_state(&key, Some(1), b"c".to_vec()).await.unwrap());
+        assert!(
+            !idx.store_state(&key, Some(1), b"d".to_vec()).await.unwrap(),
+            "stale version loses"
+        );
+        assert_eq!(idx.load_state(&key).await.unwrap().unwrap().data, b"c");
+        let listed = idx.list_states(StateKind::Share, Some(t.id)).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(
+            idx.list_states(StateKind::Group, None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        idx.delete_topic("t").await.unwrap();
+        assert_eq!(idx.load_state(&key).await.unwrap(), None);
+        assert!(
+            !idx.store_state(&key, None, b"e".to_vec()).await.unwrap(),
+            "no state for a deleted topic"
+        );
+    }
 }
