@@ -102,7 +102,11 @@ async fn queue_state_survives_agent_restart() {
         )
         .await
         .ok();
-        got.extend(r.records.into_iter().map(|r| (r.offset, r.delivery_count)));
+        got.extend(
+            r.records
+                .into_iter()
+                .map(|r| (r.record.offset, r.delivery_count)),
+        );
     }
     got.sort();
     let want: Vec<(u64, u32)> = (10..20)

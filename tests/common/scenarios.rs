@@ -404,7 +404,7 @@ pub async fn queue_competing_consumers_process_once(cs: &[Client], records: usiz
                 seen.lock().await.extend(
                     r.records
                         .iter()
-                        .map(|r| (r.value.clone().unwrap(), r.delivery_count, i)),
+                        .map(|r| (r.record.value.clone().unwrap(), r.delivery_count, i)),
                 );
                 let s = c.ack(&topic, "workers", receipts.clone()).await.unwrap();
                 assert!(s.failed.is_empty(), "{:?}", s.failed);
@@ -466,7 +466,7 @@ pub async fn dead_consumer_records_redelivered(cs: &[Client]) {
     let held: Vec<String> = dead
         .records
         .iter()
-        .map(|r| r.value.clone().unwrap())
+        .map(|r| r.record.value.clone().unwrap())
         .collect();
     let live = pick(cs, 1);
     let req = ReceiveRequest {
@@ -481,7 +481,7 @@ pub async fn dead_consumer_records_redelivered(cs: &[Client]) {
         first
             .records
             .iter()
-            .all(|r| !held.contains(r.value.as_ref().unwrap()))
+            .all(|r| !held.contains(r.record.value.as_ref().unwrap()))
     );
     live.ack(
         &topic,
@@ -496,7 +496,7 @@ pub async fn dead_consumer_records_redelivered(cs: &[Client]) {
     let mut got: Vec<String> = again
         .records
         .iter()
-        .map(|r| r.value.clone().unwrap())
+        .map(|r| r.record.value.clone().unwrap())
         .collect();
     got.sort();
     let mut want = held.clone();
@@ -571,7 +571,7 @@ pub async fn poison_goes_to_dead_letter_topic(cs: &[Client]) {
             .await
             .unwrap();
         for m in &r.records {
-            match m.value.as_deref().unwrap() {
+            match m.record.value.as_deref().unwrap() {
                 "good" => {
                     c.ack(&topic, "q", vec![m.receipt.clone()]).await.unwrap();
                 }

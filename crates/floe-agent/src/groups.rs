@@ -81,7 +81,7 @@ fn assignment(g: &GroupState, member_id: &str) -> ApiResult<Assignment> {
     })
 }
 
-async fn topic_and_group(
+pub(crate) async fn topic_and_group(
     s: &Shared,
     topic: &str,
     group: &str,
@@ -89,6 +89,23 @@ async fn topic_and_group(
     let group = valid_name("group", group)?;
     let topic = existing_topic(s, topic).await?;
     Ok((topic, group))
+}
+
+/// Apply `change` to the group's state (see [`crate::state::update`]).
+async fn update_group<R>(
+    s: &Shared,
+    topic: &TopicMeta,
+    group: &str,
+    change: impl FnMut(&mut GroupState) -> ApiResult<(R, bool)>,
+) -> ApiResult<R> {
+    crate::state::update(
+        &s.index,
+        &s.metrics,
+        &group_key(topic, group),
+        GroupState::default,
+        change,
+    )
+    .await
 }
 
 /// Join a consumer group of a topic (creating the group on first join). Every membership
@@ -131,18 +148,12 @@ pub async fn join_group(
         session_timeout_ms: timeout,
         auto_commit: req.auto_commit,
     };
-    let a = crate::state::update(
-        &s.index,
-        &s.metrics,
-        &group_key(&topic, &group),
-        GroupState::default,
-        |g| {
-            g.expire(now, parts);
-            g.join(&member_id, now, member.clone(), parts, max)
-                .map_err(group_err)?;
-            Ok((assignment(g, &member_id)?, true))
-        },
-    )
+    let a = update_group(&s, &topic, &group, |g| {
+        g.expire(now, parts);
+        g.join(&member_id, now, member.clone(), parts, max)
+            .map_err(group_err)?;
+        Ok((assignment(g, &member_id)?, true))
+    })
     .await?;
     tracing::info!(topic = %topic.name, %group, member = %member_id, generation = a.generation, "member joined");
     Ok(Json(a))
@@ -164,17 +175,11 @@ pub async fn heartbeat(
     let (topic, group) = topic_and_group(&s, &topic, &group).await?;
     let now = now_ms();
     let parts = topic.partitions;
-    let a = crate::state::update(
-        &s.index,
-        &s.metrics,
-        &group_key(&topic, &group),
-        GroupState::default,
-        |g| {
-            g.expire(now, parts);
-            g.touch(&member, now, true).map_err(group_err)?;
-            Ok((assignment(g, &member)?, true))
-        },
-    )
+    let a = update_group(&s, &topic, &group, |g| {
+        g.expire(now, parts);
+        g.touch(&member, now, true).map_err(group_err)?;
+        Ok((assignment(g, &member)?, true))
+    })
     .await?;
     Ok(Json(a))
 }
@@ -192,17 +197,11 @@ pub async fn leave_group(
     let (topic, group) = topic_and_group(&s, &topic, &group).await?;
     let now = now_ms();
     let parts = topic.partitions;
-    crate::state::update(
-        &s.index,
-        &s.metrics,
-        &group_key(&topic, &group),
-        GroupState::default,
-        |g| {
-            let expired = g.expire(now, parts);
-            let left = g.leave(&member, parts);
-            Ok(((), expired || left))
-        },
-    )
+    update_group(&s, &topic, &group, |g| {
+        let expired = g.expire(now, parts);
+        let left = g.leave(&member, parts);
+        Ok(((), expired || left))
+    })
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -263,20 +262,14 @@ pub async fn commit(
     }
     let now = now_ms();
     let parts = topic.partitions;
-    crate::state::update(
-        &s.index,
-        &s.metrics,
-        &group_key(&topic, &group),
-        GroupState::default,
-        |g| {
-            // Expiry first: a member past its session timeout must not commit.
-            g.expire(now, parts);
-            g.commit(&req.member_id, req.generation, &offsets)
-                .map_err(group_err)?;
-            g.touch(&req.member_id, now, false).map_err(group_err)?;
-            Ok(((), true))
-        },
-    )
+    update_group(&s, &topic, &group, |g| {
+        // Expiry first: a member past its session timeout must not commit.
+        g.expire(now, parts);
+        g.commit(&req.member_id, req.generation, &offsets)
+            .map_err(group_err)?;
+        g.touch(&req.member_id, now, false).map_err(group_err)?;
+        Ok(((), true))
+    })
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -374,41 +367,39 @@ pub async fn group_fetch(
     let cursor = q.cursor.as_deref().map(parse_cursor).transpose()?;
     let now = now_ms();
     let parts = topic.partitions;
-    let key = group_key(&topic, &group);
     // Heartbeat, auto-commit of the cursor, and the member's view, in one state change.
-    let (generation, assigned, committed, session) =
-        crate::state::update(&s.index, &s.metrics, &key, GroupState::default, |g| {
-            let mut changed = g.expire(now, parts);
-            changed |= g.touch(&member, now, false).map_err(group_err)?;
-            let m = g
-                .members
-                .get(&member)
-                .ok_or_else(|| group_err(GroupError::UnknownMember(member.clone())))?
-                .clone();
-            if let Some((cgen, pos)) = &cursor
-                && m.auto_commit
-                && *cgen == g.generation
-            {
-                for p in &m.partitions {
-                    if let Some(o) = pos.get(p)
-                        && g.offsets.get(p) != Some(o)
-                    {
-                        g.offsets.insert(*p, *o);
-                        changed = true;
-                    }
+    let (generation, assigned, committed, session) = update_group(&s, &topic, &group, |g| {
+        let mut changed = g.expire(now, parts);
+        changed |= g.touch(&member, now, false).map_err(group_err)?;
+        let m = g
+            .members
+            .get(&member)
+            .ok_or_else(|| group_err(GroupError::UnknownMember(member.clone())))?
+            .clone();
+        if let Some((cgen, pos)) = &cursor
+            && m.auto_commit
+            && *cgen == g.generation
+        {
+            for p in &m.partitions {
+                if let Some(o) = pos.get(p)
+                    && g.offsets.get(p) != Some(o)
+                {
+                    g.offsets.insert(*p, *o);
+                    changed = true;
                 }
             }
-            let committed: BTreeMap<u32, u64> = m
-                .partitions
-                .iter()
-                .filter_map(|p| g.offsets.get(p).map(|o| (*p, *o)))
-                .collect();
-            Ok((
-                (g.generation, m.partitions, committed, m.session_timeout_ms),
-                changed,
-            ))
-        })
-        .await?;
+        }
+        let committed: BTreeMap<u32, u64> = m
+            .partitions
+            .iter()
+            .filter_map(|p| g.offsets.get(p).map(|o| (*p, *o)))
+            .collect();
+        Ok((
+            (g.generation, m.partitions, committed, m.session_timeout_ms),
+            changed,
+        ))
+    })
+    .await?;
     let wait_cap = l.max_wait_ms.min(session / 2);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(wait_cap));
     let deadline = tokio::time::Instant::now() + wait;

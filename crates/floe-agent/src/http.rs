@@ -302,6 +302,22 @@ pub(crate) async fn existing_topic(s: &Shared, raw: &str) -> ApiResult<Arc<Topic
         .ok_or_else(|| ApiError::topic_not_found(name.as_str()))
 }
 
+/// A partition path parameter of `topic` (400 `invalid_partition` when it does not exist).
+pub(crate) fn partition_of(topic: &TopicMeta, part: &str) -> ApiResult<u32> {
+    part.parse::<u32>()
+        .ok()
+        .filter(|p| *p < topic.partitions)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_partition",
+                format!(
+                    "partition {part:?} does not exist; topic {:?} has partitions 0..{}",
+                    topic.name, topic.partitions
+                ),
+            )
+        })
+}
+
 fn info_of(t: &TopicMeta) -> TopicInfo {
     TopicInfo {
         name: t.name.clone(),
@@ -731,19 +747,7 @@ async fn fetch(
     let params = parse_fetch_params(q.as_deref())?;
     let limits = &s.config.limits;
     let topic = existing_topic(&s, &raw).await?;
-    let partition = part
-        .parse::<u32>()
-        .ok()
-        .filter(|p| *p < topic.partitions)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_partition",
-                format!(
-                    "partition {part:?} does not exist; topic {:?} has partitions 0..{}",
-                    topic.name, topic.partitions
-                ),
-            )
-        })?;
+    let partition = partition_of(&topic, &part)?;
     let max_records = match params.max_records {
         Some(0) => {
             return Err(ApiError::bad_request(

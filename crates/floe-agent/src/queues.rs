@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use base64::Engine;
 use bytes::Bytes;
 use floe_core::api::{
-    ErrorBody, QueueDescription, QueuePartitionState, QueuedRecord, ReceiveRequest,
+    ErrorBody, FetchedRecord, QueueDescription, QueuePartitionState, QueuedRecord, ReceiveRequest,
     ReceiveResponse, SettleFailure, SettleRequest, SettleResponse,
 };
 use floe_core::share::{DeadLetterJob, DeadReason, Receipt, Settle, SharePartition};
@@ -30,8 +30,8 @@ use tracing::Instrument;
 
 use crate::Shared;
 use crate::error::ApiError;
-use crate::groups::valid_name;
-use crate::http::{JsonBody, existing_topic, now_ms, path_err};
+use crate::groups::{topic_and_group, valid_name};
+use crate::http::{JsonBody, now_ms, path_err};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -75,16 +75,6 @@ fn settings(s: &Shared, topic: &TopicMeta) -> ApiResult<(u32, String)> {
         )
     })?;
     Ok((max, dlq.to_string()))
-}
-
-async fn topic_and_group(
-    s: &Shared,
-    topic: &str,
-    group: &str,
-) -> ApiResult<(Arc<TopicMeta>, String)> {
-    let group = valid_name("group", group)?;
-    let topic = existing_topic(s, topic).await?;
-    Ok((topic, group))
 }
 
 static ROTATE: AtomicUsize = AtomicUsize::new(0);
@@ -318,17 +308,19 @@ fn queued(
     let (value, value_b64) = text_or_b64(v.value);
     QueuedRecord {
         partition,
-        offset,
-        timestamp_ms: v.timestamp_ms,
-        key,
-        key_b64,
-        value,
-        value_b64,
-        headers: v
-            .headers
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-            .collect(),
+        record: FetchedRecord {
+            offset,
+            timestamp_ms: v.timestamp_ms,
+            key,
+            key_b64,
+            value,
+            value_b64,
+            headers: v
+                .headers
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+        },
         delivery_count: count,
         receipt: Receipt {
             partition,

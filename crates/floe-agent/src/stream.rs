@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::Shared;
 use crate::error::ApiError;
-use crate::http::{existing_topic, path_err};
+use crate::http::{existing_topic, partition_of, path_err};
 
 /// Records read per batch (one batch is the most a slow client makes the agent hold).
 const BATCH_RECORDS: usize = 500;
@@ -128,19 +128,7 @@ pub async fn stream(
     let Path((raw, part)) = p.map_err(path_err)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let topic = existing_topic(&s, &raw).await?;
-    let partition = part
-        .parse::<u32>()
-        .ok()
-        .filter(|p| *p < topic.partitions)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_partition",
-                format!(
-                    "partition {part:?} does not exist; topic {:?} has partitions 0..{}",
-                    topic.name, topic.partitions
-                ),
-            )
-        })?;
+    let partition = partition_of(&topic, &part)?;
     let resume = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()

@@ -280,23 +280,13 @@ pub struct ReceiveRequest {
     pub visibility_timeout_ms: Option<u64>,
 }
 
-/// A received record. Like [`FetchedRecord`], plus its partition, how many times it has
-/// been delivered (this time included) and the receipt to settle it with.
+/// A received record: the fields of [`FetchedRecord`] plus its partition, how many times it
+/// has been delivered (this time included) and the receipt to settle it with.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct QueuedRecord {
     pub partition: u32,
-    pub offset: u64,
-    pub timestamp_ms: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_b64: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_b64: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub record: FetchedRecord,
     pub delivery_count: u32,
     pub receipt: String,
 }
