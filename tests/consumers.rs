@@ -60,7 +60,7 @@ async fn queue_poison_record_reaches_dead_letter_topic() {
     scenarios::poison_goes_to_dead_letter_topic(&[a.client()]).await;
 }
 
-/// Queue state lives in the index: records held when the agent stops come back after a
+/// Queue state lives in the index: records held when the agent is killed come back after a
 /// restart (once their visibility timeout passes); acked ones never come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_state_survives_agent_restart() {
@@ -87,7 +87,8 @@ async fn queue_state_survives_agent_restart() {
     )
     .await
     .unwrap();
-    assert!(a.terminate().success());
+    // kill -9: no graceful shutdown; the state must already be durable in the index.
+    a.kill9();
     let a = agent(dir.path());
     let c = a.client();
     let mut got = Vec::new();
@@ -567,4 +568,89 @@ async fn auto_commit_commits_the_previous_fetch_on_the_next_one() {
         .unwrap();
     let d = c.describe_group("auto", "manual").await.unwrap();
     assert_eq!(d.partitions[0].committed, None);
+    // reset=latest: a group without committed offsets starts at the end of the log.
+    let m3 = c
+        .join_group("auto", "late", &Default::default())
+        .await
+        .unwrap();
+    let url = format!(
+        "{}/v1/topics/auto/groups/late/members/{}/records?reset=latest",
+        a.url, m3.member_id
+    );
+    let (status, v) = raw(Method::GET, &url, None, vec![]).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["partitions"][0]["records"].as_array().unwrap().len(), 0);
+    assert_eq!(v["partitions"][0]["next_offset"], 10);
+}
+
+/// `extend` keeps held records invisible past their first timeout; `release` with a delay
+/// holds a record back until the delay has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_extend_and_delayed_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    let c = a.client();
+    c.create_topic("ext", 1).await.unwrap();
+    scenarios::produce_values(&c, "ext", "e", 2).await;
+    let recv = |vis: u64, wait: u64| ReceiveRequest {
+        max_records: Some(10),
+        visibility_timeout_ms: Some(vis),
+        wait_ms: Some(wait),
+        ..Default::default()
+    };
+    let got = c.receive("ext", "q", &recv(500, 0)).await.unwrap().records;
+    assert_eq!(got.len(), 2);
+    let (first, second) = (got[0].receipt.clone(), got[1].receipt.clone());
+    let s = c
+        .settle(
+            "ext",
+            "q",
+            "extend",
+            &SettleRequest {
+                receipts: vec![first.clone()],
+                visibility_timeout_ms: Some(10_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.settled, 1);
+    let released_at = Instant::now();
+    let s = c
+        .settle(
+            "ext",
+            "q",
+            "release",
+            &SettleRequest {
+                receipts: vec![second],
+                delay_ms: Some(1_500),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.settled, 1);
+    // After the first record's original 500 ms: still held (extended); the released one is
+    // still delayed.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let again = c
+        .receive("ext", "q", &recv(10_000, 5_000))
+        .await
+        .unwrap()
+        .records;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].record.offset, 1,
+        "only the released record comes back"
+    );
+    assert_eq!(again[0].delivery_count, 2);
+    assert!(
+        released_at.elapsed() >= Duration::from_millis(1_500),
+        "not before its delay"
+    );
+    let s = c
+        .ack("ext", "q", vec![first, again[0].receipt.clone()])
+        .await
+        .unwrap();
+    assert_eq!(s.settled, 2, "{:?}", s.failed);
 }
