@@ -22,7 +22,7 @@ use floe_core::api::{
     ErrorBody, FetchedRecord, QueueDescription, QueuePartitionState, QueuedRecord, ReceiveRequest,
     ReceiveResponse, SettleFailure, SettleRequest, SettleResponse,
 };
-use floe_core::share::{DeadLetterJob, DeadReason, Receipt, Settle, SharePartition};
+use floe_core::share::{DeadLetterJob, DeadReason, KeyHashes, Receipt, Settle, SharePartition};
 use floe_core::{Record, TopicName};
 use floe_index::{IndexError, NewTopic, StateKey, StateKind, TopicMeta};
 
@@ -40,8 +40,66 @@ const DEFAULT_RECEIVE: u64 = 10;
 /// Topic config keys that override the agent's queue settings for one topic.
 pub const MAX_DELIVERIES_CONFIG: &str = "queue.max_deliveries";
 pub const DEAD_LETTER_TOPIC_CONFIG: &str = "queue.dead_letter_topic";
+/// `key`: records with the same key are handed out one at a time, in offset order.
+pub const ORDERING_CONFIG: &str = "queue.ordering";
 /// Longest `reason` kept from a reject.
 const MAX_REASON_LEN: usize = 1024;
+
+/// Whether the topic's queues keep per-key order (topic config `queue.ordering=key`).
+fn ordered_by_key(topic: &TopicMeta) -> ApiResult<bool> {
+    match topic.config.get(ORDERING_CONFIG).map(String::as_str) {
+        None | Some("none") => Ok(false),
+        Some("key") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_topic_config",
+            format!("topic config {ORDERING_CONFIG}={other:?}: use \"key\" or \"none\""),
+        )),
+    }
+}
+
+/// Key hashes of the records a receive may hand out next in `partition` (per-key ordering
+/// needs them before acquiring). Reads from the partition's current `next`.
+async fn next_key_hashes(
+    s: &Shared,
+    topic: &Arc<TopicMeta>,
+    group: &str,
+    po: &floe_index::PartitionOffsets,
+    want: usize,
+) -> ApiResult<KeyHashes> {
+    let st: Option<SharePartition> =
+        crate::state::load(&s.index, &share_key(topic, group, po.partition)).await?;
+    let (start, next) = st.map_or((po.start_offset, po.start_offset), |st| (st.start, st.next));
+    let room = s
+        .config
+        .limits
+        .max_in_flight_per_partition
+        .saturating_sub(next - start)
+        .min(po.end_offset.saturating_sub(next));
+    let n = usize::try_from(room)
+        .unwrap_or(usize::MAX)
+        .min(want.max(100) * 4);
+    let mut out = KeyHashes::new();
+    if n == 0 {
+        return Ok(out);
+    }
+    let f = s
+        .reader
+        .read(
+            topic,
+            po.partition,
+            next,
+            n,
+            s.config.limits.max_fetch_bytes,
+        )
+        .await?;
+    for (offset, v) in f.iter() {
+        out.insert(
+            offset,
+            v.key.map(|k| floe_core::partitioner::murmur2(k) as u32),
+        );
+    }
+    Ok(out)
+}
 
 fn share_key(topic: &TopicMeta, group: &str, partition: u32) -> StateKey {
     StateKey {
@@ -122,6 +180,7 @@ pub async fn receive(
         v => v.min(l.max_visibility_ms),
     };
     let (max_deliveries, _) = settings(&s, &topic)?;
+    let ordered = ordered_by_key(&topic)?;
     let window = l.max_in_flight_per_partition;
     let retry_ms = s.config.dead_letter_retry.as_millis() as u64;
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(0).min(l.max_wait_ms));
@@ -150,6 +209,11 @@ pub async fn receive(
             };
             let p = po.partition;
             let want = max - got.len();
+            let keys = if ordered {
+                Some(next_key_hashes(&s, &topic, &group, po, want).await?)
+            } else {
+                None
+            };
             let (acquired, jobs) = crate::state::update(
                 &s.index,
                 &s.metrics,
@@ -157,7 +221,15 @@ pub async fn receive(
                 || SharePartition::starting_at(po.start_offset),
                 |st| {
                     let jobs = st.expire(now, max_deliveries, retry_ms);
-                    let a = st.acquire(now, want, po.end_offset, window, &consumer, visibility);
+                    let a = st.acquire(
+                        now,
+                        want,
+                        po.end_offset,
+                        window,
+                        &consumer,
+                        visibility,
+                        keys.as_ref(),
+                    );
                     let changed = !jobs.is_empty() || !a.records.is_empty();
                     Ok(((a, jobs), changed))
                 },

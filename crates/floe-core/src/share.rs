@@ -50,7 +50,14 @@ pub enum State {
 pub struct Delivery {
     pub count: u32,
     pub state: State,
+    /// Hash of the record's key, kept only for queues with per-key ordering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<u32>,
 }
+
+/// Per-key ordering: the key hash of each record from `next` on, as far as the caller read
+/// them (`None` inside: the record has no key and is not ordered).
+pub type KeyHashes = BTreeMap<u64, Option<u32>>;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharePartition {
@@ -197,6 +204,13 @@ impl SharePartition {
     /// Hand out up to `max` records to `consumer` for `visibility_ms`: first records made
     /// available again (lowest offsets first), then new ones below `end_offset` while the
     /// in-flight window allows.
+    ///
+    /// With `ordered` (per-key ordering), a record is handed out only when no earlier record
+    /// with the same key is still pending (held, waiting for redelivery or dead-lettering),
+    /// so records of one key are processed one at a time, in offset order. New records
+    /// whose key is blocked enter the window as available; new records are taken only as
+    /// far as `ordered` knows their keys.
+    #[allow(clippy::too_many_arguments)]
     pub fn acquire(
         &mut self,
         now_ms: i64,
@@ -205,36 +219,51 @@ impl SharePartition {
         window: u64,
         consumer: &str,
         visibility_ms: u64,
+        ordered: Option<&KeyHashes>,
     ) -> Acquired {
         let mut out = Acquired::default();
         let deadline_ms = now_ms.saturating_add(ms(visibility_ms));
+        let acquired = |d: &mut Delivery| {
+            d.count += 1;
+            d.state = State::Acquired {
+                deadline_ms,
+                consumer: consumer.to_string(),
+            };
+            d.count
+        };
+        let mut blocked = std::collections::HashSet::new();
         for (offset, d) in &mut self.records {
-            if out.records.len() >= max {
-                break;
+            if d.state == State::Acked {
+                continue;
             }
-            if let State::Available { not_before_ms } = d.state
-                && not_before_ms <= now_ms
+            let free = ordered.is_none() || d.key.is_none_or(|k| !blocked.contains(&k));
+            if free
+                && out.records.len() < max
+                && matches!(d.state, State::Available { not_before_ms } if not_before_ms <= now_ms)
             {
-                d.count += 1;
-                d.state = State::Acquired {
-                    deadline_ms,
-                    consumer: consumer.to_string(),
-                };
-                out.records.push((*offset, d.count));
+                out.records.push((*offset, acquired(d)));
+            }
+            if let (Some(_), Some(k)) = (ordered, d.key) {
+                blocked.insert(k);
             }
         }
         while out.records.len() < max && self.next < end_offset && self.next - self.start < window {
-            self.records.insert(
-                self.next,
-                Delivery {
-                    count: 1,
-                    state: State::Acquired {
-                        deadline_ms,
-                        consumer: consumer.to_string(),
-                    },
+            let key = match ordered {
+                None => None,
+                Some(keys) => match keys.get(&self.next) {
+                    Some(k) => *k,
+                    None => break,
                 },
-            );
-            out.records.push((self.next, 1));
+            };
+            let mut d = Delivery {
+                count: 0,
+                state: State::Available { not_before_ms: 0 },
+                key,
+            };
+            if key.is_none_or(|k| blocked.insert(k)) {
+                out.records.push((self.next, acquired(&mut d)));
+            }
+            self.records.insert(self.next, d);
             self.next += 1;
         }
         out.records.sort_unstable();
@@ -404,7 +433,7 @@ mod tests {
     #[test]
     fn ack_advances_and_redelivery_invalidates_old_receipts() {
         let mut s = SharePartition::starting_at(10);
-        let a = s.acquire(0, 3, 20, 100, "c1", 1000);
+        let a = s.acquire(0, 3, 20, 100, "c1", 1000, None);
         assert_eq!(a.records, vec![(10, 1), (11, 1), (12, 1)]);
         s.settle(r(11, 1), &Settle::Ack, 1, 5).unwrap();
         assert_eq!(s.start, 10, "10 is still held");
@@ -412,7 +441,7 @@ mod tests {
         assert_eq!(s.start, 12);
         // 12 times out and goes to another consumer; the old receipt is stale.
         assert!(s.expire(1000, 5, 30_000).is_empty());
-        let b = s.acquire(1000, 1, 20, 100, "c2", 1000);
+        let b = s.acquire(1000, 1, 20, 100, "c2", 1000, None);
         assert_eq!(b.records, vec![(12, 2)]);
         assert_eq!(
             s.settle(r(12, 1), &Settle::Ack, 1001, 5),
@@ -427,14 +456,14 @@ mod tests {
     fn poison_is_dead_lettered_after_max_deliveries() {
         let mut s = SharePartition::starting_at(0);
         for n in 1..=3 {
-            let a = s.acquire(0, 1, 1, 10, "c", 10);
+            let a = s.acquire(0, 1, 1, 10, "c", 10, None);
             assert_eq!(a.records, vec![(0, n)]);
             let job = s
                 .settle(r(0, n), &Settle::Release { delay_ms: 0 }, 0, 3)
                 .unwrap();
             assert_eq!(job.is_some(), n == 3);
         }
-        assert!(s.acquire(0, 1, 1, 10, "c", 10).records.is_empty());
+        assert!(s.acquire(0, 1, 1, 10, "c", 10, None).records.is_empty());
         // The job is reclaimed if nobody finishes it.
         assert!(s.expire(5, 3, 100).is_empty());
         assert_eq!(s.expire(100, 3, 100).len(), 1);
@@ -445,12 +474,19 @@ mod tests {
     #[test]
     fn window_bounds_in_flight_and_release_delay_holds_back() {
         let mut s = SharePartition::starting_at(0);
-        assert_eq!(s.acquire(0, 100, 1000, 4, "c", 10).records.len(), 4);
-        assert!(s.acquire(0, 100, 1000, 4, "c", 10).records.is_empty());
+        assert_eq!(s.acquire(0, 100, 1000, 4, "c", 10, None).records.len(), 4);
+        assert!(s.acquire(0, 100, 1000, 4, "c", 10, None).records.is_empty());
         s.settle(r(1, 1), &Settle::Release { delay_ms: 50 }, 0, 5)
             .unwrap();
-        assert!(s.acquire(10, 100, 1000, 4, "c", 10).records.is_empty());
-        assert_eq!(s.acquire(50, 100, 1000, 4, "c", 10).records, vec![(1, 2)]);
+        assert!(
+            s.acquire(10, 100, 1000, 4, "c", 10, None)
+                .records
+                .is_empty()
+        );
+        assert_eq!(
+            s.acquire(50, 100, 1000, 4, "c", 10, None).records,
+            vec![(1, 2)]
+        );
         s.settle(
             r(1, 2),
             &Settle::Extend {
@@ -462,8 +498,46 @@ mod tests {
         .unwrap();
         s.expire(100, 5, 30_000);
         assert_eq!(
-            s.acquire(100, 100, 1000, 4, "c", 10).records,
+            s.acquire(100, 100, 1000, 4, "c", 10, None).records,
             vec![(0, 2), (2, 2), (3, 2)]
+        );
+    }
+
+    #[test]
+    fn per_key_ordering_hands_out_one_record_per_key_in_offset_order() {
+        let mut s = SharePartition::starting_at(0);
+        // offset → key: 0:k1 1:k1 2:k2 3:(no key) 4:k1 5:k2
+        let keys: KeyHashes = [
+            (0, Some(1)),
+            (1, Some(1)),
+            (2, Some(2)),
+            (3, None),
+            (4, Some(1)),
+            (5, Some(2)),
+        ]
+        .into_iter()
+        .collect();
+        let k = Some(&keys);
+        assert_eq!(
+            s.acquire(0, 10, 6, 100, "c", 100, k).records,
+            vec![(0, 1), (2, 1), (3, 1)]
+        );
+        assert_eq!(s.next, 6, "blocked records wait inside the window");
+        s.check(100).unwrap();
+        assert!(s.acquire(0, 10, 6, 100, "c", 100, k).records.is_empty());
+        s.settle(r(0, 1), &Settle::Ack, 1, 5).unwrap();
+        assert_eq!(s.acquire(1, 10, 6, 100, "c", 100, k).records, vec![(1, 1)]);
+        // A released record keeps its key's later records behind it.
+        s.settle(r(2, 1), &Settle::Release { delay_ms: 0 }, 2, 5)
+            .unwrap();
+        assert_eq!(s.acquire(2, 10, 6, 100, "c", 100, k).records, vec![(2, 2)]);
+        s.check(100).unwrap();
+        // New records are taken only as far as their keys are known.
+        let mut t = SharePartition::starting_at(0);
+        assert!(
+            t.acquire(0, 10, 6, 100, "c", 100, Some(&KeyHashes::new()))
+                .records
+                .is_empty()
         );
     }
 
@@ -479,7 +553,7 @@ mod tests {
             for (op, x, n) in ops {
                 now += 7;
                 match op {
-                    0 => for (o, c) in s.acquire(now, n, 40, 8, "c", 20).records {
+                    0 => for (o, c) in s.acquire(now, n, 40, 8, "c", 20, None).records {
                         held.push(Receipt { partition: 0, offset: o, count: c });
                     },
                     1 | 2 if !held.is_empty() => {
@@ -495,7 +569,7 @@ mod tests {
             for _ in 0..200 {
                 now += 1000;
                 for j in s.expire(now, 3, 50) { s.dead_lettered(j.offset, j.count); dead += 1; }
-                let a = s.acquire(now, 100, 40, 8, "c", 20);
+                let a = s.acquire(now, 100, 40, 8, "c", 20, None);
                 for (o, c) in a.records {
                     s.settle(Receipt { partition: 0, offset: o, count: c }, &Settle::Ack, now, 3).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 }
