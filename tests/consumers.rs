@@ -554,6 +554,15 @@ async fn auto_commit_commits_the_previous_fetch_on_the_next_one() {
     let d = c.describe_group("auto", "g").await.unwrap();
     assert_eq!(d.partitions[0].committed, Some(4));
     assert_eq!(d.total_lag, 6);
+    // A cursor past the log end is refused before anything is auto-committed.
+    let bad = format!("{}:0=999", r2.generation);
+    let e = c
+        .group_fetch("auto", "g", &m.member_id, Some(&bad), opts)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("invalid_cursor"));
+    let d = c.describe_group("auto", "g").await.unwrap();
+    assert_eq!(d.partitions[0].committed, Some(4));
     // A member without auto_commit never commits by fetching.
     let m2 = c
         .join_group("auto", "manual", &Default::default())

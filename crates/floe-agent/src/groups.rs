@@ -365,6 +365,27 @@ pub async fn group_fetch(
         .map_or(1024 * 1024, |b| b as usize)
         .min(l.max_fetch_bytes);
     let cursor = q.cursor.as_deref().map(parse_cursor).transpose()?;
+    // Validate the cursor before anything is stored (auto-commit writes its positions).
+    // End offsets only grow, so a position valid now stays valid.
+    if let Some((_, pos)) = &cursor {
+        let offsets = s
+            .index
+            .partition_offsets(topic.id)
+            .await
+            .map_err(|e| ApiError::index(&e))?;
+        for (p, o) in pos {
+            let end = offsets
+                .iter()
+                .find(|e| e.partition == *p)
+                .map(|e| e.end_offset);
+            if end.is_none_or(|end| *o > end) {
+                return Err(ApiError::bad_request(
+                    "invalid_cursor",
+                    format!("cursor position {o} of partition {p} is beyond the log end ({end:?})"),
+                ));
+            }
+        }
+    }
     let now = now_ms();
     let parts = topic.partitions;
     // Heartbeat, auto-commit of the cursor, and the member's view, in one state change.
@@ -440,15 +461,6 @@ pub async fn group_fetch(
                 })
                 .collect()
         });
-        for (p, o) in pos.iter() {
-            let end = ends.get(p).map_or(0, |e| e.1);
-            if *o > end {
-                return Err(ApiError::bad_request(
-                    "invalid_cursor",
-                    format!("cursor position {o} of partition {p} is beyond its end ({end})"),
-                ));
-            }
-        }
         let has_data = pos
             .iter()
             .any(|(p, o)| ends.get(p).is_some_and(|e| e.1 > *o));

@@ -329,10 +329,11 @@ async fn load_records(
             &share_key(topic, group, p),
             SharePartition::default,
             |st| {
+                let mut changed = false;
                 for (o, c) in &list {
-                    st.unacquire(*o, *c);
+                    changed |= st.unacquire(*o, *c);
                 }
-                Ok(((), true))
+                Ok(((), changed))
             },
         )
         .await;
@@ -425,10 +426,11 @@ async fn dead_letter(
                 &share_key(topic, group, partition),
                 SharePartition::default,
                 |st| {
+                    let mut changed = false;
                     for j in &jobs {
-                        st.dead_lettered(j.offset, j.count);
+                        changed |= st.dead_lettered(j.offset, j.count);
                     }
-                    Ok(((), true))
+                    Ok(((), changed))
                 },
             )
             .await;

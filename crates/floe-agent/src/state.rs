@@ -59,11 +59,21 @@ pub async fn update<S, R>(
 where
     S: Serialize + DeserializeOwned,
 {
+    let mut insert_refused = false;
     for attempt in 0..MAX_ATTEMPTS {
         let current = index
             .load_state(key)
             .await
             .map_err(|e| ApiError::index(&e))?;
+        if insert_refused && current.is_none() {
+            // The first write of a state is refused only when its topic no longer exists
+            // (a lost insert race leaves the winner's state behind).
+            return Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "topic_not_found",
+                "the topic was deleted",
+            ));
+        }
         let (mut state, version) = match &current {
             Some(v) => (decode::<S>(key, &v.data)?, Some(v.version)),
             None => (init(), None),
@@ -86,6 +96,7 @@ where
         {
             return Ok(answer);
         }
+        insert_refused = version.is_none();
         metrics.state_conflicts.inc();
         // Back off a little, with jitter, so that competing writers spread out.
         let jitter = u64::from(

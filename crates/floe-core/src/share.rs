@@ -282,15 +282,17 @@ impl SharePartition {
     }
 
     /// Give back a delivery that was never sent to a consumer (the response was full):
-    /// it does not count as an attempt.
-    pub fn unacquire(&mut self, offset: u64, count: u32) {
+    /// it does not count as an attempt. Returns whether anything changed.
+    pub fn unacquire(&mut self, offset: u64, count: u32) -> bool {
         if let Some(d) = self.records.get_mut(&offset)
             && d.count == count
             && matches!(d.state, State::Acquired { .. })
         {
             d.count -= 1;
             d.state = State::Available { not_before_ms: 0 };
+            return true;
         }
+        false
     }
 
     /// Apply a consumer's decision for the delivery named by `receipt`. A dead-letter job is
@@ -344,15 +346,18 @@ impl SharePartition {
         Ok(job)
     }
 
-    /// A dead-letter job finished: the record is written to the DLQ.
-    pub fn dead_lettered(&mut self, offset: u64, count: u32) {
+    /// A dead-letter job finished: the record is written to the DLQ. Returns whether
+    /// anything changed (false when another agent already finished the job).
+    pub fn dead_lettered(&mut self, offset: u64, count: u32) -> bool {
         if let Some(d) = self.records.get_mut(&offset)
             && d.count == count
             && matches!(d.state, State::DeadLetter { .. })
         {
             d.state = State::Acked;
+            self.advance();
+            return true;
         }
-        self.advance();
+        false
     }
 
     /// Move `start` past the acknowledged prefix.

@@ -130,17 +130,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     }
     let puts_before = total_puts(&clients).await?;
-    // Printable, poorly compressible value.
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let value: String = (0..a.record_bytes)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            char::from(b'a' + (seed % 26) as u8)
-        })
-        .collect();
-    let value = Arc::new(value);
+    let value = Arc::new(printable_value(a.record_bytes));
     let produce_lat = Arc::new(Mutex::new(hist()?));
     let e2e_lat = Arc::new(Mutex::new(hist()?));
     let produced = Arc::new(AtomicU64::new(0));
@@ -310,6 +300,7 @@ async fn total_puts(clients: &[Client]) -> anyhow::Result<f64> {
     Ok(n)
 }
 
+/// A printable, poorly compressible value of `n` bytes.
 fn printable_value(n: usize) -> String {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     (0..n)
@@ -335,19 +326,7 @@ async fn preload(
     let mut sent = 0;
     while sent < records {
         let n = per_req.min(records - sent);
-        let mut s = String::with_capacity(n * (value.len() + 32) + 16);
-        s.push_str("{\"records\":[");
-        for i in 0..n {
-            if i > 0 {
-                s.push(',');
-            }
-            s.push_str(&format!(
-                "{{\"key\":\"k{}\",\"value\":\"{value}\"}}",
-                sent + i
-            ));
-        }
-        s.push_str("]}");
-        c.produce_raw(topic, Bytes::from(s)).await?;
+        c.produce_raw(topic, body(value, n, sent)).await?;
         sent += n;
     }
     Ok(())
