@@ -748,3 +748,225 @@ async fn queue_per_key_ordering() {
         assert_eq!(st[&k.to_string()].1, 29, "key {k} fully processed");
     }
 }
+
+/// serde reads a JSON array as a struct's fields in order, so `[["0-0-1"]]` once acked a
+/// record. Every body documented as an object is refused otherwise, with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_object_bodies_are_refused_everywhere_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    let c = a.client();
+    c.create_topic("t", 1).await.unwrap();
+    scenarios::produce_values(&c, "t", "x", 4).await;
+    let got = c
+        .receive(
+            "t",
+            "q",
+            &ReceiveRequest {
+                max_records: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let receipt = got.records[0].receipt.clone();
+    let join = c.join_group("t", "g", &Default::default()).await.unwrap();
+    let member = join.member_id.clone();
+    let u = &a.url;
+    let queue_state = || async {
+        let q = c.describe_queue("t", "q").await.unwrap();
+        (
+            q.partitions[0].in_flight,
+            q.partitions[0].acked,
+            q.partitions[0].next_offset,
+        )
+    };
+    let group_state = || async {
+        let g = c.describe_group("t", "g").await.unwrap();
+        (g.members.len(), g.partitions[0].committed)
+    };
+    let (q0, g0) = (queue_state().await, group_state().await);
+    assert_eq!(q0, (1, 0, 1));
+    assert_eq!(g0, (1, None));
+
+    let q = format!("{u}/v1/topics/t/queues/q");
+    let g = format!("{u}/v1/topics/t/groups/g");
+    // The findings of the issue, one by one.
+    let findings = [
+        (format!("{q}/ack"), format!(r#"[["{receipt}"]]"#)),
+        (
+            format!("{g}/commit"),
+            format!(r#"["{member}", {}, [[0, 1]]]"#, join.generation),
+        ),
+        (format!("{q}/receive"), "[]".to_string()),
+        (format!("{g}/members"), "[]".to_string()),
+        (format!("{u}/v1/topics"), "[null, null]".to_string()),
+        // Arrays of objects must hold objects.
+        (
+            format!("{g}/commit"),
+            format!(
+                r#"{{"member_id": "{member}", "generation": {}, "offsets": [[0, 1]]}}"#,
+                join.generation
+            ),
+        ),
+        (
+            format!("{u}/v1/topics/t/records"),
+            r#"{"records": [["k", "v"]]}"#.to_string(),
+        ),
+    ];
+    let endpoints = [
+        format!("{u}/v1/topics"),
+        format!("{u}/v1/topics/t/records"),
+        format!("{g}/members"),
+        format!("{g}/commit"),
+        format!("{q}/receive"),
+        format!("{q}/ack"),
+        format!("{q}/release"),
+        format!("{q}/reject"),
+        format!("{q}/extend"),
+    ];
+    let mut cases: Vec<(String, String)> = findings.to_vec();
+    for e in &endpoints {
+        for body in [
+            "[]",
+            "null",
+            "\"x\"",
+            "1",
+            "true",
+            "[null, null]",
+            " \n[{}]",
+        ] {
+            cases.push((e.clone(), body.to_string()));
+        }
+    }
+    for (url, body) in &cases {
+        let (status, b) = raw(
+            Method::POST,
+            url,
+            Some("application/json"),
+            body.clone().into_bytes(),
+        )
+        .await;
+        assert_eq!(status, 400, "{url} {body}: {b}");
+        assert_eq!(b["error"]["code"], "invalid_json", "{url} {body}: {b}");
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("JSON object"),
+            "{url} {body}: {b}"
+        );
+    }
+    assert_eq!(
+        queue_state().await,
+        q0,
+        "no ack, release or receive happened"
+    );
+    assert_eq!(
+        group_state().await,
+        g0,
+        "no member joined, nothing committed"
+    );
+    assert_eq!(
+        c.describe_topic("t").await.unwrap().partitions[0].end_offset,
+        4,
+        "nothing produced"
+    );
+    assert_eq!(
+        c.list_topics().await.unwrap().topics.len(),
+        1,
+        "no topic created"
+    );
+}
+
+/// The value-encoding rule: `encoding=auto` (default) gives UTF-8 as `value` and other
+/// bytes as `value_b64`; `encoding=base64` always gives `value_b64`/`key_b64`, on every read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoding_base64_returns_the_bytes_that_were_produced() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path());
+    let c = a.client();
+    c.create_topic("e", 1).await.unwrap();
+    let u = &a.url;
+    // "AAEC" = [0, 1, 2] (not text); "aGk=" = "hi" (text, sent as base64).
+    let (status, _) = raw(
+        Method::POST,
+        &format!("{u}/v1/topics/e/records"),
+        Some("application/json"),
+        br#"{"records":[{"value_b64":"AAEC","key":"k"},{"value_b64":"aGk="},{"value":"plain"}]}"#
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let get = |q: &'static str| async move {
+        raw(
+            Method::GET,
+            &format!("{u}/v1/topics/e/partitions/0/records?offset=0{q}"),
+            None,
+            vec![],
+        )
+        .await
+    };
+    let (_, auto) = get("").await;
+    let r = &auto["records"];
+    assert_eq!(r[0]["value_b64"], "AAEC");
+    assert!(r[0].get("value").is_none());
+    assert_eq!(r[0]["key"], "k");
+    assert_eq!(r[1]["value"], "hi", "auto: UTF-8 comes back as text");
+    assert_eq!(r[2]["value"], "plain");
+    let (_, b64) = get("&encoding=base64").await;
+    let r = &b64["records"];
+    assert_eq!(r[0]["value_b64"], "AAEC");
+    assert_eq!(r[0]["key_b64"], "aw==");
+    assert_eq!(
+        r[1]["value_b64"], "aGk=",
+        "base64: exactly the bytes produced"
+    );
+    assert_eq!(r[2]["value_b64"], "cGxhaW4=");
+    assert!(
+        r.as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x.get("value").is_none())
+    );
+    let (status, bad) = get("&encoding=utf16").await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("invalid_parameter"))
+    );
+
+    // Queues and groups follow the same rule.
+    let got = c
+        .receive(
+            "e",
+            "q",
+            &ReceiveRequest {
+                max_records: Some(3),
+                encoding: Some(floe_core::api::Encoding::Base64),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let vals: Vec<_> = got
+        .records
+        .iter()
+        .map(|r| r.record.value_b64.clone().unwrap())
+        .collect();
+    assert_eq!(vals, vec!["AAEC", "aGk=", "cGxhaW4="]);
+    let join = c.join_group("e", "g", &Default::default()).await.unwrap();
+    let (_, gf) = raw(
+        Method::GET,
+        &format!(
+            "{u}/v1/topics/e/groups/g/members/{}/records?encoding=base64",
+            join.member_id
+        ),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        gf["partitions"][0]["records"][1]["value_b64"], "aGk=",
+        "{gf}"
+    );
+}

@@ -90,3 +90,150 @@ async fn store_failure_gives_503_and_recovers_without_loss() {
     assert_eq!(values, vec!["before", "after"]);
     agent.shutdown().await;
 }
+
+/// An agent on a local folder + SQLite, behind fault layers, with short deadlines.
+async fn faulty_agent(
+    dir: &std::path::Path,
+) -> (
+    Agent,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+        .unwrap()
+        .with_fsync(true);
+    let store = FaultStore::new(Arc::new(fs));
+    let index = floe_index::open(&format!("sqlite://{}", dir.join("index.db").display()))
+        .await
+        .unwrap();
+    let index = floe_agent::faults::FaultIndex::new(index);
+    let (store_hang, index_hang) = (store.hang_switch(), index.hang_switch());
+    let config = AgentConfig {
+        listen: "127.0.0.1:0".into(),
+        linger: Duration::from_millis(5),
+        produce_timeout: Duration::from_secs(2),
+        index_timeout: Duration::from_secs(1),
+        ready_timeout: Duration::from_millis(500),
+        ..AgentConfig::default()
+    };
+    let agent = Agent::start_with(config, Arc::new(store), Arc::new(index))
+        .await
+        .unwrap();
+    (agent, store_hang, index_hang)
+}
+
+/// POST one record; (status, error code, seconds it took).
+async fn produce_raw(url: &str, value: &str) -> (u16, String, f64) {
+    let started = std::time::Instant::now();
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/topics/h/records"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"records":[{{"value":"{value}"}}]}}"#))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let code = body["error"]["code"].as_str().unwrap_or("").to_string();
+    (status, code, started.elapsed().as_secs_f64())
+}
+
+/// GET /readyz; (status, error code, message, seconds).
+async fn ready(url: &str) -> (u16, String, String, f64) {
+    let started = std::time::Instant::now();
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/readyz"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_string(),
+        body["error"]["message"].as_str().unwrap_or("").to_string(),
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+async fn values(c: &Client) -> Vec<String> {
+    c.fetch("h", 0, 0, FetchOptions::default())
+        .await
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.value.clone().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_store_answers_within_the_deadline_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, store_hang, _) = faulty_agent(dir.path()).await;
+    let url = format!("http://{}", agent.addr);
+    let c = Client::new(&url).unwrap();
+    c.create_topic("h", 1).await.unwrap();
+    assert_eq!(produce_raw(&url, "before").await.0, 200);
+
+    store_hang.store(true, Ordering::SeqCst);
+    let (status, code, secs) = produce_raw(&url, "during").await;
+    assert_eq!((status, code.as_str()), (503, "deadline_exceeded"));
+    // The produce deadline is 2 s (plus the 1 s answer grace at most); the store's own
+    // per-call timeout (10 s) must not be what ends it.
+    assert!(secs < 4.0, "produce answered after {secs:.1} s");
+    let (status, code, message, secs) = ready(&url).await;
+    assert_eq!((status, code.as_str()), (503, "store_unavailable"));
+    assert!(
+        message.contains("bucket") && message.contains("timed out"),
+        "{message}"
+    );
+    assert!(secs < 2.0, "/readyz answered after {secs:.1} s");
+
+    store_hang.store(false, Ordering::SeqCst);
+    assert_eq!(ready(&url).await.0, 200);
+    let r = c.produce("h", vec![rec("after")]).await.unwrap();
+    assert_eq!(
+        r.offsets[0].offset, 1,
+        "the hung produce assigned no offset"
+    );
+    assert_eq!(values(&c).await, vec!["before", "after"]);
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_index_answers_within_the_deadline_and_commits_nothing_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, _, index_hang) = faulty_agent(dir.path()).await;
+    let url = format!("http://{}", agent.addr);
+    let c = Client::new(&url).unwrap();
+    c.create_topic("h", 1).await.unwrap();
+    assert_eq!(produce_raw(&url, "before").await.0, 200);
+
+    index_hang.store(true, Ordering::SeqCst);
+    let (status, code, secs) = produce_raw(&url, "during").await;
+    assert_eq!(status, 503, "{code}");
+    assert!(
+        [
+            "deadline_exceeded",
+            "commit_outcome_unknown",
+            "index_unavailable"
+        ]
+        .contains(&code.as_str()),
+        "{code}"
+    );
+    assert!(secs < 4.0, "produce answered after {secs:.1} s");
+    let (status, code, message, secs) = ready(&url).await;
+    assert_eq!((status, code.as_str()), (503, "index_unavailable"));
+    assert!(message.contains("index"), "{message}");
+    assert!(secs < 2.0, "/readyz answered after {secs:.1} s");
+
+    index_hang.store(false, Ordering::SeqCst);
+    // Let anything that could still land, land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = c.produce("h", vec![rec("after")]).await.unwrap();
+    assert_eq!(r.offsets[0].offset, 1, "the abandoned commit never landed");
+    assert_eq!(values(&c).await, vec!["before", "after"]);
+    agent.shutdown().await;
+}

@@ -96,3 +96,164 @@ async fn postgres_restart_mid_load_loses_nothing_and_recovers() {
         assert_eq!(r.offset, i as u64);
     }
 }
+
+/// Stops (SIGSTOP) PostgreSQL processes and resumes them when dropped, even when an
+/// assertion fails.
+struct Frozen(Vec<i32>);
+
+impl Frozen {
+    fn signal(pids: &[i32], sig: &str) {
+        for pid in pids {
+            let _ = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        Self::signal(&self.0, "-CONT");
+    }
+}
+
+/// PostgreSQL hung (its processes stopped, not down) while a producer waits: the producer
+/// gets a 503 within the produce deadline, `/readyz` answers 503 within about a second
+/// naming the index, and the commit the agent abandoned does not land when PostgreSQL
+/// wakes up (the index checks the commit deadline inside the transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops PostgreSQL; run alone: cargo nextest run --test pg_restart --run-ignored only"]
+async fn postgres_hung_answers_within_deadlines_and_commits_nothing_late() {
+    let index = fresh_pg_db().await;
+    let db = index.rsplit_once('/').unwrap().1.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(
+        dir.path(),
+        &[
+            "--index",
+            &index,
+            "--linger-ms",
+            "10",
+            "--produce-timeout-ms",
+            "3000",
+        ],
+    );
+    let c = agent.client();
+    c.create_topic("hang", 1).await.unwrap();
+    let rec = |v: &str| ProduceRecord {
+        value: Some(v.into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.produce("hang", vec![rec("before")])
+            .await
+            .unwrap()
+            .offsets[0]
+            .offset,
+        0
+    );
+
+    let admin_url = std::env::var("FLOE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    drop(tokio::spawn(conn));
+    let mut pids: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!pids.is_empty(), "the agent's connections");
+    let data_dir: String = admin
+        .query_one("SHOW data_directory", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let postmaster: i32 = std::fs::read_to_string(format!("{data_dir}/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The postmaster too, so that a fresh connection cannot route around the hang.
+    pids.push(postmaster);
+    let hung_at = Instant::now();
+    Frozen::signal(&pids, "-STOP");
+    let frozen = Frozen(pids);
+
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let resp = http
+        .post(format!("{}/v1/topics/hang/records", agent.url))
+        .header("content-type", "application/json")
+        .body(r#"{"records":[{"value":"during"}]}"#)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        [
+            "deadline_exceeded",
+            "commit_outcome_unknown",
+            "index_unavailable"
+        ]
+        .contains(&body["error"]["code"].as_str().unwrap()),
+        "{body}"
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "produce answered after {took:?}"
+    );
+
+    let started = Instant::now();
+    let resp = http
+        .get(format!("{}/readyz", agent.url))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "index_unavailable", "{body}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "/readyz answered after {took:?}"
+    );
+
+    // Stay hung well past the produce deadline, then wake PostgreSQL up.
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(hung_at.elapsed())).await;
+    drop(frozen);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Recovered, and the abandoned commit never landed: "after" takes offset 1.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        match c.produce("hang", vec![rec("after")]).await {
+            Ok(r) => break r.offsets[0].offset,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("produce after the hang: {e}"),
+        }
+    };
+    let got: Vec<String> = read_all(&c, "hang", 0)
+        .await
+        .into_iter()
+        .map(|r| r.value.unwrap())
+        .collect();
+    assert_eq!(got, vec!["before", "after"], "nothing committed late");
+    assert_eq!(after, 1);
+}

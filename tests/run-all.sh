@@ -14,5 +14,5 @@ cargo nextest run --workspace --no-fail-fast
 echo "== S3 multi-agent suite against LocalStack"
 eval "$(bash localstack/run-host.sh)"
 cargo nextest run -p floe --test s3_multi_agent --no-fail-fast
-echo "== PostgreSQL restart (alone: it restarts the shared server)"
-cargo nextest run -p floe --test pg_restart --run-ignored only
+echo "== PostgreSQL restart and hang (alone, one at a time: they restart and stop the shared server)"
+cargo nextest run -p floe --test pg_restart --run-ignored only --test-threads 1

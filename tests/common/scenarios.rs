@@ -393,6 +393,7 @@ pub async fn queue_competing_consumers_process_once(cs: &[Client], records: usiz
                             max_records: Some(100),
                             wait_ms: Some(500),
                             visibility_timeout_ms: Some(60_000),
+                            ..Default::default()
                         },
                     )
                     .await

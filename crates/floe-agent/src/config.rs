@@ -42,6 +42,16 @@ pub struct AgentConfig {
     pub max_deliveries: u32,
     /// Queues: an unfinished dead-letter write is taken over after this long.
     pub dead_letter_retry: Duration,
+    /// End-to-end budget of a produce request (buffer wait, linger, encode, PUT with its
+    /// retries, commit). Past it the producer gets 503 `deadline_exceeded` and the records
+    /// are not committed (the index checks the deadline inside the commit transaction).
+    pub produce_timeout: Duration,
+    /// `/readyz` answers within this (bucket and index probed concurrently).
+    pub ready_timeout: Duration,
+    /// Budget of one index call on a request path or background job.
+    pub index_timeout: Duration,
+    /// Budget of one object-store call (object_store's own retries included).
+    pub store_timeout: Duration,
 }
 
 impl Default for AgentConfig {
@@ -65,6 +75,10 @@ impl Default for AgentConfig {
             agent_id: "agent".into(),
             max_deliveries: 5,
             dead_letter_retry: Duration::from_secs(30),
+            produce_timeout: Duration::from_secs(10),
+            ready_timeout: Duration::from_millis(800),
+            index_timeout: Duration::from_secs(5),
+            store_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -81,6 +95,17 @@ impl AgentConfig {
             return Err(
                 "flush_bytes, max_inflight_flushes and rows_per_row_group must be > 0".into(),
             );
+        }
+        if [
+            self.produce_timeout,
+            self.ready_timeout,
+            self.index_timeout,
+            self.store_timeout,
+        ]
+        .iter()
+        .any(Duration::is_zero)
+        {
+            return Err("produce, ready, index and store timeouts must be > 0".into());
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries must be at least 1".into());

@@ -41,7 +41,15 @@ impl ApiError {
     }
     pub fn index(e: &floe_index::IndexError) -> Self {
         tracing::warn!(error = %e, "index error");
-        Self::unavailable("index_unavailable", format!("metadata index error: {e}"))
+        match e {
+            floe_index::IndexError::DeadlineExceeded { .. } => Self::unavailable(
+                "deadline_exceeded",
+                format!(
+                    "the request's deadline passed before the index commit; nothing was committed ({e})"
+                ),
+            ),
+            _ => Self::unavailable("index_unavailable", format!("metadata index error: {e}")),
+        }
     }
 }
 

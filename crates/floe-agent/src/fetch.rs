@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
+use floe_core::api::Encoding;
 use floe_core::log::plan_fetch;
 use floe_core::segment::{DecodedRun, Footer, RecordView, RunLocation, decode_run, parse_footer};
 use floe_index::{Index, RunEntry, TopicMeta};
@@ -137,11 +138,7 @@ impl Reader {
             .await
             .map_err(|e| ApiError::index(&e))?;
         let (plan, _) = plan_fetch(&entries, offset, max_records);
-        let mut out = Fetched {
-            slices: Vec::new(),
-            next: offset,
-            count: 0,
-        };
+        let mut out = Fetched::empty(offset);
         let mut bytes = 0usize;
         'runs: for s in plan {
             let entry = &entries[s.run];
@@ -277,6 +274,8 @@ pub struct Fetched {
     slices: Vec<RunSlice>,
     pub next: u64,
     pub count: usize,
+    /// How values and keys are written as JSON.
+    pub encoding: Encoding,
 }
 
 impl Fetched {
@@ -297,6 +296,7 @@ impl Fetched {
             slices: Vec::new(),
             next,
             count: 0,
+            encoding: Encoding::Auto,
         }
     }
 
@@ -314,7 +314,11 @@ impl serde::Serialize for Fetched {
         use serde::ser::SerializeSeq;
         let mut seq = ser.serialize_seq(Some(self.count))?;
         for (offset, v) in self.iter() {
-            seq.serialize_element(&RecordJson { offset, v: &v })?;
+            seq.serialize_element(&RecordJson {
+                offset,
+                v: &v,
+                encoding: self.encoding,
+            })?;
         }
         seq.end()
     }
@@ -323,11 +327,32 @@ impl serde::Serialize for Fetched {
 struct RecordJson<'a> {
     offset: u64,
     v: &'a RecordView<'a>,
+    encoding: Encoding,
 }
 
 /// One record as JSON, in the shape of [`floe_core::api::FetchedRecord`].
-pub fn record_json(offset: u64, v: &RecordView<'_>) -> serde_json::Result<String> {
-    serde_json::to_string(&RecordJson { offset, v })
+pub fn record_json(
+    offset: u64,
+    v: &RecordView<'_>,
+    encoding: Encoding,
+) -> serde_json::Result<String> {
+    serde_json::to_string(&RecordJson {
+        offset,
+        v,
+        encoding,
+    })
+}
+
+/// Bytes as JSON text under `name`, or as base64 under `name_b64`: text only when the
+/// encoding is `auto` and the bytes are UTF-8.
+pub fn text_or_b64(b: &[u8], encoding: Encoding) -> (Option<String>, Option<String>) {
+    match (encoding, std::str::from_utf8(b)) {
+        (Encoding::Auto, Ok(t)) => (Some(t.to_string()), None),
+        _ => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(b)),
+        ),
+    }
 }
 
 struct Headers<'a>(&'a [(&'a str, &'a str)]);
@@ -349,18 +374,22 @@ impl serde::Serialize for RecordJson<'_> {
         let mut m = ser.serialize_map(None)?;
         m.serialize_entry("offset", &self.offset)?;
         m.serialize_entry("timestamp_ms", &self.v.timestamp_ms)?;
+        let text = |b| match self.encoding {
+            Encoding::Auto => std::str::from_utf8(b).ok(),
+            Encoding::Base64 => None,
+        };
         if let Some(k) = self.v.key {
-            match std::str::from_utf8(k) {
-                Ok(s) => m.serialize_entry("key", s)?,
-                Err(_) => m.serialize_entry(
+            match text(k) {
+                Some(s) => m.serialize_entry("key", s)?,
+                None => m.serialize_entry(
                     "key_b64",
                     &base64::engine::general_purpose::STANDARD.encode(k),
                 )?,
             }
         }
-        match std::str::from_utf8(self.v.value) {
-            Ok(s) => m.serialize_entry("value", s)?,
-            Err(_) => m.serialize_entry(
+        match text(self.v.value) {
+            Some(s) => m.serialize_entry("value", s)?,
+            None => m.serialize_entry(
                 "value_b64",
                 &base64::engine::general_purpose::STANDARD.encode(self.v.value),
             )?,

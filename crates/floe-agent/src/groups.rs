@@ -282,6 +282,7 @@ pub struct GroupFetchQuery {
     max_bytes: Option<u64>,
     wait_ms: Option<u64>,
     reset: Option<ResetPolicy>,
+    encoding: Option<floe_core::api::Encoding>,
 }
 
 /// `GEN:P=O,P=O`: positions after the previous fetch, valid in generation GEN only.
@@ -335,7 +336,8 @@ static ROTATE: AtomicUsize = AtomicUsize::new(0);
         ("max_records" = Option<u64>, Query, description = "Default 500, capped by max_fetch_records"),
         ("max_bytes" = Option<u64>, Query, description = "Default 1 MiB, capped by max_fetch_bytes"),
         ("wait_ms" = Option<u64>, Query, description = "Long-poll when nothing is new; capped by max_wait_ms and half the session timeout"),
-        ("reset" = Option<String>, Query, description = "earliest (default) or latest: where to start without a committed offset")),
+        ("reset" = Option<String>, Query, description = "earliest (default) or latest: where to start without a committed offset"),
+        ("encoding" = Option<floe_core::api::Encoding>, Query, description = "auto (default) or base64, as for fetch")),
     responses(
         (status = 200, body = GroupFetchResponse),
         (status = 400, description = "invalid_cursor, invalid_parameter", body = ErrorBody),
@@ -349,6 +351,7 @@ pub async fn group_fetch(
     let Path((topic, group, member)) = p.map_err(path_err)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let (topic, group) = topic_and_group(&s, &topic, &group).await?;
+    let encoding = q.encoding.unwrap_or_default();
     let l = &s.config.limits;
     let max_records = match q.max_records {
         Some(0) => {
@@ -473,13 +476,14 @@ pub async fn group_fetch(
                 let p = assigned[(first + i) % n];
                 let from = pos.get(&p).copied().unwrap_or(0);
                 let end = ends.get(&p).map_or(0, |e| e.1);
-                let fetched = if from < end && left_records > 0 && left_bytes > 0 {
+                let mut fetched = if from < end && left_records > 0 && left_bytes > 0 {
                     s.reader
                         .read(&topic, p, from, left_records, left_bytes)
                         .await?
                 } else {
                     Fetched::empty(from)
                 };
+                fetched.encoding = encoding;
                 left_records -= fetched.count;
                 left_bytes = left_bytes.saturating_sub(fetched.iter().map(|(_, v)| v.size()).sum());
                 pos.insert(p, fetched.next);

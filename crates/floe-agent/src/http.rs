@@ -96,7 +96,8 @@ type ApiResult<T> = Result<T, ApiError>;
         floe_core::api::SettleFailure,
         floe_core::api::SettleResponse,
         floe_core::api::QueuePartitionState,
-        floe_core::api::QueueDescription
+        floe_core::api::QueueDescription,
+        floe_core::api::Encoding
     ))
 )]
 pub struct ApiDoc;
@@ -227,7 +228,24 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
 /// JSON body extractor whose rejections follow the JSON error contract.
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+/// A request body type: a JSON object. `OBJECT_ARRAYS` names its fields that are arrays
+/// of objects (each element must be an object too).
+pub trait RequestBody: DeserializeOwned {
+    const OBJECT_ARRAYS: &'static [&'static str] = &[];
+}
+
+impl RequestBody for CreateTopicRequest {}
+impl RequestBody for ProduceRequest {
+    const OBJECT_ARRAYS: &'static [&'static str] = &["records"];
+}
+impl RequestBody for floe_core::api::JoinGroupRequest {}
+impl RequestBody for floe_core::api::CommitRequest {
+    const OBJECT_ARRAYS: &'static [&'static str] = &["offsets"];
+}
+impl RequestBody for floe_core::api::ReceiveRequest {}
+impl RequestBody for floe_core::api::SettleRequest {}
+
+impl<S: Send + Sync, T: RequestBody> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -249,10 +267,45 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             }
         }
         let bytes = read_body(req, state).await?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
+        parse_object(&bytes).map(JsonBody)
     }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Every request body is documented as a JSON object. serde would read an array as a
+/// struct's fields in order (`["m-1", 3, []]` as a commit), so anything that is not an
+/// object where an object is documented is refused before it reaches serde.
+pub(crate) fn parse_object<T: RequestBody>(bytes: &[u8]) -> ApiResult<T> {
+    let invalid = |m: String| ApiError::bad_request("invalid_json", m);
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("invalid JSON body: {e}")))?;
+    let serde_json::Value::Object(fields) = &v else {
+        return Err(invalid(format!(
+            "request body must be a JSON object, got {}",
+            json_kind(&v)
+        )));
+    };
+    for name in T::OBJECT_ARRAYS {
+        if let Some(serde_json::Value::Array(items)) = fields.get(*name) {
+            if let Some((i, item)) = items.iter().enumerate().find(|(_, x)| !x.is_object()) {
+                return Err(invalid(format!(
+                    "{name}[{i}] must be a JSON object, got {}",
+                    json_kind(item)
+                )));
+            }
+        }
+    }
+    T::deserialize(v).map_err(|e| invalid(format!("invalid JSON body: {e}")))
 }
 
 /// A produce body: JSON (default) or an Arrow IPC stream (`Content-Type:
@@ -340,21 +393,37 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: 200 only when the bucket and the index answer.
+/// Readiness: 200 only when the bucket and the index answer. Answers within the agent's
+/// `ready_timeout` in every state: both are probed at once, each bounded by it.
 #[utoipa::path(get, path = "/readyz", responses(
     (status = 200, description = "Bucket and index reachable"),
-    (status = 503, description = "Bucket or index unreachable", body = ErrorBody)))]
+    (status = 503, description = "store_unavailable, index_unavailable or not_ready (both); the message names each failing dependency", body = ErrorBody)))]
 async fn readyz(State(s): State<Shared>) -> ApiResult<Json<serde_json::Value>> {
-    s.index.ping().await.map_err(|e| ApiError::index(&e))?;
-    s.store
-        .list_with_delimiter(Some(&object_store::path::Path::from(
-            crate::produce::SEGMENT_PREFIX,
-        )))
-        .await
-        .map_err(|e| {
-            ApiError::unavailable("store_unavailable", format!("bucket unreachable: {e}"))
-        })?;
-    Ok(Json(serde_json::json!({"status": "ready"})))
+    let budget = s.config.ready_timeout;
+    let timed_out = || format!("timed out after {} ms", budget.as_millis());
+    let prefix = object_store::path::Path::from(crate::produce::SEGMENT_PREFIX);
+    let (index, store) = tokio::join!(
+        tokio::time::timeout(budget, s.index.ping()),
+        tokio::time::timeout(budget, s.store.list_with_delimiter(Some(&prefix))),
+    );
+    let index = match index {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(timed_out()),
+    };
+    let store = match store {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(timed_out()),
+    };
+    let (code, message) = match (&store, &index) {
+        (None, None) => return Ok(Json(serde_json::json!({"status": "ready"}))),
+        (Some(b), None) => ("store_unavailable", format!("not ready: bucket: {b}")),
+        (None, Some(i)) => ("index_unavailable", format!("not ready: index: {i}")),
+        (Some(b), Some(i)) => ("not_ready", format!("not ready: bucket: {b}; index: {i}")),
+    };
+    tracing::warn!(code, %message, "readiness probe failed");
+    Err(ApiError::unavailable(code, message))
 }
 
 /// Prometheus metrics (text exposition format).
@@ -573,6 +642,7 @@ async fn produce(
     body: ProduceBody,
 ) -> ApiResult<Json<ProduceResponse>> {
     let started = Instant::now();
+    let deadline = crate::produce::Deadline::after(&*s.clock, s.config.produce_timeout);
     let Path(raw) = p.map_err(path_err)?;
     let limits = &s.config.limits;
     let incoming: Vec<IncomingRecord> = match body {
@@ -623,7 +693,9 @@ async fn produce(
             "records must not be empty",
         ));
     }
-    let topic = existing_topic(&s, &raw).await?;
+    let topic = tokio::time::timeout_at(deadline.at, existing_topic(&s, &raw))
+        .await
+        .map_err(|_| crate::produce::deadline_exceeded("looking up the topic"))??;
     let ts = now_ms();
     let mut records = Vec::with_capacity(incoming.len());
     let mut bytes = 0usize;
@@ -676,7 +748,7 @@ async fn produce(
         bytes += size;
         records.push((partition, rec));
     }
-    let offsets = s.producer.append(topic, records, bytes).await?;
+    let offsets = s.producer.append(topic, records, bytes, deadline).await?;
     s.metrics
         .produce_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -690,6 +762,7 @@ struct FetchParams {
     max_records: Option<u64>,
     max_bytes: Option<u64>,
     wait_ms: u64,
+    encoding: floe_core::api::Encoding,
 }
 
 fn parse_fetch_params(q: Option<&str>) -> ApiResult<FetchParams> {
@@ -713,6 +786,11 @@ fn parse_fetch_params(q: Option<&str>) -> ApiResult<FetchParams> {
             "max_records" => p.max_records = Some(num("max_records")?),
             "max_bytes" => p.max_bytes = Some(num("max_bytes")?),
             "wait_ms" => p.wait_ms = num("wait_ms")?,
+            "encoding" => {
+                p.encoding = v
+                    .parse()
+                    .map_err(|e: String| ApiError::bad_request("invalid_parameter", e))?;
+            }
             _ => {}
         }
     }
@@ -727,7 +805,8 @@ fn parse_fetch_params(q: Option<&str>) -> ApiResult<FetchParams> {
         ("offset" = Option<u64>, Query, description = "First offset to return (default 0)"),
         ("max_records" = Option<u64>, Query, description = "Default 500, capped by the agent's max_fetch_records"),
         ("max_bytes" = Option<u64>, Query, description = "Default 1 MiB, capped by max_fetch_bytes; at least one record is returned"),
-        ("wait_ms" = Option<u64>, Query, description = "Long-poll time when at the end of the log; capped by max_wait_ms")),
+        ("wait_ms" = Option<u64>, Query, description = "Long-poll time when at the end of the log; capped by max_wait_ms"),
+        ("encoding" = Option<floe_core::api::Encoding>, Query, description = "auto (default): UTF-8 values/keys as `value`/`key`, other bytes as `value_b64`/`key_b64`; base64: always `value_b64`/`key_b64`")),
     responses(
         (status = 200, description = "JSON, or with `Accept: application/vnd.apache.arrow.stream` an Arrow IPC stream (offset, timestamp, key, value, headers) with Floe-Next-Offset / Floe-End-Offset headers", body = FetchResponse),
         (status = 400, description = "invalid_partition, invalid_offset, invalid_parameter", body = ErrorBody),
@@ -807,10 +886,11 @@ async fn fetch(
         })
         .into_response());
     }
-    let fetched = s
+    let mut fetched = s
         .reader
         .read(&topic, partition, params.offset, max_records, max_bytes)
         .await?;
+    fetched.encoding = params.encoding;
     if want_arrow {
         let batches = fetched.arrow_batches().map_err(|e| {
             ApiError::new(

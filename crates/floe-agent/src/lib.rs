@@ -12,7 +12,9 @@
 //! - [`http`]: the JSON API.
 
 pub mod config;
+pub mod deadline;
 pub mod error;
+pub mod faults;
 pub mod fetch;
 pub mod groups;
 pub mod http;
@@ -50,6 +52,8 @@ pub struct Shared {
     pub reader: fetch::Reader,
     /// Flips to true when the agent starts shutting down (ends long-polls).
     pub shutdown: watch::Receiver<bool>,
+    /// The engine's wall clock (controlled in tests).
+    pub clock: floe_core::clock::SharedClock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,11 +97,18 @@ impl Agent {
         index: Arc<dyn Index>,
     ) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
+        let clock = floe_core::clock::system();
         let config = Arc::new(config);
         let metrics = metrics::Metrics::new()?;
+        // Every call to the bucket and the index has a deadline (RFC 0001).
         let store: Arc<dyn ObjectStore> = Arc::new(store::InstrumentedStore::new(
-            store,
+            Arc::new(deadline::DeadlineStore::new(store, config.store_timeout)),
             metrics.store_requests.clone(),
+        ));
+        let index: Arc<dyn Index> = Arc::new(deadline::DeadlineIndex::new(
+            index,
+            config.index_timeout,
+            clock.clone(),
         ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let notifier = notify::Notifier::default();
@@ -109,6 +120,7 @@ impl Agent {
             metrics.clone(),
             notifier.clone(),
             reader.clone(),
+            clock.clone(),
         );
         let shared = Shared {
             topics: topics::TopicCache::new(index.clone(), config.topic_cache_ttl),
@@ -120,6 +132,7 @@ impl Agent {
             producer,
             reader,
             shutdown: shutdown_rx.clone(),
+            clock,
         };
         // Commits made by other agents (shared index) wake this agent's long-polls.
         let sink_notifier = shared.notifier.clone();

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use floe_core::Record;
 use floe_core::api::RecordOffset;
+use floe_core::clock::{Clock, SharedClock};
 use floe_core::segment::{EncodeOptions, RunRef, encode_segment};
-use floe_index::{Index, RunCommit, RunOutcome, SegmentCommit, TopicMeta};
+use floe_index::{Index, IndexError, RunCommit, RunOutcome, SegmentCommit, TopicMeta};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -35,11 +36,49 @@ pub const SEGMENT_PREFIX: &str = "segments";
 
 type Reply = Result<Vec<RecordOffset>, ApiError>;
 
+/// When a produce request must be answered: the same instant on the runtime's clock (for
+/// timers) and on the wall clock (for the index's in-transaction check).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub at: tokio::time::Instant,
+    pub unix_ms: i64,
+}
+
+impl Deadline {
+    /// `budget` from now.
+    pub fn after(clock: &dyn Clock, budget: Duration) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + budget,
+            unix_ms: clock
+                .now_ms()
+                .saturating_add(i64::try_from(budget.as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+    fn min(self, other: Self) -> Self {
+        Self {
+            at: self.at.min(other.at),
+            unix_ms: self.unix_ms.min(other.unix_ms),
+        }
+    }
+}
+
+pub(crate) fn deadline_exceeded(what: &str) -> ApiError {
+    ApiError::unavailable(
+        "deadline_exceeded",
+        format!("the produce deadline passed while {what}; nothing was committed, retry"),
+    )
+}
+
+/// How long after its deadline a request still waits for its flush's verdict. The flush
+/// itself gives up at the deadline (plus the index's commit slack); this is the backstop.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
 /// One produce request's records, each with its partition already chosen.
 struct Append {
     topic: Arc<TopicMeta>,
     records: Vec<(u32, Record)>,
     bytes: usize,
+    deadline: Deadline,
     _permit: OwnedSemaphorePermit,
     reply: oneshot::Sender<Reply>,
 }
@@ -54,16 +93,19 @@ pub struct ProducerHandle {
 }
 
 impl ProducerHandle {
-    /// Append records and wait until they are durable and committed.
+    /// Append records and wait until they are durable and committed, or until the deadline
+    /// (then 503 `deadline_exceeded`: the records were not committed).
     pub async fn append(
         &self,
         topic: Arc<TopicMeta>,
         records: Vec<(u32, Record)>,
         bytes: usize,
+        deadline: Deadline,
     ) -> Reply {
         let want = bytes.clamp(1, self.max_buffer) as u32;
+        let wait_until = (tokio::time::Instant::now() + self.wait).min(deadline.at);
         let permit =
-            match tokio::time::timeout(self.wait, self.buffer.clone().acquire_many_owned(want))
+            match tokio::time::timeout_at(wait_until, self.buffer.clone().acquire_many_owned(want))
                 .await
             {
                 Ok(Ok(p)) => p,
@@ -85,21 +127,31 @@ impl ProducerHandle {
             topic,
             records,
             bytes,
+            deadline,
             _permit: permit,
             reply,
         };
-        if self.tx.send(append).await.is_err() {
-            return Err(ApiError::unavailable(
-                "shutting_down",
-                "the agent is shutting down",
-            ));
+        match tokio::time::timeout_at(deadline.at, self.tx.send(append)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(ApiError::unavailable(
+                    "shutting_down",
+                    "the agent is shutting down",
+                ));
+            }
+            Err(_) => return Err(deadline_exceeded("waiting to enter the produce buffer")),
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(ApiError::unavailable(
+        match tokio::time::timeout_at(deadline.at + ANSWER_GRACE, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ApiError::unavailable(
                 "flush_aborted",
                 "the flush carrying these records was aborted",
-            ))
-        })
+            )),
+            Err(_) => Err(ApiError::unavailable(
+                "commit_outcome_unknown",
+                "no verdict from the flush carrying these records within the produce deadline; they may or may not be committed",
+            )),
+        }
     }
 }
 
@@ -111,6 +163,7 @@ struct Ctx {
     metrics: Metrics,
     notifier: Notifier,
     reader: Reader,
+    clock: SharedClock,
 }
 
 /// Start the buffer task. It ends (after flushing everything) when every handle is dropped.
@@ -121,6 +174,7 @@ pub fn spawn(
     metrics: Metrics,
     notifier: Notifier,
     reader: Reader,
+    clock: SharedClock,
 ) -> (ProducerHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(4096);
     let handle = ProducerHandle {
@@ -138,6 +192,7 @@ pub fn spawn(
         metrics,
         notifier,
         reader,
+        clock,
     };
     let task = tokio::spawn(run(rx, ctx).instrument(info_span!("produce_buffer")));
     (handle, task)
@@ -249,6 +304,10 @@ async fn flush_one(
     let mut waiters = Vec::with_capacity(batch.len());
     let mut total_records = 0u64;
     let mut total_bytes = 0u64;
+    // The flush must finish by the earliest deadline of the requests it carries.
+    let Some(deadline) = batch.iter().map(|a| a.deadline).reduce(Deadline::min) else {
+        return;
+    };
     for a in batch {
         let mut places = Vec::with_capacity(a.records.len());
         total_bytes += a.bytes as u64;
@@ -267,7 +326,7 @@ async fn flush_one(
         }
         waiters.push((places, a.reply, a._permit));
     }
-    let result = write_and_commit(&ctx, runs, before, started).await;
+    let result = write_and_commit(&ctx, runs, before, started, deadline).await;
     // Let the next flush commit whatever happened here.
     drop(done);
     match result {
@@ -315,6 +374,7 @@ async fn write_and_commit(
     runs: Vec<RunBuf>,
     before: Option<oneshot::Receiver<()>>,
     started: Instant,
+    deadline: Deadline,
 ) -> Result<(Vec<(u32, String)>, Vec<RunOutcome>), ApiError> {
     let opts = EncodeOptions {
         compression: ctx.config.compression,
@@ -349,16 +409,19 @@ async fn write_and_commit(
         ctx.config.agent_id
     );
     let put_started = Instant::now();
-    ctx.store
-        .put_opts(
-            &Path::from(key.as_str()),
-            PutPayload::from_bytes(bytes.clone()),
-            PutOptions {
-                mode: PutMode::Create,
-                ..PutOptions::default()
-            },
-        )
+    let put_started_unix_ms = ctx.clock.now_ms();
+    let path = Path::from(key.as_str());
+    let put = ctx.store.put_opts(
+        &path,
+        PutPayload::from_bytes(bytes.clone()),
+        PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        },
+    );
+    tokio::time::timeout_at(deadline.at, put)
         .await
+        .map_err(|_| deadline_exceeded("writing the segment"))?
         .map_err(|e| {
             ApiError::unavailable("store_unavailable", format!("writing segment failed: {e}"))
         })?;
@@ -371,7 +434,10 @@ async fn write_and_commit(
         "segment written"
     );
     if let Some(b) = before {
-        let _ = b.await;
+        // Commits happen in flush order; giving up here commits nothing, so order holds.
+        let _ = tokio::time::timeout_at(deadline.at, b)
+            .await
+            .map_err(|_| deadline_exceeded("waiting for the previous flush to commit"))?;
     }
     if put_started.elapsed() > ctx.config.commit_deadline {
         return Err(ApiError::unavailable(
@@ -400,12 +466,18 @@ async fn write_and_commit(
                 max_timestamp_ms: l.max_timestamp_ms,
             })
             .collect(),
+        // The earlier of the producers' deadline and the sweeper's bound on PUT→commit.
+        deadline_unix_ms: deadline.unix_ms.min(put_started_unix_ms.saturating_add(
+            i64::try_from(ctx.config.commit_deadline.as_millis()).unwrap_or(i64::MAX),
+        )),
     };
-    let outcomes = ctx
-        .index
-        .commit(commit)
-        .await
-        .map_err(|e| ApiError::index(&e))?;
+    let outcomes = ctx.index.commit(commit).await.map_err(|e| match e {
+        IndexError::Timeout { .. } => ApiError::unavailable(
+            "commit_outcome_unknown",
+            format!("the index did not answer the commit in time ({e}); the records may or may not be committed"),
+        ),
+        other => ApiError::index(&other),
+    })?;
     if outcomes.len() != runs.len() {
         return Err(ApiError::unavailable(
             "index_unavailable",

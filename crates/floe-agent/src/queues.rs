@@ -16,7 +16,6 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use base64::Engine;
 use bytes::Bytes;
 use floe_core::api::{
     ErrorBody, FetchedRecord, QueueDescription, QueuePartitionState, QueuedRecord, ReceiveRequest,
@@ -30,6 +29,7 @@ use tracing::Instrument;
 
 use crate::Shared;
 use crate::error::ApiError;
+use crate::fetch::text_or_b64;
 use crate::groups::{topic_and_group, valid_name};
 use crate::http::{JsonBody, now_ms, path_err};
 
@@ -245,7 +245,8 @@ pub async fn receive(
         }
         if !got.is_empty() {
             s.metrics.queue_delivered.inc_by(got.len() as u64);
-            let records = load_records(&s, &topic, &group, got).await?;
+            let records =
+                load_records(&s, &topic, &group, got, req.encoding.unwrap_or_default()).await?;
             return Ok(Json(ReceiveResponse { records }));
         }
         let now_i = tokio::time::Instant::now();
@@ -279,6 +280,7 @@ async fn load_records(
     topic: &Arc<TopicMeta>,
     group: &str,
     got: Vec<(u32, u64, u32)>,
+    encoding: floe_core::api::Encoding,
 ) -> ApiResult<Vec<QueuedRecord>> {
     let max_bytes = s.config.limits.max_fetch_bytes;
     let mut by_partition: BTreeMap<u32, Vec<(u64, u32)>> = BTreeMap::new();
@@ -308,7 +310,7 @@ async fn load_records(
                         }
                         bytes += v.size();
                         taken += 1;
-                        out.push(queued(*p, offset, *count, &v));
+                        out.push(queued(*p, offset, *count, &v, encoding));
                     }
                     give_back
                         .entry(*p)
@@ -361,24 +363,15 @@ fn contiguous(list: &[(u64, u32)]) -> Vec<&[(u64, u32)]> {
     out
 }
 
-fn text_or_b64(b: &[u8]) -> (Option<String>, Option<String>) {
-    match std::str::from_utf8(b) {
-        Ok(t) => (Some(t.to_string()), None),
-        Err(_) => (
-            None,
-            Some(base64::engine::general_purpose::STANDARD.encode(b)),
-        ),
-    }
-}
-
 fn queued(
     partition: u32,
     offset: u64,
     count: u32,
     v: &floe_core::segment::RecordView<'_>,
+    encoding: floe_core::api::Encoding,
 ) -> QueuedRecord {
-    let (key, key_b64) = v.key.map_or((None, None), text_or_b64);
-    let (value, value_b64) = text_or_b64(v.value);
+    let (key, key_b64) = v.key.map_or((None, None), |k| text_or_b64(k, encoding));
+    let (value, value_b64) = text_or_b64(v.value, encoding);
     QueuedRecord {
         partition,
         record: FetchedRecord {
@@ -502,7 +495,8 @@ async fn write_dead_letters(
             "could not read every record to dead-letter",
         ));
     }
-    s.producer.append(dlq, records, bytes).await?;
+    let deadline = crate::produce::Deadline::after(&*s.clock, s.config.produce_timeout);
+    s.producer.append(dlq, records, bytes, deadline).await?;
     Ok(())
 }
 

@@ -169,11 +169,20 @@ impl ObjectStore for InstrumentedStore {
     }
 }
 
-/// Fails every request while switched on; for fault-injection tests.
+/// Fails every request while switched on, or hangs every request while `hang` is on
+/// (a stopped server: no answer at all); for fault-injection tests.
 #[derive(Debug, Clone)]
 pub struct FaultStore {
     inner: Arc<dyn ObjectStore>,
     failing: Arc<AtomicBool>,
+    hanging: Arc<AtomicBool>,
+}
+
+/// Wait while `flag` is on (polling: this is for tests only).
+pub(crate) async fn wait_while(flag: &AtomicBool) {
+    while flag.load(Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 impl FaultStore {
@@ -181,13 +190,22 @@ impl FaultStore {
         Self {
             inner,
             failing: Arc::new(AtomicBool::new(false)),
+            hanging: Arc::new(AtomicBool::new(false)),
         }
     }
     /// A handle that switches failures on and off.
     pub fn switch(&self) -> Arc<AtomicBool> {
         self.failing.clone()
     }
-    fn check(&self) -> Result<()> {
+    /// A handle that makes every request hang (until switched off).
+    pub fn hang_switch(&self) -> Arc<AtomicBool> {
+        self.hanging.clone()
+    }
+    async fn check(&self) -> Result<()> {
+        wait_while(&self.hanging).await;
+        self.check_failing()
+    }
+    fn check_failing(&self) -> Result<()> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(object_store::Error::Generic {
                 store: "fault",
@@ -212,7 +230,7 @@ impl ObjectStore for FaultStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        self.check()?;
+        self.check().await?;
         self.inner.put_opts(location, payload, opts).await
     }
     async fn put_multipart_opts(
@@ -220,34 +238,48 @@ impl ObjectStore for FaultStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        self.check()?;
+        self.check().await?;
         self.inner.put_multipart_opts(location, opts).await
     }
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.check()?;
+        self.check().await?;
         self.inner.get_opts(location, options).await
     }
     fn delete_stream(
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        if let Err(e) = self.check() {
+        if let Err(e) = self.check_failing() {
             return futures::stream::once(async move { Err(e) }).boxed();
         }
-        self.inner.delete_stream(locations)
+        let (inner, hanging) = (self.inner.clone(), self.hanging.clone());
+        let mut locations = Some(locations);
+        futures::stream::once(async move { wait_while(&hanging).await })
+            .flat_map(move |()| {
+                inner.delete_stream(
+                    locations
+                        .take()
+                        .unwrap_or_else(|| futures::stream::empty().boxed()),
+                )
+            })
+            .boxed()
     }
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        if let Err(e) = self.check() {
+        if let Err(e) = self.check_failing() {
             return futures::stream::once(async move { Err(e) }).boxed();
         }
-        self.inner.list(prefix)
+        let (inner, hanging) = (self.inner.clone(), self.hanging.clone());
+        let prefix = prefix.cloned();
+        futures::stream::once(async move { wait_while(&hanging).await })
+            .flat_map(move |()| inner.list(prefix.as_ref()))
+            .boxed()
     }
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.check()?;
+        self.check().await?;
         self.inner.list_with_delimiter(prefix).await
     }
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.check()?;
+        self.check().await?;
         self.inner.copy_opts(from, to, options).await
     }
 }

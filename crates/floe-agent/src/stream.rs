@@ -30,6 +30,7 @@ const BATCH_BYTES: usize = 1024 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     offset: Option<u64>,
+    encoding: Option<floe_core::api::Encoding>,
 }
 
 struct Tail {
@@ -37,6 +38,7 @@ struct Tail {
     topic: Arc<TopicMeta>,
     partition: u32,
     offset: u64,
+    encoding: floe_core::api::Encoding,
     pending: VecDeque<Event>,
     done: bool,
 }
@@ -80,7 +82,7 @@ impl Tail {
                 )
                 .await?;
             for (offset, v) in f.iter() {
-                let data = crate::fetch::record_json(offset, &v).map_err(|e| {
+                let data = crate::fetch::record_json(offset, &v, self.encoding).map_err(|e| {
                     ApiError::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "encode_failed",
@@ -113,6 +115,7 @@ impl Tail {
 #[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/stream",
     params(("topic" = String, Path), ("partition" = u32, Path),
         ("offset" = Option<u64>, Query, description = "First offset to send (default: the log end)"),
+        ("encoding" = Option<floe_core::api::Encoding>, Query, description = "auto (default) or base64, as for fetch"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this offset (wins over `offset`)")),
     responses(
         (status = 200, description = "text/event-stream of `record` events", content_type = "text/event-stream"),
@@ -165,6 +168,7 @@ pub async fn stream(
         topic,
         partition,
         offset,
+        encoding: q.encoding.unwrap_or_default(),
         pending: VecDeque::new(),
         done: false,
     };

@@ -265,6 +265,10 @@ pub struct GroupDescription {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiveRequest {
+    /// How values and keys come back: `auto` (default: UTF-8 text as `value`, other bytes
+    /// as `value_b64`) or `base64` (always `value_b64` / `key_b64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
     /// Who receives (shown in the queue description); default "anonymous".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer: Option<String>,
@@ -351,4 +355,26 @@ pub struct QueueDescription {
     pub dead_letter_topic: String,
     pub max_deliveries: u32,
     pub partitions: Vec<QueuePartitionState>,
+}
+
+/// How a JSON read returns record values and keys (the bytes are stored as produced).
+/// `auto`: valid UTF-8 as `value`/`key`, anything else as `value_b64`/`key_b64`.
+/// `base64`: always `value_b64`/`key_b64`, so a client gets back exactly the bytes it sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Auto,
+    Base64,
+}
+
+impl std::str::FromStr for Encoding {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "base64" => Ok(Self::Base64),
+            other => Err(format!("encoding must be auto or base64, got {other:?}")),
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! Nothing in this crate does I/O; everything here is pure and unit-testable.
 
 pub mod api;
+pub mod clock;
 pub mod group;
 pub mod ipc;
 pub mod limits;

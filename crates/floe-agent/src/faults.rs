@@ -1,0 +1,108 @@
+//! Fault-injection layers for tests: a store and an index that fail or hang on demand.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use async_trait::async_trait;
+use floe_index::{
+    CommitSink, Index, NewTopic, PartitionOffsets, RunEntry, RunOutcome, SegmentCommit, StateKey,
+    StateKind, TopicMeta, Versioned,
+};
+
+pub use crate::store::FaultStore;
+use crate::store::wait_while;
+
+/// An index whose every call hangs while the switch is on (a stopped server).
+#[derive(Debug, Clone)]
+pub struct FaultIndex {
+    inner: Arc<dyn Index>,
+    hanging: Arc<AtomicBool>,
+}
+
+impl FaultIndex {
+    pub fn new(inner: Arc<dyn Index>) -> Self {
+        Self {
+            inner,
+            hanging: Arc::new(AtomicBool::new(false)),
+        }
+    }
+    pub fn hang_switch(&self) -> Arc<AtomicBool> {
+        self.hanging.clone()
+    }
+}
+
+#[async_trait]
+impl Index for FaultIndex {
+    async fn create_topic(&self, t: NewTopic) -> floe_index::Result<TopicMeta> {
+        wait_while(&self.hanging).await;
+        self.inner.create_topic(t).await
+    }
+    async fn list_topics(&self) -> floe_index::Result<Vec<TopicMeta>> {
+        wait_while(&self.hanging).await;
+        self.inner.list_topics().await
+    }
+    async fn get_topic(&self, name: &str) -> floe_index::Result<Option<TopicMeta>> {
+        wait_while(&self.hanging).await;
+        self.inner.get_topic(name).await
+    }
+    async fn delete_topic(&self, name: &str) -> floe_index::Result<bool> {
+        wait_while(&self.hanging).await;
+        self.inner.delete_topic(name).await
+    }
+    async fn partition_offsets(&self, topic_id: i64) -> floe_index::Result<Vec<PartitionOffsets>> {
+        wait_while(&self.hanging).await;
+        self.inner.partition_offsets(topic_id).await
+    }
+    async fn end_offset(&self, topic_id: i64, partition: u32) -> floe_index::Result<Option<u64>> {
+        wait_while(&self.hanging).await;
+        self.inner.end_offset(topic_id, partition).await
+    }
+    async fn commit(&self, seg: SegmentCommit) -> floe_index::Result<Vec<RunOutcome>> {
+        wait_while(&self.hanging).await;
+        self.inner.commit(seg).await
+    }
+    async fn runs_from(
+        &self,
+        topic_id: i64,
+        partition: u32,
+        offset: u64,
+        limit: u32,
+    ) -> floe_index::Result<Vec<RunEntry>> {
+        wait_while(&self.hanging).await;
+        self.inner
+            .runs_from(topic_id, partition, offset, limit)
+            .await
+    }
+    async fn segment_referenced(&self, key: &str) -> floe_index::Result<bool> {
+        wait_while(&self.hanging).await;
+        self.inner.segment_referenced(key).await
+    }
+    async fn ping(&self) -> floe_index::Result<()> {
+        wait_while(&self.hanging).await;
+        self.inner.ping().await
+    }
+    async fn load_state(&self, key: &StateKey) -> floe_index::Result<Option<Versioned>> {
+        wait_while(&self.hanging).await;
+        self.inner.load_state(key).await
+    }
+    async fn store_state(
+        &self,
+        key: &StateKey,
+        expected: Option<i64>,
+        data: Vec<u8>,
+    ) -> floe_index::Result<bool> {
+        wait_while(&self.hanging).await;
+        self.inner.store_state(key, expected, data).await
+    }
+    async fn list_states(
+        &self,
+        kind: StateKind,
+        topic_id: Option<i64>,
+    ) -> floe_index::Result<Vec<(StateKey, Versioned)>> {
+        wait_while(&self.hanging).await;
+        self.inner.list_states(kind, topic_id).await
+    }
+    async fn watch_commits(&self, sink: CommitSink, stop: tokio::sync::watch::Receiver<bool>) {
+        self.inner.watch_commits(sink, stop).await;
+    }
+}

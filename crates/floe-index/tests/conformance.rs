@@ -1,0 +1,520 @@
+//! The `Index` contract, one suite for every backend (in the manner of object_store's
+//! integration suite). Each clause is a function taking a fresh index; the modules at the
+//! bottom run all of them against SQLite (a temp file) and PostgreSQL (a fresh database
+//! on the test server, `FLOE_TEST_PG_URL`, default postgres://postgres@127.0.0.1:5432/postgres;
+//! `tests/run-all.sh` starts it), plus a property test against an in-memory model.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use floe_index::{
+    Index, IndexError, NewTopic, RunCommit, RunOutcome, SegmentCommit, StateKey, StateKind,
+};
+
+type Idx = Arc<dyn Index>;
+
+fn run(topic_id: i64, partition: u32, records: u32) -> RunCommit {
+    RunCommit {
+        topic_id,
+        partition,
+        records,
+        row_group_first: 0,
+        row_group_count: 1,
+        byte_start: 4,
+        byte_end: 100,
+        min_timestamp_ms: 0,
+        max_timestamp_ms: 0,
+    }
+}
+
+fn seg(key: &str, runs: Vec<RunCommit>) -> SegmentCommit {
+    SegmentCommit {
+        key: key.into(),
+        size: 100,
+        runs,
+        deadline_unix_ms: i64::MAX,
+    }
+}
+
+fn new_topic(name: &str, partitions: u32) -> NewTopic {
+    NewTopic {
+        name: name.into(),
+        partitions,
+        retention_ms: Some(60_000),
+        config: BTreeMap::from([
+            ("a=b".into(), "x\ny".into()),
+            ("back\\slash".into(), "=\\e\\n".into()),
+            ("queue.ordering".into(), "key".into()),
+        ]),
+        created_ms: 1,
+        max_topics: 1000,
+    }
+}
+
+async fn topics_roundtrip(i: Idx) {
+    let a = i.create_topic(new_topic("a", 2)).await.unwrap();
+    assert!(matches!(
+        i.create_topic(new_topic("a", 1)).await,
+        Err(IndexError::TopicExists(n)) if n == "a"
+    ));
+    let got = i.get_topic("a").await.unwrap().unwrap();
+    assert_eq!(
+        got, a,
+        "config, retention and partitions survive the round trip"
+    );
+    assert_eq!(i.get_topic("zz").await.unwrap(), None);
+    let _ = i.create_topic(new_topic("b", 1)).await.unwrap();
+    let names: Vec<String> = i
+        .list_topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, vec!["a", "b"], "listed by name");
+    let offs = i.partition_offsets(a.id).await.unwrap();
+    assert_eq!(offs.len(), 2);
+    assert!(
+        offs.iter()
+            .all(|o| o.start_offset == 0 && o.end_offset == 0)
+    );
+    assert_eq!(i.end_offset(a.id, 1).await.unwrap(), Some(0));
+    assert_eq!(
+        i.end_offset(a.id, 2).await.unwrap(),
+        None,
+        "no such partition"
+    );
+    let mut limited = new_topic("c", 1);
+    limited.max_topics = 2;
+    assert!(matches!(
+        i.create_topic(limited).await,
+        Err(IndexError::TooManyTopics(2))
+    ));
+    assert!(i.delete_topic("b").await.unwrap());
+    assert!(!i.delete_topic("b").await.unwrap());
+    i.ping().await.unwrap();
+}
+
+async fn commit_assigns_dense_offsets(i: Idx) {
+    let a = i.create_topic(new_topic("a", 2)).await.unwrap();
+    let b = i.create_topic(new_topic("b", 1)).await.unwrap();
+    let out = i
+        .commit(seg(
+            "s1",
+            vec![
+                run(a.id, 0, 3),
+                run(b.id, 0, 2),
+                run(a.id, 1, 1),
+                run(a.id, 0, 4),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            RunOutcome::Committed { base_offset: 0 },
+            RunOutcome::Committed { base_offset: 0 },
+            RunOutcome::Committed { base_offset: 0 },
+            RunOutcome::Committed { base_offset: 3 },
+        ],
+        "two runs of one partition in one segment follow each other"
+    );
+    let out = i
+        .commit(seg("s2", vec![run(a.id, 0, 5), run(999_999, 0, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            RunOutcome::Committed { base_offset: 7 },
+            RunOutcome::TopicGone
+        ]
+    );
+    assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(12));
+    let runs = i.runs_from(a.id, 0, 8, 10).await.unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.base_offset).collect::<Vec<_>>(),
+        vec![7],
+        "the run covering offset 8 and after"
+    );
+    assert_eq!(runs[0].segment_key, "s2");
+    assert_eq!(i.runs_from(a.id, 0, 0, 10).await.unwrap().len(), 3);
+    assert_eq!(i.runs_from(a.id, 0, 0, 1).await.unwrap().len(), 1, "limit");
+    assert!(i.segment_referenced("s1").await.unwrap());
+    assert!(!i.segment_referenced("nope").await.unwrap());
+}
+
+async fn commit_past_its_deadline_lands_nothing(i: Idx) {
+    let a = i.create_topic(new_topic("a", 1)).await.unwrap();
+    let _ = i.commit(seg("ok", vec![run(a.id, 0, 2)])).await.unwrap();
+    let mut late = seg("late", vec![run(a.id, 0, 5)]);
+    late.deadline_unix_ms = 1; // 1970
+    let err = i.commit(late).await.unwrap_err();
+    assert!(
+        matches!(err, IndexError::DeadlineExceeded { late_ms } if late_ms > 0),
+        "{err:?}"
+    );
+    assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(2), "no offsets");
+    assert!(
+        !i.segment_referenced("late").await.unwrap(),
+        "no run refers to the late segment"
+    );
+    let out = i.commit(seg("next", vec![run(a.id, 0, 1)])).await.unwrap();
+    assert_eq!(
+        out,
+        vec![RunOutcome::Committed { base_offset: 2 }],
+        "offsets stay dense after a refused commit"
+    );
+}
+
+async fn concurrent_commits_stay_dense(i: Idx) {
+    let a = i.create_topic(new_topic("a", 2)).await.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..6u32 {
+        let i = i.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for n in 0..15u32 {
+                let records = 1 + (w + n) % 4;
+                let out = i
+                    .commit(seg(
+                        &format!("w{w}-{n}"),
+                        vec![run(a.id, 0, records), run(a.id, 1, 1)],
+                    ))
+                    .await
+                    .unwrap();
+                let RunOutcome::Committed { base_offset } = out[0] else {
+                    panic!("{out:?}")
+                };
+                got.push((base_offset, records));
+            }
+            got
+        }));
+    }
+    let mut spans = Vec::new();
+    for t in tasks {
+        spans.extend(t.await.unwrap());
+    }
+    spans.sort_unstable();
+    let mut next = 0;
+    for (base, n) in &spans {
+        assert_eq!(*base, next, "runs are dense and never overlap: {spans:?}");
+        next += u64::from(*n);
+    }
+    assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(next));
+    assert_eq!(i.end_offset(a.id, 1).await.unwrap(), Some(90));
+    let runs = i.runs_from(a.id, 0, 0, 1000).await.unwrap();
+    assert_eq!(runs.len(), 90);
+}
+
+async fn delete_and_recreate_is_a_new_incarnation(i: Idx) {
+    let old = i.create_topic(new_topic("t", 1)).await.unwrap();
+    let _ = i.commit(seg("s1", vec![run(old.id, 0, 4)])).await.unwrap();
+    let key = StateKey {
+        kind: StateKind::Group,
+        topic_id: old.id,
+        group: "g".into(),
+        partition: 0,
+    };
+    assert!(i.store_state(&key, None, b"x".to_vec()).await.unwrap());
+    assert!(i.delete_topic("t").await.unwrap());
+    let new = i.create_topic(new_topic("t", 1)).await.unwrap();
+    assert_ne!(new.id, old.id, "a re-created topic gets a new id");
+    assert_eq!(i.end_offset(new.id, 0).await.unwrap(), Some(0));
+    assert_eq!(
+        i.commit(seg("s2", vec![run(old.id, 0, 1)])).await.unwrap(),
+        vec![RunOutcome::TopicGone],
+        "a commit for the old incarnation never lands in the new one"
+    );
+    assert_eq!(i.end_offset(new.id, 0).await.unwrap(), Some(0));
+    assert!(!i.segment_referenced("s1").await.unwrap(), "runs deleted");
+    assert_eq!(i.load_state(&key).await.unwrap(), None, "state deleted");
+    assert!(
+        !i.store_state(&key, None, b"y".to_vec()).await.unwrap(),
+        "no state for a deleted incarnation"
+    );
+}
+
+async fn state_is_compare_and_swap(i: Idx) {
+    let t = i.create_topic(new_topic("t", 2)).await.unwrap();
+    let key = StateKey {
+        kind: StateKind::Share,
+        topic_id: t.id,
+        group: "g".into(),
+        partition: 1,
+    };
+    assert_eq!(i.load_state(&key).await.unwrap(), None);
+    assert!(i.store_state(&key, None, b"a".to_vec()).await.unwrap());
+    assert!(
+        !i.store_state(&key, None, b"b".to_vec()).await.unwrap(),
+        "insert races lose"
+    );
+    let v = i.load_state(&key).await.unwrap().unwrap();
+    assert_eq!(v.data, b"a");
+    assert!(
+        i.store_state(&key, Some(v.version), b"c".to_vec())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !i.store_state(&key, Some(v.version), b"d".to_vec())
+            .await
+            .unwrap(),
+        "a stale version loses"
+    );
+    let v2 = i.load_state(&key).await.unwrap().unwrap();
+    assert_eq!(v2.data, b"c");
+    assert!(v2.version > v.version, "versions grow");
+    let other_kind = StateKey {
+        kind: StateKind::Group,
+        partition: 0,
+        ..key.clone()
+    };
+    assert!(
+        i.store_state(&other_kind, None, b"g".to_vec())
+            .await
+            .unwrap()
+    );
+    let listed = i.list_states(StateKind::Share, Some(t.id)).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, key);
+    assert_eq!(
+        i.list_states(StateKind::Group, None).await.unwrap().len(),
+        1
+    );
+}
+
+/// Many writers increment one counter by load + compare-and-swap: no update is lost.
+async fn concurrent_cas_loses_no_update(i: Idx) {
+    let t = i.create_topic(new_topic("t", 1)).await.unwrap();
+    let key = StateKey {
+        kind: StateKind::Group,
+        topic_id: t.id,
+        group: "counter".into(),
+        partition: 0,
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let i = i.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                loop {
+                    let cur = i.load_state(&key).await.unwrap();
+                    let (n, version) = match &cur {
+                        Some(v) => (
+                            String::from_utf8(v.data.clone())
+                                .unwrap()
+                                .parse::<u32>()
+                                .unwrap(),
+                            Some(v.version),
+                        ),
+                        None => (0, None),
+                    };
+                    let data = (n + 1).to_string().into_bytes();
+                    if i.store_state(&key, version, data).await.unwrap() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(i.load_state(&key).await.unwrap().unwrap().data, b"40");
+}
+
+/// The model the property test checks the index against: per topic name, its current
+/// incarnation (id, end offsets) and the ids of deleted incarnations.
+#[derive(Debug, Clone)]
+enum Op {
+    Create(u8, u32),
+    Delete(u8),
+    Commit(Vec<(u8, u32, u32, bool)>),
+}
+
+fn op_strategy() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        2 => (0u8..3, 1u32..4).prop_map(|(n, p)| Op::Create(n, p)),
+        1 => (0u8..3).prop_map(Op::Delete),
+        4 => proptest::collection::vec((0u8..3, 0u32..4, 1u32..20, any::<bool>()), 1..5)
+            .prop_map(Op::Commit),
+    ]
+}
+
+async fn matches_model(i: Idx, prefix: String, ops: Vec<Op>) {
+    // name -> (id, ends); gone: ids of deleted incarnations
+    let mut live: BTreeMap<u8, (i64, Vec<u64>)> = BTreeMap::new();
+    let mut gone: BTreeMap<u8, i64> = BTreeMap::new();
+    for (n, op) in ops.into_iter().enumerate() {
+        match op {
+            Op::Create(t, p) => {
+                let r = i.create_topic(new_topic(&format!("{prefix}{t}"), p)).await;
+                match (live.contains_key(&t), r) {
+                    (true, Err(IndexError::TopicExists(_))) => {}
+                    (false, Ok(m)) => {
+                        let _ = live.insert(t, (m.id, vec![0; p as usize]));
+                    }
+                    (exists, r) => panic!("create {t} (exists: {exists}): {r:?}"),
+                }
+            }
+            Op::Delete(t) => {
+                let deleted = i.delete_topic(&format!("{prefix}{t}")).await.unwrap();
+                assert_eq!(deleted, live.contains_key(&t));
+                if let Some((id, _)) = live.remove(&t) {
+                    let _ = gone.insert(t, id);
+                }
+            }
+            Op::Commit(runs) => {
+                // `old`: aim at the deleted incarnation when there is one.
+                let mut commit = Vec::new();
+                let mut expect = Vec::new();
+                let mut ends = live.clone();
+                for (t, p, records, old) in runs {
+                    let target = match (old, gone.get(&t), ends.get_mut(&t)) {
+                        (true, Some(id), _) | (_, Some(id), None) => Some((*id, None)),
+                        (_, _, Some((id, e))) => Some((*id, Some(e))),
+                        (_, None, None) => None,
+                    };
+                    let Some((id, e)) = target else { continue };
+                    commit.push(run(id, p, records));
+                    expect.push(match e {
+                        Some(e) if (p as usize) < e.len() => {
+                            let base = e[p as usize];
+                            e[p as usize] += u64::from(records);
+                            RunOutcome::Committed { base_offset: base }
+                        }
+                        _ => RunOutcome::TopicGone,
+                    });
+                }
+                if commit.is_empty() {
+                    continue;
+                }
+                let out = i
+                    .commit(seg(&format!("{prefix}s{n}"), commit))
+                    .await
+                    .unwrap();
+                assert_eq!(out, expect);
+                live = ends;
+            }
+        }
+        for (id, ends) in live.values() {
+            let offs = i.partition_offsets(*id).await.unwrap();
+            let got: Vec<u64> = offs.iter().map(|o| o.end_offset).collect();
+            assert_eq!(&got, ends, "end offsets of topic {id}");
+        }
+    }
+}
+
+/// Runs every clause against one backend: `$open` is an async expression giving a fresh
+/// `Idx` (and something to keep alive while it is used).
+macro_rules! conformance {
+    ($open:path) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn topics_roundtrip() {
+            let (_g, i) = $open().await;
+            super::topics_roundtrip(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn commit_assigns_dense_offsets() {
+            let (_g, i) = $open().await;
+            super::commit_assigns_dense_offsets(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn commit_past_its_deadline_lands_nothing() {
+            let (_g, i) = $open().await;
+            super::commit_past_its_deadline_lands_nothing(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_commits_stay_dense() {
+            let (_g, i) = $open().await;
+            super::concurrent_commits_stay_dense(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn delete_and_recreate_is_a_new_incarnation() {
+            let (_g, i) = $open().await;
+            super::delete_and_recreate_is_a_new_incarnation(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn state_is_compare_and_swap() {
+            let (_g, i) = $open().await;
+            super::state_is_compare_and_swap(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_cas_loses_no_update() {
+            let (_g, i) = $open().await;
+            super::concurrent_cas_loses_no_update(i).await;
+        }
+        #[test]
+        fn matches_model() {
+            use proptest::prelude::*;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (_g, i) = rt.block_on($open());
+            let case = std::sync::atomic::AtomicU32::new(0);
+            proptest!(ProptestConfig::with_cases(24), |(ops in proptest::collection::vec(super::op_strategy(), 1..25))| {
+                let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                rt.block_on(super::matches_model(i.clone(), format!("c{n}_"), ops));
+            });
+        }
+    };
+}
+
+mod sqlite {
+    use super::*;
+
+    async fn open() -> (tempfile::TempDir, Idx) {
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", d.path().join("index.db").display());
+        let i = floe_index::open(&url).await.unwrap();
+        (d, i)
+    }
+
+    conformance!(open);
+}
+
+mod postgres {
+    use super::*;
+
+    /// A fresh database on the test server (the suite needs PostgreSQL; `tests/run-all.sh`
+    /// starts it).
+    async fn open() -> ((), Idx) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let admin = std::env::var("FLOE_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (bash infra/postgres.sh)");
+        drop(tokio::spawn(conn));
+        let name = format!(
+            "floe_conf_{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            uuid_like()
+        );
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
+        let i = floe_index::open(&format!("{base}/{name}")).await.unwrap();
+        ((), i)
+    }
+
+    fn uuid_like() -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(0);
+        h.finish() % 1_000_000_000
+    }
+
+    conformance!(open);
+}
