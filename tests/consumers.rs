@@ -888,12 +888,13 @@ async fn encoding_base64_returns_the_bytes_that_were_produced() {
     let c = a.client();
     c.create_topic("e", 1).await.unwrap();
     let u = &a.url;
-    // "AAEC" = [0, 1, 2] (not text); "aGk=" = "hi" (text, sent as base64).
+    // "AAEC" = [0, 1, 2] (valid UTF-8, control characters); "/w==" = [255] (not UTF-8);
+    // "aGk=" = "hi" (text, sent as base64).
     let (status, _) = raw(
         Method::POST,
         &format!("{u}/v1/topics/e/records"),
         Some("application/json"),
-        br#"{"records":[{"value_b64":"AAEC","key":"k"},{"value_b64":"aGk="},{"value":"plain"}]}"#
+        br#"{"records":[{"value_b64":"/w==","key":"k"},{"value_b64":"aGk="},{"value":"plain"},{"value_b64":"AAEC"}]}"#
             .to_vec(),
     )
     .await;
@@ -909,14 +910,22 @@ async fn encoding_base64_returns_the_bytes_that_were_produced() {
     };
     let (_, auto) = get("").await;
     let r = &auto["records"];
-    assert_eq!(r[0]["value_b64"], "AAEC");
+    assert_eq!(
+        r[0]["value_b64"], "/w==",
+        "auto: bytes that are not UTF-8 as base64"
+    );
     assert!(r[0].get("value").is_none());
     assert_eq!(r[0]["key"], "k");
     assert_eq!(r[1]["value"], "hi", "auto: UTF-8 comes back as text");
     assert_eq!(r[2]["value"], "plain");
+    assert_eq!(
+        r[3]["value"], "\u{0}\u{1}\u{2}",
+        "auto: control characters are UTF-8 too"
+    );
     let (_, b64) = get("&encoding=base64").await;
     let r = &b64["records"];
-    assert_eq!(r[0]["value_b64"], "AAEC");
+    assert_eq!(r[0]["value_b64"], "/w==");
+    assert_eq!(r[3]["value_b64"], "AAEC");
     assert_eq!(r[0]["key_b64"], "aw==");
     assert_eq!(
         r[1]["value_b64"], "aGk=",
@@ -941,7 +950,7 @@ async fn encoding_base64_returns_the_bytes_that_were_produced() {
             "e",
             "q",
             &ReceiveRequest {
-                max_records: Some(3),
+                max_records: Some(4),
                 encoding: Some(floe_core::api::Encoding::Base64),
                 ..Default::default()
             },
@@ -953,7 +962,7 @@ async fn encoding_base64_returns_the_bytes_that_were_produced() {
         .iter()
         .map(|r| r.record.value_b64.clone().unwrap())
         .collect();
-    assert_eq!(vals, vec!["AAEC", "aGk=", "cGxhaW4="]);
+    assert_eq!(vals, vec!["/w==", "aGk=", "cGxhaW4=", "AAEC"]);
     let join = c.join_group("e", "g", &Default::default()).await.unwrap();
     let (_, gf) = raw(
         Method::GET,

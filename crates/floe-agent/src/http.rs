@@ -296,13 +296,13 @@ pub(crate) fn parse_object<T: RequestBody>(bytes: &[u8]) -> ApiResult<T> {
         )));
     };
     for name in T::OBJECT_ARRAYS {
-        if let Some(serde_json::Value::Array(items)) = fields.get(*name) {
-            if let Some((i, item)) = items.iter().enumerate().find(|(_, x)| !x.is_object()) {
-                return Err(invalid(format!(
-                    "{name}[{i}] must be a JSON object, got {}",
-                    json_kind(item)
-                )));
-            }
+        if let Some(serde_json::Value::Array(items)) = fields.get(*name)
+            && let Some((i, item)) = items.iter().enumerate().find(|(_, x)| !x.is_object())
+        {
+            return Err(invalid(format!(
+                "{name}[{i}] must be a JSON object, got {}",
+                json_kind(item)
+            )));
         }
     }
     T::deserialize(v).map_err(|e| invalid(format!("invalid JSON body: {e}")))

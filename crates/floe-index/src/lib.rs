@@ -269,10 +269,10 @@ pub(crate) fn encode_config(c: &BTreeMap<String, String>) -> String {
 }
 
 pub(crate) fn decode_config(s: &str) -> Result<BTreeMap<String, String>> {
-    if s.starts_with('{') {
-        if let Ok(c) = serde_json::from_str(s) {
-            return Ok(c);
-        }
+    if s.starts_with('{')
+        && let Ok(c) = serde_json::from_str(s)
+    {
+        return Ok(c);
     }
     decode_legacy_config(s)
 }
