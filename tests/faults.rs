@@ -98,6 +98,7 @@ async fn faulty_agent(
     Agent,
     std::sync::Arc<std::sync::atomic::AtomicBool>,
     std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::sync::Arc<std::sync::atomic::AtomicU32>,
 ) {
     let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
         .unwrap()
@@ -108,18 +109,20 @@ async fn faulty_agent(
         .unwrap();
     let index = floe_agent::faults::FaultIndex::new(index);
     let (store_hang, index_hang) = (store.hang_switch(), index.hang_switch());
+    let lose_answers = index.lose_commit_answers();
     let config = AgentConfig {
         listen: "127.0.0.1:0".into(),
         linger: Duration::from_millis(5),
         produce_timeout: Duration::from_secs(2),
         index_timeout: Duration::from_secs(1),
         ready_timeout: Duration::from_millis(500),
+        dead_letter_retry: Duration::from_millis(200),
         ..AgentConfig::default()
     };
     let agent = Agent::start_with(config, Arc::new(store), Arc::new(index))
         .await
         .unwrap();
-    (agent, store_hang, index_hang)
+    (agent, store_hang, index_hang, lose_answers)
 }
 
 /// POST one record; (status, error code, seconds it took).
@@ -171,7 +174,7 @@ async fn values(c: &Client) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_store_answers_within_the_deadline_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (agent, store_hang, _) = faulty_agent(dir.path()).await;
+    let (agent, store_hang, _, _) = faulty_agent(dir.path()).await;
     let url = format!("http://{}", agent.addr);
     let c = Client::new(&url).unwrap();
     c.create_topic("h", 1).await.unwrap();
@@ -205,7 +208,7 @@ async fn hung_store_answers_within_the_deadline_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_index_answers_within_the_deadline_and_commits_nothing_late() {
     let dir = tempfile::tempdir().unwrap();
-    let (agent, _, index_hang) = faulty_agent(dir.path()).await;
+    let (agent, _, index_hang, _) = faulty_agent(dir.path()).await;
     let url = format!("http://{}", agent.addr);
     let c = Client::new(&url).unwrap();
     c.create_topic("h", 1).await.unwrap();
@@ -235,5 +238,73 @@ async fn hung_index_answers_within_the_deadline_and_commits_nothing_late() {
     let r = c.produce("h", vec![rec("after")]).await.unwrap();
     assert_eq!(r.offsets[0].offset, 1, "the abandoned commit never landed");
     assert_eq!(values(&c).await, vec!["before", "after"]);
+    agent.shutdown().await;
+}
+
+/// The dead-letter write commits, but its answer is lost. Before the index unit of work,
+/// the record was produced to the DLQ first and marked done after, so the retry wrote it a
+/// second time. Now both are one commit: the retry finds it done and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_is_written_once_when_the_commit_answer_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, _, _, lose_answers) = faulty_agent(dir.path()).await;
+    let url = format!("http://{}", agent.addr);
+    let c = Client::new(&url).unwrap();
+    c.create_topic("j", 1).await.unwrap();
+    c.produce("j", vec![rec("poison")]).await.unwrap();
+    let got = c
+        .receive(
+            "j",
+            "w",
+            &floe_core::api::ReceiveRequest {
+                max_records: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let receipt = got.records[0].receipt.clone();
+
+    lose_answers.store(1, Ordering::SeqCst);
+    let settled = c
+        .settle(
+            "j",
+            "w",
+            "reject",
+            &floe_core::api::SettleRequest {
+                receipts: vec![receipt],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(settled.settled, 1);
+    assert_eq!(lose_answers.load(Ordering::SeqCst), 0, "the fault fired");
+    // Past `dead_letter_retry`, receives take over the pending dead letter (if any).
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let r = c
+            .receive("j", "w", &floe_core::api::ReceiveRequest::default())
+            .await
+            .unwrap();
+        assert!(r.records.is_empty());
+    }
+    let dlq = c
+        .fetch("j.dlq", 0, 0, FetchOptions::default())
+        .await
+        .unwrap();
+    let values: Vec<_> = dlq
+        .records
+        .iter()
+        .map(|r| r.value.clone().unwrap())
+        .collect();
+    assert_eq!(values, vec!["poison"], "dead-lettered exactly once");
+    assert_eq!(dlq.records[0].headers["floe.dlq.reason"], "rejected");
+    let q = c.describe_queue("j", "w").await.unwrap();
+    assert_eq!(
+        (q.partitions[0].dead_lettering, q.partitions[0].backlog),
+        (0, 0),
+        "marked done in the same commit"
+    );
     agent.shutdown().await;
 }

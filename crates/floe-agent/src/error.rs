@@ -48,6 +48,9 @@ impl ApiError {
                     "the request's deadline passed before the index commit; nothing was committed ({e})"
                 ),
             ),
+            floe_index::IndexError::StateConflict(_) => {
+                Self::new(StatusCode::CONFLICT, "state_conflict", e.to_string())
+            }
             _ => Self::unavailable("index_unavailable", format!("metadata index error: {e}")),
         }
     }

@@ -1,22 +1,24 @@
 //! Fault-injection layers for tests: a store and an index that fail or hang on demand.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use floe_index::{
-    CommitSink, Index, NewTopic, PartitionOffsets, RunEntry, RunOutcome, SegmentCommit, StateKey,
-    StateKind, TopicMeta, Versioned,
+    CommitSink, Index, IndexError, NewTopic, PartitionOffsets, RunEntry, RunOutcome, SegmentCommit,
+    StateKey, StateKind, TopicMeta, Versioned,
 };
 
 pub use crate::store::FaultStore;
 use crate::store::wait_while;
 
-/// An index whose every call hangs while the switch is on (a stopped server).
+/// An index whose every call hangs while the switch is on (a stopped server), and whose
+/// next N commits land but answer with an error (the answer lost on the way back).
 #[derive(Debug, Clone)]
 pub struct FaultIndex {
     inner: Arc<dyn Index>,
     hanging: Arc<AtomicBool>,
+    lose_answers: Arc<AtomicU32>,
 }
 
 impl FaultIndex {
@@ -24,10 +26,15 @@ impl FaultIndex {
         Self {
             inner,
             hanging: Arc::new(AtomicBool::new(false)),
+            lose_answers: Arc::new(AtomicU32::new(0)),
         }
     }
     pub fn hang_switch(&self) -> Arc<AtomicBool> {
         self.hanging.clone()
+    }
+    /// Set to N: the next N commits are applied, then reported as failed.
+    pub fn lose_commit_answers(&self) -> Arc<AtomicU32> {
+        self.lose_answers.clone()
     }
 }
 
@@ -59,7 +66,17 @@ impl Index for FaultIndex {
     }
     async fn commit(&self, seg: SegmentCommit) -> floe_index::Result<Vec<RunOutcome>> {
         wait_while(&self.hanging).await;
-        self.inner.commit(seg).await
+        let out = self.inner.commit(seg).await?;
+        let lose = self
+            .lose_answers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lose {
+            return Err(IndexError::Task(
+                "injected fault: commit applied, answer lost".into(),
+            ));
+        }
+        Ok(out)
     }
     async fn runs_from(
         &self,

@@ -19,7 +19,7 @@ use floe_core::Record;
 use floe_core::api::RecordOffset;
 use floe_core::clock::{Clock, SharedClock};
 use floe_core::segment::{EncodeOptions, RunRef, encode_segment};
-use floe_index::{Index, IndexError, RunCommit, RunOutcome, SegmentCommit, TopicMeta};
+use floe_index::{Index, IndexError, RunCommit, RunOutcome, SegmentCommit, StateWrite, TopicMeta};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -84,12 +84,22 @@ struct Append {
 }
 
 /// Cheap handle request handlers use to append to the buffer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProducerHandle {
     tx: mpsc::Sender<Append>,
     buffer: Arc<Semaphore>,
     max_buffer: usize,
     wait: Duration,
+    /// For [`ProducerHandle::write_atomic`], which bypasses the buffer.
+    ctx: Ctx,
+}
+
+impl std::fmt::Debug for ProducerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProducerHandle")
+            .field("max_buffer", &self.max_buffer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProducerHandle {
@@ -153,6 +163,32 @@ impl ProducerHandle {
             )),
         }
     }
+
+    /// Write `records` of one topic as a segment of their own and commit them in **one
+    /// index transaction with `state_writes`**: both land or neither does (a state write
+    /// that finds another version fails the whole commit with 409 `state_conflict`).
+    /// Bypasses the shared buffer, so a conflict fails no other producer; for rare internal
+    /// writes (dead letters), not for the produce path.
+    pub async fn write_atomic(
+        &self,
+        topic: &Arc<TopicMeta>,
+        records: Vec<(u32, Record)>,
+        state_writes: Vec<StateWrite>,
+        deadline: Deadline,
+    ) -> Reply {
+        let mut runs = Runs::default();
+        let places = runs.add(topic, records);
+        let (runs, outcomes) = write_and_commit(
+            &self.ctx,
+            runs.runs,
+            None,
+            Instant::now(),
+            deadline,
+            state_writes,
+        )
+        .await?;
+        offsets_of(places, &runs, &outcomes)
+    }
 }
 
 #[derive(Clone)]
@@ -177,14 +213,6 @@ pub fn spawn(
     clock: SharedClock,
 ) -> (ProducerHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(4096);
-    let handle = ProducerHandle {
-        tx,
-        buffer: Arc::new(Semaphore::new(
-            config.limits.max_buffer_bytes.min(u32::MAX as usize >> 1),
-        )),
-        max_buffer: config.limits.max_buffer_bytes.min(u32::MAX as usize >> 1),
-        wait: Duration::from_millis(config.limits.buffer_wait_ms),
-    };
     let ctx = Ctx {
         config,
         store,
@@ -193,6 +221,22 @@ pub fn spawn(
         notifier,
         reader,
         clock,
+    };
+    let handle = ProducerHandle {
+        tx,
+        buffer: Arc::new(Semaphore::new(
+            ctx.config
+                .limits
+                .max_buffer_bytes
+                .min(u32::MAX as usize >> 1),
+        )),
+        max_buffer: ctx
+            .config
+            .limits
+            .max_buffer_bytes
+            .min(u32::MAX as usize >> 1),
+        wait: Duration::from_millis(ctx.config.limits.buffer_wait_ms),
+        ctx: ctx.clone(),
     };
     let task = tokio::spawn(run(rx, ctx).instrument(info_span!("produce_buffer")));
     (handle, task)
@@ -290,6 +334,50 @@ struct RunBuf {
     records: Vec<Record>,
 }
 
+/// Records grouped into runs per (topic, partition) in arrival order, and for each request
+/// where its records went: (run index, position in the run).
+#[derive(Default)]
+struct Runs {
+    runs: Vec<RunBuf>,
+    run_of: HashMap<(i64, u32), usize>,
+}
+
+impl Runs {
+    fn add(&mut self, topic: &Arc<TopicMeta>, records: Vec<(u32, Record)>) -> Vec<(usize, u64)> {
+        let mut places = Vec::with_capacity(records.len());
+        for (p, r) in records {
+            let runs = &mut self.runs;
+            let i = *self.run_of.entry((topic.id, p)).or_insert_with(|| {
+                runs.push(RunBuf {
+                    topic: topic.clone(),
+                    partition: p,
+                    records: Vec::new(),
+                });
+                runs.len() - 1
+            });
+            places.push((i, runs[i].records.len() as u64));
+            runs[i].records.push(r);
+        }
+        places
+    }
+}
+
+/// One request's offsets from its places and the commit's outcomes.
+fn offsets_of(places: Vec<(usize, u64)>, runs: &[(u32, String)], outcomes: &[RunOutcome]) -> Reply {
+    let mut offsets = Vec::with_capacity(places.len());
+    for (i, pos) in places {
+        match outcomes[i] {
+            RunOutcome::Committed { base_offset } => offsets.push(RecordOffset {
+                partition: runs[i].0,
+                offset: base_offset + pos,
+            }),
+            // Only possible when the topic was deleted while the flush ran.
+            RunOutcome::TopicGone => return Err(ApiError::topic_not_found(&runs[i].1)),
+        }
+    }
+    Ok(offsets)
+}
+
 async fn flush_one(
     batch: Vec<Append>,
     ctx: Ctx,
@@ -298,9 +386,7 @@ async fn flush_one(
     _permit: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
-    // Group into runs; remember where each request's records went.
-    let mut run_of: HashMap<(i64, u32), usize> = HashMap::new();
-    let mut runs: Vec<RunBuf> = Vec::new();
+    let mut runs = Runs::default();
     let mut waiters = Vec::with_capacity(batch.len());
     let mut total_records = 0u64;
     let mut total_bytes = 0u64;
@@ -309,24 +395,12 @@ async fn flush_one(
         return;
     };
     for a in batch {
-        let mut places = Vec::with_capacity(a.records.len());
         total_bytes += a.bytes as u64;
-        for (p, r) in a.records {
-            let i = *run_of.entry((a.topic.id, p)).or_insert_with(|| {
-                runs.push(RunBuf {
-                    topic: a.topic.clone(),
-                    partition: p,
-                    records: Vec::new(),
-                });
-                runs.len() - 1
-            });
-            places.push((i, runs[i].records.len() as u64));
-            runs[i].records.push(r);
-            total_records += 1;
-        }
+        total_records += a.records.len() as u64;
+        let places = runs.add(&a.topic, a.records);
         waiters.push((places, a.reply, a._permit));
     }
-    let result = write_and_commit(&ctx, runs, before, started, deadline).await;
+    let result = write_and_commit(&ctx, runs.runs, before, started, deadline, Vec::new()).await;
     // Let the next flush commit whatever happened here.
     drop(done);
     match result {
@@ -335,25 +409,7 @@ async fn flush_one(
                 .flush_seconds
                 .observe(started.elapsed().as_secs_f64());
             for (places, reply, _permit) in waiters {
-                let mut offsets = Vec::with_capacity(places.len());
-                let mut gone = None;
-                for (i, pos) in places {
-                    match outcomes[i] {
-                        RunOutcome::Committed { base_offset } => {
-                            offsets.push(RecordOffset {
-                                partition: runs[i].0,
-                                offset: base_offset + pos,
-                            });
-                        }
-                        RunOutcome::TopicGone => gone = Some(i),
-                    }
-                }
-                let r = match gone {
-                    // Only possible when the topic was deleted while the flush ran.
-                    Some(i) => Err(ApiError::topic_not_found(&runs[i].1)),
-                    None => Ok(offsets),
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(offsets_of(places, &runs, &outcomes));
             }
             ctx.metrics.records_produced.inc_by(total_records);
             ctx.metrics.bytes_produced.inc_by(total_bytes);
@@ -375,6 +431,7 @@ async fn write_and_commit(
     before: Option<oneshot::Receiver<()>>,
     started: Instant,
     deadline: Deadline,
+    state_writes: Vec<StateWrite>,
 ) -> Result<(Vec<(u32, String)>, Vec<RunOutcome>), ApiError> {
     let opts = EncodeOptions {
         compression: ctx.config.compression,
@@ -470,6 +527,7 @@ async fn write_and_commit(
         deadline_unix_ms: deadline.unix_ms.min(put_started_unix_ms.saturating_add(
             i64::try_from(ctx.config.commit_deadline.as_millis()).unwrap_or(i64::MAX),
         )),
+        state_writes,
     };
     let outcomes = ctx.index.commit(commit).await.map_err(|e| match e {
         IndexError::Timeout { .. } => ApiError::unavailable(

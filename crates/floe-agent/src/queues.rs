@@ -23,7 +23,7 @@ use floe_core::api::{
 };
 use floe_core::share::{DeadLetterJob, DeadReason, KeyHashes, Receipt, Settle, SharePartition};
 use floe_core::{Record, TopicName};
-use floe_index::{IndexError, NewTopic, StateKey, StateKind, TopicMeta};
+use floe_index::{IndexError, NewTopic, StateKey, StateKind, StateWrite, TopicMeta};
 
 use tracing::Instrument;
 
@@ -397,9 +397,11 @@ fn queued(
     }
 }
 
-/// Write dead-letter jobs to the DLQ topic, then mark them done. On failure they stay
-/// pending and are taken over after `dead_letter_retry` by the next operation on the
-/// partition: a record reaches the DLQ at least once and is never dropped.
+/// Dead-letter jobs **exactly once**: the DLQ records and the queue state that marks them
+/// done are committed in one index transaction (RFC 0001). On failure they stay pending
+/// and are taken over after `dead_letter_retry` by the next operation on the partition; a
+/// writer that lost the race — or whose commit landed but whose answer was lost — finds
+/// them done and writes nothing. A record reaches the DLQ once and is never dropped.
 async fn dead_letter(
     s: &Shared,
     topic: &Arc<TopicMeta>,
@@ -411,67 +413,98 @@ async fn dead_letter(
         tracing::info_span!("dead_letter", topic = %topic.name, group, partition, n = jobs.len());
     jobs.sort_by_key(|j| j.offset);
     async move {
-    match write_dead_letters(s, topic, group, partition, &jobs).await {
-        Ok(()) => {
-            let done = crate::state::update(
-                &s.index,
-                &s.metrics,
-                &share_key(topic, group, partition),
-                SharePartition::default,
-                |st| {
-                    let mut changed = false;
-                    for j in &jobs {
-                        changed |= st.dead_lettered(j.offset, j.count);
-                    }
-                    Ok(((), changed))
-                },
-            )
-            .await;
-            match done {
-                Ok(()) => s.metrics.queue_dead_lettered.inc_by(jobs.len() as u64),
-                Err(e) => {
-                    tracing::warn!(error = %e.message, "dead letters written but not marked; they may be written again");
-                }
-            }
+        match write_dead_letters(s, topic, group, partition, &jobs).await {
+            Ok(n) => s.metrics.queue_dead_lettered.inc_by(n as u64),
+            Err(e) => tracing::warn!(code = e.code, error = %e.message, "dead-letter write failed; will retry"),
         }
-        Err(e) => tracing::warn!(error = %e.message, "dead-letter write failed; will retry"),
-    }
     }
     .instrument(span)
     .await;
 }
 
+/// Conflicting dead-letter writers retry this many times (each retry re-reads the state).
+const DEAD_LETTER_ATTEMPTS: u32 = 8;
+
+/// Returns how many records this call dead-lettered (0: someone else already did).
 async fn write_dead_letters(
     s: &Shared,
     topic: &Arc<TopicMeta>,
     group: &str,
     partition: u32,
     jobs: &[DeadLetterJob],
-) -> ApiResult<()> {
+) -> ApiResult<usize> {
     let (_, dlq_name) = settings(s, topic)?;
     let dlq = dead_letter_topic(s, topic, &dlq_name).await?;
+    let records = dead_letter_records(s, topic, group, partition, &dlq, jobs).await?;
+    let key = share_key(topic, group, partition);
+    for _ in 0..DEAD_LETTER_ATTEMPTS {
+        let Some((mut st, version)) =
+            crate::state::load_versioned::<SharePartition>(&s.index, &key).await?
+        else {
+            return Ok(0);
+        };
+        // Only the jobs still dead-lettering in this very delivery.
+        let todo: Vec<(u32, Record)> = records
+            .iter()
+            .filter(|(j, _)| st.dead_lettered(j.offset, j.count))
+            .map(|(_, r)| r.clone())
+            .collect();
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        let n = todo.len();
+        let write = StateWrite {
+            key: key.clone(),
+            expected: Some(version),
+            data: crate::state::encode(&st)?,
+        };
+        let deadline = crate::produce::Deadline::after(&*s.clock, s.config.produce_timeout);
+        match s
+            .producer
+            .write_atomic(&dlq, todo, vec![write], deadline)
+            .await
+        {
+            Ok(_) => return Ok(n),
+            Err(e) if e.code == "state_conflict" => s.metrics.state_conflicts.inc(),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::unavailable(
+        "contention",
+        "queue state changed concurrently while dead-lettering; will retry",
+    ))
+}
+
+/// The DLQ copy of each job's record: its key, value and headers plus the `floe.dlq.*`
+/// headers, on partition `source partition % DLQ partitions`.
+async fn dead_letter_records<'j>(
+    s: &Shared,
+    topic: &Arc<TopicMeta>,
+    group: &str,
+    partition: u32,
+    dlq: &TopicMeta,
+    jobs: &'j [DeadLetterJob],
+) -> ApiResult<Vec<(&'j DeadLetterJob, (u32, Record))>> {
     let now = now_ms();
     let mut records = Vec::with_capacity(jobs.len());
-    let mut bytes = 0;
     let offsets: Vec<(u64, u32)> = jobs.iter().map(|j| (j.offset, j.count)).collect();
-    let reasons: BTreeMap<u64, &DeadReason> = jobs.iter().map(|j| (j.offset, &j.reason)).collect();
+    let by_offset: BTreeMap<u64, &DeadLetterJob> = jobs.iter().map(|j| (j.offset, j)).collect();
     for run in contiguous(&offsets) {
         let f = s
             .reader
             .read(topic, partition, run[0].0, run.len(), usize::MAX)
             .await?;
         for ((offset, v), (_, count)) in f.iter().zip(run.iter()) {
+            let Some(job) = by_offset.get(&offset).copied() else {
+                continue;
+            };
             let mut headers: Vec<(String, String)> = v
                 .headers
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect();
-            let reason = reasons
-                .get(&offset)
-                .copied()
-                .unwrap_or(&DeadReason::MaxDeliveries);
-            headers.push(("floe.dlq.reason".into(), reason.code().into()));
-            if let DeadReason::Rejected(Some(m)) = reason {
+            headers.push(("floe.dlq.reason".into(), job.reason.code().into()));
+            if let DeadReason::Rejected(Some(m)) = &job.reason {
                 headers.push(("floe.dlq.message".into(), m.clone()));
             }
             headers.push(("floe.dlq.source_topic".into(), topic.name.clone()));
@@ -485,8 +518,7 @@ async fn write_dead_letters(
                 value: Bytes::copy_from_slice(v.value),
                 headers,
             };
-            bytes += rec.size();
-            records.push((partition % dlq.partitions, rec));
+            records.push((job, (partition % dlq.partitions, rec)));
         }
     }
     if records.len() != jobs.len() {
@@ -495,9 +527,7 @@ async fn write_dead_letters(
             "could not read every record to dead-letter",
         ));
     }
-    let deadline = crate::produce::Deadline::after(&*s.clock, s.config.produce_timeout);
-    s.producer.append(dlq, records, bytes, deadline).await?;
-    Ok(())
+    Ok(records)
 }
 
 /// The dead-letter topic, created (with the source's partition count) on first use.

@@ -30,6 +30,31 @@ fn decode<S: DeserializeOwned>(key: &StateKey, data: &[u8]) -> Result<S, ApiErro
     })
 }
 
+/// The stored state with its version, or `None` when nothing is stored.
+pub async fn load_versioned<S: DeserializeOwned>(
+    index: &Arc<dyn Index>,
+    key: &StateKey,
+) -> Result<Option<(S, i64)>, ApiError> {
+    match index
+        .load_state(key)
+        .await
+        .map_err(|e| ApiError::index(&e))?
+    {
+        Some(v) => decode(key, &v.data).map(|s| Some((s, v.version))),
+        None => Ok(None),
+    }
+}
+
+pub fn encode<S: Serialize>(state: &S) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(state).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "state_encode_failed",
+            e.to_string(),
+        )
+    })
+}
+
 /// The current state, or `None` when nothing is stored.
 pub async fn load<S: DeserializeOwned>(
     index: &Arc<dyn Index>,
@@ -82,13 +107,7 @@ where
         if !changed {
             return Ok(answer);
         }
-        let data = serde_json::to_vec(&state).map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "state_encode_failed",
-                e.to_string(),
-            )
-        })?;
+        let data = encode(&state)?;
         if index
             .store_state(key, version, data)
             .await

@@ -43,6 +43,10 @@ pub enum IndexError {
     /// commit, whether it landed is unknown (see RFC 0001).
     #[error("index call {op} timed out after {after_ms} ms")]
     Timeout { op: &'static str, after_ms: u64 },
+    /// A state write in a commit found another version than it expected: the whole commit
+    /// was rolled back (no runs, no state).
+    #[error("consumer state {0:?} changed concurrently; nothing committed")]
+    StateConflict(StateKey),
 }
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
@@ -104,6 +108,20 @@ pub struct SegmentCommit {
     /// process) cannot land after its producers were told it failed, nor after the
     /// sweeper may consider its segment an orphan.
     pub deadline_unix_ms: i64,
+    /// Consumer-state writes that commit together with the runs, or not at all: each is a
+    /// compare-and-swap like [`Index::store_state`]; if any finds another version, the
+    /// whole commit fails with [`IndexError::StateConflict`]. (Dead-lettering uses this:
+    /// the DLQ records and the queue state that marks them done land in one transaction.)
+    pub state_writes: Vec<StateWrite>,
+}
+
+/// One compare-and-swap of a consumer-state blob inside a commit.
+#[derive(Debug, Clone)]
+pub struct StateWrite {
+    pub key: StateKey,
+    /// `None`: nothing may be stored yet.
+    pub expected: Option<i64>,
+    pub data: Vec<u8>,
 }
 
 /// The verdict of the last step of a commit: `Err` when `now_ms` is past the deadline.

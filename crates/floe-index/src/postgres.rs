@@ -255,6 +255,11 @@ impl PostgresIndex {
                     .await?;
             }
         }
+        for w in &seg.state_writes {
+            if !cas_state(&tx, &w.key, w.expected, &w.data).await? {
+                return Err(CommitError::Index(IndexError::StateConflict(w.key.clone())));
+            }
+        }
         // Last step before COMMIT, on the server's clock: a commit that stalled past its
         // deadline (hung server, lock waits) is rolled back when the transaction drops.
         let now: i64 = tx
@@ -271,6 +276,37 @@ impl PostgresIndex {
 }
 
 /// Why one commit attempt failed.
+/// Compare-and-swap of one consumer-state blob; false (nothing changed) when the stored
+/// version is not `expected`, or when its topic no longer exists (first write).
+async fn cas_state<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    key: &StateKey,
+    expected: Option<i64>,
+    data: &[u8],
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    let (k, p) = (key.kind.as_str(), key.partition as i32);
+    let n = match expected {
+        None => {
+            c.execute(
+                "INSERT INTO floe_consumer_state (kind, topic_id, grp, partition, version, data)
+                 SELECT $1, $2, $3, $4, 1, $5 WHERE EXISTS (SELECT 1 FROM floe_topics WHERE id = $2)
+                 ON CONFLICT DO NOTHING",
+                &[&k, &key.topic_id, &key.group, &p, &data],
+            )
+            .await?
+        }
+        Some(v) => {
+            c.execute(
+                "UPDATE floe_consumer_state SET version = version + 1, data = $5
+                 WHERE kind = $1 AND topic_id = $2 AND grp = $3 AND partition = $4 AND version = $6",
+                &[&k, &key.topic_id, &key.group, &p, &data, &v],
+            )
+            .await?
+        }
+    };
+    Ok(n == 1)
+}
+
 enum CommitError {
     Pg(tokio_postgres::Error),
     Pool(String),
@@ -553,27 +589,7 @@ impl Index for PostgresIndex {
         data: Vec<u8>,
     ) -> Result<bool> {
         let c = self.client().await?;
-        let (k, p) = (key.kind.as_str(), key.partition as i32);
-        let n = match expected {
-            None => c
-                .execute(
-                    "INSERT INTO floe_consumer_state (kind, topic_id, grp, partition, version, data)
-                     SELECT $1, $2, $3, $4, 1, $5 WHERE EXISTS (SELECT 1 FROM floe_topics WHERE id = $2)
-                     ON CONFLICT DO NOTHING",
-                    &[&k, &key.topic_id, &key.group, &p, &data],
-                )
-                .await
-                .map_err(pg)?,
-            Some(v) => c
-                .execute(
-                    "UPDATE floe_consumer_state SET version = version + 1, data = $5
-                     WHERE kind = $1 AND topic_id = $2 AND grp = $3 AND partition = $4 AND version = $6",
-                    &[&k, &key.topic_id, &key.group, &p, &data, &v],
-                )
-                .await
-                .map_err(pg)?,
-        };
-        Ok(n == 1)
+        cas_state(&c, key, expected, &data).await.map_err(pg)
     }
 
     async fn list_states(

@@ -303,6 +303,11 @@ impl Index for SqliteIndex {
                     out.push(RunOutcome::Committed { base_offset: base });
                 }
             }
+            for w in &seg.state_writes {
+                if !cas_state(&tx, &w.key, w.expected, &w.data)? {
+                    return Err(IndexError::StateConflict(w.key.clone()));
+                }
+            }
             // Last step before the commit is durable: too late means roll back (the
             // transaction is dropped), so a stalled commit never lands after its deadline.
             check_deadline(seg.deadline_unix_ms, clock.now_ms())?;
@@ -387,26 +392,8 @@ impl Index for SqliteIndex {
         data: Vec<u8>,
     ) -> Result<bool> {
         let key = key.clone();
-        self.write(move |c| {
-            let (k, t, g, p) = (key.kind.as_str(), key.topic_id, &key.group, key.partition);
-            let changed = match expected {
-                None => c
-                    .prepare_cached(
-                        "INSERT INTO consumer_state (kind, topic_id, grp, partition, version, data)
-                         SELECT ?1, ?2, ?3, ?4, 1, ?5 WHERE EXISTS (SELECT 1 FROM topics WHERE id = ?2)
-                         ON CONFLICT DO NOTHING",
-                    )?
-                    .execute(params![k, t, g, p, data])?,
-                Some(v) => c
-                    .prepare_cached(
-                        "UPDATE consumer_state SET version = version + 1, data = ?5
-                         WHERE kind = ?1 AND topic_id = ?2 AND grp = ?3 AND partition = ?4 AND version = ?6",
-                    )?
-                    .execute(params![k, t, g, p, data, v])?,
-            };
-            Ok(changed == 1)
-        })
-        .await
+        self.write(move |c| cas_state(c, &key, expected, &data))
+            .await
     }
 
     async fn list_states(
@@ -447,6 +434,28 @@ impl Index for SqliteIndex {
         })
         .await
     }
+}
+
+/// Compare-and-swap of one consumer-state blob; false (nothing changed) when the stored
+/// version is not `expected`, or when its topic no longer exists (first write).
+fn cas_state(c: &Connection, key: &StateKey, expected: Option<i64>, data: &[u8]) -> Result<bool> {
+    let (k, t, g, p) = (key.kind.as_str(), key.topic_id, &key.group, key.partition);
+    let changed = match expected {
+        None => c
+            .prepare_cached(
+                "INSERT INTO consumer_state (kind, topic_id, grp, partition, version, data)
+                 SELECT ?1, ?2, ?3, ?4, 1, ?5 WHERE EXISTS (SELECT 1 FROM topics WHERE id = ?2)
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![k, t, g, p, data])?,
+        Some(v) => c
+            .prepare_cached(
+                "UPDATE consumer_state SET version = version + 1, data = ?5
+                 WHERE kind = ?1 AND topic_id = ?2 AND grp = ?3 AND partition = ?4 AND version = ?6",
+            )?
+            .execute(params![k, t, g, p, data, v])?,
+    };
+    Ok(changed == 1)
 }
 
 #[cfg(test)]
@@ -491,6 +500,7 @@ mod tests {
                 size: 1,
                 runs: vec![run(a.id, 0, 7)],
                 deadline_unix_ms: i64::MAX,
+                state_writes: Vec::new(),
             })
             .await
             .unwrap();

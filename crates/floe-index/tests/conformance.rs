@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use floe_index::{
     Index, IndexError, NewTopic, RunCommit, RunOutcome, SegmentCommit, StateKey, StateKind,
+    StateWrite,
 };
 
 type Idx = Arc<dyn Index>;
@@ -34,6 +35,7 @@ fn seg(key: &str, runs: Vec<RunCommit>) -> SegmentCommit {
         size: 100,
         runs,
         deadline_unix_ms: i64::MAX,
+        state_writes: Vec::new(),
     }
 }
 
@@ -286,6 +288,78 @@ async fn state_is_compare_and_swap(i: Idx) {
     );
 }
 
+/// The unit of work: runs and consumer-state writes commit together or not at all.
+async fn state_writes_commit_with_runs_or_not_at_all(i: Idx) {
+    let t = i.create_topic(new_topic("t", 1)).await.unwrap();
+    let dlq = i.create_topic(new_topic("t.dlq", 1)).await.unwrap();
+    let key = StateKey {
+        kind: StateKind::Share,
+        topic_id: t.id,
+        group: "q".into(),
+        partition: 0,
+    };
+    assert!(
+        i.store_state(&key, None, b"pending".to_vec())
+            .await
+            .unwrap()
+    );
+    let v1 = i.load_state(&key).await.unwrap().unwrap().version;
+    let write = |expected, data: &[u8]| StateWrite {
+        key: key.clone(),
+        expected,
+        data: data.to_vec(),
+    };
+
+    let mut ok = seg("s1", vec![run(dlq.id, 0, 2)]);
+    ok.state_writes = vec![write(Some(v1), b"done")];
+    assert_eq!(
+        i.commit(ok).await.unwrap(),
+        vec![RunOutcome::Committed { base_offset: 0 }]
+    );
+    let after = i.load_state(&key).await.unwrap().unwrap();
+    assert_eq!(after.data, b"done");
+    assert!(after.version > v1);
+
+    // A second writer that read the old version: neither its runs nor its state land.
+    let mut stale = seg("s2", vec![run(dlq.id, 0, 2)]);
+    stale.state_writes = vec![write(Some(v1), b"done again")];
+    let err = i.commit(stale).await.unwrap_err();
+    assert!(
+        matches!(&err, IndexError::StateConflict(k) if *k == key),
+        "{err:?}"
+    );
+    assert_eq!(i.end_offset(dlq.id, 0).await.unwrap(), Some(2), "no runs");
+    assert!(!i.segment_referenced("s2").await.unwrap());
+    assert_eq!(
+        i.load_state(&key).await.unwrap().unwrap(),
+        after,
+        "no state"
+    );
+
+    // An insert (expected None) where a blob exists conflicts too; one for a new key lands.
+    let mut insert = seg("s3", vec![run(dlq.id, 0, 1)]);
+    insert.state_writes = vec![write(None, b"x")];
+    assert!(matches!(
+        i.commit(insert).await,
+        Err(IndexError::StateConflict(_))
+    ));
+    let other = StateKey {
+        partition: 7,
+        ..key.clone()
+    };
+    let mut insert = seg("s4", vec![run(dlq.id, 0, 1)]);
+    insert.state_writes = vec![StateWrite {
+        key: other.clone(),
+        expected: None,
+        data: b"new".to_vec(),
+    }];
+    assert_eq!(
+        i.commit(insert).await.unwrap(),
+        vec![RunOutcome::Committed { base_offset: 2 }]
+    );
+    assert_eq!(i.load_state(&other).await.unwrap().unwrap().data, b"new");
+}
+
 /// Many writers increment one counter by load + compare-and-swap: no update is lost.
 async fn concurrent_cas_loses_no_update(i: Idx) {
     let t = i.create_topic(new_topic("t", 1)).await.unwrap();
@@ -444,6 +518,11 @@ macro_rules! conformance {
         async fn state_is_compare_and_swap() {
             let (_g, i) = $open().await;
             super::state_is_compare_and_swap(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn state_writes_commit_with_runs_or_not_at_all() {
+            let (_g, i) = $open().await;
+            super::state_writes_commit_with_runs_or_not_at_all(i).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_cas_loses_no_update() {
