@@ -293,6 +293,7 @@ async fn kill9_one_of_three_agents_loses_no_acked_record() {
     }
 }
 
+#[allow(clippy::disallowed_methods)] // a test's own wall clock, not the engine's
 fn chrono_like_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -186,6 +186,7 @@ pub fn fresh_bucket_url() -> String {
     format!("s3://{}/t-{}", s3_bucket(), unique())
 }
 
+#[allow(clippy::disallowed_methods)] // unique names, not engine time
 pub fn unique() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::Shared;
 use crate::error::ApiError;
 use crate::fetch::Fetched;
-use crate::http::{JsonBody, existing_topic, now_ms, path_err, topic_name};
+use crate::http::{JsonBody, existing_topic, path_err, topic_name};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -141,7 +141,7 @@ pub async fn join_group(
         None => format!("m-{}", uuid::Uuid::now_v7().simple()),
     };
     let (parts, max) = (topic.partitions, l.max_group_members);
-    let now = now_ms();
+    let now = s.clock.now_ms();
     let member = Member {
         partitions: Vec::new(),
         last_seen_ms: now,
@@ -173,7 +173,7 @@ pub async fn heartbeat(
 ) -> ApiResult<Json<Assignment>> {
     let Path((topic, group, member)) = p.map_err(path_err)?;
     let (topic, group) = topic_and_group(&s, &topic, &group).await?;
-    let now = now_ms();
+    let now = s.clock.now_ms();
     let parts = topic.partitions;
     let a = update_group(&s, &topic, &group, |g| {
         g.expire(now, parts);
@@ -195,7 +195,7 @@ pub async fn leave_group(
 ) -> ApiResult<StatusCode> {
     let Path((topic, group, member)) = p.map_err(path_err)?;
     let (topic, group) = topic_and_group(&s, &topic, &group).await?;
-    let now = now_ms();
+    let now = s.clock.now_ms();
     let parts = topic.partitions;
     update_group(&s, &topic, &group, |g| {
         let expired = g.expire(now, parts);
@@ -260,7 +260,7 @@ pub async fn commit(
         }
         offsets.push((o.partition, o.offset));
     }
-    let now = now_ms();
+    let now = s.clock.now_ms();
     let parts = topic.partitions;
     update_group(&s, &topic, &group, |g| {
         // Expiry first: a member past its session timeout must not commit.
@@ -389,7 +389,7 @@ pub async fn group_fetch(
             }
         }
     }
-    let now = now_ms();
+    let now = s.clock.now_ms();
     let parts = topic.partitions;
     // Heartbeat, auto-commit of the cursor, and the member's view, in one state change.
     let (generation, assigned, committed, session) = update_group(&s, &topic, &group, |g| {
@@ -542,7 +542,7 @@ pub async fn describe_group(
                 format!("topic {:?} has no consumer group {group:?}", topic.name),
             )
         })?;
-    g.expire(now_ms(), topic.partitions);
+    g.expire(s.clock.now_ms(), topic.partitions);
     let offsets = s
         .index
         .partition_offsets(topic.id)

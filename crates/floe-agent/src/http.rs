@@ -381,12 +381,6 @@ fn info_of(t: &TopicMeta) -> TopicInfo {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Liveness: 200 while the process runs.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is running")))]
 async fn healthz() -> Json<serde_json::Value> {
@@ -481,7 +475,7 @@ async fn create_topic(
             partitions,
             retention_ms: req.retention_ms,
             config: req.config.unwrap_or_default(),
-            created_ms: now_ms(),
+            created_ms: s.clock.now_ms(),
             max_topics: s.config.limits.max_topics,
         })
         .await
@@ -696,7 +690,7 @@ async fn produce(
     let topic = tokio::time::timeout_at(deadline.at, existing_topic(&s, &raw))
         .await
         .map_err(|_| crate::produce::deadline_exceeded("looking up the topic"))??;
-    let ts = now_ms();
+    let ts = s.clock.now_ms();
     let mut records = Vec::with_capacity(incoming.len());
     let mut bytes = 0usize;
     for (i, r) in incoming.into_iter().enumerate() {

@@ -96,8 +96,19 @@ impl Agent {
         store: Arc<dyn ObjectStore>,
         index: Arc<dyn Index>,
     ) -> Result<Self, StartError> {
+        Self::start_with_clock(config, store, index, floe_core::clock::system()).await
+    }
+
+    /// Start with a given store, index and wall clock: every expiry the engine decides
+    /// (sessions, visibility timeouts, dead-letter take-over, orphan age, record
+    /// timestamps) reads `clock`, so tests can move time instead of sleeping.
+    pub async fn start_with_clock(
+        config: AgentConfig,
+        store: Arc<dyn ObjectStore>,
+        index: Arc<dyn Index>,
+        clock: floe_core::clock::SharedClock,
+    ) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let clock = floe_core::clock::system();
         let config = Arc::new(config);
         let metrics = metrics::Metrics::new()?;
         // Every call to the bucket and the index has a deadline (RFC 0001).
@@ -149,6 +160,7 @@ impl Agent {
             store,
             index,
             metrics,
+            shared.clock.clone(),
             shutdown_rx.clone(),
         ));
         let listener = tokio::net::TcpListener::bind(&config.listen)

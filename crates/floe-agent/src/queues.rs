@@ -31,7 +31,7 @@ use crate::Shared;
 use crate::error::ApiError;
 use crate::fetch::text_or_b64;
 use crate::groups::{topic_and_group, valid_name};
-use crate::http::{JsonBody, now_ms, path_err};
+use crate::http::{JsonBody, path_err};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -196,7 +196,7 @@ pub async fn receive(
             .partition_offsets(topic.id)
             .await
             .map_err(|e| ApiError::index(&e))?;
-        let now = now_ms();
+        let now = s.clock.now_ms();
         let mut got: Vec<(u32, u64, u32)> = Vec::new();
         let mut next_change: Option<i64> = None;
         let first = ROTATE.fetch_add(1, Ordering::Relaxed) % n.max(1);
@@ -258,7 +258,7 @@ pub async fn receive(
         // Wake on a commit, when a held or delayed record comes due, or at the re-check.
         let mut wake = (now_i + s.config.poll_interval).min(deadline);
         if let Some(t) = next_change {
-            let due = Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0));
+            let due = Duration::from_millis(u64::try_from(t - s.clock.now_ms()).unwrap_or(0));
             wake = wake.min(now_i + due);
         }
         let any_commit =
@@ -485,7 +485,7 @@ async fn dead_letter_records<'j>(
     dlq: &TopicMeta,
     jobs: &'j [DeadLetterJob],
 ) -> ApiResult<Vec<(&'j DeadLetterJob, (u32, Record))>> {
-    let now = now_ms();
+    let now = s.clock.now_ms();
     let mut records = Vec::with_capacity(jobs.len());
     let offsets: Vec<(u64, u32)> = jobs.iter().map(|j| (j.offset, j.count)).collect();
     let by_offset: BTreeMap<u64, &DeadLetterJob> = jobs.iter().map(|j| (j.offset, j)).collect();
@@ -542,7 +542,7 @@ async fn dead_letter_topic(s: &Shared, topic: &TopicMeta, name: &str) -> ApiResu
             partitions: topic.partitions,
             retention_ms: None,
             config: BTreeMap::new(),
-            created_ms: now_ms(),
+            created_ms: s.clock.now_ms(),
             max_topics: s.config.limits.max_topics,
         })
         .await;
@@ -613,7 +613,7 @@ async fn settle_all(
     let mut settled = 0u64;
     let mut failed = Vec::new();
     for (p, receipts) in by_partition {
-        let now = now_ms();
+        let now = s.clock.now_ms();
         let (results, jobs) = crate::state::update(
             &s.index,
             &s.metrics,

@@ -118,12 +118,7 @@ where
         insert_refused = version.is_none();
         metrics.state_conflicts.inc();
         // Back off a little, with jitter, so that competing writers spread out.
-        let jitter = u64::from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-                % 1000,
-        );
+        let jitter = rand::random::<u64>() % 1000;
         let base = 200 * u64::from(attempt.min(10));
         tokio::time::sleep(Duration::from_micros(base + jitter)).await;
     }

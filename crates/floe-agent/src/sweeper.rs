@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use floe_core::clock::SharedClock;
 use floe_index::Index;
 use futures::StreamExt;
 use object_store::path::Path;
@@ -25,6 +26,7 @@ pub async fn run(
     store: Arc<dyn ObjectStore>,
     index: Arc<dyn Index>,
     metrics: Metrics,
+    clock: SharedClock,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -33,7 +35,7 @@ pub async fn run(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let span = info_span!("sweep");
-        match sweep_once(&store, index.as_ref(), config.orphan_grace)
+        match sweep_once(&store, index.as_ref(), config.orphan_grace, clock.now_ms())
             .instrument(span)
             .await
         {
@@ -56,13 +58,14 @@ pub enum SweepError {
     Index(#[from] floe_index::IndexError),
 }
 
-/// One pass. Returns how many objects were deleted.
+/// One pass at wall-clock time `now_ms`. Returns how many objects were deleted.
 pub async fn sweep_once(
     store: &Arc<dyn ObjectStore>,
     index: &dyn Index,
     grace: Duration,
+    now_ms: i64,
 ) -> Result<u64, SweepError> {
-    let cutoff = chrono_now() - grace.as_millis() as i64;
+    let cutoff = now_ms - grace.as_millis() as i64;
     let mut listing = store.list(Some(&Path::from(SEGMENT_PREFIX)));
     let mut deleted = 0;
     while let Some(meta) = listing.next().await {
@@ -79,10 +82,4 @@ pub async fn sweep_once(
         }
     }
     Ok(deleted)
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -1,0 +1,235 @@
+//! The engine with a controlled clock: group session expiry, queue visibility timeouts,
+//! dead-lettering after max deliveries and the orphan sweeper's grace are decided by the
+//! agent's injected `Clock`, so these tests move time instead of sleeping through it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe_agent::{Agent, AgentConfig};
+use floe_client::{Client, FetchOptions};
+use floe_core::api::{JoinGroupRequest, ProduceRecord, ReceiveRequest, SettleRequest};
+use floe_core::clock::{Clock, ManualClock, SystemClock};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+struct Harness {
+    agent: Agent,
+    client: Client,
+    clock: ManualClock,
+    store: Arc<dyn ObjectStore>,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness(config: AgentConfig) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(dir.path())
+            .unwrap()
+            .with_fsync(true),
+    );
+    // Start at the real time: object modification times come from the filesystem.
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let index = floe_index::open_with_clock(
+        &format!("sqlite://{}", dir.path().join("index.db").display()),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    let config = AgentConfig {
+        listen: "127.0.0.1:0".into(),
+        linger: Duration::from_millis(2),
+        ..config
+    };
+    let agent = Agent::start_with_clock(config, store.clone(), index, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let client = Client::new(&format!("http://{}", agent.addr)).unwrap();
+    Harness {
+        agent,
+        client,
+        clock,
+        store,
+        _dir: dir,
+    }
+}
+
+fn rec(v: &str) -> ProduceRecord {
+    ProduceRecord {
+        value: Some(v.into()),
+        ..Default::default()
+    }
+}
+
+fn receive_one() -> ReceiveRequest {
+    ReceiveRequest {
+        max_records: Some(1),
+        visibility_timeout_ms: Some(30_000),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_member_expires_after_its_session_timeout_of_clock_time() {
+    let h = harness(AgentConfig::default()).await;
+    let c = &h.client;
+    c.create_topic("t", 2).await.unwrap();
+    let join = |_| JoinGroupRequest {
+        session_timeout_ms: Some(10_000),
+        ..Default::default()
+    };
+    let a = c.join_group("t", "g", &join(())).await.unwrap();
+    let b = c.join_group("t", "g", &join(())).await.unwrap();
+    let gen_both = c.describe_group("t", "g").await.unwrap().generation;
+    assert_eq!(c.describe_group("t", "g").await.unwrap().members.len(), 2);
+
+    h.clock.advance_ms(6_000);
+    c.heartbeat("t", "g", &b.member_id).await.unwrap();
+    // 9.999 s after A was last seen: still a member.
+    h.clock.advance_ms(3_999);
+    assert_eq!(c.describe_group("t", "g").await.unwrap().members.len(), 2);
+    // 12 s: A is gone, B (seen 6 s ago) stays and owns every partition.
+    h.clock.advance_ms(2_001);
+    let g = c.describe_group("t", "g").await.unwrap();
+    let members: Vec<_> = g.members.iter().map(|m| m.member_id.clone()).collect();
+    assert_eq!(members, vec![b.member_id.clone()]);
+    assert!(
+        g.generation > gen_both,
+        "removing a member bumps the generation"
+    );
+    assert_eq!(g.members[0].partitions, vec![0, 1]);
+    let err = c.heartbeat("t", "g", &a.member_id).await.unwrap_err();
+    assert_eq!(err.code(), Some("unknown_member"));
+    h.agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_record_comes_back_after_its_visibility_timeout_of_clock_time() {
+    let h = harness(AgentConfig::default()).await;
+    let c = &h.client;
+    c.create_topic("q", 1).await.unwrap();
+    c.produce("q", vec![rec("job")]).await.unwrap();
+    let first = c.receive("q", "w", &receive_one()).await.unwrap();
+    assert_eq!(first.records[0].delivery_count, 1);
+    h.clock.advance_ms(29_999);
+    assert!(
+        c.receive("q", "w", &receive_one())
+            .await
+            .unwrap()
+            .records
+            .is_empty(),
+        "invisible until the timeout"
+    );
+    h.clock.advance_ms(2);
+    let again = c.receive("q", "w", &receive_one()).await.unwrap();
+    assert_eq!(again.records.len(), 1);
+    assert_eq!(again.records[0].delivery_count, 2);
+    assert_eq!(again.records[0].record.offset, 0);
+    let stale = c
+        .settle(
+            "q",
+            "w",
+            "ack",
+            &SettleRequest {
+                receipts: vec![first.records[0].receipt.clone()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale.settled, 0);
+    assert_eq!(stale.failed[0].code, "stale_receipt");
+    h.agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_is_dead_lettered_after_max_deliveries_of_clock_time() {
+    let h = harness(AgentConfig {
+        max_deliveries: 2,
+        ..AgentConfig::default()
+    })
+    .await;
+    let c = &h.client;
+    c.create_topic("d", 1).await.unwrap();
+    c.produce("d", vec![rec("poison")]).await.unwrap();
+    for delivery in 1..=2 {
+        let r = c.receive("d", "w", &receive_one()).await.unwrap();
+        assert_eq!(r.records[0].delivery_count, delivery);
+        h.clock.advance_ms(30_001);
+    }
+    // The second delivery timed out too: the next receive dead-letters instead of
+    // delivering a third time.
+    assert!(
+        c.receive("d", "w", &receive_one())
+            .await
+            .unwrap()
+            .records
+            .is_empty()
+    );
+    let dlq = c
+        .fetch("d.dlq", 0, 0, FetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(dlq.records.len(), 1);
+    let h0 = &dlq.records[0].headers;
+    assert_eq!(h0["floe.dlq.reason"], "max_deliveries");
+    assert_eq!(h0["floe.dlq.delivery_count"], "2");
+    assert_eq!(
+        dlq.records[0].timestamp_ms,
+        h.clock.now_ms(),
+        "stamped by the clock"
+    );
+    let q = c.describe_queue("d", "w").await.unwrap();
+    assert_eq!(
+        (q.partitions[0].backlog, q.partitions[0].start_offset),
+        (0, 1)
+    );
+    h.agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeper_deletes_an_orphan_only_after_its_grace_of_clock_time() {
+    let h = harness(AgentConfig {
+        sweep_interval: Duration::from_millis(50),
+        orphan_grace: Duration::from_secs(600),
+        commit_deadline: Duration::from_secs(30),
+        ..AgentConfig::default()
+    })
+    .await;
+    let c = &h.client;
+    c.create_topic("s", 1).await.unwrap();
+    c.produce("s", vec![rec("kept")]).await.unwrap();
+    let orphan = object_store::path::Path::from("segments/orphan-test.parquet");
+    h.store
+        .put(&orphan, PutPayload::from_static(b"not committed"))
+        .await
+        .unwrap();
+    let count = || async {
+        h.client
+            .metric("floe_orphan_segments_deleted_total")
+            .await
+            .unwrap_or(0.0)
+    };
+    // Several sweeps run (50 ms apart) while the orphan is younger than its grace.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(h.store.head(&orphan).await.is_ok(), "young orphan kept");
+    assert_eq!(count().await, 0.0);
+
+    h.clock.advance_ms(601_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.store.head(&orphan).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "orphan not swept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while count().await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "sweep not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count().await, 1.0, "only the orphan");
+    let got = c.fetch("s", 0, 0, FetchOptions::default()).await.unwrap();
+    assert_eq!(
+        got.records[0].value.as_deref(),
+        Some("kept"),
+        "committed segment kept"
+    );
+    h.agent.shutdown().await;
+}
