@@ -27,7 +27,7 @@ use crate::http::{JsonBody, existing_topic, path_err, topic_name};
 
 type ApiResult<T> = Result<T, ApiError>;
 
-const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
+pub(crate) const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
 
 fn group_key(topic: &TopicMeta, group: &str) -> StateKey {
     StateKey {

@@ -271,6 +271,37 @@ impl<S: Send + Sync, T: RequestBody> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// Integers in request bodies are JSON Schema integers within int64, as documented: `3.0`
+/// is the integer 3 (JSON Schema says so), and anything beyond int64 is refused with 400
+/// `invalid_json` rather than silently accepted as a u64.
+fn normalize_numbers(v: &mut serde_json::Value) -> ApiResult<()> {
+    match v {
+        serde_json::Value::Number(n) => {
+            if n.as_i64().is_some() {
+                return Ok(());
+            }
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f >= -9_223_372_036_854_775_808.0
+                && f < 9_223_372_036_854_775_808.0
+            {
+                *v = serde_json::Value::from(f as i64);
+                return Ok(());
+            }
+            if n.is_f64() {
+                return Ok(()); // a fraction: the field's own type decides
+            }
+            Err(ApiError::bad_request(
+                "invalid_json",
+                format!("number {n} is out of range: integers are int64"),
+            ))
+        }
+        serde_json::Value::Array(a) => a.iter_mut().try_for_each(normalize_numbers),
+        serde_json::Value::Object(o) => o.values_mut().try_for_each(normalize_numbers),
+        _ => Ok(()),
+    }
+}
+
 fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
@@ -287,8 +318,9 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// object where an object is documented is refused before it reaches serde.
 pub(crate) fn parse_object<T: RequestBody>(bytes: &[u8]) -> ApiResult<T> {
     let invalid = |m: String| ApiError::bad_request("invalid_json", m);
-    let v: serde_json::Value =
+    let mut v: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| invalid(format!("invalid JSON body: {e}")))?;
+    normalize_numbers(&mut v)?;
     let serde_json::Value::Object(fields) = &v else {
         return Err(invalid(format!(
             "request body must be a JSON object, got {}",
@@ -435,8 +467,8 @@ async fn metrics(State(s): State<Shared>) -> Response {
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3 document")))]
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi())
+async fn openapi_json(State(s): State<Shared>) -> Json<serde_json::Value> {
+    Json(crate::openapi::document(&s.config.limits))
 }
 
 /// Create a topic.
@@ -467,6 +499,9 @@ async fn create_topic(
             "invalid_retention",
             format!("retention_ms must be >= 0, got {r}"),
         ));
+    }
+    if let Some(c) = &req.config {
+        crate::queues::validate_queue_config(c)?;
     }
     let t = s
         .index

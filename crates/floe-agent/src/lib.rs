@@ -20,6 +20,7 @@ pub mod groups;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod openapi;
 pub mod produce;
 pub mod queues;
 pub mod state;

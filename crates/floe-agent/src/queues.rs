@@ -43,14 +43,15 @@ pub const DEAD_LETTER_TOPIC_CONFIG: &str = "queue.dead_letter_topic";
 /// `key`: records with the same key are handed out one at a time, in offset order.
 pub const ORDERING_CONFIG: &str = "queue.ordering";
 /// Longest `reason` kept from a reject.
-const MAX_REASON_LEN: usize = 1024;
+pub(crate) const MAX_REASON_LEN: usize = 1024;
 
 /// Whether the topic's queues keep per-key order (topic config `queue.ordering=key`).
 fn ordered_by_key(topic: &TopicMeta) -> ApiResult<bool> {
     match topic.config.get(ORDERING_CONFIG).map(String::as_str) {
         None | Some("none") => Ok(false),
         Some("key") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(
+        Some(other) => Err(ApiError::new(
+            StatusCode::CONFLICT,
             "invalid_topic_config",
             format!("topic config {ORDERING_CONFIG}={other:?}: use \"key\" or \"none\""),
         )),
@@ -110,13 +111,63 @@ fn share_key(topic: &TopicMeta, group: &str, partition: u32) -> StateKey {
     }
 }
 
+/// `queue.max_deliveries`: a decimal number 1..=999 999 999 written plainly (no sign,
+/// no leading zeros), as the OpenAPI document's pattern says.
+pub(crate) fn parse_max_deliveries(v: &str) -> Option<u32> {
+    v.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=999_999_999).contains(n) && n.to_string() == v)
+}
+
+/// Check a new topic's queue settings, so that a topic created with a bad
+/// `queue.*` config is refused at creation (400) rather than failing every queue
+/// operation later. The default dead-letter name (`<topic>.dlq`) is not required to fit:
+/// a topic whose name is too long for it can still be a log; used as a queue it answers
+/// 409 `invalid_topic_config` until `queue.dead_letter_topic` is set.
+pub(crate) fn validate_queue_config(
+    config: &std::collections::BTreeMap<String, String>,
+) -> ApiResult<()> {
+    let topic = TopicMeta {
+        id: 0,
+        name: "t".into(),
+        partitions: 1,
+        retention_ms: None,
+        config: config.clone(),
+        created_ms: 0,
+    };
+    let as_400 = |e: ApiError| ApiError::bad_request(e.code, e.message);
+    ordered_by_key(&topic).map_err(as_400)?;
+    if config.contains_key(MAX_DELIVERIES_CONFIG) || config.contains_key(DEAD_LETTER_TOPIC_CONFIG) {
+        let max = config.get(MAX_DELIVERIES_CONFIG);
+        let dlq = config.get(DEAD_LETTER_TOPIC_CONFIG);
+        if let Some(v) = max {
+            parse_max_deliveries(v).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_topic_config",
+                    format!("topic config {MAX_DELIVERIES_CONFIG}={v:?} is not an integer between 1 and 999999999"),
+                )
+            })?;
+        }
+        if let Some(d) = dlq {
+            TopicName::new(d).map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_topic_config",
+                    format!("topic config {DEAD_LETTER_TOPIC_CONFIG}={d:?}: {e}"),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// The queue settings of a topic: max deliveries and the dead-letter topic's name.
 fn settings(s: &Shared, topic: &TopicMeta) -> ApiResult<(u32, String)> {
     let max = match topic.config.get(MAX_DELIVERIES_CONFIG) {
-        Some(v) => v.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            ApiError::bad_request(
+        Some(v) => parse_max_deliveries(v).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
                 "invalid_topic_config",
-                format!("topic config {MAX_DELIVERIES_CONFIG}={v:?} is not a positive integer"),
+                format!("topic config {MAX_DELIVERIES_CONFIG}={v:?} is not an integer between 1 and 999999999"),
             )
         })?,
         None => s.config.max_deliveries,
@@ -127,7 +178,8 @@ fn settings(s: &Shared, topic: &TopicMeta) -> ApiResult<(u32, String)> {
         .cloned()
         .unwrap_or_else(|| format!("{}.dlq", topic.name));
     let dlq = TopicName::new(&dlq).map_err(|e| {
-        ApiError::bad_request(
+        ApiError::new(
+            StatusCode::CONFLICT,
             "invalid_topic_config",
             format!("dead-letter topic {dlq:?}: {e}"),
         )
@@ -567,6 +619,17 @@ async fn settle_all(
 ) -> ApiResult<Json<SettleResponse>> {
     let (topic, group) = topic_and_group(s, topic, group).await?;
     let limit = s.config.limits.max_receive_records;
+    // Checked for every action, as the document says (only reject records it).
+    if req
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON_LEN)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("reason is longer than {MAX_REASON_LEN} characters"),
+        ));
+    }
     if req.receipts.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -707,16 +770,6 @@ pub async fn reject(
     JsonBody(req): JsonBody<SettleRequest>,
 ) -> ApiResult<Json<SettleResponse>> {
     let Path((topic, group)) = p.map_err(path_err)?;
-    if req
-        .reason
-        .as_ref()
-        .is_some_and(|r| r.len() > MAX_REASON_LEN)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!("reason is longer than {MAX_REASON_LEN} bytes"),
-        ));
-    }
     let reason = req.reason.clone();
     settle_all(&s, &topic, &group, req, Settle::Reject { reason }).await
 }

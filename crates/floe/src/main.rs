@@ -324,7 +324,9 @@ fn run() -> anyhow::Result<()> {
             Cmd::Openapi => {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&floe_agent::http::openapi())?
+                    serde_json::to_string_pretty(&floe_agent::openapi::document(
+                        &Limits::default()
+                    ))?
                 );
                 Ok(())
             }

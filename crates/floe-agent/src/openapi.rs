@@ -1,0 +1,263 @@
+//! The served OpenAPI document: the one utoipa derives from the handlers, made exact.
+//!
+//! utoipa cannot say everything the server checks: name patterns on path parameters, the
+//! agent's configured limits (which differ per deployment), mutually exclusive fields,
+//! and the error answers every operation shares (malformed body, too large, index down).
+//! This module adds them to the derived document, in one place, from the same constants
+//! and [`Limits`] the handlers enforce — so `schemathesis --checks all` finds nothing the
+//! document does not say (`tests/schemathesis.sh`).
+
+use floe_core::Limits;
+use floe_core::name::MAX_TOPIC_NAME_LEN;
+use serde_json::{Value, json};
+
+use crate::groups::DEFAULT_SESSION_TIMEOUT_MS;
+use crate::queues::MAX_REASON_LEN;
+
+/// Topic, group and member names: `[A-Za-z0-9._-]`, 1–249 characters, not `.` or `..`.
+fn name_schema() -> Value {
+    json!({
+        "type": "string",
+        "pattern": "^[A-Za-z0-9._-]+$",
+        "minLength": 1,
+        "maxLength": MAX_TOPIC_NAME_LEN,
+        "not": {"enum": [".", ".."]}
+    })
+}
+
+/// `schema` that also allows null (an optional body field may be sent as null).
+fn nullable(mut schema: Value) -> Value {
+    if let Some(t) = schema.get("type").cloned() {
+        let _ = schema
+            .as_object_mut()
+            .map(|o| o.insert("type".into(), json!([t, "null"])));
+    }
+    schema
+}
+
+/// Standard base64 with padding.
+const BASE64_PATTERN: &str = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
+
+fn error_response(codes: &str) -> Value {
+    json!({
+        "description": codes,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    })
+}
+
+/// Set `schema[field] = value` on a component schema's property.
+fn prop(doc: &mut Value, schema: &str, field: &str, constraints: Value) {
+    let Some(p) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/{field}"))
+    else {
+        return;
+    };
+    merge(p, constraints);
+}
+
+fn merge(target: &mut Value, add: Value) {
+    if let (Value::Object(t), Value::Object(a)) = (target, add) {
+        for (k, v) in a {
+            let _ = t.insert(k, v);
+        }
+    }
+}
+
+/// The document as this agent serves it, with its limits.
+pub fn document(limits: &Limits) -> Value {
+    let mut doc = serde_json::to_value(crate::http::openapi()).unwrap_or(Value::Null);
+    let name = name_schema();
+    let s = "CreateTopicRequest";
+    prop(&mut doc, s, "name", name.clone());
+    prop(
+        &mut doc,
+        s,
+        "partitions",
+        json!({"minimum": 1, "maximum": limits.max_partitions}),
+    );
+    prop(&mut doc, s, "retention_ms", json!({"minimum": 0}));
+    prop(
+        &mut doc,
+        "ProduceRequest",
+        "records",
+        json!({"minItems": 1, "maxItems": limits.max_records_per_request}),
+    );
+    let s = "ProduceRecord";
+    // Exactly one of value / value_b64 (non-null), at most one of key / key_b64.
+    for f in ["key", "value"] {
+        prop(&mut doc, s, f, json!({"type": ["string", "null"]}));
+    }
+    for f in ["key_b64", "value_b64"] {
+        prop(
+            &mut doc,
+            s,
+            f,
+            json!({"type": ["string", "null"], "pattern": BASE64_PATTERN}),
+        );
+    }
+    prop(
+        &mut doc,
+        s,
+        "headers",
+        json!({"type": ["object", "null"], "maxProperties": limits.max_headers_per_record}),
+    );
+    prop(
+        &mut doc,
+        s,
+        "partition",
+        json!({"type": ["integer", "null"], "minimum": 0, "maximum": limits.max_partitions.saturating_sub(1)}),
+    );
+    let text = json!({"type": "string"});
+    let absent = json!({"type": "null"});
+    if let Some(r) = doc.pointer_mut("/components/schemas/ProduceRecord") {
+        merge(
+            r,
+            json!({
+                "oneOf": [
+                    {"required": ["value"], "properties": {"value": text, "value_b64": absent}},
+                    {"required": ["value_b64"], "properties": {"value_b64": text, "value": absent}}
+                ],
+                "not": {"required": ["key", "key_b64"], "properties": {"key": text, "key_b64": text}}
+            }),
+        );
+    }
+    prop(
+        &mut doc,
+        "CreateTopicRequest",
+        "config",
+        json!({"properties": {
+            "queue.ordering": {"type": "string", "enum": ["key", "none"]},
+            "queue.max_deliveries": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
+            "queue.dead_letter_topic": name.clone()
+        }}),
+    );
+    let s = "JoinGroupRequest";
+    prop(&mut doc, s, "member_id", nullable(name.clone()));
+    prop(
+        &mut doc,
+        s,
+        "session_timeout_ms",
+        json!({
+            "type": ["integer", "null"],
+            "minimum": limits.min_session_timeout_ms,
+            "maximum": limits.max_session_timeout_ms,
+            "default": DEFAULT_SESSION_TIMEOUT_MS
+        }),
+    );
+    prop(&mut doc, "CommitRequest", "member_id", name.clone());
+    let s = "ReceiveRequest";
+    prop(&mut doc, s, "consumer", nullable(name.clone()));
+    prop(
+        &mut doc,
+        s,
+        "max_records",
+        json!({"type": ["integer", "null"], "minimum": 1}),
+    );
+    prop(
+        &mut doc,
+        s,
+        "visibility_timeout_ms",
+        json!({"type": ["integer", "null"], "minimum": 1}),
+    );
+    let s = "SettleRequest";
+    prop(
+        &mut doc,
+        s,
+        "receipts",
+        json!({
+            "minItems": 1,
+            "maxItems": limits.max_receive_records,
+            "items": {"type": "string", "pattern": "^[0-9]{1,9}-[0-9]{1,19}-[0-9]{1,9}$"}
+        }),
+    );
+    prop(
+        &mut doc,
+        s,
+        "reason",
+        json!({"type": ["string", "null"], "maxLength": MAX_REASON_LEN}),
+    );
+    // extend needs visibility_timeout_ms.
+    if let Some(b) = doc.pointer_mut(
+        "/paths/~1v1~1topics~1{topic}~1queues~1{group}~1extend/post/requestBody/content/application~1json/schema",
+    ) {
+        *b = json!({"allOf": [
+            {"$ref": "#/components/schemas/SettleRequest"},
+            {"required": ["visibility_timeout_ms"],
+             "properties": {"visibility_timeout_ms": {"type": "integer", "minimum": 1}}}
+        ]});
+    }
+    constrain_operations(&mut doc, &name);
+    doc
+}
+
+/// Path/query parameter schemas and the error answers shared by every operation.
+fn constrain_operations(doc: &mut Value, name: &Value) {
+    let Some(Value::Object(paths)) = doc.get_mut("paths") else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Value::Object(ops) = item else { continue };
+        for (method, op) in ops.iter_mut() {
+            if let Some(Value::Array(params)) = op.get_mut("parameters") {
+                for p in params.iter_mut() {
+                    let pname = p
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    let schema = match pname.as_str() {
+                        "topic" | "group" | "member" => Some(name.clone()),
+                        "max_records" => Some(json!({"type": "integer", "minimum": 1})),
+                        "reset" => Some(json!({"type": "string", "enum": ["earliest", "latest"]})),
+                        "cursor" => Some(json!({
+                            "type": "string",
+                            "pattern": "^[0-9]{1,19}:(?:[0-9]{1,9}=[0-9]{1,19}(?:,[0-9]{1,9}=[0-9]{1,19})*)?$"
+                        })),
+                        "Last-Event-ID" => {
+                            Some(json!({"type": "string", "pattern": "^[0-9]{1,19}$"}))
+                        }
+                        _ => None,
+                    };
+                    if let Some(sc) = schema {
+                        let _ = p.as_object_mut().map(|o| o.insert("schema".into(), sc));
+                    }
+                }
+            }
+            let has_body = op.get("requestBody").is_some();
+            let on_topic = path.contains("{topic}");
+            let Some(Value::Object(responses)) = op.get_mut("responses") else {
+                continue;
+            };
+            let mut add = |status: &str, codes: &str| {
+                let _ = responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| error_response(codes));
+            };
+            if on_topic || has_body {
+                add(
+                    "400",
+                    "invalid_path, invalid_topic_name, invalid_group_name, invalid_member_id, invalid_parameter, invalid_json",
+                );
+            }
+            if on_topic {
+                add("404", "topic_not_found");
+            }
+            if path.contains("/queues/") {
+                add(
+                    "409",
+                    "invalid_topic_config (the topic's queue.* config, or a name too long for `<topic>.dlq`)",
+                );
+            }
+            if has_body {
+                add("413", "request_too_large");
+                add("415", "unsupported_media_type");
+            }
+            if path.starts_with("/v1/") {
+                add(
+                    "503",
+                    "index_unavailable, store_unavailable, deadline_exceeded (with Retry-After)",
+                );
+            }
+            let _ = method;
+        }
+    }
+}
