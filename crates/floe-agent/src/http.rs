@@ -282,8 +282,7 @@ fn normalize_numbers(v: &mut serde_json::Value) -> ApiResult<()> {
             }
             if let Some(f) = n.as_f64()
                 && f.fract() == 0.0
-                && f >= -9_223_372_036_854_775_808.0
-                && f < 9_223_372_036_854_775_808.0
+                && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)
             {
                 *v = serde_json::Value::from(f as i64);
                 return Ok(());
