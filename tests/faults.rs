@@ -91,22 +91,30 @@ async fn store_failure_gives_503_and_recovers_without_loss() {
     agent.shutdown().await;
 }
 
-/// An agent on a local folder + SQLite, behind fault layers, with short deadlines.
-async fn faulty_agent(
-    dir: &std::path::Path,
-) -> (
-    Agent,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    std::sync::Arc<std::sync::atomic::AtomicU32>,
-) {
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+/// An agent on a local folder + SQLite, behind fault layers, with short deadlines, and the
+/// switches of its faults.
+struct Faulty {
+    agent: Agent,
+    url: String,
+    client: Client,
+    store_hang: Arc<std::sync::atomic::AtomicBool>,
+    index_hang: Arc<std::sync::atomic::AtomicBool>,
+    lose_answers: Arc<std::sync::atomic::AtomicU32>,
+    _dir: tempfile::TempDir,
+}
+
+async fn faulty_agent() -> Faulty {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path())
         .unwrap()
         .with_fsync(true);
     let store = FaultStore::new(Arc::new(fs));
-    let index = floe_index::open(&format!("sqlite://{}", dir.join("index.db").display()))
-        .await
-        .unwrap();
+    let index = floe_index::open(&format!(
+        "sqlite://{}",
+        dir.path().join("index.db").display()
+    ))
+    .await
+    .unwrap();
     let index = floe_agent::faults::FaultIndex::new(index);
     let (store_hang, index_hang) = (store.hang_switch(), index.hang_switch());
     let lose_answers = index.lose_commit_answers();
@@ -122,7 +130,25 @@ async fn faulty_agent(
     let agent = Agent::start_with(config, Arc::new(store), Arc::new(index))
         .await
         .unwrap();
-    (agent, store_hang, index_hang, lose_answers)
+    let url = format!("http://{}", agent.addr);
+    let client = Client::new(&url).unwrap();
+    Faulty {
+        agent,
+        url,
+        client,
+        store_hang,
+        index_hang,
+        lose_answers,
+        _dir: dir,
+    }
+}
+
+/// [`faulty_agent`] with topic `h` holding the record "before" at offset 0.
+async fn faulty_agent_with_a_record() -> Faulty {
+    let f = faulty_agent().await;
+    f.client.create_topic("h", 1).await.unwrap();
+    assert_eq!(produce_raw(&f.url, "before").await.0, 200);
+    f
 }
 
 /// POST one record; (status, error code, seconds it took).
@@ -173,20 +199,16 @@ async fn values(c: &Client) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_store_answers_within_the_deadline_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (agent, store_hang, _, _) = faulty_agent(dir.path()).await;
-    let url = format!("http://{}", agent.addr);
-    let c = Client::new(&url).unwrap();
-    c.create_topic("h", 1).await.unwrap();
-    assert_eq!(produce_raw(&url, "before").await.0, 200);
+    let f = faulty_agent_with_a_record().await;
+    let (url, c, store_hang) = (&f.url, &f.client, &f.store_hang);
 
     store_hang.store(true, Ordering::SeqCst);
-    let (status, code, secs) = produce_raw(&url, "during").await;
+    let (status, code, secs) = produce_raw(url, "during").await;
     assert_eq!((status, code.as_str()), (503, "deadline_exceeded"));
     // The produce deadline is 2 s (plus the 1 s answer grace at most); the store's own
     // per-call timeout (10 s) must not be what ends it.
     assert!(secs < 4.0, "produce answered after {secs:.1} s");
-    let (status, code, message, secs) = ready(&url).await;
+    let (status, code, message, secs) = ready(url).await;
     assert_eq!((status, code.as_str()), (503, "store_unavailable"));
     assert!(
         message.contains("bucket") && message.contains("timed out"),
@@ -195,27 +217,23 @@ async fn hung_store_answers_within_the_deadline_and_loses_nothing() {
     assert!(secs < 2.0, "/readyz answered after {secs:.1} s");
 
     store_hang.store(false, Ordering::SeqCst);
-    assert_eq!(ready(&url).await.0, 200);
+    assert_eq!(ready(url).await.0, 200);
     let r = c.produce("h", vec![rec("after")]).await.unwrap();
     assert_eq!(
         r.offsets[0].offset, 1,
         "the hung produce assigned no offset"
     );
-    assert_eq!(values(&c).await, vec!["before", "after"]);
-    agent.shutdown().await;
+    assert_eq!(values(c).await, vec!["before", "after"]);
+    f.agent.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_index_answers_within_the_deadline_and_commits_nothing_late() {
-    let dir = tempfile::tempdir().unwrap();
-    let (agent, _, index_hang, _) = faulty_agent(dir.path()).await;
-    let url = format!("http://{}", agent.addr);
-    let c = Client::new(&url).unwrap();
-    c.create_topic("h", 1).await.unwrap();
-    assert_eq!(produce_raw(&url, "before").await.0, 200);
+    let f = faulty_agent_with_a_record().await;
+    let (url, c, index_hang) = (&f.url, &f.client, &f.index_hang);
 
     index_hang.store(true, Ordering::SeqCst);
-    let (status, code, secs) = produce_raw(&url, "during").await;
+    let (status, code, secs) = produce_raw(url, "during").await;
     assert_eq!(status, 503, "{code}");
     assert!(
         [
@@ -227,7 +245,7 @@ async fn hung_index_answers_within_the_deadline_and_commits_nothing_late() {
         "{code}"
     );
     assert!(secs < 4.0, "produce answered after {secs:.1} s");
-    let (status, code, message, secs) = ready(&url).await;
+    let (status, code, message, secs) = ready(url).await;
     assert_eq!((status, code.as_str()), (503, "index_unavailable"));
     assert!(message.contains("index"), "{message}");
     assert!(secs < 2.0, "/readyz answered after {secs:.1} s");
@@ -237,8 +255,8 @@ async fn hung_index_answers_within_the_deadline_and_commits_nothing_late() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = c.produce("h", vec![rec("after")]).await.unwrap();
     assert_eq!(r.offsets[0].offset, 1, "the abandoned commit never landed");
-    assert_eq!(values(&c).await, vec!["before", "after"]);
-    agent.shutdown().await;
+    assert_eq!(values(c).await, vec!["before", "after"]);
+    f.agent.shutdown().await;
 }
 
 /// The dead-letter write commits, but its answer is lost. Before the index unit of work,
@@ -246,10 +264,8 @@ async fn hung_index_answers_within_the_deadline_and_commits_nothing_late() {
 /// second time. Now both are one commit: the retry finds it done and writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_is_written_once_when_the_commit_answer_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let (agent, _, _, lose_answers) = faulty_agent(dir.path()).await;
-    let url = format!("http://{}", agent.addr);
-    let c = Client::new(&url).unwrap();
+    let f = faulty_agent().await;
+    let (c, lose_answers) = (&f.client, &f.lose_answers);
     c.create_topic("j", 1).await.unwrap();
     c.produce("j", vec![rec("poison")]).await.unwrap();
     let got = c
@@ -306,5 +322,5 @@ async fn dead_letter_is_written_once_when_the_commit_answer_is_lost() {
         (0, 0),
         "marked done in the same commit"
     );
-    agent.shutdown().await;
+    f.agent.shutdown().await;
 }

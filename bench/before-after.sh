@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Before/after on the same machine in one run: two floe binaries (e.g. the previous
+# commit's release build and this one's), interleaved REPS times, each on a fresh embedded
+# agent (local folder + SQLite): `floe bench` with the README's produce+consume loads and
+# `floe bench --queue` (bench/queue.sh's Floe load). Prints each run's summary lines.
+#   bash bench/before-after.sh BEFORE_BINARY AFTER_BINARY
+set -euo pipefail
+BEFORE=$1 AFTER=$2
+REPS=${REPS:-3}
+SECS=${SECS:-10}
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; }
+trap cleanup EXIT
+run() { # label binary args...
+  local label=$1 bin=$2; shift 2
+  local dir; dir=$(mktemp -d)
+  "$bin" serve --listen 127.0.0.1:7190 --data-dir "$dir" >/tmp/floe-ba.log 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:7190/readyz >/dev/null && break; sleep 0.1; done
+  echo "--- $label: floe bench $*"
+  "$bin" bench --url http://127.0.0.1:7190 "$@"
+  cleanup; pid=
+  rm -rf "$dir"
+}
+for rep in $(seq 1 "$REPS"); do
+  for side in before after; do
+    bin=$BEFORE; [ "$side" = after ] && bin=$AFTER
+    run "rep $rep $side" "$bin" --seconds "$SECS" --producers 8 --batch 100 --record-bytes 1024
+    run "rep $rep $side" "$bin" --seconds "$SECS" --producers 64 --batch 100 --record-bytes 1024
+    run "rep $rep $side" "$bin" --queue --partitions 2 --records 50000 --consumers 5 --batch 100
+  done
+done
