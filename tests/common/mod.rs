@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use floe_client::Client;
 
-pub mod scenarios;
+pub(crate) mod scenarios;
 
-pub struct AgentProc {
+pub(crate) struct AgentProc {
     pub child: Child,
     pub url: String,
     pub data_dir: PathBuf,
@@ -19,7 +19,7 @@ pub struct AgentProc {
 
 impl AgentProc {
     /// Start `floe serve` on the embedded default in `data_dir` with extra flags.
-    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start(data_dir: &Path, extra: &[&str]) -> Self {
         Self::start_env(data_dir, extra, &[])
     }
 
@@ -51,18 +51,18 @@ impl AgentProc {
         }
     }
 
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::new(&self.url).unwrap()
     }
 
     /// SIGKILL: no flush, no cleanup.
-    pub fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
 
     /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id() as i32;
         // SAFETY-free: libc::kill on our own child's pid.
         unsafe_kill(pid, libc::SIGTERM);
@@ -96,7 +96,7 @@ impl Drop for AgentProc {
 }
 
 /// Segment objects in the bucket folder of an embedded agent.
-pub fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
     let dir = data_dir.join("bucket").join("segments");
     let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|rd| {
@@ -111,7 +111,7 @@ pub fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Read a whole partition from offset 0 to its end.
-pub async fn read_all(
+pub(crate) async fn read_all(
     c: &Client,
     topic: &str,
     partition: u32,
@@ -140,7 +140,7 @@ pub async fn read_all(
 }
 
 /// Raw HTTP for hostile-input tests: (status, parsed JSON body or Null).
-pub async fn raw(
+pub(crate) async fn raw(
     method: reqwest::Method,
     url: &str,
     content_type: Option<&str>,
@@ -161,18 +161,18 @@ pub async fn raw(
 }
 
 /// The S3 endpoint the shared-storage tests use (started by tests/run-all.sh: moto, then LocalStack).
-pub fn s3_endpoint() -> String {
+pub(crate) fn s3_endpoint() -> String {
     std::env::var("FLOE_TEST_S3_ENDPOINT").expect(
         "FLOE_TEST_S3_ENDPOINT is not set: run the suite with `bash tests/run-all.sh`, or start moto with `eval \"$(bash infra/moto.sh)\"`",
     )
 }
 
-pub fn s3_bucket() -> String {
+pub(crate) fn s3_bucket() -> String {
     std::env::var("FLOE_TEST_BUCKET").unwrap_or_else(|_| "floe-test".into())
 }
 
 /// Environment for agents and test clients talking to the test S3 server.
-pub fn s3_env() -> Vec<(&'static str, String)> {
+pub(crate) fn s3_env() -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ENDPOINT_URL", s3_endpoint()),
         ("AWS_ACCESS_KEY_ID", "test".into()),
@@ -182,12 +182,12 @@ pub fn s3_env() -> Vec<(&'static str, String)> {
 }
 
 /// A fresh `s3://bucket/<unique prefix>` URL.
-pub fn fresh_bucket_url() -> String {
+pub(crate) fn fresh_bucket_url() -> String {
     format!("s3://{}/t-{}", s3_bucket(), unique())
 }
 
 #[allow(clippy::disallowed_methods)] // unique names, not engine time
-pub fn unique() -> String {
+pub(crate) fn unique() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let t = std::time::SystemTime::now()
@@ -203,7 +203,7 @@ pub fn unique() -> String {
 }
 
 /// A fresh PostgreSQL database on the test server; returns its URL.
-pub async fn fresh_pg_db() -> String {
+pub(crate) async fn fresh_pg_db() -> String {
     let admin = std::env::var("FLOE_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
@@ -220,7 +220,7 @@ pub async fn fresh_pg_db() -> String {
 }
 
 /// The object store the agents use, opened directly (to plant and list objects).
-pub fn test_store(bucket_url: &str) -> std::sync::Arc<dyn object_store::ObjectStore> {
+pub(crate) fn test_store(bucket_url: &str) -> std::sync::Arc<dyn object_store::ObjectStore> {
     let rest = bucket_url.strip_prefix("s3://").unwrap();
     let (bucket, prefix) = rest.split_once('/').unwrap();
     let s3 = object_store::aws::AmazonS3Builder::new()
@@ -237,13 +237,17 @@ pub fn test_store(bucket_url: &str) -> std::sync::Arc<dyn object_store::ObjectSt
 
 impl AgentProc {
     /// Start an agent on a shared bucket and index.
-    pub fn start_shared(data_dir: &Path, bucket: &str, index: &str, extra: &[&str]) -> Self {
+    pub(crate) fn start_shared(data_dir: &Path, bucket: &str, index: &str, extra: &[&str]) -> Self {
         let mut args = vec!["--bucket", bucket, "--index", index];
         args.extend_from_slice(extra);
         Self::start_env(data_dir, &args, &s3_env())
     }
 
-    pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&'static str, String)]) -> Self {
+    pub(crate) fn start_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&'static str, String)],
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_floe"));
         cmd.arg("serve")
             .arg("--listen")
@@ -259,7 +263,7 @@ impl AgentProc {
     }
 }
 
-pub fn rec(value: String) -> floe_core::api::ProduceRecord {
+pub(crate) fn rec(value: String) -> floe_core::api::ProduceRecord {
     floe_core::api::ProduceRecord {
         value: Some(value),
         ..Default::default()
@@ -268,7 +272,7 @@ pub fn rec(value: String) -> floe_core::api::ProduceRecord {
 
 /// Start a 10 s long-poll at the end of `topic`/0 on `waiter`, produce `value` through
 /// `producer`, and return how long after the produce the poll returned with the record.
-pub async fn long_poll_wake_time(
+pub(crate) async fn long_poll_wake_time(
     waiter: &Client,
     producer: &Client,
     topic: &str,

@@ -18,7 +18,7 @@ fn pick(cs: &[Client], i: usize) -> Client {
 }
 
 /// Produce `n` records `"{prefix}-{i}"` spread over partitions by key, in batches.
-pub async fn produce_values(c: &Client, topic: &str, prefix: &str, n: usize) -> Vec<String> {
+pub(crate) async fn produce_values(c: &Client, topic: &str, prefix: &str, n: usize) -> Vec<String> {
     let vals: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     for chunk in vals.chunks(1000) {
         let recs: Vec<ProduceRecord> = chunk
@@ -109,7 +109,7 @@ async fn member_loop(
 
 /// Three groups on one topic each get every record exactly once (members commit after
 /// processing; all members join before consuming).
-pub async fn three_groups_each_get_everything(cs: &[Client]) {
+pub(crate) async fn three_groups_each_get_everything(cs: &[Client]) {
     let topic = format!("fanout-{}", super::unique());
     cs[0].create_topic(&topic, 3).await.unwrap();
     let vals = produce_values(&cs[0], &topic, "v", 900).await;
@@ -184,7 +184,7 @@ pub async fn three_groups_each_get_everything(cs: &[Client]) {
 
 /// Members join, leave and crash while records are produced: no record is skipped, and a
 /// record is processed more than once only when an earlier processing was never committed.
-pub async fn rebalance_under_load_skips_nothing(cs: &[Client]) {
+pub(crate) async fn rebalance_under_load_skips_nothing(cs: &[Client]) {
     let topic = format!("rebal-{}", super::unique());
     let group = "workers".to_string();
     cs[0].create_topic(&topic, 4).await.unwrap();
@@ -313,7 +313,7 @@ pub async fn rebalance_under_load_skips_nothing(cs: &[Client]) {
 
 /// A commit from an older generation, for a partition not owned, or from an unknown member
 /// is rejected with 409 and changes nothing.
-pub async fn stale_generation_commit_rejected(cs: &[Client]) {
+pub(crate) async fn stale_generation_commit_rejected(cs: &[Client]) {
     let topic = format!("fence-{}", super::unique());
     cs[0].create_topic(&topic, 2).await.unwrap();
     produce_values(&cs[0], &topic, "f", 20).await;
@@ -371,7 +371,7 @@ pub async fn stale_generation_commit_rejected(cs: &[Client]) {
 }
 
 /// Competing consumers on a queue: every record processed exactly once with acks.
-pub async fn queue_competing_consumers_process_once(cs: &[Client], records: usize) {
+pub(crate) async fn queue_competing_consumers_process_once(cs: &[Client], records: usize) {
     let topic = format!("jobs-{}", super::unique());
     cs[0].create_topic(&topic, 2).await.unwrap();
     let vals = produce_values(&cs[0], &topic, "job", records).await;
@@ -446,7 +446,7 @@ pub async fn queue_competing_consumers_process_once(cs: &[Client], records: usiz
 
 /// A consumer that dies holding records: they come back after the visibility timeout with
 /// `delivery_count` 2, and the dead consumer's receipts no longer settle them.
-pub async fn dead_consumer_records_redelivered(cs: &[Client]) {
+pub(crate) async fn dead_consumer_records_redelivered(cs: &[Client]) {
     let topic = format!("redeliver-{}", super::unique());
     cs[0].create_topic(&topic, 1).await.unwrap();
     produce_values(&cs[0], &topic, "x", 20).await;
@@ -534,7 +534,7 @@ pub async fn dead_consumer_records_redelivered(cs: &[Client]) {
 
 /// A poison record (released / timing out every time) goes to `<topic>.dlq` after
 /// max_deliveries with headers saying why; a rejected record goes there at once.
-pub async fn poison_goes_to_dead_letter_topic(cs: &[Client]) {
+pub(crate) async fn poison_goes_to_dead_letter_topic(cs: &[Client]) {
     let topic = format!("poison-{}", super::unique());
     cs[0].create_topic(&topic, 1).await.unwrap();
     cs[0]

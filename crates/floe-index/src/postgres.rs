@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// NOTIFY channel for commits; payload `topic_id:partition:end_offset` entries joined by `,`.
-pub const CHANNEL: &str = "floe_commits";
+pub(crate) const CHANNEL: &str = "floe_commits";
 /// PostgreSQL limits NOTIFY payloads to 8000 bytes; stay well below.
 const MAX_PAYLOAD: usize = 7000;
 const COMMIT_ATTEMPTS: usize = 5;
@@ -320,7 +320,7 @@ impl From<tokio_postgres::Error> for CommitError {
 }
 
 /// Split commit notifications into payloads under PostgreSQL's limit.
-pub fn notify_payloads(ends: &BTreeMap<(i64, u32), u64>) -> Vec<String> {
+pub(crate) fn notify_payloads(ends: &BTreeMap<(i64, u32), u64>) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     for ((t, p), e) in ends {
@@ -340,7 +340,7 @@ pub fn notify_payloads(ends: &BTreeMap<(i64, u32), u64>) -> Vec<String> {
 }
 
 /// Parse a NOTIFY payload back into (topic_id, partition, end_offset) triples.
-pub fn parse_payload(s: &str) -> Vec<(i64, u32, u64)> {
+pub(crate) fn parse_payload(s: &str) -> Vec<(i64, u32, u64)> {
     s.split(',')
         .filter_map(|item| {
             let mut it = item.split(':');

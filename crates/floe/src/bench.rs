@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use crate::Conn;
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[command(flatten)]
     conn: Conn,
     /// More agent URLs (comma-separated): producers and consumers are spread over `--url`
@@ -114,7 +114,7 @@ fn body(value: &str, batch: usize, producer: usize) -> Bytes {
     Bytes::from(s)
 }
 
-pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.queue {
         return run_queue(a).await;
     }

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use aws_sdk_s3::error::SdkError;
 
 /// The bucket name of an `s3://bucket/prefix` URL, or `None` for other schemes.
-pub fn s3_bucket(url: &str) -> Option<&str> {
+pub(crate) fn s3_bucket(url: &str) -> Option<&str> {
     url.strip_prefix("s3://")
         .map(|r| r.split('/').next().unwrap_or(r))
 }
@@ -24,7 +24,7 @@ async fn client() -> aws_sdk_s3::Client {
 
 /// Check that the bucket of `url` exists and is accessible; create it when `create` is set.
 /// Errors say which of the usual problems it is.
-pub async fn ensure(url: &str, create: bool) -> anyhow::Result<()> {
+pub(crate) async fn ensure(url: &str, create: bool) -> anyhow::Result<()> {
     let Some(bucket) = s3_bucket(url) else {
         return Ok(());
     };

@@ -12,7 +12,7 @@ use floe_core::api::{
 use crate::Conn;
 
 #[derive(Subcommand, Debug)]
-pub enum TopicsCmd {
+pub(crate) enum TopicsCmd {
     /// Create a topic.
     Create {
         name: String,
@@ -27,7 +27,7 @@ pub enum TopicsCmd {
     Delete { name: String },
 }
 
-pub async fn topics(conn: &Conn, cmd: TopicsCmd) -> anyhow::Result<()> {
+pub(crate) async fn topics(conn: &Conn, cmd: TopicsCmd) -> anyhow::Result<()> {
     let c = Client::new(&conn.url)?;
     let out = match cmd {
         TopicsCmd::Create { name, partitions } => {
@@ -47,7 +47,7 @@ pub async fn topics(conn: &Conn, cmd: TopicsCmd) -> anyhow::Result<()> {
 }
 
 #[derive(Args, Debug)]
-pub struct ProduceArgs {
+pub(crate) struct ProduceArgs {
     #[command(flatten)]
     conn: Conn,
     topic: String,
@@ -65,7 +65,7 @@ pub struct ProduceArgs {
     batch: usize,
 }
 
-pub async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
+pub(crate) async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
     let c = Client::new(&a.conn.url)?;
     let reader: Box<dyn BufRead> = match &a.file {
         Some(f) => Box::new(std::io::BufReader::new(
@@ -106,7 +106,7 @@ pub async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Args, Debug)]
-pub struct ConsumeArgs {
+pub(crate) struct ConsumeArgs {
     #[command(flatten)]
     conn: Conn,
     topic: String,
@@ -203,7 +203,7 @@ async fn consume_group(c: &Client, a: &ConsumeArgs, group: &str) -> anyhow::Resu
     out
 }
 
-pub async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
+pub(crate) async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
     let c = Client::new(&a.conn.url)?;
     if let Some(g) = &a.group {
         return consume_group(&c, &a, g).await;
@@ -244,14 +244,14 @@ pub async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum GroupCmd {
+pub(crate) enum GroupCmd {
     /// Show a consumer group: generation, members, committed offsets, lag.
     Describe { topic: String, group: String },
     /// List the consumer groups of a topic.
     List { topic: String },
 }
 
-pub async fn group(conn: &Conn, cmd: GroupCmd) -> anyhow::Result<()> {
+pub(crate) async fn group(conn: &Conn, cmd: GroupCmd) -> anyhow::Result<()> {
     let c = Client::new(&conn.url)?;
     let out = match cmd {
         GroupCmd::Describe { topic, group } => {
@@ -264,7 +264,7 @@ pub async fn group(conn: &Conn, cmd: GroupCmd) -> anyhow::Result<()> {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum QueueCmd {
+pub(crate) enum QueueCmd {
     /// Receive records (printed as JSON lines, each with its `receipt`).
     Receive {
         topic: String,
@@ -318,7 +318,7 @@ pub enum QueueCmd {
     Describe { topic: String, group: String },
 }
 
-pub async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<()> {
+pub(crate) async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<()> {
     let c = Client::new(&conn.url)?;
     let (topic, group, action, req) = match cmd {
         QueueCmd::Receive {
