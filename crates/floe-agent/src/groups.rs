@@ -601,7 +601,7 @@ pub async fn refresh_lag_metrics(s: &Shared) -> Result<(), floe_index::IndexErro
         let Some(topic) = by_id.get(&key.topic_id) else {
             continue;
         };
-        let Ok(g) = serde_json::from_slice::<GroupState>(&v.data) else {
+        let Ok(g) = floe_core::stored::decode::<GroupState>(&v.data) else {
             continue;
         };
         if let std::collections::btree_map::Entry::Vacant(e) = offsets_cache.entry(topic.id) {

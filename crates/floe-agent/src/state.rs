@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 const MAX_ATTEMPTS: u32 = 64;
 
 fn decode<S: DeserializeOwned>(key: &StateKey, data: &[u8]) -> Result<S, ApiError> {
-    serde_json::from_slice(data).map_err(|e| {
+    floe_core::stored::decode(data).map_err(|e| {
         tracing::error!(?key, error = %e, "consumer state unreadable");
         ApiError::new(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -45,8 +45,9 @@ pub async fn load_versioned<S: DeserializeOwned>(
     }
 }
 
+/// The stored form (`floe_core::stored`: JSON with a format number).
 pub fn encode<S: Serialize>(state: &S) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(state).map_err(|e| {
+    floe_core::stored::encode(state).map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             "state_encode_failed",

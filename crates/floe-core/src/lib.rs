@@ -14,6 +14,7 @@ pub mod partitioner;
 pub mod record;
 pub mod segment;
 pub mod share;
+pub mod stored;
 
 pub use limits::Limits;
 pub use name::{NameError, TopicName};
