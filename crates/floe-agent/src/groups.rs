@@ -103,6 +103,7 @@ async fn update_group<R>(
         &s.metrics,
         &group_key(topic, group),
         GroupState::default,
+        |g| g.check(topic.partitions),
         change,
     )
     .await

@@ -102,6 +102,13 @@ async fn next_key_hashes(
     Ok(out)
 }
 
+/// A queue partition's invariants, checked before every store. The window bound is not
+/// part of it: `--max-in-flight-per-partition` may be lowered across restarts while
+/// more records are still in flight.
+fn share_invariants(st: &SharePartition) -> Result<(), String> {
+    st.check(u64::MAX)
+}
+
 fn share_key(topic: &TopicMeta, group: &str, partition: u32) -> StateKey {
     StateKey {
         kind: StateKind::Share,
@@ -271,6 +278,7 @@ pub async fn receive(
                 &s.metrics,
                 &share_key(&topic, &group, p),
                 || SharePartition::starting_at(po.start_offset),
+                share_invariants,
                 |st| {
                     let jobs = st.expire(now, max_deliveries, retry_ms);
                     let a = st.acquire(
@@ -382,6 +390,7 @@ async fn load_records(
             &s.metrics,
             &share_key(topic, group, p),
             SharePartition::default,
+            share_invariants,
             |st| {
                 let mut changed = false;
                 for (o, c) in &list {
@@ -505,6 +514,7 @@ async fn write_dead_letters(
             return Ok(0);
         }
         let n = todo.len();
+        crate::state::checked(&key, &st, share_invariants)?;
         let write = StateWrite {
             key: key.clone(),
             expected: Some(version),
@@ -682,6 +692,7 @@ async fn settle_all(
             &s.metrics,
             &share_key(&topic, &group, p),
             SharePartition::default,
+            share_invariants,
             |st| {
                 // Settle before expiring: a late ack still counts while nobody else holds it.
                 let mut jobs = Vec::new();

@@ -45,6 +45,31 @@ pub async fn load_versioned<S: DeserializeOwned>(
     }
 }
 
+/// The state's invariants (`GroupState::check`, `SharePartition::check`), asserted before
+/// every store: a change that would break one is refused (500 `invariant_violated`) and
+/// nothing is written, rather than persisting a state that later operations misread.
+pub fn checked<S>(
+    key: &StateKey,
+    state: &S,
+    check: impl Fn(&S) -> Result<(), String>,
+) -> Result<(), ApiError> {
+    check(state).map_err(|broken| {
+        tracing::error!(
+            ?key,
+            broken,
+            "consumer state invariant violated; not stored"
+        );
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "invariant_violated",
+            format!(
+                "refusing to store consumer state of {:?}: {broken}",
+                key.group
+            ),
+        )
+    })
+}
+
 /// The stored form (`floe_core::stored`: JSON with a format number).
 pub fn encode<S: Serialize>(state: &S) -> Result<Vec<u8>, ApiError> {
     floe_core::stored::encode(state).map_err(|e| {
@@ -80,6 +105,7 @@ pub async fn update<S, R>(
     metrics: &Metrics,
     key: &StateKey,
     init: impl Fn() -> S,
+    check: impl Fn(&S) -> Result<(), String>,
     mut change: impl FnMut(&mut S) -> Result<(R, bool), ApiError>,
 ) -> Result<R, ApiError>
 where
@@ -108,6 +134,7 @@ where
         if !changed {
             return Ok(answer);
         }
+        checked(key, &state, &check)?;
         let data = encode(&state)?;
         if index
             .store_state(key, version, data)
@@ -130,4 +157,31 @@ where
             key.group
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floe_core::share::SharePartition;
+    use floe_index::StateKind;
+
+    #[test]
+    fn a_state_that_breaks_its_invariants_is_refused() {
+        let key = StateKey {
+            kind: StateKind::Share,
+            topic_id: 1,
+            group: "g".into(),
+            partition: 0,
+        };
+        let ok = SharePartition::starting_at(3);
+        assert!(checked(&key, &ok, |s: &SharePartition| s.check(u64::MAX)).is_ok());
+        let broken = SharePartition {
+            start: 5,
+            next: 2,
+            ..SharePartition::default()
+        };
+        let e = checked(&key, &broken, |s: &SharePartition| s.check(u64::MAX)).unwrap_err();
+        assert_eq!(e.code, "invariant_violated");
+        assert!(e.message.contains("start 5 > next 2"), "{}", e.message);
+    }
 }
