@@ -558,6 +558,22 @@ mod sqlite {
     }
 
     conformance!(open);
+
+    /// SQLite only: the index is a file, and what was committed is there after reopening.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", d.path().join("i.db").display());
+        let a = {
+            let i = floe_index::open(&url).await.unwrap();
+            let a = i.create_topic(new_topic("a", 1)).await.unwrap();
+            let _ = i.commit(seg("s", vec![run(a.id, 0, 7)])).await.unwrap();
+            a
+        };
+        let i = floe_index::open(&url).await.unwrap();
+        assert_eq!(i.get_topic("a").await.unwrap().unwrap(), a);
+        assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(7));
+    }
 }
 
 mod postgres {
