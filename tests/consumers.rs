@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::scenarios;
 use common::{AgentProc, raw, rec};
+use floe_api::{ReceiveRequest, SettleRequest};
 use floe_client::Client;
-use floe_core::api::{ReceiveRequest, SettleRequest};
 use futures::StreamExt;
 use reqwest::Method;
 
@@ -525,7 +525,7 @@ async fn auto_commit_commits_the_previous_fetch_on_the_next_one() {
         .join_group(
             "auto",
             "g",
-            &floe_core::api::JoinGroupRequest {
+            &floe_api::JoinGroupRequest {
                 auto_commit: true,
                 ..Default::default()
             },
@@ -682,7 +682,7 @@ async fn queue_per_key_ordering() {
     .await;
     assert_eq!(s, 201, "{v}");
     let recs = (0..90)
-        .map(|i| floe_core::api::ProduceRecord {
+        .map(|i| floe_api::ProduceRecord {
             key: Some(format!("k{}", i % 3)),
             ..rec(format!("{}:{}", i % 3, i / 3))
         })
@@ -951,7 +951,7 @@ async fn encoding_base64_returns_the_bytes_that_were_produced() {
             "q",
             &ReceiveRequest {
                 max_records: Some(4),
-                encoding: Some(floe_core::api::Encoding::Base64),
+                encoding: Some(floe_api::Encoding::Base64),
                 ..Default::default()
             },
         )

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floe_agent::{Agent, AgentConfig};
+use floe_api::{JoinGroupRequest, ProduceRecord, ReceiveRequest, SettleRequest};
 use floe_client::{Client, FetchOptions};
-use floe_core::api::{JoinGroupRequest, ProduceRecord, ReceiveRequest, SettleRequest};
 use floe_core::clock::{Clock, ManualClock, SystemClock};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use floe_agent::store::FaultStore;
 use floe_agent::{Agent, AgentConfig};
+use floe_api::ProduceRecord;
 use floe_client::{Client, FetchOptions};
-use floe_core::api::ProduceRecord;
 
 fn rec(value: &str) -> ProduceRecord {
     ProduceRecord {
@@ -272,7 +272,7 @@ async fn dead_letter_is_written_once_when_the_commit_answer_is_lost() {
         .receive(
             "j",
             "w",
-            &floe_core::api::ReceiveRequest {
+            &floe_api::ReceiveRequest {
                 max_records: Some(1),
                 ..Default::default()
             },
@@ -287,7 +287,7 @@ async fn dead_letter_is_written_once_when_the_commit_answer_is_lost() {
             "j",
             "w",
             "reject",
-            &floe_core::api::SettleRequest {
+            &floe_api::SettleRequest {
                 receipts: vec![receipt],
                 ..Default::default()
             },
@@ -300,7 +300,7 @@ async fn dead_letter_is_written_once_when_the_commit_answer_is_lost() {
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let r = c
-            .receive("j", "w", &floe_core::api::ReceiveRequest::default())
+            .receive("j", "w", &floe_api::ReceiveRequest::default())
             .await
             .unwrap();
         assert!(r.records.is_empty());

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{AgentProc, fresh_bucket_url, fresh_pg_db, read_all};
-use floe_core::api::ProduceRecord;
+use floe_api::ProduceRecord;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts PostgreSQL; run alone: cargo nextest run --test pg_restart --run-ignored only"]

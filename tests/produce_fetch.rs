@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{AgentProc, raw, read_all, rec};
+use floe_api::ProduceRecord;
 use floe_client::FetchOptions;
-use floe_core::api::ProduceRecord;
 use reqwest::Method;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,7 +599,7 @@ async fn metrics_and_openapi_are_served() {
         served, checked_in,
         "docs/openapi.json is stale: regenerate with `floe openapi > docs/openapi.json`"
     );
-    for (m, path) in floe_agent::http::documented_routes() {
+    for (m, path) in floe_agent::openapi::documented_routes() {
         let url = format!(
             "{}{}",
             agent.url,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::{AgentProc, segment_files};
-use floe_core::api::ProduceRecord;
+use floe_api::ProduceRecord;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyarrow_reads_segments_as_written() {

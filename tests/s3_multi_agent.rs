@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::{AgentProc, fresh_bucket_url, fresh_pg_db, read_all, rec, test_store};
+use floe_api::ProduceRecord;
 use floe_client::Client;
-use floe_core::api::ProduceRecord;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 

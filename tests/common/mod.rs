@@ -115,7 +115,7 @@ pub(crate) async fn read_all(
     c: &Client,
     topic: &str,
     partition: u32,
-) -> Vec<floe_core::api::FetchedRecord> {
+) -> Vec<floe_api::FetchedRecord> {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
@@ -263,8 +263,8 @@ impl AgentProc {
     }
 }
 
-pub(crate) fn rec(value: String) -> floe_core::api::ProduceRecord {
-    floe_core::api::ProduceRecord {
+pub(crate) fn rec(value: String) -> floe_api::ProduceRecord {
+    floe_api::ProduceRecord {
         value: Some(value),
         ..Default::default()
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use floe_api::{JoinGroupRequest, ProduceRecord, ReceiveRequest, SettleRequest};
 use floe_client::{Client, FetchOptions};
-use floe_core::api::{JoinGroupRequest, ProduceRecord, ReceiveRequest, SettleRequest};
 use tokio::sync::Mutex;
 
 use super::rec;
@@ -628,7 +628,7 @@ pub(crate) async fn poison_goes_to_dead_letter_topic(cs: &[Client]) {
     );
     let got = super::read_all(&cs[0], &dlq, 0).await;
     assert_eq!(got.len(), 2, "{got:?}");
-    let by_value: HashMap<&str, &floe_core::api::FetchedRecord> = got
+    let by_value: HashMap<&str, &floe_api::FetchedRecord> = got
         .iter()
         .map(|r| (r.value.as_deref().unwrap(), r))
         .collect();

@@ -1,9 +1,11 @@
 //! The JSON error contract: every non-2xx answer is
-//! `{"error": {"code": "<snake_case>", "message": "<text>"}}`.
+//! `{"error": {"code": "<snake_case>", "message": "<text>"}}`. Engine errors keep their
+//! code; their kind picks the status.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use floe_core::api::{ErrorBody, ErrorDetail};
+use floe_api::{ErrorBody, ErrorDetail};
+use floe_broker::{BrokerError, ErrorKind};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -14,45 +16,38 @@ pub struct ApiError {
     pub retry_after: Option<u32>,
 }
 
+pub type ApiResult<T> = Result<T, ApiError>;
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
             message: message.into(),
-            retry_after: None,
+            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(1),
         }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
-    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            retry_after: Some(1),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-        }
+}
+
+/// The status of each engine error kind.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::OutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
-    pub fn topic_not_found(topic: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "topic_not_found",
-            format!("topic {topic:?} does not exist"),
-        )
-    }
-    pub fn index(e: &floe_index::IndexError) -> Self {
-        tracing::warn!(error = %e, "index error");
-        match e {
-            floe_index::IndexError::DeadlineExceeded { .. } => Self::unavailable(
-                "deadline_exceeded",
-                format!(
-                    "the request's deadline passed before the index commit; nothing was committed ({e})"
-                ),
-            ),
-            floe_index::IndexError::StateConflict(_) => {
-                Self::new(StatusCode::CONFLICT, "state_conflict", e.to_string())
-            }
-            _ => Self::unavailable("index_unavailable", format!("metadata index error: {e}")),
-        }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        Self::new(status_of(e.kind), e.code, e.message)
     }
 }
 
@@ -70,5 +65,32 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_keep_their_code_and_unavailable_says_when_to_retry() {
+        let e = ApiError::from(BrokerError::unavailable("store_unavailable", "down"));
+        assert_eq!(
+            (e.status, e.code, e.retry_after),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                Some(1)
+            )
+        );
+        let e = ApiError::from(BrokerError::out_of_range(9, 0, 3));
+        assert_eq!(
+            (e.status, e.code, e.retry_after),
+            (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "offset_out_of_range",
+                None
+            )
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use floe_core::api::{
+use floe_api::{
     Assignment, CommitOffset, CommitRequest, CreateTopicRequest, ErrorBody, FetchResponse,
     GroupDescription, GroupFetchResponse, JoinGroupRequest, ProduceRecord, ProduceRequest,
     ProduceResponse, QueueDescription, ReceiveRequest, ReceiveResponse, SettleRequest,

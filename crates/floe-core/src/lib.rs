@@ -1,9 +1,8 @@
 //! Core types of Floe: records, validated names, limits, Kafka-compatible partitioner,
-//! the HTTP API types, and the Parquet segment format.
+//! the Parquet segment format, pure log planning and the consumer state machines.
 //!
 //! Nothing in this crate does I/O; everything here is pure and unit-testable.
 
-pub mod api;
 pub mod clock;
 pub mod group;
 pub mod ipc;

@@ -371,7 +371,7 @@ async fn run_queue(a: BenchArgs) -> anyhow::Result<()> {
         );
         let batch = a.batch as u64;
         tasks.push(tokio::spawn(async move {
-            let req = floe_core::api::ReceiveRequest {
+            let req = floe_api::ReceiveRequest {
                 consumer: Some(format!("c{i}")),
                 max_records: Some(batch),
                 wait_ms: Some(200),
@@ -423,11 +423,7 @@ async fn run_queue(a: BenchArgs) -> anyhow::Result<()> {
     for i in 0..a.consumers {
         let c = clients[i % clients.len()].clone();
         let m = c
-            .join_group(
-                &gtopic,
-                "bench",
-                &floe_core::api::JoinGroupRequest::default(),
-            )
+            .join_group(&gtopic, "bench", &floe_api::JoinGroupRequest::default())
             .await?;
         members.push((c, m.member_id));
     }

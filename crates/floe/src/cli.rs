@@ -4,10 +4,8 @@ use std::io::BufRead;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use floe_api::{FetchedRecord, JoinGroupRequest, ProduceRecord, ReceiveRequest, SettleRequest};
 use floe_client::{Client, FetchOptions};
-use floe_core::api::{
-    FetchedRecord, JoinGroupRequest, ProduceRecord, ReceiveRequest, SettleRequest,
-};
 
 use crate::Conn;
 

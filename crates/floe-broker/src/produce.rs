@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use floe_core::Record;
-use floe_core::api::RecordOffset;
 use floe_core::clock::{Clock, SharedClock};
 use floe_core::segment::{EncodeOptions, RunRef, encode_segment};
 use floe_index::{Index, IndexError, RunCommit, RunOutcome, SegmentCommit, StateWrite, TopicMeta};
@@ -26,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::AgentConfig;
-use crate::error::ApiError;
+use crate::error::BrokerError;
 use crate::fetch::Reader;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
@@ -34,7 +33,14 @@ use crate::notify::Notifier;
 /// Prefix of every segment object key. Keys never contain user input.
 pub const SEGMENT_PREFIX: &str = "segments";
 
-type Reply = Result<Vec<RecordOffset>, ApiError>;
+/// Where one produced record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordOffset {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+type Reply = Result<Vec<RecordOffset>, BrokerError>;
 
 /// When a produce request must be answered: the same instant on the runtime's clock (for
 /// timers) and on the wall clock (for the index's in-transaction check).
@@ -62,8 +68,8 @@ impl Deadline {
     }
 }
 
-pub(crate) fn deadline_exceeded(what: &str) -> ApiError {
-    ApiError::unavailable(
+pub(crate) fn deadline_exceeded(what: &str) -> BrokerError {
+    BrokerError::unavailable(
         "deadline_exceeded",
         format!("the produce deadline passed while {what}; nothing was committed, retry"),
     )
@@ -120,13 +126,13 @@ impl ProducerHandle {
             {
                 Ok(Ok(p)) => p,
                 Ok(Err(_)) => {
-                    return Err(ApiError::unavailable(
+                    return Err(BrokerError::unavailable(
                         "shutting_down",
                         "the agent is shutting down",
                     ));
                 }
                 Err(_) => {
-                    return Err(ApiError::unavailable(
+                    return Err(BrokerError::unavailable(
                         "overloaded",
                         format!("produce buffer full for {:?}; retry later", self.wait),
                     ));
@@ -144,7 +150,7 @@ impl ProducerHandle {
         match tokio::time::timeout_at(deadline.at, self.tx.send(append)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
-                return Err(ApiError::unavailable(
+                return Err(BrokerError::unavailable(
                     "shutting_down",
                     "the agent is shutting down",
                 ));
@@ -153,11 +159,11 @@ impl ProducerHandle {
         }
         match tokio::time::timeout_at(deadline.at + ANSWER_GRACE, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(ApiError::unavailable(
+            Ok(Err(_)) => Err(BrokerError::unavailable(
                 "flush_aborted",
                 "the flush carrying these records was aborted",
             )),
-            Err(_) => Err(ApiError::unavailable(
+            Err(_) => Err(BrokerError::unavailable(
                 "commit_outcome_unknown",
                 "no verdict from the flush carrying these records within the produce deadline; they may or may not be committed",
             )),
@@ -373,7 +379,7 @@ fn offsets_of(places: Vec<(usize, u64)>, runs: &[(u32, String)], outcomes: &[Run
                 offset: base_offset + pos,
             }),
             // Only possible when the topic was deleted while the flush ran.
-            RunOutcome::TopicGone => return Err(ApiError::topic_not_found(&runs[i].1)),
+            RunOutcome::TopicGone => return Err(BrokerError::topic_not_found(&runs[i].1)),
         }
     }
     Ok(offsets)
@@ -433,7 +439,7 @@ async fn write_and_commit(
     started: Instant,
     deadline: Deadline,
     state_writes: Vec<StateWrite>,
-) -> Result<(Vec<(u32, String)>, Vec<RunOutcome>), ApiError> {
+) -> Result<(Vec<(u32, String)>, Vec<RunOutcome>), BrokerError> {
     let opts = EncodeOptions {
         compression: ctx.config.compression,
         max_rows_per_row_group: ctx.config.rows_per_row_group,
@@ -452,13 +458,13 @@ async fn write_and_commit(
     })
     .await
     .map_err(|e| {
-        ApiError::unavailable(
+        BrokerError::unavailable(
             "encode_failed",
             format!("segment encoding task failed: {e}"),
         )
     })?;
     let (bytes, layouts) = encoded.map_err(|e| {
-        ApiError::unavailable("encode_failed", format!("segment encoding failed: {e}"))
+        BrokerError::unavailable("encode_failed", format!("segment encoding failed: {e}"))
     })?;
     let size = bytes.len() as u64;
     let key = format!(
@@ -481,7 +487,7 @@ async fn write_and_commit(
         .await
         .map_err(|_| deadline_exceeded("writing the segment"))?
         .map_err(|e| {
-            ApiError::unavailable("store_unavailable", format!("writing segment failed: {e}"))
+            BrokerError::unavailable("store_unavailable", format!("writing segment failed: {e}"))
         })?;
     // Readers on this agent will not need to GET what it just wrote.
     ctx.reader.insert_written(&key, bytes).await;
@@ -498,7 +504,7 @@ async fn write_and_commit(
             .map_err(|_| deadline_exceeded("waiting for the previous flush to commit"))?;
     }
     if put_started.elapsed() > ctx.config.commit_deadline {
-        return Err(ApiError::unavailable(
+        return Err(BrokerError::unavailable(
             "commit_deadline_exceeded",
             format!(
                 "segment not committed within {:?} of its write; abandoned",
@@ -531,14 +537,14 @@ async fn write_and_commit(
         state_writes,
     };
     let outcomes = ctx.index.commit(commit).await.map_err(|e| match e {
-        IndexError::Timeout { .. } => ApiError::unavailable(
+        IndexError::Timeout { .. } => BrokerError::unavailable(
             "commit_outcome_unknown",
             format!("the index did not answer the commit in time ({e}); the records may or may not be committed"),
         ),
-        other => ApiError::index(&other),
+        other => BrokerError::index(&other),
     })?;
     if outcomes.len() != runs.len() {
-        return Err(ApiError::unavailable(
+        return Err(BrokerError::unavailable(
             "index_unavailable",
             "index returned a wrong number of outcomes",
         ));

@@ -6,9 +6,7 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
 use bytes::Bytes;
-use floe_core::api::Encoding;
 use floe_core::log::plan_fetch;
 use floe_core::segment::{DecodedRun, Footer, RecordView, RunLocation, decode_run, parse_footer};
 use floe_index::{Index, RunEntry, TopicMeta};
@@ -17,7 +15,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::file::metadata::ParquetMetaData;
 
 use crate::config::AgentConfig;
-use crate::error::ApiError;
+use crate::error::{BrokerError, ErrorKind};
 use crate::metrics::Metrics;
 
 /// Bytes read from the end of a segment on the first try; most footers fit.
@@ -94,7 +92,7 @@ impl Reader {
         &self,
         e: &RunEntry,
         range: std::ops::Range<u64>,
-    ) -> Result<Bytes, ApiError> {
+    ) -> Result<Bytes, BrokerError> {
         let path = Path::from(e.segment_key.as_str());
         if e.segment_size > self.whole_object_max {
             return self
@@ -111,10 +109,10 @@ impl Reader {
                     .get_range(&path, 0..e.segment_size)
                     .await
                     .map_err(|err| store_err(e, &err))?;
-                Ok::<_, ApiError>(b)
+                Ok::<_, BrokerError>(b)
             })
             .await
-            .map_err(|err: Arc<ApiError>| (*err).clone())?;
+            .map_err(|err: Arc<BrokerError>| (*err).clone())?;
         if range.end > whole.len() as u64 || range.start > range.end {
             return Err(corrupt(e, "byte range beyond the object"));
         }
@@ -131,12 +129,12 @@ impl Reader {
         offset: u64,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<Fetched, ApiError> {
+    ) -> Result<Fetched, BrokerError> {
         let entries = self
             .index
             .runs_from(topic.id, partition, offset, RUNS_PER_FETCH)
             .await
-            .map_err(|e| ApiError::index(&e))?;
+            .map_err(|e| BrokerError::index(&e))?;
         let (plan, _) = plan_fetch(&entries, offset, max_records);
         let mut out = Fetched::empty(offset);
         let mut bytes = 0usize;
@@ -177,7 +175,7 @@ impl Reader {
         topic: &TopicMeta,
         partition: u32,
         e: &RunEntry,
-    ) -> Result<Arc<DecodedRun>, ApiError> {
+    ) -> Result<Arc<DecodedRun>, BrokerError> {
         let key = (e.segment_key.clone(), e.row_group_first);
         if let Some(r) = self.runs.get(&key).await {
             self.metrics.cache.with_label_values(&["hit"]).inc();
@@ -208,15 +206,15 @@ impl Reader {
                     decode_run(&meta, size, &loc, data)
                 })
                 .await
-                .map_err(|err| ApiError::unavailable("decode_failed", err.to_string()))?
+                .map_err(|err| BrokerError::unavailable("decode_failed", err.to_string()))?
                 .map_err(|err| corrupt(e, &err.to_string()))?;
-                Ok::<_, ApiError>(Arc::new(decoded))
+                Ok::<_, BrokerError>(Arc::new(decoded))
             })
             .await
-            .map_err(|err: Arc<ApiError>| (*err).clone())
+            .map_err(|err: Arc<BrokerError>| (*err).clone())
     }
 
-    async fn footer(&self, e: &RunEntry) -> Result<Arc<ParquetMetaData>, ApiError> {
+    async fn footer(&self, e: &RunEntry) -> Result<Arc<ParquetMetaData>, BrokerError> {
         self.footers
             .try_get_with(e.segment_key.clone(), async {
                 let size = e.segment_size;
@@ -237,22 +235,22 @@ impl Reader {
                 }
             })
             .await
-            .map_err(|err: Arc<ApiError>| (*err).clone())
+            .map_err(|err: Arc<BrokerError>| (*err).clone())
     }
 }
 
-fn store_err(e: &RunEntry, err: &object_store::Error) -> ApiError {
+fn store_err(e: &RunEntry, err: &object_store::Error) -> BrokerError {
     tracing::warn!(segment = %e.segment_key, error = %err, "segment read failed");
-    ApiError::unavailable(
+    BrokerError::unavailable(
         "store_unavailable",
         format!("reading segment failed: {err}"),
     )
 }
 
-fn corrupt(e: &RunEntry, what: &str) -> ApiError {
+fn corrupt(e: &RunEntry, what: &str) -> BrokerError {
     tracing::error!(segment = %e.segment_key, what, "corrupt segment");
-    ApiError::new(
-        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+    BrokerError::new(
+        ErrorKind::Internal,
         "segment_corrupt",
         format!("segment {} is unreadable: {what}", e.segment_key),
     )
@@ -267,15 +265,13 @@ pub struct RunSlice {
     to: usize,
 }
 
-/// The result of a fetch: records borrowed from cached runs, serialized straight from the
-/// Arrow arrays (no per-record copies) in the shape of [`FetchedRecord`].
+/// The result of a fetch: records borrowed from cached runs (a front end serializes them
+/// straight from the Arrow arrays, with no per-record copies).
 #[derive(Debug)]
 pub struct Fetched {
     slices: Vec<RunSlice>,
     pub next: u64,
     pub count: usize,
-    /// How values and keys are written as JSON.
-    pub encoding: Encoding,
 }
 
 impl Fetched {
@@ -296,7 +292,6 @@ impl Fetched {
             slices: Vec::new(),
             next,
             count: 0,
-            encoding: Encoding::Auto,
         }
     }
 
@@ -306,95 +301,5 @@ impl Fetched {
             (s.from..s.to)
                 .filter_map(move |pos| Some((s.base_offset + pos as u64, s.run.get(pos)?)))
         })
-    }
-}
-
-impl serde::Serialize for Fetched {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = ser.serialize_seq(Some(self.count))?;
-        for (offset, v) in self.iter() {
-            seq.serialize_element(&RecordJson {
-                offset,
-                v: &v,
-                encoding: self.encoding,
-            })?;
-        }
-        seq.end()
-    }
-}
-
-struct RecordJson<'a> {
-    offset: u64,
-    v: &'a RecordView<'a>,
-    encoding: Encoding,
-}
-
-/// One record as JSON, in the shape of [`floe_core::api::FetchedRecord`].
-pub fn record_json(
-    offset: u64,
-    v: &RecordView<'_>,
-    encoding: Encoding,
-) -> serde_json::Result<String> {
-    serde_json::to_string(&RecordJson {
-        offset,
-        v,
-        encoding,
-    })
-}
-
-/// Bytes as JSON text under `name`, or as base64 under `name_b64`: text only when the
-/// encoding is `auto` and the bytes are UTF-8.
-pub fn text_or_b64(b: &[u8], encoding: Encoding) -> (Option<String>, Option<String>) {
-    match (encoding, std::str::from_utf8(b)) {
-        (Encoding::Auto, Ok(t)) => (Some(t.to_string()), None),
-        _ => (
-            None,
-            Some(base64::engine::general_purpose::STANDARD.encode(b)),
-        ),
-    }
-}
-
-struct Headers<'a>(&'a [(&'a str, &'a str)]);
-
-impl serde::Serialize for Headers<'_> {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = ser.serialize_map(Some(self.0.len()))?;
-        for (k, v) in self.0 {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
-    }
-}
-
-impl serde::Serialize for RecordJson<'_> {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = ser.serialize_map(None)?;
-        m.serialize_entry("offset", &self.offset)?;
-        m.serialize_entry("timestamp_ms", &self.v.timestamp_ms)?;
-        let text = |b| match self.encoding {
-            Encoding::Auto => std::str::from_utf8(b).ok(),
-            Encoding::Base64 => None,
-        };
-        if let Some(k) = self.v.key {
-            match text(k) {
-                Some(s) => m.serialize_entry("key", s)?,
-                None => m.serialize_entry(
-                    "key_b64",
-                    &base64::engine::general_purpose::STANDARD.encode(k),
-                )?,
-            }
-        }
-        match text(self.v.value) {
-            Some(s) => m.serialize_entry("value", s)?,
-            None => m.serialize_entry(
-                "value_b64",
-                &base64::engine::general_purpose::STANDARD.encode(self.v.value),
-            )?,
-        }
-        m.serialize_entry("headers", &Headers(&self.v.headers))?;
-        m.end()
     }
 }

@@ -10,17 +10,17 @@ use floe_index::{Index, StateKey};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::{BrokerError, ErrorKind};
 use crate::metrics::Metrics;
 
 /// Conflicting writers retry this many times before the request gets a 503.
 const MAX_ATTEMPTS: u32 = 64;
 
-fn decode<S: DeserializeOwned>(key: &StateKey, data: &[u8]) -> Result<S, ApiError> {
+fn decode<S: DeserializeOwned>(key: &StateKey, data: &[u8]) -> Result<S, BrokerError> {
     floe_core::stored::decode(data).map_err(|e| {
         tracing::error!(?key, error = %e, "consumer state unreadable");
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        BrokerError::new(
+            ErrorKind::Internal,
             "state_corrupt",
             format!(
                 "stored consumer state for {:?} is unreadable: {e}",
@@ -34,11 +34,11 @@ fn decode<S: DeserializeOwned>(key: &StateKey, data: &[u8]) -> Result<S, ApiErro
 pub async fn load_versioned<S: DeserializeOwned>(
     index: &Arc<dyn Index>,
     key: &StateKey,
-) -> Result<Option<(S, i64)>, ApiError> {
+) -> Result<Option<(S, i64)>, BrokerError> {
     match index
         .load_state(key)
         .await
-        .map_err(|e| ApiError::index(&e))?
+        .map_err(|e| BrokerError::index(&e))?
     {
         Some(v) => decode(key, &v.data).map(|s| Some((s, v.version))),
         None => Ok(None),
@@ -52,15 +52,15 @@ pub fn checked<S>(
     key: &StateKey,
     state: &S,
     check: impl Fn(&S) -> Result<(), String>,
-) -> Result<(), ApiError> {
+) -> Result<(), BrokerError> {
     check(state).map_err(|broken| {
         tracing::error!(
             ?key,
             broken,
             "consumer state invariant violated; not stored"
         );
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        BrokerError::new(
+            ErrorKind::Internal,
             "invariant_violated",
             format!(
                 "refusing to store consumer state of {:?}: {broken}",
@@ -71,25 +71,20 @@ pub fn checked<S>(
 }
 
 /// The stored form (`floe_core::stored`: JSON with a format number).
-pub fn encode<S: Serialize>(state: &S) -> Result<Vec<u8>, ApiError> {
-    floe_core::stored::encode(state).map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "state_encode_failed",
-            e.to_string(),
-        )
-    })
+pub fn encode<S: Serialize>(state: &S) -> Result<Vec<u8>, BrokerError> {
+    floe_core::stored::encode(state)
+        .map_err(|e| BrokerError::new(ErrorKind::Internal, "state_encode_failed", e.to_string()))
 }
 
 /// The current state, or `None` when nothing is stored.
 pub async fn load<S: DeserializeOwned>(
     index: &Arc<dyn Index>,
     key: &StateKey,
-) -> Result<Option<S>, ApiError> {
+) -> Result<Option<S>, BrokerError> {
     match index
         .load_state(key)
         .await
-        .map_err(|e| ApiError::index(&e))?
+        .map_err(|e| BrokerError::index(&e))?
     {
         Some(v) => decode(key, &v.data).map(Some),
         None => Ok(None),
@@ -106,8 +101,8 @@ pub async fn update<S, R>(
     key: &StateKey,
     init: impl Fn() -> S,
     check: impl Fn(&S) -> Result<(), String>,
-    mut change: impl FnMut(&mut S) -> Result<(R, bool), ApiError>,
-) -> Result<R, ApiError>
+    mut change: impl FnMut(&mut S) -> Result<(R, bool), BrokerError>,
+) -> Result<R, BrokerError>
 where
     S: Serialize + DeserializeOwned,
 {
@@ -116,12 +111,12 @@ where
         let current = index
             .load_state(key)
             .await
-            .map_err(|e| ApiError::index(&e))?;
+            .map_err(|e| BrokerError::index(&e))?;
         if insert_refused && current.is_none() {
             // The first write of a state is refused only when its topic no longer exists
             // (a lost insert race leaves the winner's state behind).
-            return Err(ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
+            return Err(BrokerError::new(
+                ErrorKind::NotFound,
                 "topic_not_found",
                 "the topic was deleted",
             ));
@@ -139,7 +134,7 @@ where
         if index
             .store_state(key, version, data)
             .await
-            .map_err(|e| ApiError::index(&e))?
+            .map_err(|e| BrokerError::index(&e))?
         {
             return Ok(answer);
         }
@@ -150,7 +145,7 @@ where
         let base = 200 * u64::from(attempt.min(10));
         tokio::time::sleep(Duration::from_micros(base + jitter)).await;
     }
-    Err(ApiError::unavailable(
+    Err(BrokerError::unavailable(
         "contention",
         format!(
             "consumer state of {:?} changed concurrently {MAX_ATTEMPTS} times in a row; retry",

@@ -1,0 +1,186 @@
+//! Request extraction: bodies are read within `max_body_bytes`, must be JSON objects
+//! where objects are documented (arrays of objects where documented), integers are int64;
+//! path and query rejections follow the JSON error contract.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use bytes::Bytes;
+use floe_api::{
+    CommitRequest, CreateTopicRequest, JoinGroupRequest, ProduceRequest, ReceiveRequest,
+    SettleRequest,
+};
+use floe_core::ipc::ARROW_STREAM;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ApiResult};
+
+pub(crate) fn path_err(e: PathRejection) -> ApiError {
+    ApiError::bad_request("invalid_path", format!("invalid path parameter: {e}"))
+}
+
+pub(crate) fn query_err(e: QueryRejection) -> ApiError {
+    ApiError::bad_request("invalid_parameter", e.body_text())
+}
+
+/// The request body within `max_body_bytes` (413 `request_too_large` past it).
+pub(crate) async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "request body exceeds the agent's max_body_bytes limit",
+            )
+        } else {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("could not read request body: {rej}"),
+            )
+        }
+    })
+}
+
+/// JSON body extractor whose rejections follow the JSON error contract.
+pub struct JsonBody<T>(pub T);
+
+/// A request body type: a JSON object. `OBJECT_ARRAYS` names its fields that are arrays
+/// of objects (each element must be an object too).
+pub trait RequestBody: DeserializeOwned {
+    const OBJECT_ARRAYS: &'static [&'static str] = &[];
+}
+
+impl RequestBody for CreateTopicRequest {}
+impl RequestBody for ProduceRequest {
+    const OBJECT_ARRAYS: &'static [&'static str] = &["records"];
+}
+impl RequestBody for JoinGroupRequest {}
+impl RequestBody for CommitRequest {
+    const OBJECT_ARRAYS: &'static [&'static str] = &["offsets"];
+}
+impl RequestBody for ReceiveRequest {}
+impl RequestBody for SettleRequest {}
+
+impl<S: Send + Sync, T: RequestBody> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ok = ct
+                .to_str()
+                .map(|s| {
+                    s.trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("application/json")
+                })
+                .unwrap_or(false);
+            if !ok {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "request bodies must be JSON (Content-Type: application/json)",
+                ));
+            }
+        }
+        let bytes = read_body(req, state).await?;
+        parse_object(&bytes).map(JsonBody)
+    }
+}
+
+/// Integers in request bodies are JSON Schema integers within int64, as documented: `3.0`
+/// is the integer 3 (JSON Schema says so), and anything beyond int64 is refused with 400
+/// `invalid_json` rather than silently accepted as a u64.
+fn normalize_numbers(v: &mut serde_json::Value) -> ApiResult<()> {
+    match v {
+        serde_json::Value::Number(n) => {
+            if n.as_i64().is_some() {
+                return Ok(());
+            }
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)
+            {
+                *v = serde_json::Value::from(f as i64);
+                return Ok(());
+            }
+            if n.is_f64() {
+                return Ok(()); // a fraction: the field's own type decides
+            }
+            Err(ApiError::bad_request(
+                "invalid_json",
+                format!("number {n} is out of range: integers are int64"),
+            ))
+        }
+        serde_json::Value::Array(a) => a.iter_mut().try_for_each(normalize_numbers),
+        serde_json::Value::Object(o) => o.values_mut().try_for_each(normalize_numbers),
+        _ => Ok(()),
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Every request body is documented as a JSON object. serde would read an array as a
+/// struct's fields in order (`["m-1", 3, []]` as a commit), so anything that is not an
+/// object where an object is documented is refused before it reaches serde.
+pub(crate) fn parse_object<T: RequestBody>(bytes: &[u8]) -> ApiResult<T> {
+    let invalid = |m: String| ApiError::bad_request("invalid_json", m);
+    let mut v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("invalid JSON body: {e}")))?;
+    normalize_numbers(&mut v)?;
+    let serde_json::Value::Object(fields) = &v else {
+        return Err(invalid(format!(
+            "request body must be a JSON object, got {}",
+            json_kind(&v)
+        )));
+    };
+    for name in T::OBJECT_ARRAYS {
+        if let Some(serde_json::Value::Array(items)) = fields.get(*name)
+            && let Some((i, item)) = items.iter().enumerate().find(|(_, x)| !x.is_object())
+        {
+            return Err(invalid(format!(
+                "{name}[{i}] must be a JSON object, got {}",
+                json_kind(item)
+            )));
+        }
+    }
+    T::deserialize(v).map_err(|e| invalid(format!("invalid JSON body: {e}")))
+}
+
+/// A produce body: JSON (default) or an Arrow IPC stream (`Content-Type:
+/// application/vnd.apache.arrow.stream`), decoded to the same records.
+pub enum ProduceBody {
+    Json(ProduceRequest),
+    Arrow(Bytes),
+}
+
+impl<S: Send + Sync> FromRequest<S> for ProduceBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let arrow = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|c| c.to_str().ok())
+            .is_some_and(|c| {
+                c.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with(ARROW_STREAM)
+            });
+        if !arrow {
+            return JsonBody::from_request(req, state)
+                .await
+                .map(|JsonBody(r)| Self::Json(r));
+        }
+        let bytes = read_body(req, state).await?;
+        Ok(Self::Arrow(bytes))
+    }
+}

@@ -1,0 +1,240 @@
+//! Produce and fetch.
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use floe_api::{Encoding, ErrorBody, FetchResponse, ProduceRequest, ProduceResponse, RecordOffset};
+use floe_broker::Broker;
+use floe_broker::records::{FetchRequest, too_many_records};
+use floe_core::ipc::{ARROW_STREAM, IncomingRecord, IpcError};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ProduceBody, path_err};
+use crate::render::{RecordsJson, arrow_response};
+
+fn decode_field(
+    i: usize,
+    what: &str,
+    text: Option<String>,
+    b64: Option<String>,
+) -> ApiResult<Option<Bytes>> {
+    match (text, b64) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_record",
+            format!("record {i}: give {what} or {what}_b64, not both"),
+        )),
+        (Some(t), None) => Ok(Some(Bytes::from(t))),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b.as_bytes())
+            .map(|v| Some(Bytes::from(v)))
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_base64",
+                    format!("record {i}: {what}_b64 is not valid base64: {e}"),
+                )
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The records of a JSON produce body, values and keys decoded.
+fn decode_json(req: ProduceRequest) -> ApiResult<Vec<IncomingRecord>> {
+    req.records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let key = decode_field(i, "key", r.key, r.key_b64)?;
+            let value = decode_field(i, "value", r.value, r.value_b64)?.ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_record",
+                    format!("record {i}: value or value_b64 is required"),
+                )
+            })?;
+            let headers = r.headers.unwrap_or_default().into_iter().collect();
+            Ok(IncomingRecord {
+                key,
+                value,
+                headers,
+                partition: r.partition,
+            })
+        })
+        .collect()
+}
+
+/// Produce records, as JSON or as an Arrow IPC stream (`Content-Type:
+/// application/vnd.apache.arrow.stream`; columns `value` binary|utf8, optional `key`
+/// binary|utf8, `partition` int32|int64, `headers` list<struct<key, value>>).
+/// Answers only after the records are durable in the bucket and committed
+/// in the index; offsets come back in request order.
+#[utoipa::path(post, path = "/v1/topics/{topic}/records", params(("topic" = String, Path)),
+    request_body(content(
+        (ProduceRequest = "application/json"),
+        (String = "application/vnd.apache.arrow.stream")
+    )), responses(
+    (status = 200, body = ProduceResponse),
+    (status = 400, description = "invalid_json, invalid_record, invalid_partition, invalid_base64", body = ErrorBody),
+    (status = 404, description = "topic_not_found", body = ErrorBody),
+    (status = 413, description = "record_too_large, request_too_large", body = ErrorBody),
+    (status = 503, description = "store_unavailable, index_unavailable, overloaded (with Retry-After)", body = ErrorBody)))]
+pub(crate) async fn produce(
+    State(b): State<Broker>,
+    p: Result<Path<String>, PathRejection>,
+    body: ProduceBody,
+) -> ApiResult<Json<ProduceResponse>> {
+    let deadline = b.produce_deadline();
+    let Path(raw) = p.map_err(path_err)?;
+    let max = b.config.limits.max_records_per_request;
+    let incoming = match body {
+        ProduceBody::Json(req) => {
+            // Refused before any value is decoded.
+            if req.records.len() > max {
+                return Err(too_many_records(req.records.len(), max).into());
+            }
+            decode_json(req)?
+        }
+        ProduceBody::Arrow(bytes) => {
+            tokio::task::spawn_blocking(move || floe_core::ipc::decode_produce(&bytes, max))
+                .await
+                .map_err(|e| {
+                    ApiError::from(floe_broker::BrokerError::unavailable(
+                        "decode_failed",
+                        e.to_string(),
+                    ))
+                })?
+                .map_err(|e| match e {
+                    IpcError::TooMany(n) => ApiError::from(too_many_records(n + 1, n)),
+                    IpcError::Record(..) => ApiError::bad_request("invalid_record", e.to_string()),
+                    other => ApiError::bad_request("invalid_arrow", other.to_string()),
+                })?
+        }
+    };
+    let offsets = b.produce(&raw, incoming, deadline).await?;
+    Ok(Json(ProduceResponse {
+        offsets: offsets
+            .into_iter()
+            .map(|o| RecordOffset {
+                partition: o.partition,
+                offset: o.offset,
+            })
+            .collect(),
+    }))
+}
+
+/// Query parameters of a fetch.
+/// (The query is parsed by hand: unknown parameters are ignored, as they always were.)
+fn parse_fetch_params(q: Option<&str>) -> ApiResult<(FetchRequest, Encoding)> {
+    let mut p = FetchRequest::default();
+    let mut encoding = Encoding::default();
+    for pair in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let num = |name: &'static str| -> ApiResult<u64> {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    if name == "offset" {
+                        "invalid_offset"
+                    } else {
+                        "invalid_parameter"
+                    },
+                    format!("{name} must be a non-negative integer, got {v:?}"),
+                )
+            })
+        };
+        match k {
+            "offset" => p.offset = num("offset")?,
+            "max_records" => p.max_records = Some(num("max_records")?),
+            "max_bytes" => p.max_bytes = Some(num("max_bytes")?),
+            "wait_ms" => p.wait_ms = num("wait_ms")?,
+            "encoding" => {
+                encoding = v
+                    .parse()
+                    .map_err(|e: String| ApiError::bad_request("invalid_parameter", e))?;
+            }
+            _ => {}
+        }
+    }
+    Ok((p, encoding))
+}
+
+/// Fetch records of one partition from `offset`. With `wait_ms`, a fetch at the end of the
+/// log waits until new records are committed or the wait ends (then returns no records).
+#[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/records",
+    params(
+        ("topic" = String, Path), ("partition" = u32, Path),
+        ("offset" = Option<u64>, Query, description = "First offset to return (default 0)"),
+        ("max_records" = Option<u64>, Query, description = "Default 500, capped by the agent's max_fetch_records"),
+        ("max_bytes" = Option<u64>, Query, description = "Default 1 MiB, capped by max_fetch_bytes; at least one record is returned"),
+        ("wait_ms" = Option<u64>, Query, description = "Long-poll time when at the end of the log; capped by max_wait_ms"),
+        ("encoding" = Option<floe_api::Encoding>, Query, description = "auto (default): UTF-8 values/keys as `value`/`key`, other bytes as `value_b64`/`key_b64`; base64: always `value_b64`/`key_b64`")),
+    responses(
+        (status = 200, description = "JSON, or with `Accept: application/vnd.apache.arrow.stream` an Arrow IPC stream (offset, timestamp, key, value, headers) with Floe-Next-Offset / Floe-End-Offset headers", body = FetchResponse),
+        (status = 400, description = "invalid_partition, invalid_offset, invalid_parameter", body = ErrorBody),
+        (status = 404, description = "topic_not_found", body = ErrorBody),
+        (status = 416, description = "offset_out_of_range", body = ErrorBody)))]
+pub(crate) async fn fetch(
+    State(b): State<Broker>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(q): RawQuery,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    let want_arrow = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains(ARROW_STREAM));
+    let Path((raw, part)) = p.map_err(path_err)?;
+    let (req, encoding) = parse_fetch_params(q.as_deref())?;
+    let f = b.fetch(&raw, &part, req).await?;
+    if want_arrow {
+        return arrow_response(&f.records, f.next_offset, f.end_offset);
+    }
+    let body = FetchBody {
+        records: RecordsJson {
+            records: &f.records,
+            encoding,
+        },
+        next_offset: f.next_offset,
+        end_offset: f.end_offset,
+    };
+    Ok(Json(body).into_response())
+}
+
+/// Same JSON shape as [`FetchResponse`], serialized without copying record bytes.
+#[derive(serde::Serialize)]
+struct FetchBody<'a> {
+    records: RecordsJson<'a>,
+    next_offset: u64,
+    end_offset: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_params_parse_and_reject() {
+        let (p, _) = parse_fetch_params(Some("offset=5&max_records=10&wait_ms=100&x=1")).unwrap();
+        assert_eq!((p.offset, p.max_records, p.wait_ms), (5, Some(10), 100));
+        assert_eq!(
+            parse_fetch_params(Some("offset=-1")).unwrap_err().code,
+            "invalid_offset"
+        );
+        assert_eq!(
+            parse_fetch_params(Some("offset=99999999999999999999999"))
+                .unwrap_err()
+                .code,
+            "invalid_offset"
+        );
+        assert_eq!(
+            parse_fetch_params(Some("max_bytes=abc")).unwrap_err().code,
+            "invalid_parameter"
+        );
+        assert_eq!(
+            parse_fetch_params(Some("encoding=base64")).unwrap().1,
+            Encoding::Base64
+        );
+        assert_eq!(parse_fetch_params(None).unwrap().0.offset, 0);
+    }
+}

@@ -1,0 +1,101 @@
+//! Topic administration.
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use floe_api::{
+    CreateTopicRequest, ErrorBody, PartitionInfo, TopicDescription, TopicInfo, TopicList,
+    TopicSummary,
+};
+use floe_broker::Broker;
+use floe_broker::topics::TopicSpec;
+use floe_index::TopicMeta;
+
+use crate::error::ApiResult;
+use crate::extract::{JsonBody, path_err};
+
+fn info_of(t: TopicMeta) -> TopicInfo {
+    TopicInfo {
+        name: t.name,
+        partitions: t.partitions,
+        retention_ms: t.retention_ms,
+        config: t.config,
+        created_ms: t.created_ms,
+    }
+}
+
+/// Create a topic.
+#[utoipa::path(post, path = "/v1/topics", request_body = CreateTopicRequest, responses(
+    (status = 201, body = TopicInfo),
+    (status = 400, description = "invalid_topic_name, invalid_partitions, invalid_json", body = ErrorBody),
+    (status = 409, description = "topic_exists", body = ErrorBody)))]
+pub(crate) async fn create_topic(
+    State(b): State<Broker>,
+    JsonBody(req): JsonBody<CreateTopicRequest>,
+) -> ApiResult<(StatusCode, Json<TopicInfo>)> {
+    let t = b
+        .create_topic(TopicSpec {
+            name: req.name,
+            partitions: req.partitions,
+            retention_ms: req.retention_ms,
+            config: req.config,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(info_of(t))))
+}
+
+/// List topics.
+#[utoipa::path(get, path = "/v1/topics", responses((status = 200, body = TopicList)))]
+pub(crate) async fn list_topics(State(b): State<Broker>) -> ApiResult<Json<TopicList>> {
+    let topics = b.list_topics().await?;
+    Ok(Json(TopicList {
+        topics: topics
+            .into_iter()
+            .map(|t| TopicSummary {
+                name: t.name,
+                partitions: t.partitions,
+            })
+            .collect(),
+    }))
+}
+
+/// Describe a topic: its partitions with start and end offsets.
+#[utoipa::path(get, path = "/v1/topics/{topic}", params(("topic" = String, Path)), responses(
+    (status = 200, body = TopicDescription),
+    (status = 404, description = "topic_not_found", body = ErrorBody)))]
+pub(crate) async fn describe_topic(
+    State(b): State<Broker>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<TopicDescription>> {
+    let Path(raw) = p.map_err(path_err)?;
+    let d = b.describe_topic(&raw).await?;
+    Ok(Json(TopicDescription {
+        name: d.topic.name,
+        partitions: d
+            .partitions
+            .into_iter()
+            .map(|p| PartitionInfo {
+                partition: p.partition,
+                start_offset: p.start_offset,
+                end_offset: p.end_offset,
+            })
+            .collect(),
+        retention_ms: d.topic.retention_ms,
+        config: d.topic.config,
+        created_ms: d.topic.created_ms,
+    }))
+}
+
+/// Delete a topic and all its records.
+#[utoipa::path(delete, path = "/v1/topics/{topic}", params(("topic" = String, Path)), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, description = "topic_not_found", body = ErrorBody)))]
+pub(crate) async fn delete_topic(
+    State(b): State<Broker>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let Path(raw) = p.map_err(path_err)?;
+    b.delete_topic(&raw).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

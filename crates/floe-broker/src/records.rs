@@ -1,0 +1,304 @@
+//! Produce and fetch, protocol-neutral: a produce is validated (limits, partitions),
+//! partitioned (explicit, murmur2 of the key, else round-robin) and handed to the
+//! agent-wide buffer; a fetch plans a slice of one partition and long-polls at the end of
+//! the log on commit notifications. [`Tail`] reads a partition batch after batch for
+//! push-style streams (SSE).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use floe_core::Record;
+
+use floe_core::ipc::IncomingRecord;
+use floe_core::partitioner::partition_for_key;
+use floe_index::TopicMeta;
+
+use crate::Broker;
+use crate::error::{BrokerError, BrokerResult};
+use crate::fetch::Fetched;
+use crate::names::partition_of;
+use crate::produce::{Deadline, RecordOffset, deadline_exceeded};
+
+static ROUND_ROBIN: AtomicU64 = AtomicU64::new(0);
+
+/// `request_too_large`: `n` records (or more than `max` when the decoder stopped at
+/// `max + 1`) in one request.
+pub fn too_many_records(n: usize, max: usize) -> BrokerError {
+    let what = if n > max + 1 {
+        format!("{n}")
+    } else {
+        format!("more than {max}")
+    };
+    BrokerError::too_large(
+        "request_too_large",
+        format!("{what} records in one request; the limit is {max}"),
+    )
+}
+
+/// A fetch of one partition.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FetchRequest {
+    pub offset: u64,
+    /// Default 500, capped by `max_fetch_records`; 0 is refused.
+    pub max_records: Option<u64>,
+    /// Default 1 MiB, capped by `max_fetch_bytes`; at least one record is returned.
+    pub max_bytes: Option<u64>,
+    /// Long-poll time at the end of the log, capped by `max_wait_ms`.
+    pub wait_ms: u64,
+}
+
+/// What a fetch read: the records (borrowed from cached runs), the next offset to read
+/// and the partition's end offset when it was read.
+#[derive(Debug)]
+pub struct FetchResult {
+    pub records: Fetched,
+    pub next_offset: u64,
+    pub end_offset: u64,
+}
+
+/// `max_records` of a fetch: default 500, at least 1, capped by the agent's limit.
+pub(crate) fn fetch_records_limit(requested: Option<u64>, cap: usize) -> BrokerResult<usize> {
+    match requested {
+        Some(0) => Err(BrokerError::invalid(
+            "invalid_parameter",
+            "max_records must be at least 1",
+        )),
+        Some(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX).min(cap)),
+        None => Ok(500.min(cap)),
+    }
+}
+
+/// `max_bytes` of a fetch: default 1 MiB, capped by the agent's limit.
+pub(crate) fn fetch_bytes_limit(requested: Option<u64>, cap: usize) -> usize {
+    requested
+        .map_or(1024 * 1024, |b| usize::try_from(b).unwrap_or(usize::MAX))
+        .min(cap)
+}
+
+impl Broker {
+    /// A produce deadline starting now (`produce_timeout`).
+    pub fn produce_deadline(&self) -> Deadline {
+        Deadline::after(&*self.clock, self.config.produce_timeout)
+    }
+
+    /// Produce `incoming` to `topic`, all or nothing: every record is validated before
+    /// anything is buffered; answered only after the segment is durable and committed.
+    /// Offsets come back in request order.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        incoming: Vec<IncomingRecord>,
+        deadline: Deadline,
+    ) -> BrokerResult<Vec<RecordOffset>> {
+        let limits = &self.config.limits;
+        if incoming.is_empty() {
+            return Err(BrokerError::invalid(
+                "invalid_request",
+                "records must not be empty",
+            ));
+        }
+        if incoming.len() > limits.max_records_per_request {
+            return Err(too_many_records(
+                incoming.len(),
+                limits.max_records_per_request,
+            ));
+        }
+        let topic = tokio::time::timeout_at(deadline.at, self.existing_topic(topic))
+            .await
+            .map_err(|_| deadline_exceeded("looking up the topic"))??;
+        let ts = self.clock.now_ms();
+        let mut records = Vec::with_capacity(incoming.len());
+        let mut bytes = 0usize;
+        for (i, r) in incoming.into_iter().enumerate() {
+            let IncomingRecord {
+                key,
+                value,
+                headers,
+                partition,
+            } = r;
+            if headers.len() > limits.max_headers_per_record {
+                return Err(BrokerError::invalid(
+                    "invalid_record",
+                    format!(
+                        "record {i}: {} headers; the limit is {}",
+                        headers.len(),
+                        limits.max_headers_per_record
+                    ),
+                ));
+            }
+            let partition = match partition {
+                Some(p) => u32::try_from(p)
+                    .ok()
+                    .filter(|p| *p < topic.partitions)
+                    .ok_or_else(|| {
+                        BrokerError::invalid(
+                            "invalid_partition",
+                            format!(
+                                "record {i}: partition {p} does not exist; topic {:?} has partitions 0..{}",
+                                topic.name, topic.partitions
+                            ),
+                        )
+                    })?,
+                None => match &key {
+                    Some(k) => partition_for_key(k, topic.partitions),
+                    None => (ROUND_ROBIN.fetch_add(1, Ordering::Relaxed)
+                        % u64::from(topic.partitions)) as u32,
+                },
+            };
+            let rec = Record {
+                timestamp_ms: ts,
+                key,
+                value,
+                headers,
+            };
+            let size = rec.size();
+            if size > limits.max_record_bytes {
+                return Err(BrokerError::too_large(
+                    "record_too_large",
+                    format!(
+                        "record {i} is {size} bytes; the limit is {}",
+                        limits.max_record_bytes
+                    ),
+                ));
+            }
+            bytes += size;
+            records.push((partition, rec));
+        }
+        let started = std::time::Instant::now();
+        let offsets = self
+            .producer
+            .append(topic, records, bytes, deadline)
+            .await?;
+        self.metrics
+            .produce_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(offsets)
+    }
+
+    /// The end offset of a partition, read from the index.
+    pub(crate) async fn end_offset(&self, topic: &TopicMeta, partition: u32) -> BrokerResult<u64> {
+        self.index
+            .end_offset(topic.id, partition)
+            .await
+            .map_err(|e| BrokerError::index(&e))?
+            .ok_or_else(|| BrokerError::topic_not_found(&topic.name))
+    }
+
+    /// Fetch from one partition (given as text, validated here). At the end of the log
+    /// wait up to `wait_ms` for a commit, then answer with no records.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: &str,
+        req: FetchRequest,
+    ) -> BrokerResult<FetchResult> {
+        let limits = &self.config.limits;
+        let topic = self.existing_topic(topic).await?;
+        let partition = partition_of(&topic, partition)?;
+        let max_records = fetch_records_limit(req.max_records, limits.max_fetch_records)?;
+        let max_bytes = fetch_bytes_limit(req.max_bytes, limits.max_fetch_bytes);
+        let wait = Duration::from_millis(req.wait_ms.min(limits.max_wait_ms));
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribe before reading the end offset so a commit in between is not missed.
+        let mut commits = self.notifier.subscribe(topic.id, partition);
+        let mut shutdown = self.shutdown.clone();
+        let mut end = self.end_offset(&topic, partition).await?;
+        if req.offset > end {
+            return Err(BrokerError::out_of_range(req.offset, partition, end));
+        }
+        while req.offset == end && tokio::time::Instant::now() < deadline {
+            // Woken by a commit notification (this agent's, or another's via the index);
+            // the periodic re-check is the safety net should a notification be lost.
+            let recheck = tokio::time::Instant::now() + self.config.poll_interval;
+            tokio::select! {
+                r = commits.changed() => { if r.is_err() { break; } }
+                () = tokio::time::sleep_until(recheck.min(deadline)) => {}
+                _ = shutdown.wait_for(|v| *v) => break,
+            }
+            end = self.end_offset(&topic, partition).await?;
+        }
+        if req.offset == end {
+            return Ok(FetchResult {
+                records: Fetched::empty(end),
+                next_offset: end,
+                end_offset: end,
+            });
+        }
+        let records = self
+            .reader
+            .read(&topic, partition, req.offset, max_records, max_bytes)
+            .await?;
+        Ok(FetchResult {
+            next_offset: records.next,
+            records,
+            end_offset: end,
+        })
+    }
+
+    /// Open a tail of one partition from `from` (default: the log end).
+    pub async fn tail(
+        &self,
+        topic: &str,
+        partition: &str,
+        from: Option<u64>,
+    ) -> BrokerResult<Tail> {
+        let topic = self.existing_topic(topic).await?;
+        let partition = partition_of(&topic, partition)?;
+        let end = self.end_offset(&topic, partition).await?;
+        let offset = from.unwrap_or(end);
+        if offset > end {
+            return Err(BrokerError::out_of_range(offset, partition, end));
+        }
+        Ok(Tail {
+            broker: self.clone(),
+            topic,
+            partition,
+            offset,
+        })
+    }
+}
+
+/// Records read per tail batch (one batch is the most a slow client makes the agent hold).
+const TAIL_BATCH_RECORDS: usize = 500;
+const TAIL_BATCH_BYTES: usize = 1024 * 1024;
+
+/// A partition read batch after batch, waiting for commits at the end of the log.
+#[derive(Debug)]
+pub struct Tail {
+    broker: Broker,
+    topic: Arc<TopicMeta>,
+    partition: u32,
+    offset: u64,
+}
+
+impl Tail {
+    /// The next batch of records: `Ok(None)` when the agent is shutting down. Returns an
+    /// empty batch when woken without new records (a caller may send a keep-alive).
+    pub async fn next_batch(&mut self) -> BrokerResult<Option<Fetched>> {
+        let b = &self.broker;
+        let mut commits = b.notifier.subscribe(self.topic.id, self.partition);
+        let end = b.end_offset(&self.topic, self.partition).await?;
+        if self.offset < end {
+            let f = b
+                .reader
+                .read(
+                    &self.topic,
+                    self.partition,
+                    self.offset,
+                    TAIL_BATCH_RECORDS,
+                    TAIL_BATCH_BYTES,
+                )
+                .await?;
+            self.offset = f.next;
+            return Ok(Some(f));
+        }
+        let mut shutdown = b.shutdown.clone();
+        tokio::select! {
+            _ = commits.changed() => {}
+            () = tokio::time::sleep(b.config.poll_interval) => {}
+            _ = shutdown.wait_for(|v| *v) => return Ok(None),
+        }
+        Ok(Some(Fetched::empty(self.offset)))
+    }
+}

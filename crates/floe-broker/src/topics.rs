@@ -1,0 +1,187 @@
+//! Topics: create / list / describe / delete, name and partition validation, and the
+//! topic metadata cache in front of the index (positive entries only, with a short TTL so
+//! topic changes made through other agents become visible).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe_index::{Index, IndexError, NewTopic, PartitionOffsets, TopicMeta};
+
+use crate::Broker;
+use crate::error::{BrokerError, BrokerResult};
+use crate::names::{topic_name, valid_name};
+
+#[derive(Clone)]
+pub struct TopicCache {
+    index: Arc<dyn Index>,
+    cache: moka::future::Cache<String, Arc<TopicMeta>>,
+}
+
+impl std::fmt::Debug for TopicCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicCache")
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+impl TopicCache {
+    pub fn new(index: Arc<dyn Index>, ttl: Duration) -> Self {
+        Self {
+            index,
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<Arc<TopicMeta>>, IndexError> {
+        if let Some(t) = self.cache.get(name).await {
+            return Ok(Some(t));
+        }
+        match self.index.get_topic(name).await? {
+            Some(t) => {
+                let t = Arc::new(t);
+                self.cache.insert(name.to_string(), t.clone()).await;
+                Ok(Some(t))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub async fn invalidate(&self, name: &str) {
+        self.cache.invalidate(name).await;
+    }
+}
+
+/// A topic to create, as a front end received it (validated here).
+#[derive(Debug, Clone, Default)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i64,
+    pub retention_ms: Option<i64>,
+    pub config: Option<BTreeMap<String, String>>,
+}
+
+/// A topic with the offsets of each partition.
+#[derive(Debug, Clone)]
+pub struct TopicDescription {
+    pub topic: TopicMeta,
+    pub partitions: Vec<PartitionOffsets>,
+}
+
+impl Broker {
+    /// The topic named `raw` (cached), or `topic_not_found`.
+    pub async fn existing_topic(&self, raw: &str) -> BrokerResult<Arc<TopicMeta>> {
+        let name = topic_name(raw)?;
+        self.topics
+            .get(name.as_str())
+            .await
+            .map_err(|e| BrokerError::index(&e))?
+            .ok_or_else(|| BrokerError::topic_not_found(name.as_str()))
+    }
+
+    /// A topic and a validated group name.
+    pub(crate) async fn topic_and_group(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> BrokerResult<(Arc<TopicMeta>, String)> {
+        let group = valid_name("group", group)?;
+        let topic = self.existing_topic(topic).await?;
+        Ok((topic, group))
+    }
+
+    /// Create a topic: name rules, 1..=`max_partitions` partitions, retention >= 0 and a
+    /// valid `queue.*` config, else `Invalid`; `topic_exists` / `too_many_topics` conflicts.
+    pub async fn create_topic(&self, spec: TopicSpec) -> BrokerResult<TopicMeta> {
+        let name = topic_name(&spec.name)?;
+        let max = self.config.limits.max_partitions;
+        let partitions = u32::try_from(spec.partitions)
+            .ok()
+            .filter(|p| (1..=max).contains(p))
+            .ok_or_else(|| {
+                BrokerError::invalid(
+                    "invalid_partitions",
+                    format!(
+                        "partitions must be between 1 and {max}, got {}",
+                        spec.partitions
+                    ),
+                )
+            })?;
+        if let Some(r) = spec.retention_ms.filter(|r| *r < 0) {
+            return Err(BrokerError::invalid(
+                "invalid_retention",
+                format!("retention_ms must be >= 0, got {r}"),
+            ));
+        }
+        if let Some(c) = &spec.config {
+            crate::queues::validate_queue_config(c)?;
+        }
+        let t = self
+            .index
+            .create_topic(NewTopic {
+                name: name.to_string(),
+                partitions,
+                retention_ms: spec.retention_ms,
+                config: spec.config.unwrap_or_default(),
+                created_ms: self.clock.now_ms(),
+                max_topics: self.config.limits.max_topics,
+            })
+            .await
+            .map_err(|e| match e {
+                IndexError::TopicExists(n) => {
+                    BrokerError::conflict("topic_exists", format!("topic {n:?} already exists"))
+                }
+                IndexError::TooManyTopics(n) => BrokerError::conflict(
+                    "too_many_topics",
+                    format!("the agent's limit of {n} topics is reached"),
+                ),
+                other => BrokerError::index(&other),
+            })?;
+        self.topics.invalidate(&t.name).await;
+        Ok(t)
+    }
+
+    pub async fn list_topics(&self) -> BrokerResult<Vec<TopicMeta>> {
+        self.index
+            .list_topics()
+            .await
+            .map_err(|e| BrokerError::index(&e))
+    }
+
+    /// A topic and its partitions' start and end offsets (read from the index, not cached).
+    pub async fn describe_topic(&self, raw: &str) -> BrokerResult<TopicDescription> {
+        let name = topic_name(raw)?;
+        let topic = self
+            .index
+            .get_topic(name.as_str())
+            .await
+            .map_err(|e| BrokerError::index(&e))?
+            .ok_or_else(|| BrokerError::topic_not_found(raw))?;
+        let partitions = self
+            .index
+            .partition_offsets(topic.id)
+            .await
+            .map_err(|e| BrokerError::index(&e))?;
+        Ok(TopicDescription { topic, partitions })
+    }
+
+    /// Delete a topic and all its records (`topic_not_found` if there was none).
+    pub async fn delete_topic(&self, raw: &str) -> BrokerResult<()> {
+        let name = topic_name(raw)?;
+        let existed = self
+            .index
+            .delete_topic(name.as_str())
+            .await
+            .map_err(|e| BrokerError::index(&e))?;
+        self.topics.invalidate(name.as_str()).await;
+        if existed {
+            Ok(())
+        } else {
+            Err(BrokerError::topic_not_found(raw))
+        }
+    }
+}
