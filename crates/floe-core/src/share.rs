@@ -63,8 +63,96 @@ pub type KeyHashes = BTreeMap<u64, Option<u32>>;
 pub struct SharePartition {
     pub start: u64,
     pub next: u64,
+    /// Stored as ranges of consecutive offsets sharing one delivery (format 2, as KIP-932
+    /// does); the per-offset map of formats 0 and 1 still decodes.
+    #[serde(with = "ranges")]
     pub records: BTreeMap<u64, Delivery>,
 }
+
+/// The stored form of [`SharePartition::records`]: `[{"from", "to", ...delivery}]` with
+/// `to` exclusive, one entry per run of consecutive offsets whose deliveries are equal. A
+/// receive of many records with one visibility deadline is one entry, not one per record.
+mod ranges {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Delivery;
+
+    #[derive(Serialize, Deserialize)]
+    struct Range<D> {
+        from: u64,
+        to: u64,
+        #[serde(flatten)]
+        delivery: D,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        /// Format 2.
+        Ranges(Vec<Range<Delivery>>),
+        /// Formats 0 and 1: offset (as a JSON object key) → delivery.
+        Map(BTreeMap<String, Delivery>),
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        records: &BTreeMap<u64, Delivery>,
+        ser: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut out: Vec<Range<&Delivery>> = Vec::new();
+        for (offset, d) in records {
+            match out.last_mut() {
+                Some(r) if r.to == *offset && r.delivery == d => r.to += 1,
+                _ => out.push(Range {
+                    from: *offset,
+                    to: offset + 1,
+                    delivery: d,
+                }),
+            }
+        }
+        out.serialize(ser)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        de: D,
+    ) -> Result<BTreeMap<u64, Delivery>, D::Error> {
+        use serde::de::Error;
+        match Stored::deserialize(de)? {
+            Stored::Map(m) => m
+                .into_iter()
+                .map(|(k, d)| {
+                    k.parse::<u64>()
+                        .map(|o| (o, d))
+                        .map_err(|_| D::Error::custom(format!("offset key {k:?} is not a number")))
+                })
+                .collect(),
+            Stored::Ranges(rs) => {
+                let mut out = BTreeMap::new();
+                for r in rs {
+                    if r.to <= r.from || r.to - r.from > super::MAX_STORED_RANGE {
+                        return Err(D::Error::custom(format!(
+                            "invalid delivery range {}..{}",
+                            r.from, r.to
+                        )));
+                    }
+                    for o in r.from..r.to {
+                        if out.insert(o, r.delivery.clone()).is_some() {
+                            return Err(D::Error::custom(format!(
+                                "offset {o} is in two delivery ranges"
+                            )));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Longest delivery range a stored blob may hold: far above any in-flight window, low
+/// enough that a corrupt blob cannot make a decoder allocate without bound.
+const MAX_STORED_RANGE: u64 = 10_000_000;
 
 /// A receipt: proof of one delivery of one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -546,6 +634,45 @@ mod tests {
         );
     }
 
+    #[test]
+    fn one_receive_is_stored_as_one_range_and_bad_ranges_are_refused() {
+        let mut s = SharePartition::starting_at(100);
+        assert_eq!(
+            s.acquire(0, 500, 1000, 1000, "c", 30_000, None)
+                .records
+                .len(),
+            500
+        );
+        let bytes = crate::stored::encode(&s).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["records"].as_array().map(Vec::len), Some(1), "{v}");
+        assert_eq!(
+            (
+                v["records"][0]["from"].as_u64(),
+                v["records"][0]["to"].as_u64()
+            ),
+            (Some(100), Some(600))
+        );
+        assert!(
+            bytes.len() < 200,
+            "{} bytes for 500 in-flight records",
+            bytes.len()
+        );
+        let again: SharePartition = crate::stored::decode(&bytes).unwrap();
+        assert_eq!(again, s);
+        for bad in [
+            r#"{"format":2,"start":0,"next":2,"records":[{"from":1,"to":1,"count":1,"state":"Acked"}]}"#,
+            r#"{"format":2,"start":0,"next":2,"records":[{"from":0,"to":2,"count":1,"state":"Acked"},{"from":1,"to":2,"count":1,"state":"Acked"}]}"#,
+            r#"{"format":2,"start":0,"next":2,"records":[{"from":0,"to":99999999999,"count":1,"state":"Acked"}]}"#,
+            r#"{"format":1,"start":0,"next":2,"records":{"x":{"count":1,"state":"Acked"}}}"#,
+        ] {
+            assert!(
+                crate::stored::decode::<SharePartition>(bad.as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
     proptest! {
         /// Random interleavings of receive / settle / expire keep the invariants, and every
         /// record ends acked or dead-lettered once consumers ack everything.
@@ -569,6 +696,9 @@ mod tests {
                     _ => for j in s.expire(now, 3, 50) { s.dead_lettered(j.offset, j.count); dead += 1; },
                 }
                 s.check(8).map_err(TestCaseError::fail)?;
+                // The stored (range) form round-trips every state the machine reaches.
+                let again: SharePartition = crate::stored::decode(&crate::stored::encode(&s).map_err(|e| TestCaseError::fail(e.to_string()))?).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(&again, &s);
             }
             // Drain: ack everything.
             for _ in 0..200 {

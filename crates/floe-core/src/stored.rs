@@ -5,6 +5,9 @@
 //! - format 0: the layout before versioning (no `format` field); decoded as format 1,
 //!   which has the same fields.
 //! - format 1: the state's fields plus `"format": 1`.
+//! - format 2: as 1, but a queue partition's `records` are ranges of consecutive offsets
+//!   sharing one delivery (`[{"from", "to", "count", "state"}]`) instead of a map with one
+//!   entry per offset. Group state is unchanged.
 //!
 //! Golden files in `tests/golden/` pin what each format looks like.
 
@@ -12,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The format this build writes.
-pub const FORMAT: u64 = 1;
+pub const FORMAT: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoredError {
@@ -68,42 +71,46 @@ mod tests {
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
-    /// Blobs written before versioning (format 0) and by format 1 both decode, to the
-    /// same state; re-encoding writes format 1 byte for byte as the golden file.
+    /// Blobs written before versioning (format 0), by format 1 and by format 2 all decode,
+    /// to the same state; re-encoding writes the current format as the golden file.
     #[test]
     fn golden_group_state_decodes_in_every_format() {
         let v0: GroupState = decode(&golden("group_v0.json")).unwrap();
         let v1: GroupState = decode(&golden("group_v1.json")).unwrap();
+        let v2: GroupState = decode(&golden("group_v2.json")).unwrap();
         assert_eq!(v0, v1);
+        assert_eq!(v1, v2);
         assert_eq!(v1.generation, 3);
         assert_eq!(v1.offsets.get(&1), Some(&42));
         let again = encode(&v1).unwrap();
-        let golden_v1: serde_json::Value =
-            serde_json::from_slice(&golden("group_v1.json")).unwrap();
+        let golden_v2: serde_json::Value =
+            serde_json::from_slice(&golden("group_v2.json")).unwrap();
         let again: serde_json::Value = serde_json::from_slice(&again).unwrap();
-        assert_eq!(again, golden_v1);
+        assert_eq!(again, golden_v2);
     }
 
     #[test]
     fn golden_share_state_decodes_in_every_format() {
         let v0: SharePartition = decode(&golden("share_v0.json")).unwrap();
         let v1: SharePartition = decode(&golden("share_v1.json")).unwrap();
+        let v2: SharePartition = decode(&golden("share_v2.json")).unwrap();
         assert_eq!(v0, v1);
+        assert_eq!(v1, v2);
         assert_eq!((v1.start, v1.next), (5, 9));
         assert_eq!(v1.records.len(), 3);
         let again: serde_json::Value = serde_json::from_slice(&encode(&v1).unwrap()).unwrap();
-        let golden_v1: serde_json::Value =
-            serde_json::from_slice(&golden("share_v1.json")).unwrap();
-        assert_eq!(again, golden_v1);
+        let golden_v2: serde_json::Value =
+            serde_json::from_slice(&golden("share_v2.json")).unwrap();
+        assert_eq!(again, golden_v2);
     }
 
     #[test]
     fn newer_formats_are_refused_not_misread() {
         let e = decode::<GroupState>(
-            br#"{"format": 2, "generation": 1, "members": {}, "offsets": {}}"#,
+            br#"{"format": 3, "generation": 1, "members": {}, "offsets": {}}"#,
         )
         .unwrap_err();
-        assert!(matches!(e, StoredError::TooNew(2)), "{e}");
+        assert!(matches!(e, StoredError::TooNew(3)), "{e}");
         assert!(matches!(
             decode::<GroupState>(b"[]"),
             Err(StoredError::NotObject)
