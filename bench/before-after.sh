@@ -3,9 +3,11 @@
 # commit's release build and this one's), interleaved REPS times, each on a fresh embedded
 # agent (local folder + SQLite): `floe bench` with the README's produce+consume loads and
 # `floe bench --queue` (bench/queue.sh's Floe load). Prints each run's summary lines.
-#   bash bench/before-after.sh BEFORE_BINARY AFTER_BINARY
+# More than two binaries are run in the order given (labels b1, b2, ...).
+#   bash bench/before-after.sh BEFORE_BINARY AFTER_BINARY [MORE_BINARIES...]
 set -euo pipefail
-BEFORE=$1 AFTER=$2
+BINS=("$@")
+[ ${#BINS[@]} -ge 2 ] || { echo "usage: $0 BEFORE AFTER [MORE...]" >&2; exit 2; }
 REPS=${REPS:-3}
 SECS=${SECS:-10}
 pid=
@@ -23,8 +25,9 @@ run() { # label binary args...
   rm -rf "$dir"
 }
 for rep in $(seq 1 "$REPS"); do
-  for side in before after; do
-    bin=$BEFORE; [ "$side" = after ] && bin=$AFTER
+  for i in "${!BINS[@]}"; do
+    bin=${BINS[$i]}
+    side=b$((i + 1)); [ ${#BINS[@]} -eq 2 ] && { side=before; [ "$i" = 1 ] && side=after; }
     run "rep $rep $side" "$bin" --seconds "$SECS" --producers 8 --batch 100 --record-bytes 1024
     run "rep $rep $side" "$bin" --seconds "$SECS" --producers 64 --batch 100 --record-bytes 1024
     run "rep $rep $side" "$bin" --queue --partitions 2 --records 50000 --consumers 5 --batch 100

@@ -529,8 +529,12 @@ async fn hostile_input_gets_documented_4xx_and_agent_stays_healthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_buffer_and_answers_waiting_producers() {
     let dir = tempfile::tempdir().unwrap();
-    // A long linger: the records are still buffered when SIGTERM arrives.
-    let agent = AgentProc::start(dir.path(), &["--linger-ms", "3000"]);
+    // The linger policy with a long linger: the records are still buffered when SIGTERM
+    // arrives.
+    let agent = AgentProc::start(
+        dir.path(),
+        &["--flush-policy", "linger", "--linger-ms", "3000"],
+    );
     let c = agent.client();
     c.create_topic("g", 1).await.unwrap();
     let pending = {
@@ -551,6 +555,47 @@ async fn sigterm_flushes_buffer_and_answers_waiting_producers() {
     let got = read_all(&agent.client(), "g", 0).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].value.as_deref(), Some("in flight"));
+}
+
+/// Group commit (the default policy): an idle agent flushes at once instead of waiting
+/// out the linger, and concurrent producers share flushes (fewer segments than requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_answers_without_the_linger_and_batches_concurrent_producers() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(dir.path(), &["--linger-ms", "5000"]);
+    let c = agent.client();
+    c.create_topic("gc", 1).await.unwrap();
+    let started = Instant::now();
+    c.produce("gc", vec![rec("alone".into())]).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "an idle agent must not wait out the 5 s linger: {:?}",
+        started.elapsed()
+    );
+    let n = 40;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.produce("gc", vec![rec(format!("r{i}"))]).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let got = read_all(&c, "gc", 0).await;
+    assert_eq!(got.len(), n + 1, "every acked record is readable, once");
+    assert!(
+        tokio::task::spawn_blocking(move || agent.terminate())
+            .await
+            .unwrap()
+            .success()
+    );
+    let segments = common::segment_files(dir.path()).len();
+    assert!(
+        segments < n + 1,
+        "{segments} segments for {} requests: concurrent requests must share flushes",
+        n + 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,34 @@ use std::time::Duration;
 use floe_core::Limits;
 use floe_core::segment::Compression;
 
+/// When the produce buffer flushes (besides reaching `flush_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushPolicy {
+    /// Group commit: a flush starts as soon as the previous one is durable and committed,
+    /// taking whatever arrived meanwhile; `linger` is only an upper bound. Latency is one
+    /// flush when idle, and the batch grows with the load. At most one PUT per flush
+    /// duration (plus `flush_bytes` flushes).
+    #[default]
+    Group,
+    /// Wait `linger` after the first buffered record (flushes still overlap up to
+    /// `max_inflight_flushes`): at most one PUT per linger whatever the load, for
+    /// deployments where request fees matter more than latency.
+    Linger,
+}
+
+impl std::str::FromStr for FlushPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "group" => Ok(Self::Group),
+            "linger" => Ok(Self::Linger),
+            other => Err(format!(
+                "flush policy must be group or linger, got {other:?}"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// Address to listen on, e.g. `127.0.0.1:7070` (`:0` picks a free port).
@@ -13,7 +41,10 @@ pub struct AgentConfig {
     pub bucket: String,
     /// Index URL: `sqlite://path` or `postgres://...`.
     pub index: String,
-    /// How long the produce buffer waits for more records before a flush.
+    /// When the produce buffer flushes: group commit (default) or after `linger`.
+    pub flush_policy: FlushPolicy,
+    /// How long the produce buffer waits for more records before a flush (with the group
+    /// policy: the longest a record waits while earlier flushes are in flight).
     pub linger: Duration,
     /// Flush as soon as the buffer holds this many record bytes.
     pub flush_bytes: usize,
@@ -60,6 +91,7 @@ impl Default for AgentConfig {
             listen: "127.0.0.1:7070".into(),
             bucket: "file://./floe-data/bucket".into(),
             index: "sqlite://./floe-data/index.db".into(),
+            flush_policy: FlushPolicy::Group,
             linger: Duration::from_millis(100),
             flush_bytes: 8 * 1024 * 1024,
             max_inflight_flushes: 4,

@@ -41,7 +41,7 @@ use object_store::ObjectStore;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-pub use config::AgentConfig;
+pub use config::{AgentConfig, FlushPolicy};
 pub use error::{BrokerError, BrokerResult, ErrorKind};
 
 /// The engine: everything an operation needs. Cheap to clone (all shared handles).

@@ -24,7 +24,7 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, FlushPolicy};
 use crate::error::BrokerError;
 use crate::fetch::Reader;
 use crate::metrics::Metrics;
@@ -286,7 +286,23 @@ impl Buffer {
     }
 }
 
+/// Whether the buffer flushes now. Pure, so the policy is unit-tested apart from I/O.
+fn flush_now(
+    policy: FlushPolicy,
+    buffered_bytes: usize,
+    has_records: bool,
+    flush_bytes: usize,
+    in_flight: usize,
+    linger_passed: bool,
+) -> bool {
+    has_records
+        && (buffered_bytes >= flush_bytes
+            || linger_passed
+            || (policy == FlushPolicy::Group && in_flight == 0))
+}
+
 async fn run(mut rx: mpsc::Receiver<Append>, ctx: Ctx) {
+    let policy = ctx.config.flush_policy;
     let linger = ctx.config.linger;
     let flush_bytes = ctx.config.flush_bytes;
     let mut b = Buffer {
@@ -299,39 +315,43 @@ async fn run(mut rx: mpsc::Receiver<Append>, ctx: Ctx) {
         seq: 0,
     };
     let mut deadline = tokio::time::Instant::now();
-    loop {
-        let msg = if b.buf.is_empty() {
-            rx.recv().await
-        } else {
-            tokio::select! {
-                m = rx.recv() => m,
-                () = tokio::time::sleep_until(deadline) => {
-                    b.flush().await;
-                    continue;
-                }
-            }
-        };
-        let Some(a) = msg else { break };
-        if b.buf.is_empty() {
-            deadline = tokio::time::Instant::now() + linger;
-        }
-        b.push(a);
-        if linger.is_zero() {
-            // No linger: take whatever is already queued, then flush.
-            while b.bytes < flush_bytes {
-                match rx.try_recv() {
-                    Ok(a) => b.push(a),
-                    Err(_) => break,
-                }
-            }
-        }
-        if linger.is_zero() || b.bytes >= flush_bytes {
+    let mut open = true;
+    while open || !b.buf.is_empty() {
+        let linger_passed = !open || tokio::time::Instant::now() >= deadline;
+        if flush_now(
+            policy,
+            b.bytes,
+            !b.buf.is_empty(),
+            flush_bytes,
+            b.tasks.len(),
+            linger_passed,
+        ) {
             b.flush().await;
+            continue;
         }
-        while b.tasks.try_join_next().is_some() {}
+        tokio::select! {
+            m = rx.recv(), if open => match m {
+                Some(a) => {
+                    if b.buf.is_empty() {
+                        deadline = tokio::time::Instant::now() + linger;
+                    }
+                    b.push(a);
+                    // Take whatever is already queued (one flush for concurrent arrivals).
+                    while b.bytes < flush_bytes {
+                        match rx.try_recv() {
+                            Ok(a) => b.push(a),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                // Every handle is gone (shutdown): flush what is left, then end.
+                None => open = false,
+            },
+            // A flush finished: with group commit the next one may start.
+            Some(_) = b.tasks.join_next(), if !b.tasks.is_empty() => {}
+            () = tokio::time::sleep_until(deadline), if !b.buf.is_empty() => {}
+        }
     }
-    // Every handle is gone (shutdown): flush what is left and wait for all flushes.
-    b.flush().await;
     while b.tasks.join_next().await.is_some() {}
 }
 
@@ -569,4 +589,25 @@ async fn write_and_commit(
             .collect(),
         outcomes,
     ))
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn group_commit_flushes_when_idle_and_linger_bounds_the_wait() {
+        use FlushPolicy::{Group, Linger};
+        // Nothing buffered: never.
+        assert!(!flush_now(Group, 0, false, 100, 0, true));
+        // Group: idle → now; a flush in flight → wait for it (or the linger, or the size).
+        assert!(flush_now(Group, 1, true, 100, 0, false));
+        assert!(!flush_now(Group, 1, true, 100, 1, false));
+        assert!(flush_now(Group, 1, true, 100, 1, true));
+        assert!(flush_now(Group, 100, true, 100, 3, false));
+        // Linger: only the linger or the size.
+        assert!(!flush_now(Linger, 1, true, 100, 0, false));
+        assert!(flush_now(Linger, 1, true, 100, 0, true));
+        assert!(flush_now(Linger, 100, true, 100, 2, false));
+    }
 }

@@ -103,7 +103,13 @@ struct ServeArgs {
     /// Index URL (sqlite://PATH, postgres://USER@HOST/DB). Default: sqlite://DATA_DIR/index.db.
     #[arg(long, env = "FLOE_INDEX")]
     index: Option<String>,
-    /// Produce buffer linger in ms (0 = flush as soon as possible).
+    /// When the produce buffer flushes: `group` (group commit: the next flush starts as
+    /// soon as the previous one is committed; lowest latency, batches grow with load) or
+    /// `linger` (wait --linger-ms after the first record: fewest PUTs, for S3 request fees).
+    #[arg(long, env = "FLOE_FLUSH_POLICY", default_value = "group")]
+    flush_policy: String,
+    /// Produce buffer linger in ms: with `linger`, the wait before a flush (0 = flush as
+    /// soon as possible); with `group`, the longest a record waits behind flushes in flight.
     #[arg(long, env = "FLOE_LINGER_MS", default_value_t = 100)]
     linger_ms: u64,
     /// Flush when the buffer holds this many bytes.
@@ -213,6 +219,7 @@ impl ServeArgs {
             index: self
                 .index
                 .unwrap_or_else(|| format!("sqlite://{}", dir.join("index.db").display())),
+            flush_policy: self.flush_policy.parse().map_err(anyhow::Error::msg)?,
             linger: Duration::from_millis(self.linger_ms),
             flush_bytes: self.flush_bytes,
             max_inflight_flushes: self.max_inflight_flushes,
