@@ -67,8 +67,8 @@ async fn queue_state_survives_agent_restart() {
     let dir = tempfile::tempdir().unwrap();
     let a = agent(dir.path());
     let c = a.client();
-    c.create_topic("restart", 1).await.unwrap();
-    scenarios::produce_values(&c, "restart", "r", 30).await;
+    let _ = c.create_topic("restart", 1).await.unwrap();
+    let _ = scenarios::produce_values(&c, "restart", "r", 30).await;
     let req = |max: u64| ReceiveRequest {
         max_records: Some(max),
         wait_ms: Some(3_000),
@@ -77,16 +77,17 @@ async fn queue_state_survives_agent_restart() {
     };
     let first = c.receive("restart", "q", &req(20)).await.unwrap();
     assert_eq!(first.records.len(), 20);
-    c.ack(
-        "restart",
-        "q",
-        first.records[..10]
-            .iter()
-            .map(|r| r.receipt.clone())
-            .collect(),
-    )
-    .await
-    .unwrap();
+    let _ = c
+        .ack(
+            "restart",
+            "q",
+            first.records[..10]
+                .iter()
+                .map(|r| r.receipt.clone())
+                .collect(),
+        )
+        .await
+        .unwrap();
     // kill -9: no graceful shutdown; the state must already be durable in the index.
     a.kill9();
     let a = agent(dir.path());
@@ -96,13 +97,14 @@ async fn queue_state_survives_agent_restart() {
     while got.len() < 20 {
         assert!(Instant::now() < deadline, "got only {got:?}");
         let r = c.receive("restart", "q", &req(100)).await.unwrap();
-        c.ack(
-            "restart",
-            "q",
-            r.records.iter().map(|r| r.receipt.clone()).collect(),
-        )
-        .await
-        .ok();
+        let _ = c
+            .ack(
+                "restart",
+                "q",
+                r.records.iter().map(|r| r.receipt.clone()).collect(),
+            )
+            .await
+            .ok();
         got.extend(
             r.records
                 .into_iter()
@@ -176,10 +178,10 @@ async fn sse_resume_with_last_event_id_has_no_gap_and_no_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let a = agent(dir.path());
     let c = a.client();
-    c.create_topic("tail", 1).await.unwrap();
+    let _ = c.create_topic("tail", 1).await.unwrap();
     let produce = |c: Client, from: usize, n: usize| async move {
         let recs = (from..from + n).map(|i| rec(format!("e{i}"))).collect();
-        c.produce("tail", recs).await.unwrap();
+        let _ = c.produce("tail", recs).await.unwrap();
     };
     produce(c.clone(), 0, 100).await;
     let url = format!("{}/v1/topics/tail/partitions/0/stream?offset=0", a.url);
@@ -215,8 +217,8 @@ async fn consumer_endpoints_reject_bad_input_with_json_errors() {
     let dir = tempfile::tempdir().unwrap();
     let a = agent(dir.path());
     let c = a.client();
-    c.create_topic("t", 2).await.unwrap();
-    scenarios::produce_values(&c, "t", "x", 4).await;
+    let _ = c.create_topic("t", 2).await.unwrap();
+    let _ = scenarios::produce_values(&c, "t", "x", 4).await;
     let u = &a.url;
     let json = Some("application/json");
     let long_reason = format!(
@@ -459,8 +461,8 @@ async fn cli_group_consume_and_queue_receive_ack() {
     let dir = tempfile::tempdir().unwrap();
     let a = agent(dir.path());
     let c = a.client();
-    c.create_topic("cli", 2).await.unwrap();
-    scenarios::produce_values(&c, "cli", "line", 30).await;
+    let _ = c.create_topic("cli", 2).await.unwrap();
+    let _ = scenarios::produce_values(&c, "cli", "line", 30).await;
     let floe = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_floe"))
             .args(args)
@@ -519,8 +521,8 @@ async fn auto_commit_commits_the_previous_fetch_on_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
     let a = agent(dir.path());
     let c = a.client();
-    c.create_topic("auto", 1).await.unwrap();
-    scenarios::produce_values(&c, "auto", "a", 10).await;
+    let _ = c.create_topic("auto", 1).await.unwrap();
+    let _ = scenarios::produce_values(&c, "auto", "a", 10).await;
     let m = c
         .join_group(
             "auto",
@@ -572,7 +574,8 @@ async fn auto_commit_commits_the_previous_fetch_on_the_next_one() {
         .group_fetch("auto", "manual", &m2.member_id, None, opts)
         .await
         .unwrap();
-    c.group_fetch("auto", "manual", &m2.member_id, Some(&r.cursor), opts)
+    let _ = c
+        .group_fetch("auto", "manual", &m2.member_id, Some(&r.cursor), opts)
         .await
         .unwrap();
     let d = c.describe_group("auto", "manual").await.unwrap();
@@ -599,8 +602,8 @@ async fn queue_extend_and_delayed_release() {
     let dir = tempfile::tempdir().unwrap();
     let a = agent(dir.path());
     let c = a.client();
-    c.create_topic("ext", 1).await.unwrap();
-    scenarios::produce_values(&c, "ext", "e", 2).await;
+    let _ = c.create_topic("ext", 1).await.unwrap();
+    let _ = scenarios::produce_values(&c, "ext", "e", 2).await;
     let recv = |vis: u64, wait: u64| ReceiveRequest {
         max_records: Some(10),
         visibility_timeout_ms: Some(vis),
@@ -687,7 +690,7 @@ async fn queue_per_key_ordering() {
             ..rec(format!("{}:{}", i % 3, i / 3))
         })
         .collect();
-    c.produce("ordered", recs).await.unwrap();
+    let _ = c.produce("ordered", recs).await.unwrap();
     // key → (held now?, last sequence number processed)
     let state: Arc<Mutex<HashMap<String, (bool, i64)>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -735,7 +738,7 @@ async fn queue_per_key_ordering() {
                         .await
                         .unwrap();
                     assert_eq!(s.settled, 1);
-                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }));
@@ -756,8 +759,8 @@ async fn non_object_bodies_are_refused_everywhere_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let a = agent(dir.path());
     let c = a.client();
-    c.create_topic("t", 1).await.unwrap();
-    scenarios::produce_values(&c, "t", "x", 4).await;
+    let _ = c.create_topic("t", 1).await.unwrap();
+    let _ = scenarios::produce_values(&c, "t", "x", 4).await;
     let got = c
         .receive(
             "t",
@@ -886,7 +889,7 @@ async fn encoding_base64_returns_the_bytes_that_were_produced() {
     let dir = tempfile::tempdir().unwrap();
     let a = agent(dir.path());
     let c = a.client();
-    c.create_topic("e", 1).await.unwrap();
+    let _ = c.create_topic("e", 1).await.unwrap();
     let u = &a.url;
     // "AAEC" = [0, 1, 2] (valid UTF-8, control characters); "/w==" = [255] (not UTF-8);
     // "aGk=" = "hi" (text, sent as base64).

@@ -72,7 +72,7 @@ fn receive_one() -> ReceiveRequest {
 async fn group_member_expires_after_its_session_timeout_of_clock_time() {
     let h = harness(AgentConfig::default()).await;
     let c = &h.client;
-    c.create_topic("t", 2).await.unwrap();
+    let _ = c.create_topic("t", 2).await.unwrap();
     let join = |_| JoinGroupRequest {
         session_timeout_ms: Some(10_000),
         ..Default::default()
@@ -83,7 +83,7 @@ async fn group_member_expires_after_its_session_timeout_of_clock_time() {
     assert_eq!(c.describe_group("t", "g").await.unwrap().members.len(), 2);
 
     h.clock.advance_ms(6_000);
-    c.heartbeat("t", "g", &b.member_id).await.unwrap();
+    let _ = c.heartbeat("t", "g", &b.member_id).await.unwrap();
     // 9.999 s after A was last seen: still a member.
     h.clock.advance_ms(3_999);
     assert_eq!(c.describe_group("t", "g").await.unwrap().members.len(), 2);
@@ -106,8 +106,8 @@ async fn group_member_expires_after_its_session_timeout_of_clock_time() {
 async fn queue_record_comes_back_after_its_visibility_timeout_of_clock_time() {
     let h = harness(AgentConfig::default()).await;
     let c = &h.client;
-    c.create_topic("q", 1).await.unwrap();
-    c.produce("q", vec![rec("job")]).await.unwrap();
+    let _ = c.create_topic("q", 1).await.unwrap();
+    let _ = c.produce("q", vec![rec("job")]).await.unwrap();
     let first = c.receive("q", "w", &receive_one()).await.unwrap();
     assert_eq!(first.records[0].delivery_count, 1);
     h.clock.advance_ms(29_999);
@@ -149,8 +149,8 @@ async fn record_is_dead_lettered_after_max_deliveries_of_clock_time() {
     })
     .await;
     let c = &h.client;
-    c.create_topic("d", 1).await.unwrap();
-    c.produce("d", vec![rec("poison")]).await.unwrap();
+    let _ = c.create_topic("d", 1).await.unwrap();
+    let _ = c.produce("d", vec![rec("poison")]).await.unwrap();
     for delivery in 1..=2 {
         let r = c.receive("d", "w", &receive_one()).await.unwrap();
         assert_eq!(r.records[0].delivery_count, delivery);
@@ -196,10 +196,11 @@ async fn sweeper_deletes_an_orphan_only_after_its_grace_of_clock_time() {
     })
     .await;
     let c = &h.client;
-    c.create_topic("s", 1).await.unwrap();
-    c.produce("s", vec![rec("kept")]).await.unwrap();
+    let _ = c.create_topic("s", 1).await.unwrap();
+    let _ = c.produce("s", vec![rec("kept")]).await.unwrap();
     let orphan = object_store::path::Path::from("segments/orphan-test.parquet");
-    h.store
+    let _ = h
+        .store
         .put(&orphan, PutPayload::from_static(b"not committed"))
         .await
         .unwrap();

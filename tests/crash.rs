@@ -26,7 +26,7 @@ async fn restart_keeps_every_acked_record() {
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProc::start(dir.path(), FLAGS);
     let c = agent.client();
-    c.create_topic("r", 2).await.unwrap();
+    let _ = c.create_topic("r", 2).await.unwrap();
     let mut acked = BTreeMap::new();
     for b in 0..10 {
         let r = c
@@ -34,7 +34,7 @@ async fn restart_keeps_every_acked_record() {
             .await
             .unwrap();
         for (i, o) in r.offsets.into_iter().enumerate() {
-            acked.insert((o.partition, o.offset), format!("{b}-{i}"));
+            let _ = acked.insert((o.partition, o.offset), format!("{b}-{i}"));
         }
     }
     assert!(
@@ -111,7 +111,7 @@ async fn kill9_under_load_loses_nothing_acked_and_orphans_are_swept() {
     let dir = tempfile::tempdir().unwrap();
     {
         let agent = AgentProc::start(dir.path(), FLAGS);
-        agent.client().create_topic("crash", 2).await.unwrap();
+        let _ = agent.client().create_topic("crash", 2).await.unwrap();
         agent.kill9();
     }
     let mut acked_total = BTreeMap::new();
@@ -136,7 +136,7 @@ async fn kill9_under_load_loses_nothing_acked_and_orphans_are_swept() {
     let planted = dir
         .path()
         .join("bucket/segments/00000000-planted-orphan.parquet");
-    std::fs::copy(&files[0], &planted).unwrap();
+    let _ = std::fs::copy(&files[0], &planted).unwrap();
 
     let agent = AgentProc::start(dir.path(), FLAGS);
     let c = agent.client();

@@ -42,7 +42,7 @@ async fn store_failure_gives_503_and_recovers_without_loss() {
         .unwrap();
     let url = format!("http://{}", agent.addr);
     let c = Client::new(&url).unwrap();
-    c.create_topic("f", 1).await.unwrap();
+    let _ = c.create_topic("f", 1).await.unwrap();
     assert_eq!(
         c.produce("f", vec![rec("before")]).await.unwrap().offsets[0].offset,
         0
@@ -146,7 +146,7 @@ async fn faulty_agent() -> Faulty {
 /// [`faulty_agent`] with topic `h` holding the record "before" at offset 0.
 async fn faulty_agent_with_a_record() -> Faulty {
     let f = faulty_agent().await;
-    f.client.create_topic("h", 1).await.unwrap();
+    let _ = f.client.create_topic("h", 1).await.unwrap();
     assert_eq!(produce_raw(&f.url, "before").await.0, 200);
     f
 }
@@ -266,8 +266,8 @@ async fn hung_index_answers_within_the_deadline_and_commits_nothing_late() {
 async fn dead_letter_is_written_once_when_the_commit_answer_is_lost() {
     let f = faulty_agent().await;
     let (c, lose_answers) = (&f.client, &f.lose_answers);
-    c.create_topic("j", 1).await.unwrap();
-    c.produce("j", vec![rec("poison")]).await.unwrap();
+    let _ = c.create_topic("j", 1).await.unwrap();
+    let _ = c.produce("j", vec![rec("poison")]).await.unwrap();
     let got = c
         .receive(
             "j",

@@ -19,7 +19,7 @@ async fn postgres_restart_mid_load_loses_nothing_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProc::start_shared(dir.path(), &bucket, &index, &["--linger-ms", "10"]);
     let c = agent.client();
-    c.create_topic("pg", 1).await.unwrap();
+    let _ = c.create_topic("pg", 1).await.unwrap();
     let producer = {
         let c = c.clone();
         tokio::spawn(async move {
@@ -41,7 +41,7 @@ async fn postgres_restart_mid_load_loses_nothing_and_recovers() {
                     .await
                 {
                     Ok(r) => {
-                        acked.insert(r.offsets[0].offset, v);
+                        let _ = acked.insert(r.offsets[0].offset, v);
                         ok += 1;
                     }
                     Err(e) => {
@@ -75,15 +75,16 @@ async fn postgres_restart_mid_load_loses_nothing_and_recovers() {
     eprintln!("postgres restart: {ok} produces acked, {failed} failed with 503 during the restart");
     assert!(ok > 0);
     // Recovered: a produce after the restart works.
-    c.produce(
-        "pg",
-        vec![ProduceRecord {
-            value: Some("after".into()),
-            ..Default::default()
-        }],
-    )
-    .await
-    .unwrap();
+    let _ = c
+        .produce(
+            "pg",
+            vec![ProduceRecord {
+                value: Some("after".into()),
+                ..Default::default()
+            }],
+        )
+        .await
+        .unwrap();
     let got = read_all(&c, "pg", 0).await;
     for (o, v) in &acked {
         assert_eq!(
@@ -139,7 +140,7 @@ async fn postgres_hung_answers_within_deadlines_and_commits_nothing_late() {
         ],
     );
     let c = agent.client();
-    c.create_topic("hang", 1).await.unwrap();
+    let _ = c.create_topic("hang", 1).await.unwrap();
     let rec = |v: &str| ProduceRecord {
         value: Some(v.into()),
         ..Default::default()

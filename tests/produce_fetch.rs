@@ -17,7 +17,7 @@ async fn produce_then_fetch_returns_exactly_what_was_produced() {
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProc::start(dir.path(), &["--linger-ms", "10"]);
     let c = agent.client();
-    c.create_topic("orders", 3).await.unwrap();
+    let _ = c.create_topic("orders", 3).await.unwrap();
     let mut sent = Vec::new();
     for batch in 0..5 {
         let recs: Vec<ProduceRecord> = (0..40)
@@ -125,7 +125,7 @@ async fn concurrent_producers_get_unique_dense_offsets_in_send_order() {
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProc::start(dir.path(), &["--linger-ms", "5"]);
     let c = agent.client();
-    c.create_topic("t", 1).await.unwrap();
+    let _ = c.create_topic("t", 1).await.unwrap();
     let mut tasks = Vec::new();
     for prod in 0..8 {
         let c = c.clone();
@@ -173,7 +173,7 @@ async fn long_poll_wakes_on_commit_and_times_out_empty() {
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProc::start(dir.path(), &["--linger-ms", "20"]);
     let c = agent.client();
-    c.create_topic("lp", 1).await.unwrap();
+    let _ = c.create_topic("lp", 1).await.unwrap();
     // Nothing comes: returns empty at the deadline.
     let t0 = Instant::now();
     let r = c
@@ -222,7 +222,7 @@ async fn hostile_input_gets_documented_4xx_and_agent_stays_healthy() {
     );
     let u = agent.url.clone();
     let c = agent.client();
-    c.create_topic("ok", 2).await.unwrap();
+    let _ = c.create_topic("ok", 2).await.unwrap();
     let json = Some("application/json");
     let cases: Vec<Case> = vec![
         (
@@ -536,7 +536,7 @@ async fn sigterm_flushes_buffer_and_answers_waiting_producers() {
         &["--flush-policy", "linger", "--linger-ms", "3000"],
     );
     let c = agent.client();
-    c.create_topic("g", 1).await.unwrap();
+    let _ = c.create_topic("g", 1).await.unwrap();
     let pending = {
         let c = c.clone();
         tokio::spawn(async move { c.produce("g", vec![rec("in flight".into())]).await })
@@ -564,9 +564,9 @@ async fn group_commit_answers_without_the_linger_and_batches_concurrent_producer
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProc::start(dir.path(), &["--linger-ms", "5000"]);
     let c = agent.client();
-    c.create_topic("gc", 1).await.unwrap();
+    let _ = c.create_topic("gc", 1).await.unwrap();
     let started = Instant::now();
-    c.produce("gc", vec![rec("alone".into())]).await.unwrap();
+    let _ = c.produce("gc", vec![rec("alone".into())]).await.unwrap();
     assert!(
         started.elapsed() < Duration::from_millis(2500),
         "an idle agent must not wait out the 5 s linger: {:?}",
@@ -580,7 +580,7 @@ async fn group_commit_answers_without_the_linger_and_batches_concurrent_producer
         })
         .collect();
     for t in tasks {
-        t.await.unwrap().unwrap();
+        let _ = t.await.unwrap().unwrap();
     }
     let got = read_all(&c, "gc", 0).await;
     assert_eq!(got.len(), n + 1, "every acked record is readable, once");
@@ -603,11 +603,12 @@ async fn metrics_and_openapi_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProc::start(dir.path(), &["--linger-ms", "5"]);
     let c = agent.client();
-    c.create_topic("m", 1).await.unwrap();
-    c.produce("m", (0..10).map(|i| rec(format!("{i}"))).collect())
+    let _ = c.create_topic("m", 1).await.unwrap();
+    let _ = c
+        .produce("m", (0..10).map(|i| rec(format!("{i}"))).collect())
         .await
         .unwrap();
-    read_all(&c, "m", 0).await;
+    let _ = read_all(&c, "m", 0).await;
     let text = c.metrics().await.unwrap();
     for name in [
         "floe_records_produced_total 10",
@@ -673,7 +674,7 @@ async fn arrow_ipc_produce_and_fetch_match_json() {
         &["--linger-ms", "5", "--max-records-per-request", "100"],
     );
     let c = agent.client();
-    c.create_topic("bin", 2).await.unwrap();
+    let _ = c.create_topic("bin", 2).await.unwrap();
     let values: Vec<Vec<u8>> = (0..50u8)
         .map(|i| vec![i, 0xff, i.wrapping_mul(7)])
         .collect();

@@ -15,7 +15,7 @@ async fn pyarrow_reads_segments_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProc::start(dir.path(), &["--linger-ms", "200"]);
     let c = agent.client();
-    c.create_topic("analytics", 2).await.unwrap();
+    let _ = c.create_topic("analytics", 2).await.unwrap();
     let recs: Vec<ProduceRecord> = (0..50)
         .map(|i| ProduceRecord {
             key: Some(format!("k{i}")),
@@ -25,7 +25,7 @@ async fn pyarrow_reads_segments_as_written() {
             ..Default::default()
         })
         .collect();
-    c.produce("analytics", recs).await.unwrap();
+    let _ = c.produce("analytics", recs).await.unwrap();
     assert!(
         tokio::task::spawn_blocking(move || agent.terminate())
             .await

@@ -65,7 +65,7 @@ impl Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_agents_share_one_bucket_and_index() {
     let cl = Cluster::new(3).await;
-    cl.client(0).create_topic("shared", 3).await.unwrap();
+    let _ = cl.client(0).create_topic("shared", 3).await.unwrap();
     // Topic metadata made on agent 0 is visible on the others.
     for i in 1..3 {
         assert_eq!(
@@ -173,7 +173,7 @@ async fn long_poll_on_one_agent_wakes_on_commit_through_another() {
     let a = AgentProc::start_shared(d1.path(), &bucket, &index, &["--poll-interval-ms", "60000"]);
     let b = AgentProc::start_shared(d2.path(), &bucket, &index, &["--linger-ms", "10"]);
     let (ca, cb) = (a.client(), b.client());
-    ca.create_topic("lp", 1).await.unwrap();
+    let _ = ca.create_topic("lp", 1).await.unwrap();
     let woke = common::long_poll_wake_time(&ca, &cb, "lp", "across").await;
     assert!(
         woke < Duration::from_secs(2),
@@ -237,7 +237,7 @@ async fn kill9_one_of_three_agents_loses_no_acked_record() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let mut cl = Cluster::new(3).await;
-    cl.client(0).create_topic("kill", 2).await.unwrap();
+    let _ = cl.client(0).create_topic("kill", 2).await.unwrap();
     let mut acked = BTreeMap::new();
     for t in 0..trials {
         acked.extend(trial(&mut cl, t, t % 3).await);
@@ -245,7 +245,7 @@ async fn kill9_one_of_three_agents_loses_no_acked_record() {
     // Plant an orphan the sweepers must remove.
     let store = test_store(&cl.bucket);
     let planted = object_store::path::Path::from("segments/00000000-planted-orphan.parquet");
-    store
+    let _ = store
         .put(&planted, bytes::Bytes::from_static(b"not committed").into())
         .await
         .unwrap();
@@ -319,8 +319,8 @@ async fn s3_failure_gives_503_and_recovers_without_loss() {
         .await
         .unwrap();
     let c = Client::new(&format!("http://{}", agent.addr)).unwrap();
-    c.create_topic("f", 1).await.unwrap();
-    c.produce("f", vec![rec("before".into())]).await.unwrap();
+    let _ = c.create_topic("f", 1).await.unwrap();
+    let _ = c.produce("f", vec![rec("before".into())]).await.unwrap();
     switch.store(true, Ordering::SeqCst);
     let err = c
         .produce("f", vec![rec("during".into())])
@@ -352,9 +352,9 @@ async fn missing_bucket_is_a_clear_startup_error_and_bucket_init_creates_it() {
     let url = format!("s3://{bucket}/p");
     let run = |args: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_floe"));
-        cmd.args(args);
+        let _ = cmd.args(args);
         for (k, v) in common::s3_env() {
-            cmd.env(k, v);
+            let _ = cmd.env(k, v);
         }
         cmd.output().unwrap()
     };
@@ -388,7 +388,7 @@ async fn missing_bucket_is_a_clear_startup_error_and_bucket_init_creates_it() {
     );
     let agent = AgentProc::start_env(dir.path(), &["--bucket", &url], &common::s3_env());
     let c = agent.client();
-    c.create_topic("t", 1).await.unwrap();
+    let _ = c.create_topic("t", 1).await.unwrap();
     assert_eq!(
         c.produce("t", vec![rec("x".into())]).await.unwrap().offsets[0].offset,
         0

@@ -43,7 +43,7 @@ impl AgentProc {
             }
         };
         // Keep draining stdout so the agent never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let _ = std::thread::spawn(move || for _ in lines {});
         Self {
             child,
             url,
@@ -58,7 +58,7 @@ impl AgentProc {
     /// SIGKILL: no flush, no cleanup.
     pub(crate) fn kill9(mut self) {
         self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        let _ = self.child.wait().unwrap();
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -84,7 +84,7 @@ impl AgentProc {
 fn unsafe_kill(pid: i32, sig: i32) {
     // SAFETY: sending a signal to a child process we spawned and still own.
     unsafe {
-        libc::kill(pid, sig);
+        let _ = libc::kill(pid, sig);
     }
 }
 
@@ -209,7 +209,7 @@ pub(crate) async fn fresh_pg_db() -> String {
     let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
         .await
         .expect("PostgreSQL must run on 127.0.0.1:5432 (bash infra/postgres.sh)");
-    tokio::spawn(conn);
+    drop(tokio::spawn(conn));
     let name = format!("floe_t_{}", unique());
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -249,7 +249,8 @@ impl AgentProc {
         env: &[(&'static str, String)],
     ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_floe"));
-        cmd.arg("serve")
+        let _ = cmd
+            .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
@@ -257,7 +258,7 @@ impl AgentProc {
             .args(extra)
             .env("RUST_LOG", "warn");
         for (k, v) in env {
-            cmd.env(k, v);
+            let _ = cmd.env(k, v);
         }
         Self::spawn(cmd, data_dir)
     }
@@ -298,7 +299,7 @@ pub(crate) async fn long_poll_wake_time(
         "the long-poll returned before anything was produced"
     );
     let t_produce = Instant::now();
-    producer
+    let _ = producer
         .produce(topic, vec![rec(value.to_string())])
         .await
         .unwrap();

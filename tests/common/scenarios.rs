@@ -28,7 +28,7 @@ pub(crate) async fn produce_values(c: &Client, topic: &str, prefix: &str, n: usi
                 ..rec(v.clone())
             })
             .collect();
-        c.produce(topic, recs).await.unwrap();
+        let _ = c.produce(topic, recs).await.unwrap();
     }
     vals
 }
@@ -111,7 +111,7 @@ async fn member_loop(
 /// processing; all members join before consuming).
 pub(crate) async fn three_groups_each_get_everything(cs: &[Client]) {
     let topic = format!("fanout-{}", super::unique());
-    cs[0].create_topic(&topic, 3).await.unwrap();
+    let _ = cs[0].create_topic(&topic, 3).await.unwrap();
     let vals = produce_values(&cs[0], &topic, "v", 900).await;
     let mut tasks = Vec::new();
     let mut stops = Vec::new();
@@ -163,7 +163,7 @@ pub(crate) async fn three_groups_each_get_everything(cs: &[Client]) {
         let _ = seen;
     }
     for t in tasks {
-        t.await.unwrap();
+        let _ = t.await.unwrap();
     }
     for (g, seen) in seens.iter().enumerate() {
         let seen = seen.lock().await;
@@ -187,7 +187,7 @@ pub(crate) async fn three_groups_each_get_everything(cs: &[Client]) {
 pub(crate) async fn rebalance_under_load_skips_nothing(cs: &[Client]) {
     let topic = format!("rebal-{}", super::unique());
     let group = "workers".to_string();
-    cs[0].create_topic(&topic, 4).await.unwrap();
+    let _ = cs[0].create_topic(&topic, 4).await.unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let join = |i: usize, leave_at: Option<Duration>, crash_at: Option<Duration>| {
@@ -252,7 +252,7 @@ pub(crate) async fn rebalance_under_load_skips_nothing(cs: &[Client]) {
                         ..rec(v.clone())
                     })
                     .collect();
-                c.produce(&topic, recs).await.unwrap();
+                let _ = c.produce(&topic, recs).await.unwrap();
                 vals.extend(batch);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -292,7 +292,7 @@ pub(crate) async fn rebalance_under_load_skips_nothing(cs: &[Client]) {
         if *ok {
             *committed.entry(v.as_str()).or_default() += 1;
         }
-        members.insert(m.clone());
+        let _ = members.insert(m.clone());
     }
     for v in &vals {
         assert_eq!(
@@ -315,8 +315,8 @@ pub(crate) async fn rebalance_under_load_skips_nothing(cs: &[Client]) {
 /// is rejected with 409 and changes nothing.
 pub(crate) async fn stale_generation_commit_rejected(cs: &[Client]) {
     let topic = format!("fence-{}", super::unique());
-    cs[0].create_topic(&topic, 2).await.unwrap();
-    produce_values(&cs[0], &topic, "f", 20).await;
+    let _ = cs[0].create_topic(&topic, 2).await.unwrap();
+    let _ = produce_values(&cs[0], &topic, "f", 20).await;
     let m1 = pick(cs, 0)
         .join_group(&topic, "g", &JoinGroupRequest::default())
         .await
@@ -373,7 +373,7 @@ pub(crate) async fn stale_generation_commit_rejected(cs: &[Client]) {
 /// Competing consumers on a queue: every record processed exactly once with acks.
 pub(crate) async fn queue_competing_consumers_process_once(cs: &[Client], records: usize) {
     let topic = format!("jobs-{}", super::unique());
-    cs[0].create_topic(&topic, 2).await.unwrap();
+    let _ = cs[0].create_topic(&topic, 2).await.unwrap();
     let vals = produce_values(&cs[0], &topic, "job", records).await;
     let acked = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::<(String, u32, usize)>::new()));
@@ -410,7 +410,7 @@ pub(crate) async fn queue_competing_consumers_process_once(cs: &[Client], record
                 let s = c.ack(&topic, "workers", receipts.clone()).await.unwrap();
                 assert!(s.failed.is_empty(), "{:?}", s.failed);
                 assert_eq!(s.settled as usize, receipts.len());
-                acked.fetch_add(receipts.len(), Ordering::Relaxed);
+                let _ = acked.fetch_add(receipts.len(), Ordering::Relaxed);
             }
         }));
     }
@@ -448,8 +448,8 @@ pub(crate) async fn queue_competing_consumers_process_once(cs: &[Client], record
 /// `delivery_count` 2, and the dead consumer's receipts no longer settle them.
 pub(crate) async fn dead_consumer_records_redelivered(cs: &[Client]) {
     let topic = format!("redeliver-{}", super::unique());
-    cs[0].create_topic(&topic, 1).await.unwrap();
-    produce_values(&cs[0], &topic, "x", 20).await;
+    let _ = cs[0].create_topic(&topic, 1).await.unwrap();
+    let _ = produce_values(&cs[0], &topic, "x", 20).await;
     let dead = pick(cs, 0)
         .receive(
             &topic,
@@ -484,13 +484,14 @@ pub(crate) async fn dead_consumer_records_redelivered(cs: &[Client]) {
             .iter()
             .all(|r| !held.contains(r.record.value.as_ref().unwrap()))
     );
-    live.ack(
-        &topic,
-        "q",
-        first.records.iter().map(|r| r.receipt.clone()).collect(),
-    )
-    .await
-    .unwrap();
+    let _ = live
+        .ack(
+            &topic,
+            "q",
+            first.records.iter().map(|r| r.receipt.clone()).collect(),
+        )
+        .await
+        .unwrap();
     let t = Instant::now();
     let again = live.receive(&topic, "q", &req).await.unwrap();
     let waited = t.elapsed();
@@ -536,8 +537,8 @@ pub(crate) async fn dead_consumer_records_redelivered(cs: &[Client]) {
 /// max_deliveries with headers saying why; a rejected record goes there at once.
 pub(crate) async fn poison_goes_to_dead_letter_topic(cs: &[Client]) {
     let topic = format!("poison-{}", super::unique());
-    cs[0].create_topic(&topic, 1).await.unwrap();
-    cs[0]
+    let _ = cs[0].create_topic(&topic, 1).await.unwrap();
+    let _ = cs[0]
         .produce(
             &topic,
             vec![
@@ -574,7 +575,7 @@ pub(crate) async fn poison_goes_to_dead_letter_topic(cs: &[Client]) {
         for m in &r.records {
             match m.record.value.as_deref().unwrap() {
                 "good" => {
-                    c.ack(&topic, "q", vec![m.receipt.clone()]).await.unwrap();
+                    let _ = c.ack(&topic, "q", vec![m.receipt.clone()]).await.unwrap();
                 }
                 "bad-schema" => {
                     let s = c

@@ -61,7 +61,8 @@ impl IntoResponse for ApiError {
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
-            resp.headers_mut()
+            let _ = resp
+                .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp

@@ -91,7 +91,7 @@ pub fn router(broker: Broker) -> Router {
 async fn trace_request(req: Request, next: axum::middleware::Next) -> Response {
     let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), status = tracing::field::Empty);
     let resp = next.run(req).instrument(span.clone()).await;
-    span.record("status", resp.status().as_u16());
+    let _ = span.record("status", resp.status().as_u16());
     resp
 }
 

@@ -175,7 +175,7 @@ fn parse_cursor(c: &str) -> BrokerResult<(u64, BTreeMap<u32, u64>)> {
     let mut out = BTreeMap::new();
     for part in rest.split(',').filter(|p| !p.is_empty()) {
         let (p, o) = part.split_once('=').ok_or_else(bad)?;
-        out.insert(p.parse().map_err(|_| bad())?, o.parse().map_err(|_| bad())?);
+        let _ = out.insert(p.parse().map_err(|_| bad())?, o.parse().map_err(|_| bad())?);
     }
     Ok((generation, out))
 }
@@ -241,7 +241,7 @@ pub(crate) async fn refresh_lag_metrics(s: &Broker) -> Result<(), floe_index::In
             continue;
         };
         if let std::collections::btree_map::Entry::Vacant(e) = offsets_cache.entry(topic.id) {
-            e.insert(s.index.partition_offsets(topic.id).await?);
+            let _ = e.insert(s.index.partition_offsets(topic.id).await?);
         }
         let offsets = offsets_cache.get(&topic.id).map_or(&[][..], Vec::as_slice);
         for p in describe(topic, &key.group, &g, offsets).partitions {
@@ -293,7 +293,7 @@ impl Broker {
             auto_commit: req.auto_commit,
         };
         let a = update_group(s, &topic, &group, |g| {
-            g.expire(now, parts);
+            let _ = g.expire(now, parts);
             g.join(&member_id, now, member.clone(), parts, max)
                 .map_err(group_err)?;
             Ok((assignment(g, &member_id)?, true))
@@ -316,8 +316,8 @@ impl Broker {
         let now = s.clock.now_ms();
         let parts = topic.partitions;
         update_group(s, &topic, &group, |g| {
-            g.expire(now, parts);
-            g.touch(member, now, true).map_err(group_err)?;
+            let _ = g.expire(now, parts);
+            let _ = g.touch(member, now, true).map_err(group_err)?;
             Ok((assignment(g, member)?, true))
         })
         .await
@@ -383,10 +383,10 @@ impl Broker {
         let parts = topic.partitions;
         update_group(s, &topic, &group, |g| {
             // Expiry first: a member past its session timeout must not commit.
-            g.expire(now, parts);
+            let _ = g.expire(now, parts);
             g.commit(&req.member_id, req.generation, &offsets)
                 .map_err(group_err)?;
-            g.touch(&req.member_id, now, false).map_err(group_err)?;
+            let _ = g.touch(&req.member_id, now, false).map_err(group_err)?;
             Ok(((), true))
         })
         .await
@@ -451,7 +451,7 @@ impl Broker {
                     if let Some(o) = pos.get(p)
                         && g.offsets.get(p) != Some(o)
                     {
-                        g.offsets.insert(*p, *o);
+                        let _ = g.offsets.insert(*p, *o);
                         changed = true;
                     }
                 }
@@ -528,7 +528,7 @@ impl Broker {
                     left_records -= fetched.count;
                     left_bytes =
                         left_bytes.saturating_sub(fetched.iter().map(|(_, v)| v.size()).sum());
-                    pos.insert(p, fetched.next);
+                    let _ = pos.insert(p, fetched.next);
                     out.push(PartitionFetch {
                         partition: p,
                         next_offset: fetched.next,
@@ -577,7 +577,7 @@ impl Broker {
                     format!("topic {:?} has no consumer group {group:?}", topic.name),
                 )
             })?;
-        g.expire(s.clock.now_ms(), topic.partitions);
+        let _ = g.expire(s.clock.now_ms(), topic.partitions);
         let offsets = s
             .index
             .partition_offsets(topic.id)

@@ -59,7 +59,7 @@ impl Metrics {
         )?;
         r.register(Box::new(store_requests.clone()))?;
         for op in ["put", "get", "list", "delete"] {
-            store_requests.with_label_values(&[op]);
+            let _ = store_requests.with_label_values(&[op]);
         }
         let cache = IntCounterVec::new(
             Opts::new(

@@ -34,9 +34,9 @@ impl Notifier {
         let mut map = self.lock();
         if let Some(tx) = map.get(&(topic_id, partition)) {
             if tx.receiver_count() == 0 {
-                map.remove(&(topic_id, partition));
+                let _ = map.remove(&(topic_id, partition));
             } else {
-                tx.send_replace(end);
+                let _ = tx.send_replace(end);
             }
         }
     }

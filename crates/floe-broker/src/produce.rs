@@ -281,7 +281,8 @@ impl Buffer {
         let before = self.prev.replace(done_rx);
         self.seq += 1;
         let span = info_span!("flush", seq = self.seq, requests = batch.len());
-        self.tasks
+        let _ = self
+            .tasks
             .spawn(flush_one(batch, self.ctx.clone(), before, done_tx, permit).instrument(span));
     }
 }
@@ -503,7 +504,7 @@ async fn write_and_commit(
             ..PutOptions::default()
         },
     );
-    tokio::time::timeout_at(deadline.at, put)
+    let _ = tokio::time::timeout_at(deadline.at, put)
         .await
         .map_err(|_| deadline_exceeded("writing the segment"))?
         .map_err(|e| {

@@ -164,7 +164,7 @@ async fn next_key_hashes(
         )
         .await?;
     for (offset, v) in f.iter() {
-        out.insert(
+        let _ = out.insert(
             offset,
             v.key.map(|k| floe_core::partitioner::murmur2(k) as u32),
         );
@@ -213,12 +213,12 @@ pub(crate) fn validate_queue_config(
         created_ms: 0,
     };
     let as_400 = |e: BrokerError| BrokerError::invalid(e.code, e.message);
-    ordered_by_key(&topic).map_err(as_400)?;
+    let _ = ordered_by_key(&topic).map_err(as_400)?;
     if config.contains_key(MAX_DELIVERIES_CONFIG) || config.contains_key(DEAD_LETTER_TOPIC_CONFIG) {
         let max = config.get(MAX_DELIVERIES_CONFIG);
         let dlq = config.get(DEAD_LETTER_TOPIC_CONFIG);
         if let Some(v) = max {
-            parse_max_deliveries(v).ok_or_else(|| {
+            let _ = parse_max_deliveries(v).ok_or_else(|| {
                 BrokerError::invalid(
                     "invalid_topic_config",
                     format!("topic config {MAX_DELIVERIES_CONFIG}={v:?} is not an integer between 1 and 999999999"),
@@ -226,7 +226,7 @@ pub(crate) fn validate_queue_config(
             })?;
         }
         if let Some(d) = dlq {
-            TopicName::new(d).map_err(|e| {
+            let _ = TopicName::new(d).map_err(|e| {
                 BrokerError::invalid(
                     "invalid_topic_config",
                     format!("topic config {DEAD_LETTER_TOPIC_CONFIG}={d:?}: {e}"),

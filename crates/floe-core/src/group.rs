@@ -82,7 +82,7 @@ impl GroupState {
             .get(member_id)
             .map(|m| m.partitions.clone())
             .unwrap_or_default();
-        self.members.insert(
+        let _ = self.members.insert(
             member_id.to_string(),
             Member {
                 partitions: partitions_before,
@@ -156,7 +156,7 @@ impl GroupState {
     ) -> Result<(), GroupError> {
         self.check_owner(member_id, generation, offsets.iter().map(|(p, _)| *p))?;
         for (p, o) in offsets {
-            self.offsets.insert(*p, *o);
+            let _ = self.offsets.insert(*p, *o);
         }
         Ok(())
     }
@@ -241,7 +241,7 @@ pub fn sticky_assign(
             .collect();
         // `take` stops pulling before the filter sees a partition past capacity, so only
         // kept partitions are marked taken.
-        out.insert(id.clone(), keep);
+        let _ = out.insert(id.clone(), keep);
     }
     let mut free = (0..partitions).filter(|p| !taken.contains(p));
     for (id, _) in &sorted {
@@ -333,7 +333,7 @@ mod tests {
             }
             let before = g.clone();
             let gone = ids.iter().nth(leaver % ids.len()).unwrap().clone();
-            g.leave(&gone, partitions);
+            let _ = g.leave(&gone, partitions);
             g.check(partitions).map_err(TestCaseError::fail)?;
             // Stickiness: a surviving member loses a partition only if it had more than
             // the new quota allows.

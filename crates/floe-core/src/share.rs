@@ -332,7 +332,7 @@ impl SharePartition {
                 out.records.push((*offset, acquired(d)));
             }
             if let (Some(_), Some(k)) = (ordered, d.key) {
-                blocked.insert(k);
+                let _ = blocked.insert(k);
             }
         }
         while out.records.len() < max && self.next < end_offset && self.next - self.start < window {
@@ -351,7 +351,7 @@ impl SharePartition {
             if key.is_none_or(|k| blocked.insert(k)) {
                 out.records.push((self.next, acquired(&mut d)));
             }
-            self.records.insert(self.next, d);
+            let _ = self.records.insert(self.next, d);
             self.next += 1;
         }
         out.records.sort_unstable();
@@ -454,7 +454,7 @@ impl SharePartition {
             if d.state != State::Acked {
                 break;
             }
-            self.records.remove(&self.start);
+            let _ = self.records.remove(&self.start);
             self.start += 1;
         }
     }
@@ -528,9 +528,9 @@ mod tests {
         let mut s = SharePartition::starting_at(10);
         let a = s.acquire(0, 3, 20, 100, "c1", 1000, None);
         assert_eq!(a.records, vec![(10, 1), (11, 1), (12, 1)]);
-        s.settle(r(11, 1), &Settle::Ack, 1, 5).unwrap();
+        let _ = s.settle(r(11, 1), &Settle::Ack, 1, 5).unwrap();
         assert_eq!(s.start, 10, "10 is still held");
-        s.settle(r(10, 1), &Settle::Ack, 1, 5).unwrap();
+        let _ = s.settle(r(10, 1), &Settle::Ack, 1, 5).unwrap();
         assert_eq!(s.start, 12);
         // 12 times out and goes to another consumer; the old receipt is stale.
         assert!(s.expire(1000, 5, 30_000).is_empty());
@@ -540,7 +540,7 @@ mod tests {
             s.settle(r(12, 1), &Settle::Ack, 1001, 5),
             Err(SettleError::Stale(r(12, 1)))
         );
-        s.settle(r(12, 2), &Settle::Ack, 1001, 5).unwrap();
+        let _ = s.settle(r(12, 2), &Settle::Ack, 1001, 5).unwrap();
         assert_eq!((s.start, s.next), (13, 13));
         s.check(100).unwrap();
     }
@@ -560,7 +560,7 @@ mod tests {
         // The job is reclaimed if nobody finishes it.
         assert!(s.expire(5, 3, 100).is_empty());
         assert_eq!(s.expire(100, 3, 100).len(), 1);
-        s.dead_lettered(0, 3);
+        let _ = s.dead_lettered(0, 3);
         assert_eq!((s.start, s.next), (1, 1));
     }
 
@@ -569,7 +569,8 @@ mod tests {
         let mut s = SharePartition::starting_at(0);
         assert_eq!(s.acquire(0, 100, 1000, 4, "c", 10, None).records.len(), 4);
         assert!(s.acquire(0, 100, 1000, 4, "c", 10, None).records.is_empty());
-        s.settle(r(1, 1), &Settle::Release { delay_ms: 50 }, 0, 5)
+        let _ = s
+            .settle(r(1, 1), &Settle::Release { delay_ms: 50 }, 0, 5)
             .unwrap();
         assert!(
             s.acquire(10, 100, 1000, 4, "c", 10, None)
@@ -580,16 +581,17 @@ mod tests {
             s.acquire(50, 100, 1000, 4, "c", 10, None).records,
             vec![(1, 2)]
         );
-        s.settle(
-            r(1, 2),
-            &Settle::Extend {
-                visibility_ms: 1000,
-            },
-            55,
-            5,
-        )
-        .unwrap();
-        s.expire(100, 5, 30_000);
+        let _ = s
+            .settle(
+                r(1, 2),
+                &Settle::Extend {
+                    visibility_ms: 1000,
+                },
+                55,
+                5,
+            )
+            .unwrap();
+        let _ = s.expire(100, 5, 30_000);
         assert_eq!(
             s.acquire(100, 100, 1000, 4, "c", 10, None).records,
             vec![(0, 2), (2, 2), (3, 2)]
@@ -618,10 +620,11 @@ mod tests {
         assert_eq!(s.next, 6, "blocked records wait inside the window");
         s.check(100).unwrap();
         assert!(s.acquire(0, 10, 6, 100, "c", 100, k).records.is_empty());
-        s.settle(r(0, 1), &Settle::Ack, 1, 5).unwrap();
+        let _ = s.settle(r(0, 1), &Settle::Ack, 1, 5).unwrap();
         assert_eq!(s.acquire(1, 10, 6, 100, "c", 100, k).records, vec![(1, 1)]);
         // A released record keeps its key's later records behind it.
-        s.settle(r(2, 1), &Settle::Release { delay_ms: 0 }, 2, 5)
+        let _ = s
+            .settle(r(2, 1), &Settle::Release { delay_ms: 0 }, 2, 5)
             .unwrap();
         assert_eq!(s.acquire(2, 10, 6, 100, "c", 100, k).records, vec![(2, 2)]);
         s.check(100).unwrap();
@@ -691,9 +694,9 @@ mod tests {
                     1 | 2 if !held.is_empty() => {
                         let rc = held.remove(x as usize % held.len());
                         let act = if op == 1 { Settle::Ack } else { Settle::Release { delay_ms: x } };
-                        if let Ok(Some(j)) = s.settle(rc, &act, now, 3) { s.dead_lettered(j.offset, j.count); dead += 1; }
+                        if let Ok(Some(j)) = s.settle(rc, &act, now, 3) { let _ = s.dead_lettered(j.offset, j.count); dead += 1; }
                     }
-                    _ => for j in s.expire(now, 3, 50) { s.dead_lettered(j.offset, j.count); dead += 1; },
+                    _ => for j in s.expire(now, 3, 50) { let _ = s.dead_lettered(j.offset, j.count); dead += 1; },
                 }
                 s.check(8).map_err(TestCaseError::fail)?;
                 // The stored (range) form round-trips every state the machine reaches.
@@ -703,10 +706,10 @@ mod tests {
             // Drain: ack everything.
             for _ in 0..200 {
                 now += 1000;
-                for j in s.expire(now, 3, 50) { s.dead_lettered(j.offset, j.count); dead += 1; }
+                for j in s.expire(now, 3, 50) { let _ = s.dead_lettered(j.offset, j.count); dead += 1; }
                 let a = s.acquire(now, 100, 40, 8, "c", 20, None);
                 for (o, c) in a.records {
-                    s.settle(Receipt { partition: 0, offset: o, count: c }, &Settle::Ack, now, 3).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let _ = s.settle(Receipt { partition: 0, offset: o, count: c }, &Settle::Ack, now, 3).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 }
             }
             prop_assert_eq!((s.start, s.next), (40, 40));

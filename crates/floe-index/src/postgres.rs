@@ -114,7 +114,7 @@ impl PostgresIndex {
             .map_err(|e| IndexError::BadUrl(format!("{e}")))?;
         let mut cfg = config.clone();
         if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(Duration::from_secs(5));
+            let _ = cfg.connect_timeout(Duration::from_secs(5));
         }
         let mgr = Manager::from_config(
             cfg.clone(),
@@ -133,7 +133,8 @@ impl PostgresIndex {
             .map_err(|e| IndexError::Postgres(e.to_string()))?;
         let mut c = pool.get().await.map_err(pool_err)?;
         let tx = c.transaction().await.map_err(pg)?;
-        tx.execute("SELECT pg_advisory_xact_lock(7340123)", &[])
+        let _ = tx
+            .execute("SELECT pg_advisory_xact_lock(7340123)", &[])
             .await
             .map_err(pg)?;
         tx.batch_execute(SCHEMA).await.map_err(pg)?;
@@ -175,7 +176,7 @@ impl PostgresIndex {
         let mut ends: HashMap<(i64, u32), u64> = HashMap::new();
         for r in rows {
             let (t, p, n): (i64, i32, i64) = (r.get(0), r.get(1), r.get(2));
-            ends.insert((t, p as u32), n as u64);
+            let _ = ends.insert((t, p as u32), n as u64);
         }
         let live: Vec<((i64, u32), u32)> = seg
             .runs
@@ -229,11 +230,11 @@ impl PostgresIndex {
             c_be.push(r.byte_end as i64);
             c_mn.push(r.min_timestamp_ms);
             c_mx.push(r.max_timestamp_ms);
-            new_ends.insert((r.topic_id, r.partition), base + n);
+            let _ = new_ends.insert((r.topic_id, r.partition), base + n);
             out.push(RunOutcome::Committed { base_offset: base });
         }
         if !c_t.is_empty() {
-            tx.execute(
+            let _ = tx.execute(
                 "INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts)
                  SELECT t, p, b, n, $11, $12, rf, rc, bs, be, mn, mx
                  FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::int[], $6::int[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
@@ -244,14 +245,15 @@ impl PostgresIndex {
             let ut: Vec<i64> = new_ends.keys().map(|k| k.0).collect();
             let up: Vec<i32> = new_ends.keys().map(|k| k.1 as i32).collect();
             let un: Vec<i64> = new_ends.values().map(|v| *v as i64).collect();
-            tx.execute(
+            let _ = tx.execute(
                 "UPDATE floe_partitions p SET next_offset = u.n FROM UNNEST($1::bigint[], $2::int[], $3::bigint[]) AS u(t, p, n)
                  WHERE p.topic_id = u.t AND p.partition = u.p",
                 &[&ut, &up, &un],
             )
             .await?;
             for payload in notify_payloads(&new_ends) {
-                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                let _ = tx
+                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
                     .await?;
             }
         }
@@ -372,7 +374,8 @@ impl Index for PostgresIndex {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         // Serialize topic creation so the topic-count limit holds across agents.
-        tx.execute("SELECT pg_advisory_xact_lock(7340124)", &[])
+        let _ = tx
+            .execute("SELECT pg_advisory_xact_lock(7340124)", &[])
             .await
             .map_err(pg)?;
         let n: i64 = tx
@@ -395,7 +398,7 @@ impl Index for PostgresIndex {
             return Err(IndexError::TopicExists(t.name));
         };
         let id: i64 = row.get(0);
-        tx.execute(
+        let _ = tx.execute(
             "INSERT INTO floe_partitions (topic_id, partition, start_offset, next_offset) SELECT $1, g, 0, 0 FROM generate_series(0, $2 - 1) g",
             &[&id, &(t.partitions as i32)],
         )
@@ -450,18 +453,21 @@ impl Index for PostgresIndex {
             return Ok(false);
         };
         let id: i64 = row.get(0);
-        tx.execute("DELETE FROM floe_partitions WHERE topic_id = $1", &[&id])
+        let _ = tx
+            .execute("DELETE FROM floe_partitions WHERE topic_id = $1", &[&id])
             .await
             .map_err(pg)?;
-        tx.execute("DELETE FROM floe_runs WHERE topic_id = $1", &[&id])
+        let _ = tx
+            .execute("DELETE FROM floe_runs WHERE topic_id = $1", &[&id])
             .await
             .map_err(pg)?;
-        tx.execute(
-            "DELETE FROM floe_consumer_state WHERE topic_id = $1",
-            &[&id],
-        )
-        .await
-        .map_err(pg)?;
+        let _ = tx
+            .execute(
+                "DELETE FROM floe_consumer_state WHERE topic_id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(true)
     }
@@ -563,7 +569,7 @@ impl Index for PostgresIndex {
 
     async fn ping(&self) -> Result<()> {
         let c = self.client().await?;
-        c.query_one("SELECT 1", &[]).await.map_err(pg)?;
+        let _ = c.query_one("SELECT 1", &[]).await.map_err(pg)?;
         Ok(())
     }
 

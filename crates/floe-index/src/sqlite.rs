@@ -179,7 +179,7 @@ impl Index for SqliteIndex {
             {
                 let mut st = tx.prepare("INSERT INTO partitions (topic_id, partition, start_offset, next_offset) VALUES (?1, ?2, 0, 0)")?;
                 for p in 0..t.partitions {
-                    st.execute(params![id, p])?;
+                    let _ = st.execute(params![id, p])?;
                 }
             }
             tx.commit()?;
@@ -223,10 +223,10 @@ impl Index for SqliteIndex {
                 })
                 .optional()?;
             let Some(id) = id else { return Ok(false) };
-            tx.execute("DELETE FROM runs WHERE topic_id = ?1", [id])?;
-            tx.execute("DELETE FROM partitions WHERE topic_id = ?1", [id])?;
-            tx.execute("DELETE FROM consumer_state WHERE topic_id = ?1", [id])?;
-            tx.execute("DELETE FROM topics WHERE id = ?1", [id])?;
+            let _ = tx.execute("DELETE FROM runs WHERE topic_id = ?1", [id])?;
+            let _ = tx.execute("DELETE FROM partitions WHERE topic_id = ?1", [id])?;
+            let _ = tx.execute("DELETE FROM consumer_state WHERE topic_id = ?1", [id])?;
+            let _ = tx.execute("DELETE FROM topics WHERE id = ?1", [id])?;
             tx.commit()?;
             Ok(true)
         })
@@ -265,7 +265,7 @@ impl Index for SqliteIndex {
                 let mut st = tx.prepare_cached("SELECT next_offset FROM partitions WHERE topic_id = ?1 AND partition = ?2")?;
                 for r in &seg.runs {
                     if let std::collections::hash_map::Entry::Vacant(e) = ends.entry((r.topic_id, r.partition)) {
-                        e.insert(st.query_row(params![r.topic_id, r.partition], |row| row.get(0)).optional()?);
+                        let _ = e.insert(st.query_row(params![r.topic_id, r.partition], |row| row.get(0)).optional()?);
                     }
                 }
             }
@@ -291,7 +291,7 @@ impl Index for SqliteIndex {
                     let Some(&(_, base, n)) = bases.next() else {
                         return Err(IndexError::Corrupt("offset assignment lost a run".into()));
                     };
-                    ins.execute(params![
+                    let _ = ins.execute(params![
                         r.topic_id, r.partition, base, r.records, seg.key, seg.size, r.row_group_first,
                         r.row_group_count, r.byte_start, r.byte_end, r.min_timestamp_ms, r.max_timestamp_ms
                     ])?;

@@ -190,12 +190,12 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
                     };
                     let now = now_us();
                     for t in sent.iter().flatten() {
-                        local.record(now.saturating_sub(*t).max(1)).ok();
+                        let _ = local.record(now.saturating_sub(*t).max(1)).ok();
                     }
-                    consumed.fetch_add(sent.len() as u64, Ordering::Relaxed);
+                    let _ = consumed.fetch_add(sent.len() as u64, Ordering::Relaxed);
                     offset = next;
                 }
-                e2e.lock().await.add(&local).ok();
+                let _ = e2e.lock().await.add(&local).ok();
                 anyhow::Ok(())
             }));
         }
@@ -224,16 +224,16 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 };
                 match sent {
                     Ok(r) => {
-                        local.record(t0.elapsed().as_micros().max(1) as u64).ok();
-                        produced.fetch_add(r.offsets.len() as u64, Ordering::Relaxed);
+                        let _ = local.record(t0.elapsed().as_micros().max(1) as u64).ok();
+                        let _ = produced.fetch_add(r.offsets.len() as u64, Ordering::Relaxed);
                     }
                     Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                        let _ = errors.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
             }
-            lat.lock().await.add(&local).ok();
+            let _ = lat.lock().await.add(&local).ok();
             anyhow::Ok(())
         }));
     }
@@ -324,12 +324,12 @@ async fn preload(
     records: usize,
     value: &str,
 ) -> anyhow::Result<()> {
-    c.create_topic(topic, partitions).await?;
+    let _ = c.create_topic(topic, partitions).await?;
     let per_req = 1000.min(records.max(1));
     let mut sent = 0;
     while sent < records {
         let n = per_req.min(records - sent);
-        c.produce_raw(topic, body(value, n, sent)).await?;
+        let _ = c.produce_raw(topic, body(value, n, sent)).await?;
         sent += n;
     }
     Ok(())
@@ -388,7 +388,7 @@ async fn run_queue(a: BenchArgs) -> anyhow::Result<()> {
                 let receipts: Vec<String> = r.records.into_iter().map(|r| r.receipt).collect();
                 let s = c.ack(&topic, "bench", receipts).await?;
                 let t2 = Instant::now();
-                acked.fetch_add(s.settled, Ordering::Relaxed);
+                let _ = acked.fetch_add(s.settled, Ordering::Relaxed);
                 let mut l = lat.lock().await;
                 l.0.record((t1 - t0).as_micros() as u64)?;
                 l.1.record((t2 - t1).as_micros() as u64)?;
@@ -459,7 +459,7 @@ async fn run_queue(a: BenchArgs) -> anyhow::Result<()> {
                 if n > 0 {
                     c.commit(&topic, "bench", &member, r.generation, &offsets)
                         .await?;
-                    read.fetch_add(n as u64, Ordering::Relaxed);
+                    let _ = read.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 cursor = Some(r.cursor);
             }

@@ -38,7 +38,8 @@ pub(crate) async fn ensure(url: &str, create: bool) -> anyhow::Result<()> {
         Ok(_) => Ok(()),
         Err(SdkError::ServiceError(e)) => match e.raw().status().as_u16() {
             404 if create => {
-                c.create_bucket()
+                let _ = c
+                    .create_bucket()
                     .bucket(bucket)
                     .send()
                     .await
