@@ -1,7 +1,10 @@
 //! `floe`: the agent (`floe serve`) and the command-line client.
 
 /// mimalloc: the agent allocates per request and per record; glibc malloc showed up at
-/// ~25% of agent CPU in `perf` under produce+fetch load.
+/// ~25% of agent CPU in `perf` under produce+fetch load. Built with `no_thp`: with
+/// transparent huge pages, every fresh page mimalloc touched faulted in (and zeroed) a
+/// whole 2 MiB page — 35–41 % of the agent's CPU in `clear_page_erms` under produce load;
+/// without, 1.4–1.5× the produce throughput (README, Performance).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
