@@ -234,3 +234,76 @@ async fn sweeper_deletes_an_orphan_only_after_its_grace_of_clock_time() {
     );
     h.agent.shutdown().await;
 }
+
+/// Committed offsets are index rows (RFC 0001): a commit does not rewrite the group's state
+/// blob, and offsets that an older agent kept inside the blob still count where no row
+/// exists yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_offsets_are_rows_and_legacy_blob_offsets_still_count() {
+    let h = harness(AgentConfig::default()).await;
+    let c = &h.client;
+    let _ = c.create_topic("t", 2).await.unwrap();
+    let recs: Vec<ProduceRecord> = (0..10)
+        .map(|i| ProduceRecord {
+            partition: Some(i % 2),
+            ..rec(&format!("r{i}"))
+        })
+        .collect();
+    let _ = c.produce("t", recs).await.unwrap();
+    let a = c
+        .join_group("t", "g", &JoinGroupRequest::default())
+        .await
+        .unwrap();
+    let index = &h.agent.broker.index;
+    let topic = index.get_topic("t").await.unwrap().unwrap();
+    let key = floe_index::StateKey {
+        kind: floe_index::StateKind::Group,
+        topic_id: topic.id,
+        group: "g".into(),
+        partition: 0,
+    };
+    let before = index.load_state(&key).await.unwrap().unwrap();
+    c.commit("t", "g", &a.member_id, a.generation, &[(0, 3)])
+        .await
+        .unwrap();
+    let after = index.load_state(&key).await.unwrap().unwrap();
+    assert_eq!(
+        after.version, before.version,
+        "a commit does not rewrite the group blob"
+    );
+    assert_eq!(
+        index.group_offsets(topic.id, "g").await.unwrap(),
+        std::collections::BTreeMap::from([(0, 3)])
+    );
+    // An older agent's blob: offsets inside it (partition 1 at 4), no row for partition 1.
+    let mut g: floe_core::group::GroupState = floe_core::stored::decode(&after.data).unwrap();
+    let _ = g.offsets.insert(1, 4);
+    let _ = g.offsets.insert(0, 1); // the row (3) wins over the blob for partition 0
+    assert!(
+        index
+            .store_state(
+                &key,
+                Some(after.version),
+                floe_core::stored::encode(&g).unwrap()
+            )
+            .await
+            .unwrap()
+    );
+    let d = c.describe_group("t", "g").await.unwrap();
+    let committed: Vec<_> = d
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.committed))
+        .collect();
+    assert_eq!(committed, vec![(0, Some(3)), (1, Some(4))]);
+    let f = c
+        .group_fetch("t", "g", &a.member_id, None, FetchOptions::default())
+        .await
+        .unwrap();
+    let firsts: Vec<_> = f
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.records.first().map(|r| r.offset)))
+        .collect();
+    assert_eq!(firsts, vec![(0, Some(3)), (1, Some(4))]);
+}

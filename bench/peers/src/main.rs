@@ -6,6 +6,10 @@
 //!
 //! - `--mode throughput`: `--producers` closed-loop producers share `--records` records in
 //!   batches of `--batch`; reports records/s, MiB/s and the batch-ack latency.
+//! Every record is a distinct random alphanumeric value (a pool of 1 024, cycled), so no
+//! broker's compression or deduplication gets an easy ride (Floe's segments are LZ4
+//! Parquet; a repeated value would compress to almost nothing).
+//!
 //! - `--mode latency`: single records at a fixed `--rate` for `--seconds` (open loop: each
 //!   latency is measured from the record's scheduled send time, so a stalled broker is not
 //!   hidden by the generator waiting for it); reports produce p50/p99.
@@ -21,6 +25,35 @@ use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 
 const NAME: &str = "floebench";
+/// Distinct record values per run.
+const POOL: usize = 1024;
+
+/// `POOL` random alphanumeric values of `len` bytes (xorshift: reproducible, no extra crate).
+fn pool(len: usize) -> Vec<Bytes> {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..POOL)
+        .map(|_| {
+            Bytes::from(
+                (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        ALPHABET[(x % ALPHABET.len() as u64) as usize]
+                    })
+                    .collect::<Vec<u8>>(),
+            )
+        })
+        .collect()
+}
+
+/// Records handed out so far by this process: picks the next values from the pool.
+static NEXT_VALUE: AtomicU64 = AtomicU64::new(0);
+
+fn next_values(n: usize) -> usize {
+    (NEXT_VALUE.fetch_add(n as u64, Ordering::Relaxed) % POOL as u64) as usize
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Broker {
@@ -71,9 +104,6 @@ enum Sender {
     Floe {
         http: reqwest::Client,
         url: String,
-        /// Pre-encoded JSON bodies: index 0 a single record, 1 a full batch.
-        bodies: Arc<[Bytes; 2]>,
-        batch: usize,
     },
     Nats(async_nats::jetstream::Context),
     Redis(redis::aio::MultiplexedConnection),
@@ -81,21 +111,13 @@ enum Sender {
 }
 
 impl Sender {
-    async fn send(&mut self, payload: &Bytes, n: usize) -> Result<()> {
+    /// Send `n` records with values from `pool` and wait for their durable ack.
+    async fn send(&mut self, pool: &[Bytes], n: usize) -> Result<()> {
+        let first = next_values(n);
+        let values = (0..n).map(|i| &pool[(first + i) % pool.len()]);
         match self {
-            Self::Floe {
-                http,
-                url,
-                bodies,
-                batch,
-            } => {
-                let body = if n == 1 {
-                    bodies[0].clone()
-                } else if n == *batch {
-                    bodies[1].clone()
-                } else {
-                    floe_body(payload, n)
-                };
+            Self::Floe { http, url } => {
+                let body = floe_body(values);
                 let r = http
                     .post(format!("{url}/v1/topics/{NAME}/records"))
                     .header("content-type", "application/json")
@@ -108,8 +130,8 @@ impl Sender {
             }
             Self::Nats(js) => {
                 let mut acks = Vec::with_capacity(n);
-                for _ in 0..n {
-                    acks.push(js.publish(NAME, payload.clone()).await?);
+                for v in values {
+                    acks.push(js.publish(NAME, v.clone()).await?);
                 }
                 for a in acks {
                     let _ = a.await?;
@@ -117,26 +139,26 @@ impl Sender {
             }
             Self::Redis(con) => {
                 let mut pipe = redis::pipe();
-                for _ in 0..n {
+                for v in values {
                     let _ = pipe
                         .cmd("XADD")
                         .arg(NAME)
                         .arg("*")
                         .arg("v")
-                        .arg(payload.as_ref());
+                        .arg(v.as_ref());
                 }
                 let _: Vec<String> = pipe.query_async(con).await?;
             }
             Self::Rabbit(ch) => {
                 let props = lapin::BasicProperties::default().with_delivery_mode(2);
                 let mut confirms = Vec::with_capacity(n);
-                for _ in 0..n {
+                for v in values {
                     confirms.push(
                         ch.basic_publish(
                             "",
                             NAME,
                             lapin::options::BasicPublishOptions::default(),
-                            payload,
+                            v,
                             props.clone(),
                         )
                         .await?,
@@ -154,16 +176,24 @@ impl Sender {
     }
 }
 
-fn floe_body(payload: &Bytes, n: usize) -> Bytes {
-    let value = String::from_utf8_lossy(payload).into_owned();
-    let records: Vec<serde_json::Value> = (0..n)
-        .map(|_| serde_json::json!({ "value": value }))
-        .collect();
-    Bytes::from(serde_json::json!({ "records": records }).to_string())
+/// A Floe produce body (values are alphanumeric: no JSON escaping needed).
+fn floe_body<'a>(values: impl Iterator<Item = &'a Bytes>) -> Bytes {
+    let mut out = Vec::with_capacity(64 * 1024);
+    out.extend_from_slice(b"{\"records\":[");
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"value\":\"");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\"}");
+    }
+    out.extend_from_slice(b"]}");
+    Bytes::from(out)
 }
 
 /// Fresh topic / stream / queue, and one sender per producer.
-async fn setup(a: &Args, payload: &Bytes) -> Result<Vec<Sender>> {
+async fn setup(a: &Args) -> Result<Vec<Sender>> {
     let n = a.producers.max(1);
     match a.broker {
         Broker::Floe => {
@@ -178,13 +208,10 @@ async fn setup(a: &Args, payload: &Bytes) -> Result<Vec<Sender>> {
             if !r.status().is_success() {
                 bail!("create topic: {} {}", r.status(), r.text().await?);
             }
-            let bodies = Arc::new([floe_body(payload, 1), floe_body(payload, a.batch)]);
             Ok((0..n)
                 .map(|_| Sender::Floe {
                     http: http.clone(),
                     url: url.clone(),
-                    bodies: bodies.clone(),
-                    batch: a.batch,
                 })
                 .collect())
         }
@@ -274,7 +301,7 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-async fn throughput(a: &Args, senders: Vec<Sender>, payload: Bytes) -> Result<(f64, Histogram<u64>)> {
+async fn throughput(a: &Args, senders: Vec<Sender>, payload: Arc<Vec<Bytes>>) -> Result<(f64, Histogram<u64>)> {
     let next = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let start = Instant::now();
@@ -306,7 +333,7 @@ async fn throughput(a: &Args, senders: Vec<Sender>, payload: Bytes) -> Result<(f
     Ok((secs, h))
 }
 
-async fn latency(a: &Args, senders: Vec<Sender>, payload: Bytes) -> Result<(f64, Histogram<u64>)> {
+async fn latency(a: &Args, senders: Vec<Sender>, payload: Arc<Vec<Bytes>>) -> Result<(f64, Histogram<u64>)> {
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let total = a.rate * a.seconds;
     let interval = Duration::from_secs_f64(1.0 / a.rate as f64);
@@ -335,8 +362,8 @@ async fn latency(a: &Args, senders: Vec<Sender>, payload: Bytes) -> Result<(f64,
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
-    let payload = Bytes::from("x".repeat(a.record_bytes));
-    let senders = setup(&a, &payload).await.context("setting up the broker")?;
+    let payload = Arc::new(pool(a.record_bytes));
+    let senders = setup(&a).await.context("setting up the broker")?;
     let cpu0 = a.broker_pid.and_then(cpu_seconds);
     let (secs, h) = match a.mode {
         Mode::Throughput => throughput(&a, senders, payload).await?,

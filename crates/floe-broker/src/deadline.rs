@@ -277,6 +277,18 @@ impl Index for DeadlineIndex {
         self.within("list_states", self.inner.list_states(kind, topic_id))
             .await
     }
+    async fn commit_offsets(&self, c: floe_index::OffsetCommit) -> floe_index::Result<()> {
+        self.within("commit_offsets", self.inner.commit_offsets(c))
+            .await
+    }
+    async fn group_offsets(
+        &self,
+        topic_id: i64,
+        group: &str,
+    ) -> floe_index::Result<std::collections::BTreeMap<u32, u64>> {
+        self.within("group_offsets", self.inner.group_offsets(topic_id, group))
+            .await
+    }
     async fn watch_commits(&self, sink: CommitSink, stop: tokio::sync::watch::Receiver<bool>) {
         self.inner.watch_commits(sink, stop).await;
     }

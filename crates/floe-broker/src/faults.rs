@@ -119,6 +119,18 @@ impl Index for FaultIndex {
         wait_while(&self.hanging).await;
         self.inner.list_states(kind, topic_id).await
     }
+    async fn commit_offsets(&self, c: floe_index::OffsetCommit) -> floe_index::Result<()> {
+        wait_while(&self.hanging).await;
+        self.inner.commit_offsets(c).await
+    }
+    async fn group_offsets(
+        &self,
+        topic_id: i64,
+        group: &str,
+    ) -> floe_index::Result<std::collections::BTreeMap<u32, u64>> {
+        wait_while(&self.hanging).await;
+        self.inner.group_offsets(topic_id, group).await
+    }
     async fn watch_commits(&self, sink: CommitSink, stop: tokio::sync::watch::Receiver<bool>) {
         self.inner.watch_commits(sink, stop).await;
     }

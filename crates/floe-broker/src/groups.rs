@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use floe_core::group::{GroupError, GroupState, Member};
-use floe_index::{StateKey, StateKind, TopicMeta};
+use floe_index::{IndexError, OffsetCommit, StateKey, StateKind, TopicMeta};
 
 use crate::Broker;
 use crate::error::{BrokerError, BrokerResult, ErrorKind};
@@ -191,12 +191,13 @@ fn describe(
     topic: &TopicMeta,
     group: &str,
     g: &GroupState,
+    committed: &BTreeMap<u32, u64>,
     offsets: &[floe_index::PartitionOffsets],
 ) -> GroupDescription {
     let partitions: Vec<PartitionLag> = offsets
         .iter()
         .map(|o| {
-            let committed = g.offsets.get(&o.partition).copied();
+            let committed = committed.get(&o.partition).copied();
             PartitionLag {
                 partition: o.partition,
                 committed,
@@ -244,7 +245,9 @@ pub(crate) async fn refresh_lag_metrics(s: &Broker) -> Result<(), floe_index::In
             let _ = e.insert(s.index.partition_offsets(topic.id).await?);
         }
         let offsets = offsets_cache.get(&topic.id).map_or(&[][..], Vec::as_slice);
-        for p in describe(topic, &key.group, &g, offsets).partitions {
+        let mut committed = g.offsets.clone();
+        committed.extend(s.index.group_offsets(topic.id, &key.group).await?);
+        for p in describe(topic, &key.group, &g, &committed, offsets).partitions {
             s.metrics
                 .group_lag
                 .with_label_values(&[
@@ -379,17 +382,52 @@ impl Broker {
             }
             offsets.push((partition, offset));
         }
-        let now = s.clock.now_ms();
-        let parts = topic.partitions;
-        update_group(s, &topic, &group, |g| {
-            // Expiry first: a member past its session timeout must not commit.
-            let _ = g.expire(now, parts);
-            g.commit(&req.member_id, req.generation, &offsets)
-                .map_err(group_err)?;
-            let _ = g.touch(&req.member_id, now, false).map_err(group_err)?;
-            Ok(((), true))
-        })
-        .await
+        s.commit_offsets(&topic, &group, req.member_id, req.generation, offsets)
+            .await
+    }
+
+    /// Offsets as rows of their own, fenced in the index transaction by the group's state
+    /// (member, generation, ownership, after expiring members past their session); the
+    /// group's state blob is not rewritten.
+    async fn commit_offsets(
+        &self,
+        topic: &TopicMeta,
+        group: &str,
+        member: String,
+        generation: u64,
+        offsets: Vec<(u32, u64)>,
+    ) -> BrokerResult<()> {
+        let c = OffsetCommit {
+            group: group_key(topic, group),
+            member,
+            generation,
+            offsets,
+            now_ms: self.clock.now_ms(),
+            partitions: topic.partitions,
+        };
+        match self.index.commit_offsets(c).await {
+            Ok(()) => Ok(()),
+            Err(IndexError::Fenced(e)) => Err(group_err(e)),
+            Err(e) => Err(BrokerError::index(&e)),
+        }
+    }
+
+    /// A group's committed offsets: the rows, over the offsets kept in the state blob by
+    /// agents before offsets had rows of their own (`legacy`).
+    async fn committed(
+        &self,
+        topic: &TopicMeta,
+        group: &str,
+        legacy: &BTreeMap<u32, u64>,
+    ) -> BrokerResult<BTreeMap<u32, u64>> {
+        let mut out = legacy.clone();
+        out.extend(
+            self.index
+                .group_offsets(topic.id, group)
+                .await
+                .map_err(|e| BrokerError::index(&e))?,
+        );
+        Ok(out)
     }
 
     /// Fetch records from the member's assigned partitions, from the group's committed offsets
@@ -434,8 +472,9 @@ impl Broker {
         }
         let now = s.clock.now_ms();
         let parts = topic.partitions;
-        // Heartbeat, auto-commit of the cursor, and the member's view, in one state change.
-        let (generation, assigned, committed, session) = update_group(s, &topic, &group, |g| {
+        // Heartbeat and the member's view in one state change; the cursor's positions to
+        // auto-commit are committed as rows right after, fenced by this generation.
+        let (generation, assigned, legacy, session, auto) = update_group(s, &topic, &group, |g| {
             let mut changed = g.expire(now, parts);
             changed |= g.touch(&member, now, false).map_err(group_err)?;
             let m = g
@@ -443,30 +482,48 @@ impl Broker {
                 .get(&member)
                 .ok_or_else(|| group_err(GroupError::UnknownMember(member.clone())))?
                 .clone();
+            let mut auto = Vec::new();
             if let Some((cgen, pos)) = &cursor
                 && m.auto_commit
                 && *cgen == g.generation
             {
-                for p in &m.partitions {
-                    if let Some(o) = pos.get(p)
-                        && g.offsets.get(p) != Some(o)
-                    {
-                        let _ = g.offsets.insert(*p, *o);
-                        changed = true;
-                    }
-                }
+                auto.extend(
+                    m.partitions
+                        .iter()
+                        .filter_map(|p| pos.get(p).map(|o| (*p, *o))),
+                );
             }
-            let committed: BTreeMap<u32, u64> = m
+            let legacy: BTreeMap<u32, u64> = m
                 .partitions
                 .iter()
                 .filter_map(|p| g.offsets.get(p).map(|o| (*p, *o)))
                 .collect();
             Ok((
-                (g.generation, m.partitions, committed, m.session_timeout_ms),
+                (
+                    g.generation,
+                    m.partitions,
+                    legacy,
+                    m.session_timeout_ms,
+                    auto,
+                ),
                 changed,
             ))
         })
         .await?;
+        if !auto.is_empty() {
+            match s
+                .commit_offsets(&topic, &group, member.clone(), generation, auto)
+                .await
+            {
+                Ok(()) => {}
+                // The group moved on since the heartbeat: the cursor no longer applies.
+                Err(e) if e.kind == ErrorKind::Conflict => {
+                    tracing::debug!(code = e.code, "auto-commit fenced");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let committed = s.committed(&topic, &group, &legacy).await?;
         let wait_cap = l.max_wait_ms.min(session / 2);
         let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(wait_cap));
         let deadline = tokio::time::Instant::now() + wait;
@@ -583,7 +640,8 @@ impl Broker {
             .partition_offsets(topic.id)
             .await
             .map_err(|e| BrokerError::index(&e))?;
-        Ok(describe(&topic, &group, &g, &offsets))
+        let committed = s.committed(&topic, &group, &g.offsets).await?;
+        Ok(describe(&topic, &group, &g, &committed, &offsets))
     }
 
     /// The consumer groups of a topic.

@@ -27,7 +27,9 @@ pub struct Member {
 pub struct GroupState {
     pub generation: u64,
     pub members: BTreeMap<String, Member>,
-    /// Committed offsets: the next offset to read, per partition.
+    /// Committed offsets of groups written before offsets became index rows of their own
+    /// (RFC 0001): read as a fallback for partitions without a row, never written.
+    #[serde(default)]
     pub offsets: BTreeMap<u32, u64>,
 }
 
@@ -147,6 +149,23 @@ impl GroupState {
         Ok(())
     }
 
+    /// The fence of an offset commit stored apart from this state (the index checks it in
+    /// the transaction that writes the offsets): `member_id` must own `partitions` in
+    /// `generation` once members past their session at `now_ms` are expired. Nothing is
+    /// changed: expiry is written by the next heartbeat or fetch.
+    pub fn check_commit(
+        &self,
+        member_id: &str,
+        generation: u64,
+        partitions: impl IntoIterator<Item = u32>,
+        now_ms: i64,
+        topic_partitions: u32,
+    ) -> Result<(), GroupError> {
+        let mut after = self.clone();
+        let _ = after.expire(now_ms, topic_partitions);
+        after.check_owner(member_id, generation, partitions)
+    }
+
     /// Fenced commit: all offsets or none.
     pub fn commit(
         &mut self,
@@ -261,6 +280,41 @@ pub fn sticky_assign(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn commit_fence_sees_expiry_without_changing_the_state() {
+        let mut g = GroupState::default();
+        let m = |seen| Member {
+            partitions: Vec::new(),
+            last_seen_ms: seen,
+            session_timeout_ms: 100,
+            auto_commit: false,
+        };
+        g.join("a", 0, m(0), 2, 10).unwrap();
+        g.join("b", 50, m(50), 2, 10).unwrap();
+        let a_parts = g.members["a"].partitions.clone();
+        let before = g.clone();
+        assert_eq!(
+            g.check_commit("a", g.generation, a_parts.clone(), 60, 2),
+            Ok(())
+        );
+        assert!(matches!(
+            g.check_commit("a", g.generation - 1, a_parts.clone(), 60, 2),
+            Err(GroupError::StaleGeneration { .. })
+        ));
+        let b_parts = g.members["b"].partitions.clone();
+        assert!(matches!(
+            g.check_commit("a", g.generation, b_parts, 60, 2),
+            Err(GroupError::NotOwner { .. })
+        ));
+        // At 120, "a" (last seen at 0, 100 ms session) is gone.
+        assert!(matches!(
+            g.check_commit("a", g.generation, a_parts, 120, 2),
+            Err(GroupError::UnknownMember(_))
+        ));
+        assert_eq!(g, before, "the fence changes nothing");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

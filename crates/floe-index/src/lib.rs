@@ -47,6 +47,10 @@ pub enum IndexError {
     /// was rolled back (no runs, no state).
     #[error("consumer state {0:?} changed concurrently; nothing committed")]
     StateConflict(StateKey),
+    /// An offset commit was refused by its group's fence (member, generation, ownership):
+    /// nothing was written.
+    #[error("offset commit refused: {0}")]
+    Fenced(floe_core::group::GroupError),
 }
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
@@ -206,6 +210,42 @@ pub struct Versioned {
     pub data: Vec<u8>,
 }
 
+/// Offsets a consumer-group member commits: one row per partition in the index, written
+/// only if the group's state (the blob under `group`) lets `member` of `generation` commit
+/// these partitions at `now_ms` — checked in the same transaction ([`fence`]).
+#[derive(Debug, Clone)]
+pub struct OffsetCommit {
+    /// The group's state key (kind `Group`, partition 0).
+    pub group: StateKey,
+    pub member: String,
+    pub generation: u64,
+    /// (partition, next offset to read).
+    pub offsets: Vec<(u32, u64)>,
+    pub now_ms: i64,
+    /// The topic's partition count (expiry rebalances over it).
+    pub partitions: u32,
+}
+
+/// The verdict on an offset commit, from the group's stored state: the one decision both
+/// backends take inside their transaction (pure; `GroupState::check_commit`).
+pub fn fence(group_blob: Option<&[u8]>, c: &OffsetCommit) -> Result<()> {
+    let Some(blob) = group_blob else {
+        return Err(IndexError::Fenced(
+            floe_core::group::GroupError::UnknownMember(c.member.clone()),
+        ));
+    };
+    let g: floe_core::group::GroupState = floe_core::stored::decode(blob)
+        .map_err(|e| IndexError::Corrupt(format!("group state {:?}: {e}", c.group)))?;
+    g.check_commit(
+        &c.member,
+        c.generation,
+        c.offsets.iter().map(|(p, _)| *p),
+        c.now_ms,
+        c.partitions,
+    )
+    .map_err(IndexError::Fenced)
+}
+
 /// The metadata index. Implementations must make `commit` atomic: all runs whose topic
 /// exists are committed together, or none is.
 #[async_trait]
@@ -249,6 +289,11 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
         kind: StateKind,
         topic_id: Option<i64>,
     ) -> Result<Vec<(StateKey, Versioned)>>;
+    /// Commit a group member's offsets as rows, fenced by the group's state in the same
+    /// transaction ([`fence`]); all or nothing. `IndexError::Fenced` when refused.
+    async fn commit_offsets(&self, c: OffsetCommit) -> Result<()>;
+    /// A group's committed offsets (rows written by `commit_offsets`).
+    async fn group_offsets(&self, topic_id: i64, group: &str) -> Result<BTreeMap<u32, u64>>;
     /// Deliver commits made by *other* agents to `sink` until `stop` turns true.
     /// Backends shared by one agent only have nothing to deliver.
     async fn watch_commits(&self, _sink: CommitSink, _stop: tokio::sync::watch::Receiver<bool>) {}

@@ -18,9 +18,9 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tracing::{Instrument, info_span, warn};
 
 use crate::{
-    CommitSink, Index, IndexError, NewTopic, PartitionOffsets, Result, RunEntry, RunOutcome,
-    SegmentCommit, StateKey, StateKind, TopicMeta, Versioned, check_deadline, decode_config,
-    encode_config,
+    CommitSink, Index, IndexError, NewTopic, OffsetCommit, PartitionOffsets, Result, RunEntry,
+    RunOutcome, SegmentCommit, StateKey, StateKind, TopicMeta, Versioned, check_deadline,
+    decode_config, encode_config, fence,
 };
 
 /// NOTIFY channel for commits; payload `topic_id:partition:end_offset` entries joined by `,`.
@@ -69,6 +69,13 @@ CREATE TABLE IF NOT EXISTS floe_consumer_state (
     version BIGINT NOT NULL,
     data BYTEA NOT NULL,
     PRIMARY KEY (kind, topic_id, grp, partition)
+);
+CREATE TABLE IF NOT EXISTS floe_group_offsets (
+    topic_id BIGINT NOT NULL,
+    grp TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset BIGINT NOT NULL,
+    PRIMARY KEY (topic_id, grp, partition)
 );
 ";
 
@@ -468,6 +475,10 @@ impl Index for PostgresIndex {
             )
             .await
             .map_err(pg)?;
+        let _ = tx
+            .execute("DELETE FROM floe_group_offsets WHERE topic_id = $1", &[&id])
+            .await
+            .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(true)
     }
@@ -596,6 +607,62 @@ impl Index for PostgresIndex {
     ) -> Result<bool> {
         let c = self.client().await?;
         cas_state(&c, key, expected, &data).await.map_err(pg)
+    }
+
+    async fn commit_offsets(&self, oc: OffsetCommit) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let k = &oc.group;
+        // FOR SHARE: a membership change (which rewrites the blob) waits for this commit,
+        // and this commit waits for one in progress, so the fence sees the state the
+        // offsets are committed under.
+        let blob: Option<Vec<u8>> = tx
+            .query_opt(
+                "SELECT data FROM floe_consumer_state WHERE kind = $1 AND topic_id = $2 AND grp = $3 AND partition = $4 FOR SHARE",
+                &[&k.kind.as_str(), &k.topic_id, &k.group, &(k.partition as i32)],
+            )
+            .await
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        fence(blob.as_deref(), &oc)?;
+        let st = tx
+            .prepare(
+                "INSERT INTO floe_group_offsets (topic_id, grp, partition, next_offset) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (topic_id, grp, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+            )
+            .await
+            .map_err(pg)?;
+        for (p, o) in &oc.offsets {
+            let o = i64::try_from(*o)
+                .map_err(|_| IndexError::Corrupt(format!("offset {o} exceeds BIGINT")))?;
+            let _ = tx
+                .execute(&st, &[&k.topic_id, &k.group, &(*p as i32), &o])
+                .await
+                .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(())
+    }
+
+    async fn group_offsets(&self, topic_id: i64, group: &str) -> Result<BTreeMap<u32, u64>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT partition, next_offset FROM floe_group_offsets WHERE topic_id = $1 AND grp = $2",
+                &[&topic_id, &group],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|r| {
+                let o: i64 = r.get(1);
+                Ok((
+                    to_u32(r.get(0), "partition")?,
+                    u64::try_from(o)
+                        .map_err(|_| IndexError::Corrupt(format!("negative offset {o}")))?,
+                ))
+            })
+            .collect()
     }
 
     async fn list_states(

@@ -12,8 +12,9 @@ use floe_core::log::assign_offsets;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    Index, IndexError, NewTopic, PartitionOffsets, Result, RunEntry, RunOutcome, SegmentCommit,
-    StateKey, StateKind, TopicMeta, Versioned, check_deadline, decode_config, encode_config,
+    Index, IndexError, NewTopic, OffsetCommit, PartitionOffsets, Result, RunEntry, RunOutcome,
+    SegmentCommit, StateKey, StateKind, TopicMeta, Versioned, check_deadline, decode_config,
+    encode_config, fence,
 };
 
 const SCHEMA: &str = "
@@ -56,6 +57,13 @@ CREATE TABLE IF NOT EXISTS consumer_state (
     version INTEGER NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (kind, topic_id, grp, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_offsets (
+    topic_id INTEGER NOT NULL,
+    grp TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, grp, partition)
 ) WITHOUT ROWID;
 ";
 
@@ -226,6 +234,7 @@ impl Index for SqliteIndex {
             let _ = tx.execute("DELETE FROM runs WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM partitions WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM consumer_state WHERE topic_id = ?1", [id])?;
+            let _ = tx.execute("DELETE FROM group_offsets WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM topics WHERE id = ?1", [id])?;
             tx.commit()?;
             Ok(true)
@@ -394,6 +403,51 @@ impl Index for SqliteIndex {
         let key = key.clone();
         self.write(move |c| cas_state(c, &key, expected, &data))
             .await
+    }
+
+    async fn commit_offsets(&self, oc: OffsetCommit) -> Result<()> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let k = &oc.group;
+            let blob: Option<Vec<u8>> = tx
+                .prepare_cached(
+                    "SELECT data FROM consumer_state WHERE kind = ?1 AND topic_id = ?2 AND grp = ?3 AND partition = ?4",
+                )?
+                .query_row(
+                    params![k.kind.as_str(), k.topic_id, k.group, k.partition],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            fence(blob.as_deref(), &oc)?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO group_offsets (topic_id, grp, partition, next_offset) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (topic_id, grp, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                )?;
+                for (p, o) in &oc.offsets {
+                    let _ = st.execute(params![k.topic_id, k.group, p, o])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn group_offsets(&self, topic_id: i64, group: &str) -> Result<BTreeMap<u32, u64>> {
+        let group = group.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT partition, next_offset FROM group_offsets WHERE topic_id = ?1 AND grp = ?2",
+            )?;
+            let rows = st
+                .query_map(params![topic_id, group], |r| {
+                    Ok((r.get::<_, u32>(0)?, r.get::<_, u64>(1)?))
+                })?
+                .collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
+            Ok(rows)
+        })
+        .await
     }
 
     async fn list_states(

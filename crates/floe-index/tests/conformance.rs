@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use floe_core::group::{GroupError, GroupState, Member};
 use floe_index::{
-    Index, IndexError, NewTopic, RunCommit, RunOutcome, SegmentCommit, StateKey, StateKind,
-    StateWrite,
+    Index, IndexError, NewTopic, OffsetCommit, RunCommit, RunOutcome, SegmentCommit, StateKey,
+    StateKind, StateWrite,
 };
 
 type Idx = Arc<dyn Index>;
@@ -485,6 +486,165 @@ async fn matches_model(i: Idx, prefix: String, ops: Vec<Op>) {
     }
 }
 
+fn group_key(topic_id: i64, group: &str) -> StateKey {
+    StateKey {
+        kind: StateKind::Group,
+        topic_id,
+        group: group.into(),
+        partition: 0,
+    }
+}
+
+/// A group whose members joined at `now` with a 1 s session, over `partitions`.
+fn group_of(members: &[&str], now: i64, partitions: u32) -> GroupState {
+    let mut g = GroupState::default();
+    for m in members {
+        let member = Member {
+            partitions: Vec::new(),
+            last_seen_ms: now,
+            session_timeout_ms: 1000,
+            auto_commit: false,
+        };
+        g.join(m, now, member, partitions, 100).unwrap();
+    }
+    g
+}
+
+fn offset_commit(
+    topic_id: i64,
+    g: &GroupState,
+    member: &str,
+    offsets: Vec<(u32, u64)>,
+    now: i64,
+) -> OffsetCommit {
+    OffsetCommit {
+        group: group_key(topic_id, "g"),
+        member: member.into(),
+        generation: g.generation,
+        offsets,
+        now_ms: now,
+        partitions: 2,
+    }
+}
+
+/// Committed offsets are rows, written only when the group's stored state lets the member
+/// of that generation commit those partitions (checked in the same transaction).
+async fn offset_commits_are_fenced_by_the_group_state(i: Idx) {
+    let t = i.create_topic(new_topic("t", 2)).await.unwrap();
+    let g = group_of(&["a"], 1000, 2);
+    let fenced = |r: floe_index::Result<()>| match r {
+        Err(IndexError::Fenced(e)) => e,
+        other => panic!("expected a fenced commit, got {other:?}"),
+    };
+    // No group state yet: nobody is a member.
+    assert!(matches!(
+        fenced(
+            i.commit_offsets(offset_commit(t.id, &g, "a", vec![(0, 5)], 1000))
+                .await
+        ),
+        GroupError::UnknownMember(_)
+    ));
+    let key = group_key(t.id, "g");
+    assert!(
+        i.store_state(&key, None, floe_core::stored::encode(&g).unwrap())
+            .await
+            .unwrap()
+    );
+    i.commit_offsets(offset_commit(t.id, &g, "a", vec![(0, 5), (1, 7)], 1100))
+        .await
+        .unwrap();
+    assert_eq!(
+        i.group_offsets(t.id, "g").await.unwrap(),
+        BTreeMap::from([(0, 5), (1, 7)])
+    );
+    let mut stale = offset_commit(t.id, &g, "a", vec![(0, 9)], 1100);
+    stale.generation -= 1;
+    assert!(matches!(
+        fenced(i.commit_offsets(stale).await),
+        GroupError::StaleGeneration { .. }
+    ));
+    assert!(matches!(
+        fenced(
+            i.commit_offsets(offset_commit(t.id, &g, "b", vec![(0, 9)], 1100))
+                .await
+        ),
+        GroupError::UnknownMember(_)
+    ));
+    // Past its 1 s session the member is expired by the fence itself.
+    assert!(matches!(
+        fenced(
+            i.commit_offsets(offset_commit(t.id, &g, "a", vec![(0, 9)], 2500))
+                .await
+        ),
+        GroupError::UnknownMember(_)
+    ));
+    // Nothing refused was written; other groups are apart.
+    assert_eq!(
+        i.group_offsets(t.id, "g").await.unwrap(),
+        BTreeMap::from([(0, 5), (1, 7)])
+    );
+    assert!(i.group_offsets(t.id, "other").await.unwrap().is_empty());
+    // Deleting the topic deletes its groups' offsets.
+    assert!(i.delete_topic("t").await.unwrap());
+    assert!(i.group_offsets(t.id, "g").await.unwrap().is_empty());
+}
+
+/// A commit racing a membership change either lands before it or is refused: once one
+/// commit of the old generation is fenced, none lands after, and the stored offset is the
+/// last accepted one.
+async fn offset_commits_race_membership_changes(i: Idx) {
+    let t = i.create_topic(new_topic("t", 2)).await.unwrap();
+    let key = group_key(t.id, "g");
+    let g1 = group_of(&["a"], 1000, 2);
+    assert!(
+        i.store_state(&key, None, floe_core::stored::encode(&g1).unwrap())
+            .await
+            .unwrap()
+    );
+    let committer = {
+        let (i, g1) = (i.clone(), g1.clone());
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            for n in 1..=200u64 {
+                let r = i
+                    .commit_offsets(offset_commit(t.id, &g1, "a", vec![(0, n)], 1100))
+                    .await;
+                results.push((n, r.is_ok()));
+                if let Err(e) = r {
+                    assert!(matches!(e, IndexError::Fenced(_)), "{e}");
+                }
+            }
+            results
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // "b" joins: a new generation, "a" keeps only one partition.
+    let g2 = group_of(&["a", "b"], 1000, 2);
+    let v = i.load_state(&key).await.unwrap().unwrap();
+    assert!(
+        i.store_state(
+            &key,
+            Some(v.version),
+            floe_core::stored::encode(&g2).unwrap()
+        )
+        .await
+        .unwrap()
+    );
+    let results = committer.await.unwrap();
+    let first_refused = results.iter().position(|(_, ok)| !ok);
+    if let Some(f) = first_refused {
+        assert!(
+            results[f..].iter().all(|(_, ok)| !ok),
+            "a commit landed after the fence: {results:?}"
+        );
+    }
+    let last_ok = results.iter().rev().find(|(_, ok)| *ok).map(|(n, _)| *n);
+    assert_eq!(
+        i.group_offsets(t.id, "g").await.unwrap().get(&0).copied(),
+        last_ok
+    );
+}
+
 /// Runs every clause against one backend: `$open` is an async expression giving a fresh
 /// `Idx` (and something to keep alive while it is used).
 macro_rules! conformance {
@@ -523,6 +683,16 @@ macro_rules! conformance {
         async fn state_writes_commit_with_runs_or_not_at_all() {
             let (_g, i) = $open().await;
             super::state_writes_commit_with_runs_or_not_at_all(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn offset_commits_are_fenced_by_the_group_state() {
+            let (_g, i) = $open().await;
+            super::offset_commits_are_fenced_by_the_group_state(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn offset_commits_race_membership_changes() {
+            let (_g, i) = $open().await;
+            super::offset_commits_race_membership_changes(i).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_cas_loses_no_update() {
