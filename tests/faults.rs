@@ -324,3 +324,39 @@ async fn dead_letter_is_written_once_when_the_commit_answer_is_lost() {
     );
     f.agent.shutdown().await;
 }
+
+/// The produce commit lands but its answer is lost (the producer gets a 503). Without a
+/// key the producer's retry writes the records twice; with an `Idempotency-Key` the retry
+/// gets the original offsets back and the log holds one copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_makes_a_retry_after_a_lost_answer_write_nothing() {
+    let f = faulty_agent().await;
+    let (c, lose_answers) = (&f.client, &f.lose_answers);
+    let _ = c.create_topic("idem", 1).await.unwrap();
+    lose_answers.store(1, Ordering::SeqCst);
+    let first = c
+        .produce_with_key("idem", vec![rec("once")], "order-1")
+        .await;
+    assert!(first.is_err(), "the answer was lost: {first:?}");
+    assert_eq!(lose_answers.load(Ordering::SeqCst), 0, "the fault fired");
+    let (retry, replayed) = c
+        .produce_with_key("idem", vec![rec("once")], "order-1")
+        .await
+        .unwrap();
+    assert!(
+        replayed,
+        "the retry is answered from the committed first attempt"
+    );
+    assert_eq!(retry.offsets.len(), 1);
+    assert_eq!(retry.offsets[0].offset, 0);
+    // The same loss without a key: the retry writes a second copy (what the key prevents).
+    lose_answers.store(1, Ordering::SeqCst);
+    assert!(c.produce("idem", vec![rec("twice")]).await.is_err());
+    let _ = c.produce("idem", vec![rec("twice")]).await.unwrap();
+    let got = c
+        .fetch("idem", 0, 0, FetchOptions::default())
+        .await
+        .unwrap();
+    let values: Vec<_> = got.records.iter().filter_map(|r| r.value.clone()).collect();
+    assert_eq!(values, vec!["once", "twice", "twice"]);
+}

@@ -763,3 +763,66 @@ async fn arrow_ipc_produce_and_fetch_match_json() {
     let d = c.describe_topic("bin").await.unwrap();
     assert_eq!(d.partitions.iter().map(|p| p.end_offset).sum::<u64>(), 50);
 }
+
+/// `Idempotency-Key` (RFC 0003): a completed key replays its answer and writes nothing,
+/// also after a restart; the same key with another body is 422; a malformed key is 400;
+/// keys are per topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_replays_refuses_reuse_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(dir.path(), &["--linger-ms", "5"]);
+    let c = agent.client();
+    let _ = c.create_topic("pay", 2).await.unwrap();
+    let _ = c.create_topic("other", 1).await.unwrap();
+    let body = || vec![rec("a".into()), rec("b".into()), rec("c".into())];
+    let (first, replayed) = c.produce_with_key("pay", body(), "k-1").await.unwrap();
+    assert!(!replayed);
+    let (again, replayed) = c.produce_with_key("pay", body(), "k-1").await.unwrap();
+    assert!(replayed, "second request with the key is a replay");
+    assert_eq!(
+        again.offsets, first.offsets,
+        "same offsets, same partitions"
+    );
+    // Reused for another body: 422 and nothing written.
+    let e = c
+        .produce_with_key("pay", vec![rec("x".into())], "k-1")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(422), Some("idempotency_key_reused"))
+    );
+    // Per topic: the same key on another topic is a new request.
+    let (_, replayed) = c.produce_with_key("other", body(), "k-1").await.unwrap();
+    assert!(!replayed);
+    let u = format!("{}/v1/topics/pay/records", c.base());
+    for bad in ["has space", &"k".repeat(256)] {
+        let resp = reqwest::Client::new()
+            .post(&u)
+            .header("idempotency-key", bad)
+            .json(&serde_json::json!({"records": [{"value": "v"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{bad:?}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "invalid_idempotency_key");
+    }
+    // Across a restart the key is still remembered (it lives in the index).
+    assert!(
+        tokio::task::spawn_blocking(move || agent.terminate())
+            .await
+            .unwrap()
+            .success()
+    );
+    let agent = AgentProc::start(dir.path(), &["--linger-ms", "5"]);
+    let c = agent.client();
+    let (after, replayed) = c.produce_with_key("pay", body(), "k-1").await.unwrap();
+    assert!(replayed);
+    assert_eq!(after.offsets, first.offsets);
+    let mut total = 0;
+    for p in 0..2 {
+        total += read_all(&c, "pay", p).await.len();
+    }
+    assert_eq!(total, 3, "one copy of the three records");
+}

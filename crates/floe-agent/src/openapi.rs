@@ -333,6 +333,12 @@ fn constrain_operations(doc: &mut Value, name: &Value) {
                         "Last-Event-ID" => {
                             Some(json!({"type": "string", "pattern": "^[0-9]{1,19}$"}))
                         }
+                        "Idempotency-Key" => Some(json!({
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": floe_core::idempotency::MAX_KEY_LEN,
+                            "pattern": "^[!-~]+$"
+                        })),
                         _ => None,
                     };
                     if let Some(sc) = schema {

@@ -83,6 +83,8 @@ pub struct AgentConfig {
     pub index_timeout: Duration,
     /// Budget of one object-store call (object_store's own retries included).
     pub store_timeout: Duration,
+    /// How long a completed `Idempotency-Key` is remembered (RFC 0003).
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for AgentConfig {
@@ -111,6 +113,7 @@ impl Default for AgentConfig {
             ready_timeout: Duration::from_millis(800),
             index_timeout: Duration::from_secs(5),
             store_timeout: Duration::from_secs(10),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -18,6 +18,9 @@ pub enum ErrorKind {
     TooLarge,
     /// An offset outside the log (HTTP 416).
     OutOfRange,
+    /// Well-formed but not acceptable in the current state: an idempotency key reused for
+    /// a different request (HTTP 422).
+    Unprocessable,
     /// A dependency (bucket, index) failed or a deadline passed; retry later (HTTP 503).
     Unavailable,
     /// A bug or corrupt data: an invariant does not hold (HTTP 500).
@@ -87,6 +90,7 @@ impl BrokerError {
                 ),
             ),
             IndexError::StateConflict(_) => Self::conflict("state_conflict", e.to_string()),
+            IndexError::IdempotencyLost(_) => Self::unavailable("idempotency_lost", e.to_string()),
             _ => Self::unavailable("index_unavailable", format!("metadata index error: {e}")),
         }
     }

@@ -131,6 +131,26 @@ impl Index for FaultIndex {
         wait_while(&self.hanging).await;
         self.inner.group_offsets(topic_id, group).await
     }
+    async fn idempotency_begin(
+        &self,
+        b: floe_index::IdempotencyBegin,
+    ) -> floe_index::Result<floe_index::IdempotencyVerdict> {
+        wait_while(&self.hanging).await;
+        self.inner.idempotency_begin(b).await
+    }
+    async fn idempotency_abandon(
+        &self,
+        topic_id: i64,
+        key: &str,
+        token: i64,
+    ) -> floe_index::Result<()> {
+        wait_while(&self.hanging).await;
+        self.inner.idempotency_abandon(topic_id, key, token).await
+    }
+    async fn expire_idempotency(&self, now_ms: i64) -> floe_index::Result<u64> {
+        wait_while(&self.hanging).await;
+        self.inner.expire_idempotency(now_ms).await
+    }
     async fn watch_commits(&self, sink: CommitSink, stop: tokio::sync::watch::Receiver<bool>) {
         self.inner.watch_commits(sink, stop).await;
     }

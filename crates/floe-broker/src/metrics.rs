@@ -26,6 +26,10 @@ pub struct Metrics {
     pub queue_dead_lettered: IntCounter,
     /// Optimistic-concurrency retries on consumer state.
     pub state_conflicts: IntCounter,
+    /// Produce requests answered from a completed Idempotency-Key (nothing written).
+    pub idempotent_replays: IntCounter,
+    /// Idempotency-Key requests refused: reused for another body, or in flight.
+    pub idempotency_refusals: IntCounterVec,
     /// Consumer group lag, recomputed from the index on every scrape.
     pub group_lag: IntGaugeVec,
 }
@@ -57,6 +61,14 @@ impl Metrics {
             ),
             &["op"],
         )?;
+        let idempotency_refusals = IntCounterVec::new(
+            prometheus::Opts::new(
+                "floe_idempotency_refusals_total",
+                "Idempotency-Key produce requests refused, by reason (reused, in_flight)",
+            ),
+            &["reason"],
+        )?;
+        r.register(Box::new(idempotency_refusals.clone()))?;
         r.register(Box::new(store_requests.clone()))?;
         for op in ["put", "get", "list", "delete"] {
             let _ = store_requests.with_label_values(&[op]);
@@ -155,6 +167,12 @@ impl Metrics {
                 "floe_consumer_state_conflicts_total",
                 "Compare-and-swap conflicts on group/queue state (retried)",
             )?,
+            idempotent_replays: counter(
+                &r,
+                "floe_idempotent_replays_total",
+                "Produce requests answered with the offsets of an earlier request with the same Idempotency-Key (duplicates suppressed)",
+            )?,
+            idempotency_refusals,
             queue_settled,
             group_lag,
             store_requests,

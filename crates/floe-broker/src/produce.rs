@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 use floe_core::Record;
 use floe_core::clock::{Clock, SharedClock};
 use floe_core::segment::{EncodeOptions, RunRef, encode_segment};
-use floe_index::{Index, IndexError, RunCommit, RunOutcome, SegmentCommit, StateWrite, TopicMeta};
+use floe_index::{
+    IdempotencyCompletion, Index, IndexError, RunCommit, RunOutcome, SegmentCommit, StateWrite,
+    TopicMeta,
+};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -85,6 +88,9 @@ struct Append {
     records: Vec<(u32, Record)>,
     bytes: usize,
     deadline: Deadline,
+    /// The idempotency key this request holds (key, attempt token): completed in the
+    /// commit that carries the records.
+    idempotency: Option<(String, i64)>,
     _permit: OwnedSemaphorePermit,
     reply: oneshot::Sender<Reply>,
 }
@@ -117,6 +123,7 @@ impl ProducerHandle {
         records: Vec<(u32, Record)>,
         bytes: usize,
         deadline: Deadline,
+        idempotency: Option<(String, i64)>,
     ) -> Reply {
         let want = bytes.clamp(1, self.max_buffer) as u32;
         let wait_until = (tokio::time::Instant::now() + self.wait).min(deadline.at);
@@ -144,6 +151,7 @@ impl ProducerHandle {
             records,
             bytes,
             deadline,
+            idempotency,
             _permit: permit,
             reply,
         };
@@ -193,6 +201,7 @@ impl ProducerHandle {
             Instant::now(),
             deadline,
             state_writes,
+            Vec::new(),
         )
         .await?;
         // Counted like buffered produces (dead letters were, before they bypassed it).
@@ -422,13 +431,31 @@ async fn flush_one(
     let Some(deadline) = batch.iter().map(|a| a.deadline).reduce(Deadline::min) else {
         return;
     };
+    let mut completions = Vec::new();
     for a in batch {
         total_bytes += a.bytes as u64;
         total_records += a.records.len() as u64;
         let places = runs.add(&a.topic, a.records);
+        if let Some((key, token)) = a.idempotency {
+            completions.push(IdempotencyCompletion {
+                topic_id: a.topic.id,
+                key,
+                token,
+                places: places.iter().map(|(r, p)| (*r as u32, *p)).collect(),
+            });
+        }
         waiters.push((places, a.reply, a._permit));
     }
-    let result = write_and_commit(&ctx, runs.runs, before, started, deadline, Vec::new()).await;
+    let result = write_and_commit(
+        &ctx,
+        runs.runs,
+        before,
+        started,
+        deadline,
+        Vec::new(),
+        completions,
+    )
+    .await;
     // Let the next flush commit whatever happened here.
     drop(done);
     match result {
@@ -460,6 +487,7 @@ async fn write_and_commit(
     started: Instant,
     deadline: Deadline,
     state_writes: Vec<StateWrite>,
+    idempotency: Vec<IdempotencyCompletion>,
 ) -> Result<(Vec<(u32, String)>, Vec<RunOutcome>), BrokerError> {
     let opts = EncodeOptions {
         compression: ctx.config.compression,
@@ -556,6 +584,7 @@ async fn write_and_commit(
             i64::try_from(ctx.config.commit_deadline.as_millis()).unwrap_or(i64::MAX),
         )),
         state_writes,
+        idempotency,
     };
     let outcomes = ctx.index.commit(commit).await.map_err(|e| match e {
         IndexError::Timeout { .. } => BrokerError::unavailable(

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use floe_core::Record;
 
+use floe_core::idempotency;
 use floe_core::ipc::IncomingRecord;
 use floe_core::partitioner::partition_for_key;
-use floe_index::TopicMeta;
+use floe_index::{IdempotencyBegin, IdempotencyVerdict, TopicMeta};
 
 use crate::Broker;
-use crate::error::{BrokerError, BrokerResult};
+use crate::error::{BrokerError, BrokerResult, ErrorKind};
 use crate::fetch::Fetched;
 use crate::names::partition_of;
 use crate::produce::{Deadline, RecordOffset, deadline_exceeded};
@@ -34,6 +35,16 @@ pub fn too_many_records(n: usize, max: usize) -> BrokerError {
         "request_too_large",
         format!("{what} records in one request; the limit is {max}"),
     )
+}
+
+/// The answer to a produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Produced {
+    /// Where each record landed, in request order.
+    pub offsets: Vec<RecordOffset>,
+    /// The request's `Idempotency-Key` had completed before: these are the offsets of
+    /// that first request, and nothing was written now.
+    pub replayed: bool,
 }
 
 /// A fetch of one partition.
@@ -84,13 +95,15 @@ impl Broker {
 
     /// Produce `incoming` to `topic`, all or nothing: every record is validated before
     /// anything is buffered; answered only after the segment is durable and committed.
-    /// Offsets come back in request order.
+    /// Offsets come back in request order. With an `idempotency_key` (RFC 0003) a retry of
+    /// a completed request gets the first request's offsets and writes nothing.
     pub async fn produce(
         &self,
         topic: &str,
         incoming: Vec<IncomingRecord>,
         deadline: Deadline,
-    ) -> BrokerResult<Vec<RecordOffset>> {
+        idempotency_key: Option<&str>,
+    ) -> BrokerResult<Produced> {
         let limits = &self.config.limits;
         if incoming.is_empty() {
             return Err(BrokerError::invalid(
@@ -104,9 +117,14 @@ impl Broker {
                 limits.max_records_per_request,
             ));
         }
+        if let Some(k) = idempotency_key {
+            idempotency::check_key(k)
+                .map_err(|m| BrokerError::invalid("invalid_idempotency_key", m))?;
+        }
         let topic = tokio::time::timeout_at(deadline.at, self.existing_topic(topic))
             .await
             .map_err(|_| deadline_exceeded("looking up the topic"))??;
+        let fingerprint = idempotency_key.map(|_| idempotency::fingerprint(&topic.name, &incoming));
         let ts = self.clock.now_ms();
         let mut records = Vec::with_capacity(incoming.len());
         let mut bytes = 0usize;
@@ -165,15 +183,112 @@ impl Broker {
             bytes += size;
             records.push((partition, rec));
         }
+        let held = match (idempotency_key, fingerprint) {
+            (Some(key), Some(fingerprint)) => {
+                match self
+                    .begin_idempotent(&topic, key, fingerprint, deadline)
+                    .await?
+                {
+                    Ok(token) => Some((key.to_string(), token)),
+                    Err(offsets) => {
+                        return Ok(Produced {
+                            offsets,
+                            replayed: true,
+                        });
+                    }
+                }
+            }
+            _ => None,
+        };
         let started = std::time::Instant::now();
-        let offsets = self
+        let topic_id = topic.id;
+        let result = self
             .producer
-            .append(topic, records, bytes, deadline)
-            .await?;
+            .append(topic, records, bytes, deadline, held.clone())
+            .await;
+        if let (Err(e), Some((key, token))) = (&result, &held)
+            && e.code != "commit_outcome_unknown"
+        {
+            // Nothing was committed: free the key at once for the client's retry. (When
+            // the outcome is unknown the key stays held until its lease — the request's
+            // deadline, after which the index refuses the commit — so a retry then finds
+            // it completed, or takes it over.)
+            if let Err(e) = self.index.idempotency_abandon(topic_id, key, *token).await {
+                tracing::warn!(error = %e, "could not release an idempotency key; it frees itself at its lease");
+            }
+        }
+        let offsets = result?;
         self.metrics
             .produce_seconds
             .observe(started.elapsed().as_secs_f64());
-        Ok(offsets)
+        Ok(Produced {
+            offsets,
+            replayed: false,
+        })
+    }
+
+    /// Hold `key` for this attempt (`Ok(token)`), or the offsets of the request that
+    /// completed it (`Err(offsets)`: a replay).
+    async fn begin_idempotent(
+        &self,
+        topic: &TopicMeta,
+        key: &str,
+        fingerprint: u64,
+        deadline: Deadline,
+    ) -> BrokerResult<Result<i64, Vec<RecordOffset>>> {
+        let now = self.clock.now_ms();
+        let ttl = i64::try_from(self.config.idempotency_ttl.as_millis()).unwrap_or(i64::MAX);
+        let token = rand::random::<i64>();
+        let verdict = self
+            .index
+            .idempotency_begin(IdempotencyBegin {
+                topic_id: topic.id,
+                key: key.to_string(),
+                fingerprint,
+                token,
+                now_ms: now,
+                // The commit deadline the index enforces is never later than this.
+                lease_until_ms: deadline.unix_ms,
+                expires_ms: now.saturating_add(ttl).max(deadline.unix_ms),
+            })
+            .await
+            .map_err(|e| BrokerError::index(&e))?;
+        match verdict {
+            IdempotencyVerdict::Started => Ok(Ok(token)),
+            IdempotencyVerdict::Replay(offsets) => {
+                self.metrics.idempotent_replays.inc();
+                Ok(Err(offsets
+                    .into_iter()
+                    .map(|(partition, offset)| RecordOffset { partition, offset })
+                    .collect()))
+            }
+            IdempotencyVerdict::Mismatch => {
+                self.metrics
+                    .idempotency_refusals
+                    .with_label_values(&["reused"])
+                    .inc();
+                Err(BrokerError::new(
+                    ErrorKind::Unprocessable,
+                    "idempotency_key_reused",
+                    format!(
+                        "Idempotency-Key {key:?} was used for a different request on topic {:?}; use a new key for a new request",
+                        topic.name
+                    ),
+                ))
+            }
+            IdempotencyVerdict::InFlight => {
+                self.metrics
+                    .idempotency_refusals
+                    .with_label_values(&["in_flight"])
+                    .inc();
+                Err(BrokerError::conflict(
+                    "idempotency_key_in_flight",
+                    format!(
+                        "a request with Idempotency-Key {key:?} is still being processed; retry after it is answered"
+                    ),
+                ))
+            }
+        }
     }
 
     /// The end offset of a partition, read from the index.

@@ -47,6 +47,15 @@ pub async fn run(
             }
             Err(e) => warn!(error = %e, "sweep failed; will retry"),
         }
+        match index
+            .expire_idempotency(clock.now_ms())
+            .instrument(info_span!("expire_idempotency"))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!(forgotten = n, "expired idempotency keys"),
+            Err(e) => warn!(error = %e, "idempotency expiry failed; will retry"),
+        }
     }
 }
 

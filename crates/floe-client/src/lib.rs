@@ -33,10 +33,17 @@ impl ClientError {
             _ => None,
         }
     }
+    /// The HTTP status of an answer that was an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } | Self::Unexpected { status, .. } => Some(*status),
+            Self::Http(_) => None,
+        }
+    }
     /// Worth retrying: the agent is overloaded or a dependency is down, or the connection failed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Api { status, .. } => *status == 503,
+            Self::Api { status, code, .. } => *status == 503 || code == "idempotency_key_in_flight",
             Self::Http(_) => true,
             Self::Unexpected { status, .. } => *status >= 500,
         }
@@ -166,6 +173,30 @@ impl Client {
                 .await?,
         )
         .await
+    }
+
+    /// Produce with an `Idempotency-Key`: a retry with the same key and records gets the
+    /// first request's offsets and writes nothing. Returns the answer and whether it was
+    /// such a replay (`Idempotent-Replayed: true`).
+    pub async fn produce_with_key(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+        key: &str,
+    ) -> Result<(ProduceResponse, bool)> {
+        let body = ProduceRequest { records };
+        let resp = self
+            .http
+            .post(format!("{}/v1/topics/{topic}/records", self.base))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+            .await?;
+        let replayed = resp
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        Ok((Self::decode(resp).await?, replayed))
     }
 
     /// Produce a pre-serialized JSON body (`{"records": [...]}`).

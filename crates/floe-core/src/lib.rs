@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod group;
+pub mod idempotency;
 pub mod ipc;
 pub mod limits;
 pub mod log;

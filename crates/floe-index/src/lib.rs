@@ -51,6 +51,10 @@ pub enum IndexError {
     /// nothing was written.
     #[error("offset commit refused: {0}")]
     Fenced(floe_core::group::GroupError),
+    /// A commit was to complete an idempotency key its attempt no longer holds: the whole
+    /// commit was rolled back. (Cannot happen while leases end at the commit deadline.)
+    #[error("idempotency key {0:?} is no longer held by this attempt; nothing committed")]
+    IdempotencyLost(String),
 }
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
@@ -117,6 +121,67 @@ pub struct SegmentCommit {
     /// whole commit fails with [`IndexError::StateConflict`]. (Dead-lettering uses this:
     /// the DLQ records and the queue state that marks them done land in one transaction.)
     pub state_writes: Vec<StateWrite>,
+    /// Idempotency keys completed by this commit (RFC 0003): each pending key held by its
+    /// attempt's token is marked done, with the offsets its request got, in this very
+    /// transaction.
+    pub idempotency: Vec<IdempotencyCompletion>,
+}
+
+/// A produce attempt with an `Idempotency-Key` asks to hold the key.
+#[derive(Debug, Clone)]
+pub struct IdempotencyBegin {
+    pub topic_id: i64,
+    pub key: String,
+    pub fingerprint: u64,
+    /// This attempt's identity.
+    pub token: i64,
+    pub now_ms: i64,
+    /// The attempt's deadline: after it the attempt can no longer commit.
+    pub lease_until_ms: i64,
+    /// When the key is forgotten.
+    pub expires_ms: i64,
+}
+
+/// The index's answer to [`IdempotencyBegin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyVerdict {
+    /// The attempt holds the key: produce, and complete it in the commit.
+    Started,
+    /// The key completed with this request: its offsets, (partition, offset) in order.
+    Replay(Vec<(u32, u64)>),
+    /// The key was used for a different request.
+    Mismatch,
+    /// Another attempt holds the key and may still commit.
+    InFlight,
+}
+
+/// Complete a key in a segment commit: `places` are (run index in the commit, position
+/// in the run) of the request's records, in request order.
+#[derive(Debug, Clone)]
+pub struct IdempotencyCompletion {
+    pub topic_id: i64,
+    pub key: String,
+    pub token: i64,
+    pub places: Vec<(u32, u64)>,
+}
+
+/// The stored answer for a completion, from the commit's run outcomes: `None` when a run
+/// of the request was not committed (its topic is gone; so is the key's row).
+pub fn completion_answer(
+    c: &IdempotencyCompletion,
+    runs: &[RunCommit],
+    outcomes: &[RunOutcome],
+) -> Option<String> {
+    let bases: Vec<Option<(u32, u64)>> = runs
+        .iter()
+        .zip(outcomes)
+        .map(|(r, o)| match o {
+            RunOutcome::Committed { base_offset } => Some((r.partition, *base_offset)),
+            RunOutcome::TopicGone => None,
+        })
+        .collect();
+    floe_core::idempotency::offsets_for(&c.places, &bases)
+        .map(|o| floe_core::idempotency::encode_offsets(&o))
 }
 
 /// One compare-and-swap of a consumer-state blob inside a commit.
@@ -294,6 +359,14 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     async fn commit_offsets(&self, c: OffsetCommit) -> Result<()>;
     /// A group's committed offsets (rows written by `commit_offsets`).
     async fn group_offsets(&self, topic_id: i64, group: &str) -> Result<BTreeMap<u32, u64>>;
+    /// Hold an idempotency key for a produce attempt, or say why not (RFC 0003). The
+    /// decision is `floe_core::idempotency::begin`, taken in one transaction.
+    async fn idempotency_begin(&self, b: IdempotencyBegin) -> Result<IdempotencyVerdict>;
+    /// Release a key whose attempt failed before its commit (nothing was committed).
+    async fn idempotency_abandon(&self, topic_id: i64, key: &str, token: i64) -> Result<()>;
+    /// Forget keys past their expiry (and pending ones past both lease and expiry).
+    /// Returns how many were forgotten.
+    async fn expire_idempotency(&self, now_ms: i64) -> Result<u64>;
     /// Deliver commits made by *other* agents to `sink` until `stop` turns true.
     /// Backends shared by one agent only have nothing to deliver.
     async fn watch_commits(&self, _sink: CommitSink, _stop: tokio::sync::watch::Receiver<bool>) {}

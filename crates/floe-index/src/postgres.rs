@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use floe_core::idempotency;
 use floe_core::log::assign_offsets;
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -18,9 +19,9 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tracing::{Instrument, info_span, warn};
 
 use crate::{
-    CommitSink, Index, IndexError, NewTopic, OffsetCommit, PartitionOffsets, Result, RunEntry,
-    RunOutcome, SegmentCommit, StateKey, StateKind, TopicMeta, Versioned, check_deadline,
-    decode_config, encode_config, fence,
+    CommitSink, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
+    PartitionOffsets, Result, RunEntry, RunOutcome, SegmentCommit, StateKey, StateKind, TopicMeta,
+    Versioned, check_deadline, completion_answer, decode_config, encode_config, fence,
 };
 
 /// NOTIFY channel for commits; payload `topic_id:partition:end_offset` entries joined by `,`.
@@ -70,6 +71,18 @@ CREATE TABLE IF NOT EXISTS floe_consumer_state (
     data BYTEA NOT NULL,
     PRIMARY KEY (kind, topic_id, grp, partition)
 );
+CREATE TABLE IF NOT EXISTS floe_idempotency (
+    topic_id BIGINT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint BIGINT NOT NULL,
+    token BIGINT NOT NULL,
+    done BOOLEAN NOT NULL,
+    answer TEXT,
+    lease_until BIGINT NOT NULL,
+    expires BIGINT NOT NULL,
+    PRIMARY KEY (topic_id, key)
+);
+CREATE INDEX IF NOT EXISTS floe_idempotency_by_expiry ON floe_idempotency (expires);
 CREATE TABLE IF NOT EXISTS floe_group_offsets (
     topic_id BIGINT NOT NULL,
     grp TEXT NOT NULL,
@@ -267,6 +280,23 @@ impl PostgresIndex {
         for w in &seg.state_writes {
             if !cas_state(&tx, &w.key, w.expected, &w.data).await? {
                 return Err(CommitError::Index(IndexError::StateConflict(w.key.clone())));
+            }
+        }
+        for c in &seg.idempotency {
+            let Some(answer) = completion_answer(c, &seg.runs, &out) else {
+                continue;
+            };
+            let n = tx
+                .execute(
+                    "UPDATE floe_idempotency SET done = TRUE, answer = $4
+                     WHERE topic_id = $1 AND key = $2 AND token = $3 AND NOT done",
+                    &[&c.topic_id, &c.key, &c.token, &answer],
+                )
+                .await?;
+            if n != 1 {
+                return Err(CommitError::Index(IndexError::IdempotencyLost(
+                    c.key.clone(),
+                )));
             }
         }
         // Last step before COMMIT, on the server's clock: a commit that stalled past its
@@ -479,6 +509,10 @@ impl Index for PostgresIndex {
             .execute("DELETE FROM floe_group_offsets WHERE topic_id = $1", &[&id])
             .await
             .map_err(pg)?;
+        let _ = tx
+            .execute("DELETE FROM floe_idempotency WHERE topic_id = $1", &[&id])
+            .await
+            .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(true)
     }
@@ -607,6 +641,95 @@ impl Index for PostgresIndex {
     ) -> Result<bool> {
         let c = self.client().await?;
         cas_state(&c, key, expected, &data).await.map_err(pg)
+    }
+
+    async fn idempotency_begin(&self, b: IdempotencyBegin) -> Result<IdempotencyVerdict> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // Make the row exist (as a dead placeholder the decision replaces) and lock it, so
+        // that concurrent attempts with one key decide one after the other.
+        let _ = tx
+            .execute(
+                "INSERT INTO floe_idempotency (topic_id, key, fingerprint, token, done, answer, lease_until, expires)
+                 VALUES ($1, $2, 0, 0, FALSE, NULL, 0, 0) ON CONFLICT DO NOTHING",
+                &[&b.topic_id, &b.key],
+            )
+            .await
+            .map_err(pg)?;
+        let r = tx
+            .query_one(
+                "SELECT fingerprint, done, lease_until, expires, answer FROM floe_idempotency
+                 WHERE topic_id = $1 AND key = $2 FOR UPDATE",
+                &[&b.topic_id, &b.key],
+            )
+            .await
+            .map_err(pg)?;
+        let stored = idempotency::Stored {
+            fingerprint: r.get::<_, i64>(0) as u64,
+            done: r.get(1),
+            lease_until_ms: r.get(2),
+            expires_ms: r.get(3),
+        };
+        let verdict = match idempotency::begin(Some(&stored), b.fingerprint, b.now_ms) {
+            idempotency::Begin::Start => {
+                let _ = tx
+                    .execute(
+                        "UPDATE floe_idempotency SET fingerprint = $3, token = $4, done = FALSE, answer = NULL,
+                           lease_until = $5, expires = $6 WHERE topic_id = $1 AND key = $2",
+                        &[
+                            &b.topic_id,
+                            &b.key,
+                            &(b.fingerprint as i64),
+                            &b.token,
+                            &b.lease_until_ms,
+                            &b.expires_ms,
+                        ],
+                    )
+                    .await
+                    .map_err(pg)?;
+                IdempotencyVerdict::Started
+            }
+            idempotency::Begin::Replay => {
+                let answer: Option<String> = r.get(4);
+                let answer = answer.ok_or_else(|| {
+                    IndexError::Corrupt(format!(
+                        "idempotency key {:?} done without an answer",
+                        b.key
+                    ))
+                })?;
+                IdempotencyVerdict::Replay(idempotency::decode_offsets(&answer).map_err(|e| {
+                    IndexError::Corrupt(format!("idempotency answer of {:?}: {e}", b.key))
+                })?)
+            }
+            idempotency::Begin::Mismatch => IdempotencyVerdict::Mismatch,
+            idempotency::Begin::InFlight => IdempotencyVerdict::InFlight,
+        };
+        tx.commit().await.map_err(pg)?;
+        Ok(verdict)
+    }
+
+    async fn idempotency_abandon(&self, topic_id: i64, key: &str, token: i64) -> Result<()> {
+        let c = self.client().await?;
+        let _ = c
+            .execute(
+                "DELETE FROM floe_idempotency WHERE topic_id = $1 AND key = $2 AND token = $3 AND NOT done",
+                &[&topic_id, &key, &token],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn expire_idempotency(&self, now_ms: i64) -> Result<u64> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "DELETE FROM floe_idempotency WHERE expires <= $1 AND (done OR lease_until <= $1)",
+                &[&now_ms],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(n)
     }
 
     async fn commit_offsets(&self, oc: OffsetCommit) -> Result<()> {

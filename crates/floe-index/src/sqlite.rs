@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use floe_core::clock::SharedClock;
+use floe_core::idempotency;
 use floe_core::log::assign_offsets;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    Index, IndexError, NewTopic, OffsetCommit, PartitionOffsets, Result, RunEntry, RunOutcome,
-    SegmentCommit, StateKey, StateKind, TopicMeta, Versioned, check_deadline, decode_config,
-    encode_config, fence,
+    IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
+    PartitionOffsets, Result, RunEntry, RunOutcome, SegmentCommit, StateKey, StateKind, TopicMeta,
+    Versioned, check_deadline, completion_answer, decode_config, encode_config, fence,
 };
 
 const SCHEMA: &str = "
@@ -58,6 +59,18 @@ CREATE TABLE IF NOT EXISTS consumer_state (
     data BLOB NOT NULL,
     PRIMARY KEY (kind, topic_id, grp, partition)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    topic_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint INTEGER NOT NULL,
+    token INTEGER NOT NULL,
+    done INTEGER NOT NULL,
+    answer TEXT,
+    lease_until INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires);
 CREATE TABLE IF NOT EXISTS group_offsets (
     topic_id INTEGER NOT NULL,
     grp TEXT NOT NULL,
@@ -235,6 +248,7 @@ impl Index for SqliteIndex {
             let _ = tx.execute("DELETE FROM partitions WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM consumer_state WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM group_offsets WHERE topic_id = ?1", [id])?;
+            let _ = tx.execute("DELETE FROM idempotency WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM topics WHERE id = ?1", [id])?;
             tx.commit()?;
             Ok(true)
@@ -315,6 +329,20 @@ impl Index for SqliteIndex {
             for w in &seg.state_writes {
                 if !cas_state(&tx, &w.key, w.expected, &w.data)? {
                     return Err(IndexError::StateConflict(w.key.clone()));
+                }
+            }
+            for c in &seg.idempotency {
+                let Some(answer) = completion_answer(c, &seg.runs, &out) else {
+                    continue;
+                };
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE idempotency SET done = 1, answer = ?4
+                         WHERE topic_id = ?1 AND key = ?2 AND token = ?3 AND done = 0",
+                    )?
+                    .execute(params![c.topic_id, c.key, c.token, answer])?;
+                if n != 1 {
+                    return Err(IndexError::IdempotencyLost(c.key.clone()));
                 }
             }
             // Last step before the commit is durable: too late means roll back (the
@@ -403,6 +431,85 @@ impl Index for SqliteIndex {
         let key = key.clone();
         self.write(move |c| cas_state(c, &key, expected, &data))
             .await
+    }
+
+    async fn idempotency_begin(&self, b: IdempotencyBegin) -> Result<IdempotencyVerdict> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let row: Option<(i64, i64, i64, i64, Option<String>)> = tx
+                .prepare_cached(
+                    "SELECT fingerprint, done, lease_until, expires, answer FROM idempotency WHERE topic_id = ?1 AND key = ?2",
+                )?
+                .query_row(params![b.topic_id, b.key], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .optional()?;
+            let stored = row.as_ref().map(|r| idempotency::Stored {
+                fingerprint: r.0 as u64,
+                done: r.1 != 0,
+                lease_until_ms: r.2,
+                expires_ms: r.3,
+            });
+            let verdict = match idempotency::begin(stored.as_ref(), b.fingerprint, b.now_ms) {
+                idempotency::Begin::Start => {
+                    let _ = tx
+                        .prepare_cached(
+                            "INSERT INTO idempotency (topic_id, key, fingerprint, token, done, answer, lease_until, expires)
+                             VALUES (?1, ?2, ?3, ?4, 0, NULL, ?5, ?6)
+                             ON CONFLICT (topic_id, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                               token = excluded.token, done = 0, answer = NULL,
+                               lease_until = excluded.lease_until, expires = excluded.expires",
+                        )?
+                        .execute(params![
+                            b.topic_id,
+                            b.key,
+                            b.fingerprint as i64,
+                            b.token,
+                            b.lease_until_ms,
+                            b.expires_ms
+                        ])?;
+                    IdempotencyVerdict::Started
+                }
+                idempotency::Begin::Replay => {
+                    let answer = row.and_then(|r| r.4).ok_or_else(|| {
+                        IndexError::Corrupt(format!("idempotency key {:?} done without an answer", b.key))
+                    })?;
+                    IdempotencyVerdict::Replay(idempotency::decode_offsets(&answer).map_err(|e| {
+                        IndexError::Corrupt(format!("idempotency answer of {:?}: {e}", b.key))
+                    })?)
+                }
+                idempotency::Begin::Mismatch => IdempotencyVerdict::Mismatch,
+                idempotency::Begin::InFlight => IdempotencyVerdict::InFlight,
+            };
+            tx.commit()?;
+            Ok(verdict)
+        })
+        .await
+    }
+
+    async fn idempotency_abandon(&self, topic_id: i64, key: &str, token: i64) -> Result<()> {
+        let key = key.to_string();
+        self.write(move |c| {
+            let _ = c
+                .prepare_cached(
+                    "DELETE FROM idempotency WHERE topic_id = ?1 AND key = ?2 AND token = ?3 AND done = 0",
+                )?
+                .execute(params![topic_id, key, token])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn expire_idempotency(&self, now_ms: i64) -> Result<u64> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM idempotency WHERE expires <= ?1 AND (done = 1 OR lease_until <= ?1)",
+                )?
+                .execute(params![now_ms])?;
+            Ok(n as u64)
+        })
+        .await
     }
 
     async fn commit_offsets(&self, oc: OffsetCommit) -> Result<()> {

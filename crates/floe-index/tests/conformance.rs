@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use floe_core::group::{GroupError, GroupState, Member};
 use floe_index::{
-    Index, IndexError, NewTopic, OffsetCommit, RunCommit, RunOutcome, SegmentCommit, StateKey,
-    StateKind, StateWrite,
+    IdempotencyBegin, IdempotencyCompletion, IdempotencyVerdict, Index, IndexError, NewTopic,
+    OffsetCommit, RunCommit, RunOutcome, SegmentCommit, StateKey, StateKind, StateWrite,
 };
 
 type Idx = Arc<dyn Index>;
@@ -37,6 +37,7 @@ fn seg(key: &str, runs: Vec<RunCommit>) -> SegmentCommit {
         runs,
         deadline_unix_ms: i64::MAX,
         state_writes: Vec::new(),
+        idempotency: Vec::new(),
     }
 }
 
@@ -645,6 +646,123 @@ async fn offset_commits_race_membership_changes(i: Idx) {
     );
 }
 
+fn idem(topic_id: i64, key: &str, fingerprint: u64, token: i64, now: i64) -> IdempotencyBegin {
+    IdempotencyBegin {
+        topic_id,
+        key: key.into(),
+        fingerprint,
+        token,
+        now_ms: now,
+        lease_until_ms: now + 100,
+        expires_ms: now + 1000,
+    }
+}
+
+/// Idempotency keys (RFC 0003): held by one attempt, completed inside the commit that
+/// assigns the request's offsets, replayed to retries, refused for another request or
+/// while held, taken over after the lease, released on failure, forgotten after expiry.
+async fn idempotency_keys_complete_in_the_commit(i: Idx) {
+    let t = i.create_topic(new_topic("t", 2)).await.unwrap();
+    let begin = |b| {
+        let i = i.clone();
+        async move { i.idempotency_begin(b).await.unwrap() }
+    };
+    assert_eq!(
+        begin(idem(t.id, "k", 7, 1, 0)).await,
+        IdempotencyVerdict::Started
+    );
+    assert_eq!(
+        begin(idem(t.id, "k", 7, 2, 10)).await,
+        IdempotencyVerdict::InFlight
+    );
+    assert_eq!(
+        begin(idem(t.id, "k", 8, 2, 10)).await,
+        IdempotencyVerdict::Mismatch
+    );
+    // Commit the attempt's records: runs for partition 1 (2 records) and 0 (1 record).
+    let mut commit = seg("s1", vec![run(t.id, 1, 2), run(t.id, 0, 1)]);
+    commit.idempotency = vec![IdempotencyCompletion {
+        topic_id: t.id,
+        key: "k".into(),
+        token: 1,
+        places: vec![(1, 0), (0, 0), (0, 1)],
+    }];
+    let _ = i.commit(commit).await.unwrap();
+    assert_eq!(
+        begin(idem(t.id, "k", 7, 3, 20)).await,
+        IdempotencyVerdict::Replay(vec![(0, 0), (1, 0), (1, 1)])
+    );
+    assert_eq!(
+        begin(idem(t.id, "k", 8, 3, 20)).await,
+        IdempotencyVerdict::Mismatch
+    );
+    // A commit completing a key its attempt does not hold lands nothing.
+    assert_eq!(
+        begin(idem(t.id, "j", 7, 1, 0)).await,
+        IdempotencyVerdict::Started
+    );
+    let mut stolen = seg("s2", vec![run(t.id, 0, 1)]);
+    stolen.idempotency = vec![IdempotencyCompletion {
+        topic_id: t.id,
+        key: "j".into(),
+        token: 99,
+        places: vec![(0, 0)],
+    }];
+    assert!(matches!(
+        i.commit(stolen).await,
+        Err(IndexError::IdempotencyLost(_))
+    ));
+    assert_eq!(i.end_offset(t.id, 0).await.unwrap(), Some(1), "rolled back");
+    // After the lease (100 ms) a new attempt takes the pending key over; the old one's
+    // completion is then refused.
+    assert_eq!(
+        begin(idem(t.id, "j", 7, 2, 150)).await,
+        IdempotencyVerdict::Started
+    );
+    let mut late = seg("s3", vec![run(t.id, 0, 1)]);
+    late.idempotency = vec![IdempotencyCompletion {
+        topic_id: t.id,
+        key: "j".into(),
+        token: 1,
+        places: vec![(0, 0)],
+    }];
+    assert!(matches!(
+        i.commit(late).await,
+        Err(IndexError::IdempotencyLost(_))
+    ));
+    // Abandoned: free at once.
+    i.idempotency_abandon(t.id, "j", 2).await.unwrap();
+    assert_eq!(
+        begin(idem(t.id, "j", 5, 4, 160)).await,
+        IdempotencyVerdict::Started
+    );
+    // Abandoning never frees a completed key.
+    i.idempotency_abandon(t.id, "k", 1).await.unwrap();
+    assert!(matches!(
+        begin(idem(t.id, "k", 7, 5, 200)).await,
+        IdempotencyVerdict::Replay(_)
+    ));
+    // Expiry: "k" expires at 1000; pending "j" (lease 260, expiry 1160) survives until 1160.
+    assert_eq!(i.expire_idempotency(999).await.unwrap(), 0);
+    assert_eq!(i.expire_idempotency(1000).await.unwrap(), 1);
+    assert_eq!(
+        begin(idem(t.id, "k", 8, 6, 1001)).await,
+        IdempotencyVerdict::Started,
+        "forgotten"
+    );
+    // Keys are per topic and go with their topic.
+    let u = i.create_topic(new_topic("u", 1)).await.unwrap();
+    assert_eq!(
+        begin(idem(u.id, "k", 1, 1, 1001)).await,
+        IdempotencyVerdict::Started
+    );
+    assert!(i.delete_topic("t").await.unwrap());
+    assert_eq!(
+        begin(idem(t.id, "k", 9, 7, 1002)).await,
+        IdempotencyVerdict::Started
+    );
+}
+
 /// Runs every clause against one backend: `$open` is an async expression giving a fresh
 /// `Idx` (and something to keep alive while it is used).
 macro_rules! conformance {
@@ -693,6 +811,11 @@ macro_rules! conformance {
         async fn offset_commits_race_membership_changes() {
             let (_g, i) = $open().await;
             super::offset_commits_race_membership_changes(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn idempotency_keys_complete_in_the_commit() {
+            let (_g, i) = $open().await;
+            super::idempotency_keys_complete_in_the_commit(i).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_cas_loses_no_update() {

@@ -140,6 +140,10 @@ struct ServeArgs {
     /// Budget of one call to the bucket (its retries included).
     #[arg(long, env = "FLOE_STORE_TIMEOUT_MS", default_value_t = 10_000)]
     store_timeout_ms: u64,
+    /// How long a completed Idempotency-Key is remembered (a retry within it gets the first
+    /// answer; after it the key is forgotten and may be reused).
+    #[arg(long, env = "FLOE_IDEMPOTENCY_TTL_MS", default_value_t = 24 * 3600 * 1000)]
+    idempotency_ttl_ms: u64,
     /// Sweeper deletes unreferenced segments older than this.
     #[arg(long, env = "FLOE_ORPHAN_GRACE_MS", default_value_t = 600_000)]
     orphan_grace_ms: u64,
@@ -233,6 +237,7 @@ impl ServeArgs {
             ready_timeout: Duration::from_millis(self.ready_timeout_ms),
             index_timeout: Duration::from_millis(self.index_timeout_ms),
             store_timeout: Duration::from_millis(self.store_timeout_ms),
+            idempotency_ttl: Duration::from_millis(self.idempotency_ttl_ms),
             orphan_grace: Duration::from_millis(self.orphan_grace_ms),
             sweep_interval: Duration::from_millis(self.sweep_interval_ms),
             cache_bytes: self.cache_bytes,

@@ -70,23 +70,36 @@ fn decode_json(req: ProduceRequest) -> ApiResult<Vec<IncomingRecord>> {
 /// binary|utf8, `partition` int32|int64, `headers` list<struct<key, value>>).
 /// Answers only after the records are durable in the bucket and committed
 /// in the index; offsets come back in request order.
-#[utoipa::path(post, path = "/v1/topics/{topic}/records", params(("topic" = String, Path)),
+#[utoipa::path(post, path = "/v1/topics/{topic}/records", params(("topic" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to retry (1–255 visible ASCII characters, per topic): a request whose key already completed gets the original offsets back (response header `Idempotent-Replayed: true`) and writes nothing. Keys are remembered for the agent's idempotency TTL (default 24 h).")),
     request_body(content(
         (ProduceRequest = "application/json"),
         (String = "application/vnd.apache.arrow.stream")
     )), responses(
     (status = 200, body = ProduceResponse),
-    (status = 400, description = "invalid_json, invalid_record, invalid_partition, invalid_base64", body = ErrorBody),
+    (status = 400, description = "invalid_json, invalid_record, invalid_partition, invalid_base64, invalid_idempotency_key", body = ErrorBody),
     (status = 404, description = "topic_not_found", body = ErrorBody),
+    (status = 409, description = "idempotency_key_in_flight: a request with this Idempotency-Key is still being processed (retry)", body = ErrorBody),
     (status = 413, description = "record_too_large, request_too_large", body = ErrorBody),
+    (status = 422, description = "idempotency_key_reused: the Idempotency-Key was used for a different request", body = ErrorBody),
     (status = 503, description = "store_unavailable, index_unavailable, overloaded (with Retry-After)", body = ErrorBody)))]
 pub(crate) async fn produce(
     State(b): State<Broker>,
     p: Result<Path<String>, PathRejection>,
+    headers: axum::http::HeaderMap,
     body: ProduceBody,
-) -> ApiResult<Json<ProduceResponse>> {
+) -> ApiResult<Response> {
     let deadline = b.produce_deadline();
     let Path(raw) = p.map_err(path_err)?;
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be visible ASCII characters",
+            )
+        })?),
+    };
     let max = b.config.limits.max_records_per_request;
     let incoming = match body {
         ProduceBody::Json(req) => {
@@ -112,17 +125,27 @@ pub(crate) async fn produce(
                 })?
         }
     };
-    let offsets = b.produce(&raw, incoming, deadline).await?;
-    Ok(Json(ProduceResponse {
-        offsets: offsets
+    let produced = b.produce(&raw, incoming, deadline, key).await?;
+    let body = Json(ProduceResponse {
+        offsets: produced
+            .offsets
             .into_iter()
             .map(|o| RecordOffset {
                 partition: o.partition,
                 offset: o.offset,
             })
             .collect(),
-    }))
+    });
+    if produced.replayed {
+        return Ok(([(REPLAYED, "true")], body).into_response());
+    }
+    Ok(body.into_response())
 }
+
+/// Request header: makes a produce safe to retry (RFC 0003).
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Response header on an answer replayed from an earlier request with the same key.
+pub(crate) const REPLAYED: &str = "idempotent-replayed";
 
 /// Query parameters of a fetch.
 /// (The query is parsed by hand: unknown parameters are ignored, as they always were.)
