@@ -360,3 +360,89 @@ async fn idempotency_key_makes_a_retry_after_a_lost_answer_write_nothing() {
     let values: Vec<_> = got.records.iter().filter_map(|r| r.value.clone()).collect();
     assert_eq!(values, vec!["once", "twice", "twice"]);
 }
+
+/// The deletion boundary (RFC 0004). A commit stalls (its index call hangs) while the
+/// sweeper, on an agent whose clock is ahead of the index's, finds the segment old and
+/// unreferenced and deletes it. The index's own deadline check cannot catch this (its
+/// clock says the deadline has not passed); the boundary does: the sweeper advanced it
+/// before deleting, so the late commit is refused and nobody is acked for a deleted object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_stalled_past_the_deletion_boundary_is_refused_not_acked() {
+    use floe_core::clock::{Clock, ManualClock, SystemClock};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(dir.path())
+            .unwrap()
+            .with_fsync(true),
+    );
+    let agent_clock = ManualClock::new(SystemClock.now_ms());
+    // The index's clock lags: it never sees the produce deadline pass.
+    let index_clock = ManualClock::new(SystemClock.now_ms());
+    let inner = floe_index::open_with_clock(
+        &format!("sqlite://{}", dir.path().join("index.db").display()),
+        Arc::new(index_clock),
+    )
+    .await
+    .unwrap();
+    let index = floe_agent::faults::FaultIndex::new(inner.clone());
+    let hang = index.hang_switch();
+    let config = AgentConfig {
+        listen: "127.0.0.1:0".into(),
+        linger: Duration::from_millis(5),
+        produce_timeout: Duration::from_secs(30),
+        index_timeout: Duration::from_secs(30),
+        ..AgentConfig::default()
+    };
+    let grace = config.orphan_grace;
+    let agent = Agent::start_with_clock(
+        config,
+        store.clone(),
+        Arc::new(index),
+        Arc::new(agent_clock.clone()),
+    )
+    .await
+    .unwrap();
+    let c = Client::new(&format!("http://{}", agent.addr)).unwrap();
+    let _ = c.create_topic("b", 1).await.unwrap();
+    let _ = c.produce("b", vec![rec("before")]).await.unwrap();
+    let segments = || async {
+        use futures::StreamExt;
+        store
+            .list(Some(&object_store::path::Path::from("segments")))
+            .filter_map(|m| async move { m.ok().map(|m| m.location) })
+            .collect::<Vec<_>>()
+            .await
+    };
+    assert_eq!(segments().await.len(), 1);
+    // The next commit hangs in the index after its segment is written.
+    hang.store(true, Ordering::SeqCst);
+    let stalled = {
+        let c = c.clone();
+        tokio::spawn(async move { c.produce("b", vec![rec("stalled")]).await })
+    };
+    let t0 = std::time::Instant::now();
+    while segments().await.len() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "segment not written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the grace on the agent's clock, a sweep (on the index directly: the agent's
+    // calls are the ones hanging) advances the boundary and deletes the orphan.
+    agent_clock.advance_ms(i64::try_from((grace + Duration::from_secs(60)).as_millis()).unwrap());
+    let deleted =
+        floe_broker::sweeper::sweep_once(&store, inner.as_ref(), grace, agent_clock.now_ms())
+            .await
+            .unwrap();
+    assert_eq!(deleted, 1, "the uncommitted segment was swept");
+    hang.store(false, Ordering::SeqCst);
+    let e = stalled.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Some("segment_expired"), "{e}");
+    // Nothing acked is missing: the log is exactly what was acked, and readable.
+    let got = c.fetch("b", 0, 0, FetchOptions::default()).await.unwrap();
+    let values: Vec<_> = got.records.iter().filter_map(|r| r.value.clone()).collect();
+    assert_eq!(values, vec!["before"]);
+    assert_eq!(got.end_offset, 1);
+    agent.shutdown().await;
+}

@@ -312,6 +312,13 @@ impl Index for DeadlineIndex {
         self.within("expire_idempotency", self.inner.expire_idempotency(now_ms))
             .await
     }
+    async fn advance_deletion_boundary(&self, to_ms: i64) -> floe_index::Result<i64> {
+        self.within(
+            "advance_deletion_boundary",
+            self.inner.advance_deletion_boundary(to_ms),
+        )
+        .await
+    }
     async fn watch_commits(&self, sink: CommitSink, stop: tokio::sync::watch::Receiver<bool>) {
         self.inner.watch_commits(sink, stop).await;
     }

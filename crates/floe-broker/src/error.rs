@@ -90,6 +90,12 @@ impl BrokerError {
                 ),
             ),
             IndexError::StateConflict(_) => Self::conflict("state_conflict", e.to_string()),
+            IndexError::SegmentTooOld { .. } => Self::unavailable(
+                "segment_expired",
+                format!(
+                    "the segment waited too long for its commit; nothing was committed, retry ({e})"
+                ),
+            ),
             IndexError::IdempotencyLost(_) => Self::unavailable("idempotency_lost", e.to_string()),
             _ => Self::unavailable("index_unavailable", format!("metadata index error: {e}")),
         }

@@ -151,6 +151,10 @@ impl Index for FaultIndex {
         wait_while(&self.hanging).await;
         self.inner.expire_idempotency(now_ms).await
     }
+    async fn advance_deletion_boundary(&self, to_ms: i64) -> floe_index::Result<i64> {
+        wait_while(&self.hanging).await;
+        self.inner.advance_deletion_boundary(to_ms).await
+    }
     async fn watch_commits(&self, sink: CommitSink, stop: tokio::sync::watch::Receiver<bool>) {
         self.inner.watch_commits(sink, stop).await;
     }

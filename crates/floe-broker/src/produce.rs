@@ -36,6 +36,34 @@ use crate::notify::Notifier;
 /// Prefix of every segment object key. Keys never contain user input.
 pub const SEGMENT_PREFIX: &str = "segments";
 
+/// `segments/<uuidv7>-<agent>.parquet`: the UUID's time is the segment's creation time on
+/// the engine's clock (its random bits keep keys unique), so the sweeper can tell a
+/// segment's age from its key alone ([`segment_created_ms`]).
+pub fn segment_key(created_ms: i64, agent_id: &str) -> String {
+    let ms = u64::try_from(created_ms).unwrap_or(0);
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        ms / 1000,
+        u32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+    );
+    format!(
+        "{SEGMENT_PREFIX}/{}-{agent_id}.parquet",
+        uuid::Uuid::new_v7(ts)
+    )
+}
+
+/// The creation time in a segment key written by [`segment_key`]; `None` for any other
+/// name.
+pub fn segment_created_ms(key: &str) -> Option<i64> {
+    let name = key.strip_prefix(SEGMENT_PREFIX)?.strip_prefix('/')?;
+    let id = uuid::Uuid::parse_str(name.get(..36)?).ok()?;
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    i64::try_from(secs * 1000 + u64::from(nanos) / 1_000_000).ok()
+}
+
 /// Where one produced record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordOffset {
@@ -516,11 +544,8 @@ async fn write_and_commit(
         BrokerError::unavailable("encode_failed", format!("segment encoding failed: {e}"))
     })?;
     let size = bytes.len() as u64;
-    let key = format!(
-        "{SEGMENT_PREFIX}/{}-{}.parquet",
-        uuid::Uuid::now_v7(),
-        ctx.config.agent_id
-    );
+    let created_ms = ctx.clock.now_ms();
+    let key = segment_key(created_ms, &ctx.config.agent_id);
     let put_started = Instant::now();
     let put_started_unix_ms = ctx.clock.now_ms();
     let path = Path::from(key.as_str());
@@ -583,6 +608,7 @@ async fn write_and_commit(
         deadline_unix_ms: deadline.unix_ms.min(put_started_unix_ms.saturating_add(
             i64::try_from(ctx.config.commit_deadline.as_millis()).unwrap_or(i64::MAX),
         )),
+        created_ms,
         state_writes,
         idempotency,
     };
@@ -639,5 +665,23 @@ mod policy_tests {
         assert!(!flush_now(Linger, 1, true, 100, 0, false));
         assert!(flush_now(Linger, 1, true, 100, 0, true));
         assert!(flush_now(Linger, 100, true, 100, 2, false));
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn segment_keys_carry_their_creation_time() {
+        let k = segment_key(1_795_000_000_123, "agent-7");
+        assert!(
+            k.starts_with("segments/") && k.ends_with("-agent-7.parquet"),
+            "{k}"
+        );
+        assert_eq!(segment_created_ms(&k), Some(1_795_000_000_123));
+        assert_ne!(k, segment_key(1_795_000_000_123, "agent-7"), "unique");
+        assert_eq!(segment_created_ms("segments/orphan-test.parquet"), None);
+        assert_eq!(segment_created_ms("other/x.parquet"), None);
     }
 }

@@ -19,7 +19,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::AgentConfig;
 use crate::metrics::Metrics;
-use crate::produce::SEGMENT_PREFIX;
+use crate::produce::{SEGMENT_PREFIX, segment_created_ms};
 
 pub async fn run(
     config: Arc<AgentConfig>,
@@ -68,18 +68,29 @@ pub enum SweepError {
 }
 
 /// One pass at wall-clock time `now_ms`. Returns how many objects were deleted.
+///
+/// Safe by construction (RFC 0004): first the index's deletion boundary is advanced to
+/// `now - grace` — from then on the index refuses to commit any segment created before it —
+/// and only then are segments older than the boundary that no run refers to deleted. A
+/// commit that stalled (lock waits, a paused process, a skewed clock) is either visible
+/// as a reference when the sweeper looks, or refused: never an ack for a deleted object.
 pub async fn sweep_once(
     store: &Arc<dyn ObjectStore>,
     index: &dyn Index,
     grace: Duration,
     now_ms: i64,
 ) -> Result<u64, SweepError> {
-    let cutoff = now_ms - grace.as_millis() as i64;
+    let cutoff = now_ms - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    let boundary = index.advance_deletion_boundary(cutoff).await?;
     let mut listing = store.list(Some(&Path::from(SEGMENT_PREFIX)));
     let mut deleted = 0;
     while let Some(meta) = listing.next().await {
         let meta = meta?;
-        if meta.last_modified.timestamp_millis() > cutoff {
+        // Floe's keys carry their creation time; anything else under the prefix (never
+        // committed by construction) goes by its modification time.
+        let created = segment_created_ms(meta.location.as_ref())
+            .unwrap_or_else(|| meta.last_modified.timestamp_millis());
+        if created >= boundary {
             continue;
         }
         if index.segment_referenced(meta.location.as_ref()).await? {

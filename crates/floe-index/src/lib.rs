@@ -55,6 +55,12 @@ pub enum IndexError {
     /// commit was rolled back. (Cannot happen while leases end at the commit deadline.)
     #[error("idempotency key {0:?} is no longer held by this attempt; nothing committed")]
     IdempotencyLost(String),
+    /// The segment was created before the deletion boundary: the sweeper may already have
+    /// deleted it, so its runs must never be committed. Nothing was committed.
+    #[error(
+        "segment created at {created_ms} is older than the deletion boundary {boundary_ms}; nothing committed"
+    )]
+    SegmentTooOld { created_ms: i64, boundary_ms: i64 },
 }
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
@@ -116,6 +122,9 @@ pub struct SegmentCommit {
     /// process) cannot land after its producers were told it failed, nor after the
     /// sweeper may consider its segment an orphan.
     pub deadline_unix_ms: i64,
+    /// When the segment object was created (the time in its key, RFC 0004): a commit of a
+    /// segment older than the deletion boundary is refused in the transaction.
+    pub created_ms: i64,
     /// Consumer-state writes that commit together with the runs, or not at all: each is a
     /// compare-and-swap like [`Index::store_state`]; if any finds another version, the
     /// whole commit fails with [`IndexError::StateConflict`]. (Dead-lettering uses this:
@@ -359,6 +368,10 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     async fn commit_offsets(&self, c: OffsetCommit) -> Result<()>;
     /// A group's committed offsets (rows written by `commit_offsets`).
     async fn group_offsets(&self, topic_id: i64, group: &str) -> Result<BTreeMap<u32, u64>>;
+    /// Advance the deletion boundary to `to_ms` (it never moves back) and return it. Once
+    /// it returns, no segment created before the boundary can be committed any more, so
+    /// the sweeper may delete such segments that no run refers to (RFC 0004).
+    async fn advance_deletion_boundary(&self, to_ms: i64) -> Result<i64>;
     /// Hold an idempotency key for a produce attempt, or say why not (RFC 0003). The
     /// decision is `floe_core::idempotency::begin`, taken in one transaction.
     async fn idempotency_begin(&self, b: IdempotencyBegin) -> Result<IdempotencyVerdict>;

@@ -83,6 +83,11 @@ CREATE TABLE IF NOT EXISTS floe_idempotency (
     PRIMARY KEY (topic_id, key)
 );
 CREATE INDEX IF NOT EXISTS floe_idempotency_by_expiry ON floe_idempotency (expires);
+CREATE TABLE IF NOT EXISTS floe_deletion_boundary (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    boundary_ms BIGINT NOT NULL
+);
+INSERT INTO floe_deletion_boundary (id, boundary_ms) VALUES (0, -9223372036854775808) ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS floe_group_offsets (
     topic_id BIGINT NOT NULL,
     grp TEXT NOT NULL,
@@ -175,6 +180,23 @@ impl PostgresIndex {
             other => CommitError::Pool(other.to_string()),
         })?;
         let tx = c.transaction().await?;
+        if !seg.runs.is_empty() {
+            // FOR SHARE: an advance of the boundary waits for this commit, or this commit
+            // sees the advanced boundary — never both sides of it.
+            let boundary: i64 = tx
+                .query_one(
+                    "SELECT boundary_ms FROM floe_deletion_boundary WHERE id = 0 FOR SHARE",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if seg.created_ms < boundary {
+                return Err(CommitError::Index(IndexError::SegmentTooOld {
+                    created_ms: seg.created_ms,
+                    boundary_ms: boundary,
+                }));
+            }
+        }
         let mut keys: Vec<(i64, i32)> = seg
             .runs
             .iter()
@@ -641,6 +663,18 @@ impl Index for PostgresIndex {
     ) -> Result<bool> {
         let c = self.client().await?;
         cas_state(&c, key, expected, &data).await.map_err(pg)
+    }
+
+    async fn advance_deletion_boundary(&self, to_ms: i64) -> Result<i64> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(
+                "UPDATE floe_deletion_boundary SET boundary_ms = GREATEST(boundary_ms, $1) WHERE id = 0 RETURNING boundary_ms",
+                &[&to_ms],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.get(0))
     }
 
     async fn idempotency_begin(&self, b: IdempotencyBegin) -> Result<IdempotencyVerdict> {

@@ -71,6 +71,11 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (topic_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires);
+CREATE TABLE IF NOT EXISTS deletion_boundary (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    boundary_ms INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO deletion_boundary (id, boundary_ms) VALUES (0, -9223372036854775808);
 CREATE TABLE IF NOT EXISTS group_offsets (
     topic_id INTEGER NOT NULL,
     grp TEXT NOT NULL,
@@ -283,6 +288,17 @@ impl Index for SqliteIndex {
         let clock = self.clock.clone();
         self.write(move |c| {
             let tx = c.transaction()?;
+            if !seg.runs.is_empty() {
+                let boundary: i64 = tx
+                    .prepare_cached("SELECT boundary_ms FROM deletion_boundary WHERE id = 0")?
+                    .query_row([], |r| r.get(0))?;
+                if seg.created_ms < boundary {
+                    return Err(IndexError::SegmentTooOld {
+                        created_ms: seg.created_ms,
+                        boundary_ms: boundary,
+                    });
+                }
+            }
             let mut ends: HashMap<(i64, u32), Option<u64>> = HashMap::new();
             {
                 let mut st = tx.prepare_cached("SELECT next_offset FROM partitions WHERE topic_id = ?1 AND partition = ?2")?;
@@ -431,6 +447,16 @@ impl Index for SqliteIndex {
         let key = key.clone();
         self.write(move |c| cas_state(c, &key, expected, &data))
             .await
+    }
+
+    async fn advance_deletion_boundary(&self, to_ms: i64) -> Result<i64> {
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE deletion_boundary SET boundary_ms = MAX(boundary_ms, ?1) WHERE id = 0 RETURNING boundary_ms",
+            )?
+            .query_row([to_ms], |r| r.get(0))?)
+        })
+        .await
     }
 
     async fn idempotency_begin(&self, b: IdempotencyBegin) -> Result<IdempotencyVerdict> {

@@ -36,6 +36,7 @@ fn seg(key: &str, runs: Vec<RunCommit>) -> SegmentCommit {
         size: 100,
         runs,
         deadline_unix_ms: i64::MAX,
+        created_ms: 0,
         state_writes: Vec::new(),
         idempotency: Vec::new(),
     }
@@ -763,6 +764,33 @@ async fn idempotency_keys_complete_in_the_commit(i: Idx) {
     );
 }
 
+/// The deletion boundary (RFC 0004) only moves forward, and a segment created before it
+/// is never committed: the whole commit is refused and lands nothing.
+async fn segments_older_than_the_deletion_boundary_are_never_committed(i: Idx) {
+    let t = i.create_topic(new_topic("t", 1)).await.unwrap();
+    assert_eq!(i.advance_deletion_boundary(1000).await.unwrap(), 1000);
+    assert_eq!(
+        i.advance_deletion_boundary(500).await.unwrap(),
+        1000,
+        "never back"
+    );
+    let mut old = seg("old", vec![run(t.id, 0, 3)]);
+    old.created_ms = 999;
+    assert!(matches!(
+        i.commit(old).await,
+        Err(IndexError::SegmentTooOld {
+            created_ms: 999,
+            boundary_ms: 1000
+        })
+    ));
+    assert_eq!(i.end_offset(t.id, 0).await.unwrap(), Some(0));
+    assert!(!i.segment_referenced("old").await.unwrap());
+    let mut fresh = seg("fresh", vec![run(t.id, 0, 3)]);
+    fresh.created_ms = 1000;
+    let _ = i.commit(fresh).await.unwrap();
+    assert_eq!(i.end_offset(t.id, 0).await.unwrap(), Some(3));
+}
+
 /// Runs every clause against one backend: `$open` is an async expression giving a fresh
 /// `Idx` (and something to keep alive while it is used).
 macro_rules! conformance {
@@ -816,6 +844,11 @@ macro_rules! conformance {
         async fn idempotency_keys_complete_in_the_commit() {
             let (_g, i) = $open().await;
             super::idempotency_keys_complete_in_the_commit(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn segments_older_than_the_deletion_boundary_are_never_committed() {
+            let (_g, i) = $open().await;
+            super::segments_older_than_the_deletion_boundary_are_never_committed(i).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_cas_loses_no_update() {
