@@ -285,7 +285,7 @@ impl Broker {
         }
         let member_id = match &req.member_id {
             Some(m) => valid_name("member", m)?,
-            None => format!("m-{}", uuid::Uuid::now_v7().simple()),
+            None => crate::ids::member_id(s.clock.now_ms()),
         };
         let (parts, max) = (topic.partitions, l.max_group_members);
         let now = s.clock.now_ms();

@@ -23,6 +23,7 @@ pub mod error;
 pub mod faults;
 pub mod fetch;
 pub mod groups;
+mod ids;
 pub mod metrics;
 pub mod names;
 pub mod notify;

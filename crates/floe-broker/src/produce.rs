@@ -40,15 +40,9 @@ pub const SEGMENT_PREFIX: &str = "segments";
 /// the engine's clock (its random bits keep keys unique), so the sweeper can tell a
 /// segment's age from its key alone ([`segment_created_ms`]).
 pub fn segment_key(created_ms: i64, agent_id: &str) -> String {
-    let ms = u64::try_from(created_ms).unwrap_or(0);
-    let ts = uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        ms / 1000,
-        u32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
-    );
     format!(
         "{SEGMENT_PREFIX}/{}-{agent_id}.parquet",
-        uuid::Uuid::new_v7(ts)
+        crate::ids::uuid_v7_at(created_ms)
     )
 }
 

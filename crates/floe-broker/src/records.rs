@@ -238,7 +238,7 @@ impl Broker {
     ) -> BrokerResult<Result<i64, Vec<RecordOffset>>> {
         let now = self.clock.now_ms();
         let ttl = i64::try_from(self.config.idempotency_ttl.as_millis()).unwrap_or(i64::MAX);
-        let token = rand::random::<i64>();
+        let token = crate::ids::attempt_token();
         let verdict = self
             .index
             .idempotency_begin(IdempotencyBegin {

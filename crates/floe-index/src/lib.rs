@@ -174,6 +174,16 @@ pub struct IdempotencyCompletion {
     pub places: Vec<(u32, u64)>,
 }
 
+/// The replayed answer of a completed key (both backends): its stored offsets.
+pub fn replay(key: &str, answer: Option<&str>) -> Result<IdempotencyVerdict> {
+    let answer = answer.ok_or_else(|| {
+        IndexError::Corrupt(format!("idempotency key {key:?} done without an answer"))
+    })?;
+    floe_core::idempotency::decode_offsets(answer)
+        .map(IdempotencyVerdict::Replay)
+        .map_err(|e| IndexError::Corrupt(format!("idempotency answer of {key:?}: {e}")))
+}
+
 /// The stored answer for a completion, from the commit's run outcomes: `None` when a run
 /// of the request was not committed (its topic is gone; so is the key's row).
 pub fn completion_answer(

@@ -18,6 +18,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tracing::{Instrument, info_span, warn};
 
+use crate::replay;
 use crate::{
     CommitSink, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
     PartitionOffsets, Result, RunEntry, RunOutcome, SegmentCommit, StateKey, StateKind, TopicMeta,
@@ -725,15 +726,7 @@ impl Index for PostgresIndex {
             }
             idempotency::Begin::Replay => {
                 let answer: Option<String> = r.get(4);
-                let answer = answer.ok_or_else(|| {
-                    IndexError::Corrupt(format!(
-                        "idempotency key {:?} done without an answer",
-                        b.key
-                    ))
-                })?;
-                IdempotencyVerdict::Replay(idempotency::decode_offsets(&answer).map_err(|e| {
-                    IndexError::Corrupt(format!("idempotency answer of {:?}: {e}", b.key))
-                })?)
+                replay(&b.key, answer.as_deref())?
             }
             idempotency::Begin::Mismatch => IdempotencyVerdict::Mismatch,
             idempotency::Begin::InFlight => IdempotencyVerdict::InFlight,

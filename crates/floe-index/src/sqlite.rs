@@ -12,6 +12,7 @@ use floe_core::idempotency;
 use floe_core::log::assign_offsets;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::replay;
 use crate::{
     IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
     PartitionOffsets, Result, RunEntry, RunOutcome, SegmentCommit, StateKey, StateKind, TopicMeta,
@@ -497,12 +498,7 @@ impl Index for SqliteIndex {
                     IdempotencyVerdict::Started
                 }
                 idempotency::Begin::Replay => {
-                    let answer = row.and_then(|r| r.4).ok_or_else(|| {
-                        IndexError::Corrupt(format!("idempotency key {:?} done without an answer", b.key))
-                    })?;
-                    IdempotencyVerdict::Replay(idempotency::decode_offsets(&answer).map_err(|e| {
-                        IndexError::Corrupt(format!("idempotency answer of {:?}: {e}", b.key))
-                    })?)
+                    replay(&b.key, row.as_ref().and_then(|r| r.4.as_deref()))?
                 }
                 idempotency::Begin::Mismatch => IdempotencyVerdict::Mismatch,
                 idempotency::Begin::InFlight => IdempotencyVerdict::InFlight,
