@@ -61,6 +61,10 @@ pub(crate) struct ProduceArgs {
     /// Lines per produce request.
     #[arg(long, default_value_t = 500)]
     batch: usize,
+    /// Attempts per request on a retryable failure (503, connection error, key in flight).
+    /// Every request carries an Idempotency-Key, so a retry never writes a batch twice.
+    #[arg(long, default_value_t = 5)]
+    attempts: u32,
 }
 
 pub(crate) async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
@@ -73,11 +77,29 @@ pub(crate) async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
     };
     let mut batch = Vec::new();
     let mut total = 0usize;
-    let send = |batch: Vec<ProduceRecord>| {
+    // One key per batch: this run's id and the batch number (RFC 0003).
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut seq = 0u64;
+    let attempts = a.attempts.max(1);
+    let mut send = |batch: Vec<ProduceRecord>| {
         let c = c.clone();
         let topic = a.topic.clone();
+        seq += 1;
+        let key = format!("floe-cli-{run_id}-{seq}");
         async move {
-            let r = c.produce(&topic, batch).await?;
+            let mut attempt = 1;
+            let r = loop {
+                match c.produce_with_key(&topic, batch.clone(), &key).await {
+                    Ok((r, _replayed)) => break r,
+                    Err(e) if e.is_retryable() && attempt < attempts => {
+                        eprintln!("attempt {attempt} failed ({e}); retrying with the same key");
+                        tokio::time::sleep(std::time::Duration::from_millis(200 << attempt.min(5)))
+                            .await;
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             for o in &r.offsets {
                 eprintln!("partition {} offset {}", o.partition, o.offset);
             }
