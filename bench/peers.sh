@@ -49,11 +49,12 @@ pid_of() {
     rabbitmq) pgrep -f 'beam.smp.*rabbit' | head -1 ;;
   esac
 }
-run() { # broker mode producers
+run() { # broker mode producers [extra args]
   local b=$1 mode=$2 p=$3 url=()
+  shift 3
   [ "$b" = floe ] && { start_floe; url=(--url http://127.0.0.1:7191); }
   "$PEERS" --broker "$b" --mode "$mode" --producers "$p" --records "$RECORDS" \
-    --rate "$RATE" --seconds "$SECS" --broker-pid "$(pid_of "$b")" "${url[@]}" | tee -a "$out"
+    --rate "$RATE" --seconds "$SECS" --broker-pid "$(pid_of "$b")" "${url[@]}" "$@" | tee -a "$out"
   [ "$b" = floe ] && stop_floe
   return 0
 }
@@ -61,6 +62,10 @@ for rep in $(seq 1 "$REPS"); do
   for b in $BROKERS; do
     for p in $PRODUCERS; do run "$b" throughput "$p"; done
     run "$b" latency 8
+    # Floe also with Arrow IPC produce bodies (FLOE_ARROW=0 to skip).
+    if [ "$b" = floe ] && [ "${FLOE_ARROW:-1}" = 1 ]; then
+      for p in $PRODUCERS; do run "$b" throughput "$p" --floe-format arrow; done
+    fi
   done
 done
 echo "== medians of $REPS (throughput: batch-ack latency; latency: single records at $RATE/s)"
@@ -71,8 +76,8 @@ for line in open(sys.argv[1]):
     if not line.startswith("RESULT"): continue
     f = dict(kv.split("=", 1) for kv in line.split()[1:])
     runs[(f["broker"], f["mode"], f["producers"])].append(f)
-print(f"{'broker':9} {'mode':10} {'prod':>4} {'rec/s':>9} {'MiB/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'cpu %':>6}")
+print(f"{'broker':11} {'mode':10} {'prod':>4} {'rec/s':>9} {'MiB/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'cpu %':>6}")
 for (b, m, p), fs in sorted(runs.items()):
     med = lambda k: statistics.median(float(x[k]) for x in fs if x[k] != "-") if any(x[k] != "-" for x in fs) else float("nan")
-    print(f"{b:9} {m:10} {p:>4} {med('rec_s'):9.0f} {med('mib_s'):7.1f} {med('p50_ms'):7.2f} {med('p99_ms'):7.2f} {med('broker_cpu_pct'):6.0f}")
+    print(f"{b:11} {m:10} {p:>4} {med('rec_s'):9.0f} {med('mib_s'):7.1f} {med('p50_ms'):7.2f} {med('p99_ms'):7.2f} {med('broker_cpu_pct'):6.0f}")
 PY

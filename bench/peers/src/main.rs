@@ -64,6 +64,12 @@ enum Broker {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum FloeFormat {
+    Json,
+    Arrow,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Mode {
     Throughput,
     Latency,
@@ -96,6 +102,9 @@ struct Args {
     /// The broker's process id: its CPU time during the run is reported.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Floe's produce body: JSON, or an Arrow IPC stream.
+    #[arg(long, value_enum, default_value = "json")]
+    floe_format: FloeFormat,
 }
 
 /// A connection that can send a batch and wait for its durable acknowledgement.
@@ -104,6 +113,7 @@ enum Sender {
     Floe {
         http: reqwest::Client,
         url: String,
+        format: FloeFormat,
     },
     Nats(async_nats::jetstream::Context),
     Redis(redis::aio::MultiplexedConnection),
@@ -116,11 +126,21 @@ impl Sender {
         let first = next_values(n);
         let values = (0..n).map(|i| &pool[(first + i) % pool.len()]);
         match self {
-            Self::Floe { http, url } => {
-                let body = floe_body(values);
+            Self::Floe { http, url, format } => {
+                let (body, content_type) = match format {
+                    FloeFormat::Json => (floe_body(values), "application/json"),
+                    FloeFormat::Arrow => {
+                        let parts: Vec<floe_core::ipc::RecordParts<'_>> =
+                            values.map(|v| (None, v.as_ref(), None)).collect();
+                        (
+                            floe_core::ipc::encode_produce(&parts)?,
+                            floe_core::ipc::ARROW_STREAM,
+                        )
+                    }
+                };
                 let r = http
                     .post(format!("{url}/v1/topics/{NAME}/records"))
-                    .header("content-type", "application/json")
+                    .header("content-type", content_type)
                     .body(body)
                     .send()
                     .await?;
@@ -212,6 +232,7 @@ async fn setup(a: &Args) -> Result<Vec<Sender>> {
                 .map(|_| Sender::Floe {
                     http: http.clone(),
                     url: url.clone(),
+                    format: a.floe_format,
                 })
                 .collect())
         }
@@ -386,8 +407,13 @@ async fn main() -> Result<()> {
     });
     let rate = records as f64 / secs;
     println!(
-        "RESULT broker={:?} mode={:?} producers={} records={} secs={:.2} rec_s={:.0} mib_s={:.1} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} broker_cpu_pct={}",
+        "RESULT broker={:?}{} mode={:?} producers={} records={} secs={:.2} rec_s={:.0} mib_s={:.1} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} broker_cpu_pct={}",
         a.broker,
+        if a.broker == Broker::Floe && a.floe_format == FloeFormat::Arrow {
+            "-arrow"
+        } else {
+            ""
+        },
         a.mode,
         a.producers,
         records,
