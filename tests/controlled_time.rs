@@ -307,3 +307,88 @@ async fn group_offsets_are_rows_and_legacy_blob_offsets_still_count() {
         .collect();
     assert_eq!(firsts, vec![(0, Some(3)), (1, Some(4))]);
 }
+
+/// Retention by record time (RFC 0004): once records are older than the topic's
+/// `retention_ms` on the engine's clock, the sweeper drops them (whole runs), the
+/// partition's start offset advances, a fetch below it is 416, and consumer groups and
+/// queues positioned below it move on to what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_old_records_and_consumers_move_on() {
+    let h = harness(AgentConfig {
+        sweep_interval: Duration::from_millis(50),
+        ..AgentConfig::default()
+    })
+    .await;
+    let c = &h.client;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/topics", c.base()))
+        .json(&serde_json::json!({"name": "r", "partitions": 1, "retention_ms": 60_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let _ = c
+        .produce("r", vec![rec("old-1"), rec("old-2")])
+        .await
+        .unwrap();
+    // A group member that committed before retention, at offset 1.
+    let a = c
+        .join_group("r", "g", &JoinGroupRequest::default())
+        .await
+        .unwrap();
+    c.commit("r", "g", &a.member_id, a.generation, &[(0, 1)])
+        .await
+        .unwrap();
+    h.clock.advance_ms(120_000);
+    let _ = c.produce("r", vec![rec("new")]).await.unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let d = c.describe_topic("r").await.unwrap();
+        if d.partitions[0].start_offset == 2 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "retention did not run: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e = c
+        .fetch("r", 0, 0, FetchOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("offset_out_of_range"), "{e}");
+    let got = c.fetch("r", 0, 2, FetchOptions::default()).await.unwrap();
+    assert_eq!(got.records[0].value.as_deref(), Some("new"));
+    // The group moves from its committed offset 1 to the start (one record skipped). (Its
+    // member's session ended while the clock moved: it joins again, same id.)
+    let a = c
+        .join_group(
+            "r",
+            "g",
+            &JoinGroupRequest {
+                member_id: Some(a.member_id.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let f = c
+        .group_fetch("r", "g", &a.member_id, None, FetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(f.partitions[0].records[0].offset, 2);
+    assert!(
+        c.metric("floe_retention_skipped_records_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    // A queue starts at what is left.
+    let q = c
+        .receive("r", "w", &ReceiveRequest::default())
+        .await
+        .unwrap();
+    let offsets: Vec<u64> = q.records.iter().map(|r| r.record.offset).collect();
+    assert_eq!(offsets, vec![2]);
+}

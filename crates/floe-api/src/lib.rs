@@ -26,7 +26,9 @@ pub struct CreateTopicRequest {
     pub name: String,
     /// 1 ≤ partitions ≤ the agent's `max_partitions`.
     pub partitions: i64,
-    /// Stored with the topic; retention is not enforced yet.
+    /// Keep records for at least this long (by record time), then drop them whole runs at a
+    /// time: the partition's start offset advances (fetches below it get 416). Default:
+    /// forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -319,6 +319,17 @@ impl Index for DeadlineIndex {
         )
         .await
     }
+    async fn apply_retention(
+        &self,
+        topic_id: i64,
+        cutoff_ms: i64,
+    ) -> floe_index::Result<Vec<(u32, u64)>> {
+        self.within(
+            "apply_retention",
+            self.inner.apply_retention(topic_id, cutoff_ms),
+        )
+        .await
+    }
     async fn watch_commits(&self, sink: CommitSink, stop: tokio::sync::watch::Receiver<bool>) {
         self.inner.watch_commits(sink, stop).await;
     }

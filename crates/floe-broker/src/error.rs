@@ -78,6 +78,16 @@ impl BrokerError {
             ),
         )
     }
+    /// An offset below the start of a partition's log (dropped by retention).
+    pub fn below_start(offset: u64, partition: u32, start: u64) -> Self {
+        Self::new(
+            ErrorKind::OutOfRange,
+            "offset_out_of_range",
+            format!(
+                "offset {offset} is below the start of partition {partition} (start_offset {start}): older records were dropped by retention"
+            ),
+        )
+    }
     /// An index failure: a passed deadline and unreachable index are retryable, a lost
     /// compare-and-swap inside a commit is a conflict.
     pub fn index(e: &IndexError) -> Self {

@@ -135,6 +135,16 @@ impl Reader {
             .runs_from(topic.id, partition, offset, RUNS_PER_FETCH)
             .await
             .map_err(|e| BrokerError::index(&e))?;
+        // Runs below the partition's start offset were dropped by retention.
+        if let Some(first) = entries.first()
+            && first.base_offset > offset
+        {
+            return Err(BrokerError::below_start(
+                offset,
+                partition,
+                first.base_offset,
+            ));
+        }
         let (plan, _) = plan_fetch(&entries, offset, max_records);
         let mut out = Fetched::empty(offset);
         let mut bytes = 0usize;

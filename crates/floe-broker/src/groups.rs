@@ -573,7 +573,13 @@ impl Broker {
                 let first = ROTATE.fetch_add(1, Ordering::Relaxed) % n;
                 for i in 0..assigned.len() {
                     let p = assigned[(first + i) % n];
+                    let (start, _) = ends.get(&p).copied().unwrap_or((0, 0));
                     let from = pos.get(&p).copied().unwrap_or(0);
+                    // Retention dropped records this member had not read: move on (counted).
+                    if from < start {
+                        s.metrics.retention_skipped.inc_by(start - from);
+                    }
+                    let from = from.max(start);
                     let end = ends.get(&p).map_or(0, |e| e.1);
                     let fetched = if from < end && left_records > 0 && left_bytes > 0 {
                         s.reader

@@ -15,6 +15,9 @@ pub struct Metrics {
     pub segments_written: IntCounter,
     pub flush_failures: IntCounter,
     pub orphans_deleted: IntCounter,
+    /// Records that consumers (group positions, queue partitions) skipped because
+    /// retention dropped them before they were read.
+    pub retention_skipped: IntCounter,
     pub store_requests: IntCounterVec,
     pub cache: IntCounterVec,
     pub flush_bytes: Histogram,
@@ -166,6 +169,11 @@ impl Metrics {
                 &r,
                 "floe_consumer_state_conflicts_total",
                 "Compare-and-swap conflicts on group/queue state (retried)",
+            )?,
+            retention_skipped: counter(
+                &r,
+                "floe_retention_skipped_records_total",
+                "Records consumers skipped because retention dropped them before they were read",
             )?,
             idempotent_replays: counter(
                 &r,

@@ -139,7 +139,9 @@ async fn next_key_hashes(
 ) -> BrokerResult<KeyHashes> {
     let st: Option<SharePartition> =
         crate::state::load(&s.index, &share_key(topic, group, po.partition)).await?;
-    let (start, next) = st.map_or((po.start_offset, po.start_offset), |st| (st.start, st.next));
+    let (start, next) = st.map_or((po.start_offset, po.start_offset), |st| {
+        (st.start.max(po.start_offset), st.next.max(po.start_offset))
+    });
     let room = s
         .config
         .limits
@@ -629,13 +631,17 @@ impl Broker {
                 } else {
                     None
                 };
-                let (acquired, jobs) = crate::state::update(
+                let (acquired, jobs, skipped) = crate::state::update(
                     &s.index,
                     &s.metrics,
                     &share_key(&topic, &group, p),
                     || SharePartition::starting_at(po.start_offset),
                     share_invariants,
                     |st| {
+                        // Retention moved the log's start past records of this queue.
+                        let before = st.start;
+                        let skipped = st.skip_below(po.start_offset);
+                        let moved = st.start != before;
                         let jobs = st.expire(now, max_deliveries, retry_ms);
                         let a = st.acquire(
                             now,
@@ -646,11 +652,12 @@ impl Broker {
                             visibility,
                             keys.as_ref(),
                         );
-                        let changed = !jobs.is_empty() || !a.records.is_empty();
-                        Ok(((a, jobs), changed))
+                        let changed = moved || !jobs.is_empty() || !a.records.is_empty();
+                        Ok(((a, jobs, skipped), changed))
                     },
                 )
                 .await?;
+                s.metrics.retention_skipped.inc_by(skipped);
                 if let Some(t) = acquired.next_change_ms {
                     next_change = Some(next_change.map_or(t, |n: i64| n.min(t)));
                 }

@@ -65,8 +65,47 @@ pub fn plan_fetch<R: RunSpan>(runs: &[R], offset: u64, max_records: usize) -> (V
     (out, next)
 }
 
+/// Retention by record time (RFC 0004): the partition's new start offset once the runs
+/// whose **newest** record is older than `cutoff_ms` are dropped — a prefix of the runs
+/// (sorted by base offset) only, so the log stays contiguous. `None`: nothing expires.
+/// A run expires whole, so no record younger than the cutoff is ever dropped.
+pub fn retention_start(runs: &[(u64, u32, i64)], cutoff_ms: i64) -> Option<u64> {
+    let mut start = None;
+    for (base, records, max_ts) in runs {
+        if *max_ts >= cutoff_ms {
+            break;
+        }
+        if start.is_some_and(|s| s != *base) {
+            break; // a gap: never reach past it
+        }
+        start = Some(base + u64::from(*records));
+    }
+    start
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn retention_drops_a_prefix_of_whole_expired_runs() {
+        // (base, records, newest timestamp)
+        let runs = [(0, 3, 10), (3, 2, 20), (5, 4, 40), (9, 1, 15)];
+        assert_eq!(retention_start(&runs, 5), None);
+        assert_eq!(retention_start(&runs, 11), Some(3));
+        assert_eq!(
+            retention_start(&runs, 30),
+            Some(5),
+            "stops at the first live run"
+        );
+        assert_eq!(retention_start(&runs, 100), Some(10));
+        assert_eq!(
+            retention_start(&[(0, 3, 1), (4, 1, 1)], 100),
+            Some(3),
+            "gap"
+        );
+        assert_eq!(retention_start(&[], 100), None);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -448,6 +448,27 @@ impl SharePartition {
         false
     }
 
+    /// The log's start moved to `offset` (retention): records below it are gone, whatever
+    /// their delivery state (their receipts go stale). Returns how many undelivered or
+    /// unfinished records were skipped.
+    pub fn skip_below(&mut self, offset: u64) -> u64 {
+        if offset <= self.start {
+            return 0;
+        }
+        let mut skipped = offset.saturating_sub(self.next.max(self.start));
+        let kept = self.records.split_off(&offset);
+        skipped += self
+            .records
+            .values()
+            .filter(|d| d.state != State::Acked)
+            .count() as u64;
+        self.records = kept;
+        self.start = offset;
+        self.next = self.next.max(offset);
+        self.advance();
+        skipped
+    }
+
     /// Move `start` past the acknowledged prefix.
     fn advance(&mut self) {
         while let Some(d) = self.records.get(&self.start) {
@@ -499,6 +520,28 @@ impl SharePartition {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn skip_below_drops_what_retention_removed_and_keeps_the_rest() {
+        let mut s = SharePartition::starting_at(0);
+        assert_eq!(s.acquire(0, 4, 10, 100, "c", 1000, None).records.len(), 4);
+        let _ = s.settle(r(0, 1), &Settle::Ack, 1, 5).unwrap();
+        // 1..4 in flight; the log now starts at 2: 1 is lost, 2 and 3 stay held.
+        assert_eq!(s.skip_below(2), 1);
+        assert_eq!((s.start, s.next), (2, 4));
+        s.check(100).unwrap();
+        assert!(
+            s.settle(r(1, 1), &Settle::Ack, 2, 5).is_err(),
+            "receipt below start is stale"
+        );
+        let _ = s.settle(r(2, 1), &Settle::Ack, 2, 5).unwrap();
+        // Past everything delivered: 3 in flight and 4..7 never delivered are skipped.
+        assert_eq!(s.skip_below(7), 4);
+        assert_eq!((s.start, s.next), (7, 7));
+        s.check(100).unwrap();
+        assert_eq!(s.skip_below(3), 0, "never backwards");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -330,6 +330,9 @@ pub fn fence(group_blob: Option<&[u8]>, c: &OffsetCommit) -> Result<()> {
     .map_err(IndexError::Fenced)
 }
 
+/// Runs looked at per partition and retention pass (the rest waits for the next pass).
+pub const RETENTION_RUNS_PER_PASS: i64 = 10_000;
+
 /// The metadata index. Implementations must make `commit` atomic: all runs whose topic
 /// exists are committed together, or none is.
 #[async_trait]
@@ -378,6 +381,11 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     async fn commit_offsets(&self, c: OffsetCommit) -> Result<()>;
     /// A group's committed offsets (rows written by `commit_offsets`).
     async fn group_offsets(&self, topic_id: i64, group: &str) -> Result<BTreeMap<u32, u64>>;
+    /// Retention by record time (RFC 0004): per partition of the topic, drop the prefix of
+    /// runs whose newest record is older than `cutoff_ms` (`floe_core::log::retention_start`,
+    /// at most `RETENTION_RUNS_PER_PASS` runs a pass) and advance the partition's start
+    /// offset, in one transaction. Returns (partition, new start) of the partitions moved.
+    async fn apply_retention(&self, topic_id: i64, cutoff_ms: i64) -> Result<Vec<(u32, u64)>>;
     /// Advance the deletion boundary to `to_ms` (it never moves back) and return it. Once
     /// it returns, no segment created before the boundary can be committed any more, so
     /// the sweeper may delete such segments that no run refers to (RFC 0004).

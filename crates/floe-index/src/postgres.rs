@@ -666,6 +666,66 @@ impl Index for PostgresIndex {
         cas_state(&c, key, expected, &data).await.map_err(pg)
     }
 
+    async fn apply_retention(&self, topic_id: i64, cutoff_ms: i64) -> Result<Vec<(u32, u64)>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // Lock the partitions (as a commit does, in partition order) so that retention and
+        // a commit of the same partition serialize.
+        let parts = tx
+            .query(
+                "SELECT partition, start_offset, next_offset FROM floe_partitions WHERE topic_id = $1 ORDER BY partition FOR UPDATE",
+                &[&topic_id],
+            )
+            .await
+            .map_err(pg)?;
+        let mut moved = Vec::new();
+        for row in parts {
+            let p: i32 = row.get(0);
+            let (start, next) = (to_u64(row.get(1), "start")?, to_u64(row.get(2), "next")?);
+            let runs = tx
+                .query(
+                    "SELECT base_offset, records, max_ts FROM floe_runs WHERE topic_id = $1 AND partition = $2 ORDER BY base_offset LIMIT $3",
+                    &[&topic_id, &p, &crate::RETENTION_RUNS_PER_PASS],
+                )
+                .await
+                .map_err(pg)?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        to_u64(r.get(0), "base_offset")?,
+                        u32::try_from(r.get::<_, i32>(1))
+                            .map_err(|_| IndexError::Corrupt("negative run length".into()))?,
+                        r.get::<_, i64>(2),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let Some(new_start) = floe_core::log::retention_start(&runs, cutoff_ms) else {
+                continue;
+            };
+            if new_start <= start || new_start > next {
+                continue;
+            }
+            let ns = to_i64(new_start, "start")?;
+            let _ = tx
+                .execute(
+                    "DELETE FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset < $3",
+                    &[&topic_id, &p, &ns],
+                )
+                .await
+                .map_err(pg)?;
+            let _ = tx
+                .execute(
+                    "UPDATE floe_partitions SET start_offset = $3 WHERE topic_id = $1 AND partition = $2",
+                    &[&topic_id, &p, &ns],
+                )
+                .await
+                .map_err(pg)?;
+            moved.push((to_u32(p, "partition")?, new_start));
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(moved)
+    }
+
     async fn advance_deletion_boundary(&self, to_ms: i64) -> Result<i64> {
         let c = self.client().await?;
         let row = c

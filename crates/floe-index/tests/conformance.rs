@@ -791,6 +791,54 @@ async fn segments_older_than_the_deletion_boundary_are_never_committed(i: Idx) {
     assert_eq!(i.end_offset(t.id, 0).await.unwrap(), Some(3));
 }
 
+/// Retention (RFC 0004): the prefix of runs whose newest record is older than the cutoff
+/// is dropped and the start offset advances; a live run stops it; commits stay dense.
+async fn retention_drops_expired_runs_and_advances_the_start(i: Idx) {
+    let t = i.create_topic(new_topic("t", 2)).await.unwrap();
+    let timed = |records, max_ts| RunCommit {
+        min_timestamp_ms: max_ts,
+        max_timestamp_ms: max_ts,
+        ..run(t.id, 0, records)
+    };
+    for (n, (records, ts)) in [(2, 100), (3, 200), (1, 300), (4, 150)]
+        .into_iter()
+        .enumerate()
+    {
+        let _ = i
+            .commit(seg(&format!("s{n}"), vec![timed(records, ts)]))
+            .await
+            .unwrap();
+    }
+    // Runs: 0..2 @100, 2..5 @200, 5..6 @300, 6..10 @150 (a clock step back).
+    assert_eq!(i.apply_retention(t.id, 50).await.unwrap(), vec![]);
+    assert_eq!(i.apply_retention(t.id, 250).await.unwrap(), vec![(0, 5)]);
+    let offs = i.partition_offsets(t.id).await.unwrap();
+    assert_eq!((offs[0].start_offset, offs[0].end_offset), (5, 10));
+    assert_eq!(
+        (offs[1].start_offset, offs[1].end_offset),
+        (0, 0),
+        "other partition untouched"
+    );
+    let runs = i.runs_from(t.id, 0, 0, 100).await.unwrap();
+    assert_eq!(
+        runs.first().map(|r| r.base_offset),
+        Some(5),
+        "dropped runs are gone"
+    );
+    assert!(!i.segment_referenced("s0").await.unwrap());
+    assert!(i.segment_referenced("s2").await.unwrap());
+    // The run at 300 is live: the older run behind it (150) waits.
+    assert_eq!(i.apply_retention(t.id, 250).await.unwrap(), vec![]);
+    assert_eq!(i.apply_retention(t.id, 1000).await.unwrap(), vec![(0, 10)]);
+    let _ = i.commit(seg("s9", vec![timed(1, 2000)])).await.unwrap();
+    let offs = i.partition_offsets(t.id).await.unwrap();
+    assert_eq!(
+        (offs[0].start_offset, offs[0].end_offset),
+        (10, 11),
+        "still dense"
+    );
+}
+
 /// Runs every clause against one backend: `$open` is an async expression giving a fresh
 /// `Idx` (and something to keep alive while it is used).
 macro_rules! conformance {
@@ -849,6 +897,11 @@ macro_rules! conformance {
         async fn segments_older_than_the_deletion_boundary_are_never_committed() {
             let (_g, i) = $open().await;
             super::segments_older_than_the_deletion_boundary_are_never_committed(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn retention_drops_expired_runs_and_advances_the_start() {
+            let (_g, i) = $open().await;
+            super::retention_drops_expired_runs_and_advances_the_start(i).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_cas_loses_no_update() {
