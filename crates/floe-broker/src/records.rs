@@ -185,10 +185,13 @@ impl Broker {
         }
         let held = match (idempotency_key, fingerprint) {
             (Some(key), Some(fingerprint)) => {
-                match self
-                    .begin_idempotent(&topic, key, fingerprint, deadline)
-                    .await?
-                {
+                let begun = tokio::time::timeout_at(
+                    deadline.at,
+                    self.begin_idempotent(&topic, key, fingerprint, deadline),
+                )
+                .await
+                .map_err(|_| deadline_exceeded("holding the idempotency key"))??;
+                match begun {
                     Ok(token) => Some((key.to_string(), token)),
                     Err(offsets) => {
                         return Ok(Produced {
