@@ -392,3 +392,43 @@ async fn retention_drops_old_records_and_consumers_move_on() {
     let offsets: Vec<u64> = q.records.iter().map(|r| r.record.offset).collect();
     assert_eq!(offsets, vec![2]);
 }
+
+/// Idempotency keys (RFC 0003) are remembered for `idempotency_ttl` of the engine's clock:
+/// within it a reused key is refused, after it the key is forgotten (past its expiry it no
+/// longer counts; the sweeper also deletes the row) and a new request may use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_forgotten_after_their_ttl_of_clock_time() {
+    let h = harness(AgentConfig {
+        sweep_interval: Duration::from_millis(50),
+        idempotency_ttl: Duration::from_secs(60),
+        ..AgentConfig::default()
+    })
+    .await;
+    let c = &h.client;
+    let _ = c.create_topic("k", 1).await.unwrap();
+    let (first, _) = c
+        .produce_with_key("k", vec![rec("a")], "key-1")
+        .await
+        .unwrap();
+    // Sweeps run meanwhile; within the TTL the key still counts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.clock.advance_ms(59_000);
+    let e = c
+        .produce_with_key("k", vec![rec("b")], "key-1")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("idempotency_key_reused"));
+    let (again, replayed) = c
+        .produce_with_key("k", vec![rec("a")], "key-1")
+        .await
+        .unwrap();
+    assert!(replayed);
+    assert_eq!(again.offsets, first.offsets);
+    h.clock.advance_ms(2_000);
+    let (r, replayed) = c
+        .produce_with_key("k", vec![rec("b")], "key-1")
+        .await
+        .unwrap();
+    assert!(!replayed, "past the TTL the key is forgotten");
+    assert_eq!(r.offsets[0].offset, 1, "a new request, written");
+}
