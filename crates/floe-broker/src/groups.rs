@@ -523,7 +523,18 @@ impl Broker {
                 Err(e) => return Err(e),
             }
         }
-        let committed = s.committed(&topic, &group, &legacy).await?;
+        // Committed offsets are only the starting point of partitions the cursor does not
+        // cover: a steady fetch loop with a current cursor reads no offset rows.
+        let from_cursor = |p: &u32| {
+            cursor
+                .as_ref()
+                .is_some_and(|(cgen, c)| *cgen == generation && c.contains_key(p))
+        };
+        let committed = if assigned.iter().all(from_cursor) {
+            BTreeMap::new()
+        } else {
+            s.committed(&topic, &group, &legacy).await?
+        };
         let wait_cap = l.max_wait_ms.min(session / 2);
         let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(wait_cap));
         let deadline = tokio::time::Instant::now() + wait;
