@@ -7,8 +7,8 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
 use floe_api::{
-    CommitRequest, CreateTopicRequest, JoinGroupRequest, ProduceRequest, ReceiveRequest,
-    SettleRequest,
+    CommitRequest, CreateTopicRequest, InitProducerRequest, JoinGroupRequest, ProduceRequest,
+    ReceiveRequest, SettleRequest,
 };
 use floe_core::ipc::ARROW_STREAM;
 use serde::de::DeserializeOwned;
@@ -51,6 +51,7 @@ pub trait RequestBody: DeserializeOwned {
 }
 
 impl RequestBody for CreateTopicRequest {}
+impl RequestBody for InitProducerRequest {}
 impl RequestBody for ProduceRequest {
     const OBJECT_ARRAYS: &'static [&'static str] = &["records"];
 }

@@ -14,10 +14,11 @@ use axum::extract::State;
 use floe_api::{
     Assignment, CommitOffset, CommitRequest, CreateTopicRequest, Encoding, ErrorBody, ErrorDetail,
     FetchResponse, FetchedRecord, GroupDescription, GroupFetchResponse, GroupMemberInfo,
-    GroupPartitionLag, JoinGroupRequest, PartitionInfo, PartitionRecords, ProduceRecord,
-    ProduceRequest, ProduceResponse, QueueDescription, QueuePartitionState, QueuedRecord,
-    ReceiveRequest, ReceiveResponse, RecordOffset, ResetPolicy, SettleFailure, SettleRequest,
-    SettleResponse, TopicDescription, TopicInfo, TopicList, TopicSummary,
+    GroupPartitionLag, InitProducerRequest, JoinGroupRequest, PartitionInfo, PartitionRecords,
+    ProduceRecord, ProduceRequest, ProduceResponse, ProducerSessionInfo, QueueDescription,
+    QueuePartitionState, QueuedRecord, ReceiveRequest, ReceiveResponse, RecordOffset, ResetPolicy,
+    SettleFailure, SettleRequest, SettleResponse, TopicDescription, TopicInfo, TopicList,
+    TopicSummary,
 };
 use floe_broker::Broker;
 use floe_broker::groups::DEFAULT_SESSION_TIMEOUT_MS;
@@ -43,6 +44,7 @@ use crate::routes::{groups, ops, queues, records, stream, topics};
         topics::describe_topic,
         topics::delete_topic,
         records::produce,
+        records::init_producer,
         records::fetch,
         stream::stream,
         groups::list_groups,
@@ -73,6 +75,8 @@ use crate::routes::{groups, ops, queues, records, stream, topics};
         ProduceRequest,
         ProduceRecord,
         ProduceResponse,
+        InitProducerRequest,
+        ProducerSessionInfo,
         RecordOffset,
         FetchResponse,
         FetchedRecord,

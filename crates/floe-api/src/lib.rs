@@ -109,6 +109,25 @@ pub struct RecordOffset {
     pub offset: u64,
 }
 
+/// Start a producer session (`POST /v1/producers`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InitProducerRequest {
+    /// A stable name (1–255 visible ASCII characters): the same producer id comes back
+    /// with a new epoch, and every older session of that name is fenced. Without a name,
+    /// a new anonymous producer at epoch 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A producer session: send `Producer-Id`, `Producer-Epoch` and `Producer-Sequences` on
+/// every produce request.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ProducerSessionInfo {
+    pub producer_id: i64,
+    pub epoch: u32,
+}
+
 /// Offsets in request order; sent only after the records are durable and committed.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ProduceResponse {

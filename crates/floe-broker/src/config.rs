@@ -85,6 +85,9 @@ pub struct AgentConfig {
     pub store_timeout: Duration,
     /// How long a completed `Idempotency-Key` is remembered (RFC 0003).
     pub idempotency_ttl: Duration,
+    /// How long a producer session's sequence state is kept without a produce (RFC 0003
+    /// part 2); after it, the producer is unknown and must start a new session.
+    pub producer_ttl: Duration,
 }
 
 impl Default for AgentConfig {
@@ -114,6 +117,7 @@ impl Default for AgentConfig {
             index_timeout: Duration::from_secs(5),
             store_timeout: Duration::from_secs(10),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            producer_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -24,7 +24,7 @@ use object_store::{
 };
 
 use floe_index::{
-    CommitSink, Index, IndexError, NewTopic, PartitionOffsets, RunEntry, RunOutcome, SegmentCommit,
+    CommitSink, Committed, Index, IndexError, NewTopic, PartitionOffsets, RunEntry, SegmentCommit,
     StateKey, StateKind, TopicMeta, Versioned,
 };
 
@@ -224,11 +224,11 @@ impl Index for DeadlineIndex {
         self.within("end_offset", self.inner.end_offset(topic_id, partition))
             .await
     }
-    async fn commit(&self, seg: SegmentCommit) -> floe_index::Result<Vec<RunOutcome>> {
+    async fn commit_segment(&self, seg: SegmentCommit) -> floe_index::Result<Committed> {
         let left_ms = seg.deadline_unix_ms.saturating_sub(self.clock.now_ms());
         let budget = Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)).min(self.timeout)
             + COMMIT_SLACK;
-        tokio::time::timeout(budget, self.inner.commit(seg))
+        tokio::time::timeout(budget, self.inner.commit_segment(seg))
             .await
             .unwrap_or_else(|_| {
                 Err(IndexError::Timeout {
@@ -307,6 +307,18 @@ impl Index for DeadlineIndex {
             self.inner.idempotency_abandon(topic_id, key, token),
         )
         .await
+    }
+    async fn init_producer(
+        &self,
+        name: Option<&str>,
+        now_ms: i64,
+    ) -> floe_index::Result<(i64, u32)> {
+        self.within("init_producer", self.inner.init_producer(name, now_ms))
+            .await
+    }
+    async fn expire_producers(&self, cutoff_ms: i64) -> floe_index::Result<u64> {
+        self.within("expire_producers", self.inner.expire_producers(cutoff_ms))
+            .await
     }
     async fn expire_idempotency(&self, now_ms: i64) -> floe_index::Result<u64> {
         self.within("expire_idempotency", self.inner.expire_idempotency(now_ms))

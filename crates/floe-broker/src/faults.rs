@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use floe_index::{
-    CommitSink, Index, IndexError, NewTopic, PartitionOffsets, RunEntry, RunOutcome, SegmentCommit,
+    CommitSink, Committed, Index, IndexError, NewTopic, PartitionOffsets, RunEntry, SegmentCommit,
     StateKey, StateKind, TopicMeta, Versioned,
 };
 
@@ -64,9 +64,9 @@ impl Index for FaultIndex {
         wait_while(&self.hanging).await;
         self.inner.end_offset(topic_id, partition).await
     }
-    async fn commit(&self, seg: SegmentCommit) -> floe_index::Result<Vec<RunOutcome>> {
+    async fn commit_segment(&self, seg: SegmentCommit) -> floe_index::Result<Committed> {
         wait_while(&self.hanging).await;
-        let out = self.inner.commit(seg).await?;
+        let out = self.inner.commit_segment(seg).await?;
         let lose = self
             .lose_answers
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -146,6 +146,16 @@ impl Index for FaultIndex {
     ) -> floe_index::Result<()> {
         wait_while(&self.hanging).await;
         self.inner.idempotency_abandon(topic_id, key, token).await
+    }
+    async fn init_producer(
+        &self,
+        name: Option<&str>,
+        now_ms: i64,
+    ) -> floe_index::Result<(i64, u32)> {
+        self.inner.init_producer(name, now_ms).await
+    }
+    async fn expire_producers(&self, cutoff_ms: i64) -> floe_index::Result<u64> {
+        self.inner.expire_producers(cutoff_ms).await
     }
     async fn expire_idempotency(&self, now_ms: i64) -> floe_index::Result<u64> {
         wait_while(&self.hanging).await;

@@ -151,9 +151,12 @@ impl Reader {
         'runs: for s in plan {
             let entry = &entries[s.run];
             let run = self.run(topic, partition, entry).await?;
+            let skip = entry.row_first as usize;
             let mut to = s.from;
             for pos in s.from..s.to {
-                let v = run.get(pos).ok_or_else(|| corrupt(entry, "row missing"))?;
+                let v = run
+                    .get(skip + pos)
+                    .ok_or_else(|| corrupt(entry, "row missing"))?;
                 let size = v.size();
                 if out.count > 0 && bytes + size > max_bytes {
                     break;
@@ -166,9 +169,9 @@ impl Reader {
                 out.next = entry.base_offset + to as u64;
                 out.slices.push(RunSlice {
                     run,
-                    base_offset: entry.base_offset,
-                    from: s.from,
-                    to,
+                    from_offset: entry.base_offset + s.from as u64,
+                    from: skip + s.from,
+                    to: skip + to,
                 });
             }
             if to < s.to {
@@ -198,7 +201,7 @@ impl Reader {
                 let data = self.read_range(e, e.byte_start..e.byte_end).await?;
                 let loc_topic = topic.name.clone();
                 let (records, rg_first, rg_count, byte_start, size) = (
-                    e.records,
+                    e.row_first + e.records,
                     e.row_group_first,
                     e.row_group_count,
                     e.byte_start,
@@ -266,11 +269,11 @@ fn corrupt(e: &RunEntry, what: &str) -> BrokerError {
     )
 }
 
-/// Rows `from..to` of a decoded run whose first row has offset `base_offset`.
+/// Rows `from..to` of a decoded run; row `from` has offset `from_offset`.
 #[derive(Debug)]
 pub struct RunSlice {
     run: Arc<DecodedRun>,
-    base_offset: u64,
+    from_offset: u64,
     from: usize,
     to: usize,
 }
@@ -291,7 +294,7 @@ impl Fetched {
     ) -> Result<Vec<arrow_array::RecordBatch>, floe_core::segment::SegmentError> {
         let mut out = Vec::new();
         for s in &self.slices {
-            out.extend(s.run.fetch_batches(s.base_offset, s.from, s.to)?);
+            out.extend(s.run.fetch_batches(s.from_offset, s.from, s.to)?);
         }
         Ok(out)
     }
@@ -308,8 +311,9 @@ impl Fetched {
     /// (offset, record) in offset order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, RecordView<'_>)> {
         self.slices.iter().flat_map(|s| {
-            (s.from..s.to)
-                .filter_map(move |pos| Some((s.base_offset + pos as u64, s.run.get(pos)?)))
+            (s.from..s.to).filter_map(move |pos| {
+                Some((s.from_offset + (pos - s.from) as u64, s.run.get(pos)?))
+            })
         })
     }
 }

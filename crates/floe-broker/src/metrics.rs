@@ -33,6 +33,12 @@ pub struct Metrics {
     pub idempotent_replays: IntCounter,
     /// Idempotency-Key requests refused: reused for another body, or in flight.
     pub idempotency_refusals: IntCounterVec,
+    /// Producer-session batches answered with their first offsets (retries suppressed).
+    pub producer_duplicates: IntCounter,
+    /// Producer-session requests refused, by reason.
+    pub producer_refusals: IntCounterVec,
+    /// Producer sessions started (`POST /v1/producers`).
+    pub producers_initialised: IntCounter,
     /// Consumer group lag, recomputed from the index on every scrape.
     pub group_lag: IntGaugeVec,
 }
@@ -72,6 +78,21 @@ impl Metrics {
             &["reason"],
         )?;
         r.register(Box::new(idempotency_refusals.clone()))?;
+        let producer_refusals = IntCounterVec::new(
+            prometheus::Opts::new(
+                "floe_producer_refusals_total",
+                "Producer-session produce requests refused, by reason (out_of_order_sequence, producer_fenced, unknown_producer)",
+            ),
+            &["reason"],
+        )?;
+        r.register(Box::new(producer_refusals.clone()))?;
+        for reason in [
+            "out_of_order_sequence",
+            "producer_fenced",
+            "unknown_producer",
+        ] {
+            let _ = producer_refusals.with_label_values(&[reason]);
+        }
         r.register(Box::new(store_requests.clone()))?;
         for op in ["put", "get", "list", "delete"] {
             let _ = store_requests.with_label_values(&[op]);
@@ -181,6 +202,17 @@ impl Metrics {
                 "Produce requests answered with the offsets of an earlier request with the same Idempotency-Key (duplicates suppressed)",
             )?,
             idempotency_refusals,
+            producer_duplicates: counter(
+                &r,
+                "floe_producer_duplicates_total",
+                "Producer-session requests answered with the offsets of their first commit (duplicates suppressed)",
+            )?,
+            producer_refusals,
+            producers_initialised: counter(
+                &r,
+                "floe_producers_initialised_total",
+                "Producer sessions started (a named producer's new epoch fences the older ones)",
+            )?,
             queue_settled,
             group_lag,
             store_requests,

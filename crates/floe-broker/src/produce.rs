@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use floe_core::Record;
 use floe_core::clock::{Clock, SharedClock};
+use floe_core::producer::{Refusal, RequestCheck};
 use floe_core::segment::{EncodeOptions, RunRef, encode_segment};
 use floe_index::{
-    IdempotencyCompletion, Index, IndexError, RunCommit, RunOutcome, SegmentCommit, StateWrite,
-    TopicMeta,
+    Committed, IdempotencyCompletion, Index, IndexError, ProducerAppend, ProducerBatch, RunCommit,
+    RunOutcome, SegmentCommit, StateWrite, TopicMeta,
 };
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
@@ -66,6 +67,19 @@ pub struct RecordOffset {
 }
 
 type Reply = Result<Vec<RecordOffset>, BrokerError>;
+
+/// What a buffered produce is answered: its offsets, and whether they are those of an
+/// earlier commit of the same producer batch (nothing was written now).
+pub type Appended = Result<(Vec<RecordOffset>, bool), BrokerError>;
+
+/// A producer session's stamp on a produce request (RFC 0003 part 2): the session and,
+/// per partition the request writes, the sequence of its first record there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerStamp {
+    pub producer_id: i64,
+    pub epoch: u32,
+    pub sequences: std::collections::BTreeMap<u32, i64>,
+}
 
 /// When a produce request must be answered: the same instant on the runtime's clock (for
 /// timers) and on the wall clock (for the index's in-transaction check).
@@ -113,8 +127,9 @@ struct Append {
     /// The idempotency key this request holds (key, attempt token): completed in the
     /// commit that carries the records.
     idempotency: Option<(String, i64)>,
+    producer: Option<ProducerStamp>,
     _permit: OwnedSemaphorePermit,
-    reply: oneshot::Sender<Reply>,
+    reply: oneshot::Sender<Appended>,
 }
 
 /// Cheap handle request handlers use to append to the buffer.
@@ -146,7 +161,8 @@ impl ProducerHandle {
         bytes: usize,
         deadline: Deadline,
         idempotency: Option<(String, i64)>,
-    ) -> Reply {
+        producer: Option<ProducerStamp>,
+    ) -> Appended {
         let want = bytes.clamp(1, self.max_buffer) as u32;
         let wait_until = (tokio::time::Instant::now() + self.wait).min(deadline.at);
         let permit =
@@ -174,6 +190,7 @@ impl ProducerHandle {
             bytes,
             deadline,
             idempotency,
+            producer,
             _permit: permit,
             reply,
         };
@@ -216,7 +233,7 @@ impl ProducerHandle {
         let total_bytes: u64 = records.iter().map(|(_, r)| r.size() as u64).sum();
         let mut runs = Runs::default();
         let places = runs.add(topic, records);
-        let (runs, outcomes) = write_and_commit(
+        let (runs, committed) = write_and_commit(
             &self.ctx,
             runs.runs,
             None,
@@ -224,12 +241,13 @@ impl ProducerHandle {
             deadline,
             state_writes,
             Vec::new(),
+            Vec::new(),
         )
         .await?;
         // Counted like buffered produces (dead letters were, before they bypassed it).
         self.ctx.metrics.records_produced.inc_by(total_records);
         self.ctx.metrics.bytes_produced.inc_by(total_bytes);
-        offsets_of(places, &runs, &outcomes)
+        offsets_of(&places, &runs, &committed)
     }
 }
 
@@ -421,21 +439,153 @@ impl Runs {
     }
 }
 
-/// One request's offsets from its places and the commit's outcomes.
-fn offsets_of(places: Vec<(usize, u64)>, runs: &[(u32, String)], outcomes: &[RunOutcome]) -> Reply {
+/// One request's offsets from its places and the commit's outcomes (rows taken out of a
+/// run by producer verdicts shift the offsets of the rows after them).
+fn offsets_of(places: &[(usize, u64)], runs: &[(u32, String)], c: &Committed) -> Reply {
     let mut offsets = Vec::with_capacity(places.len());
-    for (i, pos) in places {
-        match outcomes[i] {
-            RunOutcome::Committed { base_offset } => offsets.push(RecordOffset {
-                partition: runs[i].0,
-                offset: base_offset + pos,
-            }),
+    for &(i, pos) in places {
+        match (c.runs.get(i), c.excluded.get(i)) {
+            (Some(RunOutcome::Committed { base_offset }), Some(ex)) => {
+                let offset =
+                    floe_core::producer::offset_at(*base_offset, ex, pos).ok_or_else(|| {
+                        BrokerError::internal(
+                            "internal",
+                            "a committed record was taken out of its run",
+                        )
+                    })?;
+                offsets.push(RecordOffset {
+                    partition: runs[i].0,
+                    offset,
+                });
+            }
             // Only possible when the topic was deleted while the flush ran.
-            RunOutcome::TopicGone => return Err(BrokerError::topic_not_found(&runs[i].1)),
+            _ => return Err(BrokerError::topic_not_found(&runs[i].1)),
         }
     }
     Ok(offsets)
 }
+
+/// The batches of a producer request, one per partition in `stamp` order: where its
+/// records went (they are contiguous in their partition's run).
+fn producer_batches(
+    topic_id: i64,
+    stamp: &ProducerStamp,
+    places: &[(usize, u64)],
+    partitions: &[u32],
+) -> Result<Vec<ProducerBatch>, BrokerError> {
+    stamp
+        .sequences
+        .iter()
+        .map(|(&p, &first_seq)| {
+            let mut mine = places
+                .iter()
+                .zip(partitions)
+                .filter(|(_, q)| **q == p)
+                .map(|(pl, _)| *pl);
+            let (run, pos) = mine.next().ok_or_else(|| {
+                BrokerError::internal("internal", "a sequenced partition has no records")
+            })?;
+            let count = 1 + mine.count();
+            Ok(ProducerBatch {
+                topic_id,
+                partition: p,
+                first_seq,
+                run: u32::try_from(run)
+                    .map_err(|_| BrokerError::internal("internal", "too many runs"))?,
+                pos: u32::try_from(pos)
+                    .map_err(|_| BrokerError::internal("internal", "run too long"))?,
+                count: u32::try_from(count)
+                    .map_err(|_| BrokerError::internal("internal", "batch too long"))?,
+            })
+        })
+        .collect()
+}
+
+/// The answer to a producer request from its verdict.
+fn producer_answer(
+    verdict: &RequestCheck,
+    stamp: &ProducerStamp,
+    partitions: &[u32],
+    metrics: &Metrics,
+    own: impl FnOnce() -> Reply,
+) -> Appended {
+    match verdict {
+        RequestCheck::Append => own().map(|o| (o, false)),
+        RequestCheck::Duplicate(bases) => {
+            metrics.producer_duplicates.inc();
+            let base_of: HashMap<u32, u64> = stamp
+                .sequences
+                .keys()
+                .copied()
+                .zip(bases.iter().copied())
+                .collect();
+            let mut seen: HashMap<u32, u64> = HashMap::new();
+            let mut offsets = Vec::with_capacity(partitions.len());
+            for &p in partitions {
+                let k = seen.entry(p).or_insert(0);
+                let base = base_of.get(&p).ok_or_else(|| {
+                    BrokerError::internal("internal", "duplicate verdict lacks a partition")
+                })?;
+                offsets.push(RecordOffset {
+                    partition: p,
+                    offset: base + *k,
+                });
+                *k += 1;
+            }
+            Ok((offsets, true))
+        }
+        RequestCheck::Refused(r) => {
+            let e = refusal_error(stamp, r);
+            metrics.producer_refusals.with_label_values(&[e.code]).inc();
+            Err(e)
+        }
+    }
+}
+
+fn refusal_error(stamp: &ProducerStamp, r: &Refusal) -> BrokerError {
+    let id = stamp.producer_id;
+    match r {
+        Refusal::OutOfOrder {
+            partition,
+            expected,
+            got,
+        } => BrokerError::conflict(
+            "out_of_order_sequence",
+            format!(
+                "producer {id}: partition {partition} expects sequence {expected}, the request starts at {got}; nothing was written"
+            ),
+        ),
+        Refusal::PartlyDuplicate { partition } => BrokerError::conflict(
+            "out_of_order_sequence",
+            format!(
+                "producer {id}: the request's batches were partly committed before (partition {partition} was not); a retry must resend the same request; nothing was written"
+            ),
+        ),
+        Refusal::Fenced { current } => BrokerError::conflict(
+            "producer_fenced",
+            format!(
+                "producer {id} epoch {} is fenced: its current epoch is {current} (the producer was re-initialised); nothing was written",
+                stamp.epoch
+            ),
+        ),
+        Refusal::UnknownProducer => BrokerError::conflict(
+            "unknown_producer",
+            format!(
+                "producer {id} is unknown (never initialised, or expired after its idle time); initialise a new session with POST /v1/producers"
+            ),
+        ),
+    }
+}
+
+/// A request waiting for its flush: where its records went (and, for a producer
+/// request, its index in the commit's producer list, its stamp and each record's
+/// partition), (records, bytes), its reply and its buffer permit.
+type Waiter = (
+    (Vec<(usize, u64)>, Option<(usize, ProducerStamp, Vec<u32>)>),
+    (u64, u64),
+    oneshot::Sender<Appended>,
+    OwnedSemaphorePermit,
+);
 
 async fn flush_one(
     batch: Vec<Append>,
@@ -446,7 +596,7 @@ async fn flush_one(
 ) {
     let started = Instant::now();
     let mut runs = Runs::default();
-    let mut waiters = Vec::with_capacity(batch.len());
+    let mut waiters: Vec<Waiter> = Vec::with_capacity(batch.len());
     let mut total_records = 0u64;
     let mut total_bytes = 0u64;
     // The flush must finish by the earliest deadline of the requests it carries.
@@ -454,9 +604,10 @@ async fn flush_one(
         return;
     };
     let mut completions = Vec::new();
+    let mut producers = Vec::new();
     for a in batch {
-        total_bytes += a.bytes as u64;
-        total_records += a.records.len() as u64;
+        let partitions: Vec<u32> = a.records.iter().map(|(p, _)| *p).collect();
+        let (n, bytes) = (a.records.len() as u64, a.bytes as u64);
         let places = runs.add(&a.topic, a.records);
         if let Some((key, token)) = a.idempotency {
             completions.push(IdempotencyCompletion {
@@ -466,7 +617,29 @@ async fn flush_one(
                 places: places.iter().map(|(r, p)| (*r as u32, *p)).collect(),
             });
         }
-        waiters.push((places, a.reply, a._permit));
+        let producer = match &a.producer {
+            Some(stamp) => match producer_batches(a.topic.id, stamp, &places, &partitions) {
+                Ok(batches) => {
+                    producers.push(ProducerAppend {
+                        producer_id: stamp.producer_id,
+                        epoch: stamp.epoch,
+                        batches,
+                    });
+                    Some((producers.len() - 1, stamp.clone(), partitions))
+                }
+                Err(e) => {
+                    // Cannot happen (the request was validated); its rows would commit
+                    // unchecked, so fail the whole flush rather than risk a duplicate.
+                    for (_, _, reply, _) in waiters {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    let _ = a.reply.send(Err(e));
+                    return;
+                }
+            },
+            None => None,
+        };
+        waiters.push(((places, producer), (n, bytes), a.reply, a._permit));
     }
     let result = write_and_commit(
         &ctx,
@@ -476,17 +649,33 @@ async fn flush_one(
         deadline,
         Vec::new(),
         completions,
+        producers,
     )
     .await;
     // Let the next flush commit whatever happened here.
     drop(done);
     match result {
-        Ok((runs, outcomes)) => {
+        Ok((runs, committed)) => {
             ctx.metrics
                 .flush_seconds
                 .observe(started.elapsed().as_secs_f64());
-            for (places, reply, _permit) in waiters {
-                let _ = reply.send(offsets_of(places, &runs, &outcomes));
+            for ((places, producer), (n, bytes), reply, _permit) in waiters {
+                let own = || offsets_of(&places, &runs, &committed);
+                let answer = match producer {
+                    None => own().map(|o| (o, false)),
+                    Some((k, stamp, partitions)) => match committed.producers.get(k) {
+                        Some(v) => producer_answer(v, &stamp, &partitions, &ctx.metrics, own),
+                        None => Err(BrokerError::internal(
+                            "internal",
+                            "no verdict for a producer request",
+                        )),
+                    },
+                };
+                if matches!(answer, Ok((_, false))) {
+                    total_records += n;
+                    total_bytes += bytes;
+                }
+                let _ = reply.send(answer);
             }
             ctx.metrics.records_produced.inc_by(total_records);
             ctx.metrics.bytes_produced.inc_by(total_bytes);
@@ -494,7 +683,7 @@ async fn flush_one(
         Err(e) => {
             ctx.metrics.flush_failures.inc();
             warn!(code = e.code, error = %e.message, "flush failed; producers get 503");
-            for (_, reply, _) in waiters {
+            for (_, _, reply, _) in waiters {
                 let _ = reply.send(Err(e.clone()));
             }
         }
@@ -510,7 +699,8 @@ async fn write_and_commit(
     deadline: Deadline,
     state_writes: Vec<StateWrite>,
     idempotency: Vec<IdempotencyCompletion>,
-) -> Result<(Vec<(u32, String)>, Vec<RunOutcome>), BrokerError> {
+    producers: Vec<ProducerAppend>,
+) -> Result<(Vec<(u32, String)>, Committed), BrokerError> {
     let opts = EncodeOptions {
         compression: ctx.config.compression,
         max_rows_per_row_group: ctx.config.rows_per_row_group,
@@ -605,24 +795,34 @@ async fn write_and_commit(
         created_ms,
         state_writes,
         idempotency,
+        producers,
     };
-    let outcomes = ctx.index.commit(commit).await.map_err(|e| match e {
+    let committed = ctx.index.commit_segment(commit).await.map_err(|e| match e {
         IndexError::Timeout { .. } => BrokerError::unavailable(
             "commit_outcome_unknown",
             format!("the index did not answer the commit in time ({e}); the records may or may not be committed"),
         ),
         other => BrokerError::index(&other),
     })?;
-    if outcomes.len() != runs.len() {
+    if committed.runs.len() != runs.len() || committed.excluded.len() != runs.len() {
         return Err(BrokerError::unavailable(
             "index_unavailable",
             "index returned a wrong number of outcomes",
         ));
     }
-    for ((r, l), o) in runs.iter().zip(&layouts).zip(&outcomes) {
+    for (((r, l), o), ex) in runs
+        .iter()
+        .zip(&layouts)
+        .zip(&committed.runs)
+        .zip(&committed.excluded)
+    {
         if let RunOutcome::Committed { base_offset } = o {
-            ctx.notifier
-                .committed(r.topic.id, r.partition, base_offset + u64::from(l.records));
+            let taken: u64 = ex.iter().map(|(_, n)| u64::from(*n)).sum();
+            ctx.notifier.committed(
+                r.topic.id,
+                r.partition,
+                base_offset + u64::from(l.records) - taken,
+            );
         }
     }
     ctx.metrics.segments_written.inc();
@@ -637,7 +837,7 @@ async fn write_and_commit(
         runs.into_iter()
             .map(|r| (r.partition, r.topic.name.clone()))
             .collect(),
-        outcomes,
+        committed,
     ))
 }
 

@@ -19,7 +19,7 @@ use crate::Broker;
 use crate::error::{BrokerError, BrokerResult, ErrorKind};
 use crate::fetch::Fetched;
 use crate::names::partition_of;
-use crate::produce::{Deadline, RecordOffset, deadline_exceeded};
+use crate::produce::{Deadline, ProducerStamp, RecordOffset, deadline_exceeded};
 
 static ROUND_ROBIN: AtomicU64 = AtomicU64::new(0);
 
@@ -42,10 +42,21 @@ pub fn too_many_records(n: usize, max: usize) -> BrokerError {
 pub struct Produced {
     /// Where each record landed, in request order.
     pub offsets: Vec<RecordOffset>,
-    /// The request's `Idempotency-Key` had completed before: these are the offsets of
-    /// that first request, and nothing was written now.
+    /// The request's `Idempotency-Key` had completed before, or (producer session) the
+    /// request's batches were committed before: these are the offsets of that first
+    /// commit, and nothing was written now.
     pub replayed: bool,
 }
+
+/// A started producer session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSession {
+    pub producer_id: i64,
+    pub epoch: u32,
+}
+
+/// Longest producer name, in bytes.
+pub const MAX_PRODUCER_NAME: usize = 255;
 
 /// A fetch of one partition.
 #[derive(Debug, Clone, Copy, Default)]
@@ -96,13 +107,16 @@ impl Broker {
     /// Produce `incoming` to `topic`, all or nothing: every record is validated before
     /// anything is buffered; answered only after the segment is durable and committed.
     /// Offsets come back in request order. With an `idempotency_key` (RFC 0003) a retry of
-    /// a completed request gets the first request's offsets and writes nothing.
+    /// a completed request gets the first request's offsets and writes nothing; so does a
+    /// retry of a producer session's request (`producer`: its sequences are checked in
+    /// the commit).
     pub async fn produce(
         &self,
         topic: &str,
         incoming: Vec<IncomingRecord>,
         deadline: Deadline,
         idempotency_key: Option<&str>,
+        producer: Option<&ProducerStamp>,
     ) -> BrokerResult<Produced> {
         let limits = &self.config.limits;
         if incoming.is_empty() {
@@ -120,6 +134,20 @@ impl Broker {
         if let Some(k) = idempotency_key {
             idempotency::check_key(k)
                 .map_err(|m| BrokerError::invalid("invalid_idempotency_key", m))?;
+        }
+        if let Some(stamp) = producer {
+            if idempotency_key.is_some() {
+                return Err(BrokerError::invalid(
+                    "invalid_request",
+                    "a request carries either an Idempotency-Key or a producer session, not both",
+                ));
+            }
+            if let Some((p, s)) = stamp.sequences.iter().find(|(_, s)| **s < 0) {
+                return Err(BrokerError::invalid(
+                    "invalid_sequences",
+                    format!("partition {p}: sequence {s} is negative"),
+                ));
+            }
         }
         let topic = tokio::time::timeout_at(deadline.at, self.existing_topic(topic))
             .await
@@ -160,6 +188,16 @@ impl Broker {
                     })?,
                 None => match &key {
                     Some(k) => partition_for_key(k, topic.partitions),
+                    // A sequence is per partition: the client must know where each
+                    // record goes before it numbers them, and a retry must go there too.
+                    None if producer.is_some() => {
+                        return Err(BrokerError::invalid(
+                            "invalid_record",
+                            format!(
+                                "record {i}: in a producer session every record needs a key or a partition (sequences are per partition)"
+                            ),
+                        ));
+                    }
                     None => (ROUND_ROBIN.fetch_add(1, Ordering::Relaxed)
                         % u64::from(topic.partitions)) as u32,
                 },
@@ -182,6 +220,19 @@ impl Broker {
             }
             bytes += size;
             records.push((partition, rec));
+        }
+        if let Some(stamp) = producer {
+            let written: std::collections::BTreeSet<u32> =
+                records.iter().map(|(p, _)| *p).collect();
+            let named: std::collections::BTreeSet<u32> = stamp.sequences.keys().copied().collect();
+            if written != named {
+                return Err(BrokerError::invalid(
+                    "invalid_sequences",
+                    format!(
+                        "the request writes partitions {written:?} but names sequences for partitions {named:?}; name exactly one sequence per partition written"
+                    ),
+                ));
+            }
         }
         let held = match (idempotency_key, fingerprint) {
             (Some(key), Some(fingerprint)) => {
@@ -207,7 +258,14 @@ impl Broker {
         let topic_id = topic.id;
         let result = self
             .producer
-            .append(topic, records, bytes, deadline, held.clone())
+            .append(
+                topic,
+                records,
+                bytes,
+                deadline,
+                held.clone(),
+                producer.cloned(),
+            )
             .await;
         if let (Err(e), Some((key, token))) = (&result, &held)
             && e.code != "commit_outcome_unknown"
@@ -220,14 +278,35 @@ impl Broker {
                 tracing::warn!(error = %e, "could not release an idempotency key; it frees itself at its lease");
             }
         }
-        let offsets = result?;
+        let (offsets, replayed) = result?;
         self.metrics
             .produce_seconds
             .observe(started.elapsed().as_secs_f64());
-        Ok(Produced {
-            offsets,
-            replayed: false,
-        })
+        Ok(Produced { offsets, replayed })
+    }
+
+    /// Start a producer session (RFC 0003 part 2). With a `name`, the same producer id
+    /// and a new epoch: every older session of that name is fenced from now on.
+    pub async fn init_producer(&self, name: Option<&str>) -> BrokerResult<ProducerSession> {
+        if let Some(n) = name
+            && (n.is_empty()
+                || n.len() > MAX_PRODUCER_NAME
+                || n.chars().any(|c| !('!'..='~').contains(&c)))
+        {
+            return Err(BrokerError::invalid(
+                "invalid_producer_name",
+                format!(
+                    "a producer name is 1 to {MAX_PRODUCER_NAME} visible ASCII characters, got {n:?}"
+                ),
+            ));
+        }
+        let (producer_id, epoch) = self
+            .index
+            .init_producer(name, self.clock.now_ms())
+            .await
+            .map_err(|e| BrokerError::index(&e))?;
+        self.metrics.producers_initialised.inc();
+        Ok(ProducerSession { producer_id, epoch })
     }
 
     /// Hold `key` for this attempt (`Ok(token)`), or the offsets of the request that

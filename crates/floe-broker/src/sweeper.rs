@@ -29,6 +29,7 @@ pub async fn run(
     clock: SharedClock,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let producer_ttl = config.producer_ttl;
     loop {
         tokio::select! {
             () = tokio::time::sleep(config.sweep_interval) => {}
@@ -61,6 +62,16 @@ pub async fn run(
             Ok(0) => {}
             Ok(n) => info!(forgotten = n, "expired idempotency keys"),
             Err(e) => warn!(error = %e, "idempotency expiry failed; will retry"),
+        }
+        let ttl = i64::try_from(producer_ttl.as_millis()).unwrap_or(i64::MAX);
+        match index
+            .expire_producers(clock.now_ms().saturating_sub(ttl))
+            .instrument(info_span!("expire_producers"))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!(forgotten = n, "expired idle producer sequence state"),
+            Err(e) => warn!(error = %e, "producer expiry failed; will retry"),
         }
     }
 }

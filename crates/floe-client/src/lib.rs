@@ -1,12 +1,13 @@
 //! A small async client for the Floe agent's HTTP API.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use floe_api::{
     Assignment, CommitOffset, CommitRequest, CreateTopicRequest, ErrorBody, FetchResponse,
     GroupDescription, GroupFetchResponse, JoinGroupRequest, ProduceRecord, ProduceRequest,
-    ProduceResponse, QueueDescription, ReceiveRequest, ReceiveResponse, SettleRequest,
-    SettleResponse, TopicDescription, TopicInfo, TopicList,
+    ProduceResponse, ProducerSessionInfo, QueueDescription, ReceiveRequest, ReceiveResponse,
+    SettleRequest, SettleResponse, TopicDescription, TopicInfo, TopicList,
 };
 use serde::de::DeserializeOwned;
 
@@ -44,6 +45,7 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Api { status, code, .. } => *status == 503 || code == "idempotency_key_in_flight",
+            Self::Http(e) if e.is_builder() => false,
             Self::Http(_) => true,
             Self::Unexpected { status, .. } => *status >= 500,
         }
@@ -51,6 +53,167 @@ impl ClientError {
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Budget of one produce attempt of an [`IdempotentProducer`].
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Retry policy of an [`IdempotentProducer`].
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per request (at least 1).
+    pub attempts: u32,
+    /// First backoff; doubled per attempt up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 10,
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A producer whose retries never write twice (RFC 0003 part 2): a producer session,
+/// per-partition sequences, and automatic retries of the *same* request (same partitions,
+/// same sequences) on 503s, timeouts and connection errors. The agent checks the
+/// sequences in the commit: a retry of a batch that was committed gets its first offsets
+/// back and writes nothing.
+///
+/// One request at a time (`&mut self`), so per-partition order is the order of calls.
+/// Records without a key or partition go, per request, to one partition in turn (sticky
+/// round-robin). If every attempt of a request failed without a verdict, whether it was
+/// written is unknown (the error says so); the producer then starts a new session
+/// before its next request, as Kafka's idempotent producer bumps its epoch.
+#[derive(Debug)]
+pub struct IdempotentProducer {
+    client: Client,
+    name: Option<String>,
+    session: Option<ProducerSessionInfo>,
+    /// Next sequence per (topic, partition) in this session.
+    next: HashMap<(String, u32), i64>,
+    partitions: HashMap<String, u32>,
+    round_robin: u32,
+    retry: RetryPolicy,
+}
+
+impl IdempotentProducer {
+    /// A producer on `client`; `name` makes the session fence older ones of that name (a
+    /// restarted application takes over from its zombie).
+    pub fn new(client: Client, name: Option<&str>) -> Self {
+        Self {
+            client,
+            name: name.map(str::to_string),
+            session: None,
+            next: HashMap::new(),
+            partitions: HashMap::new(),
+            round_robin: 0,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The current session, if one was started.
+    pub fn session(&self) -> Option<ProducerSessionInfo> {
+        self.session
+    }
+
+    async fn ensure_session(&mut self) -> Result<ProducerSessionInfo> {
+        if let Some(s) = self.session {
+            return Ok(s);
+        }
+        let s = self.client.init_producer(self.name.as_deref()).await?;
+        self.next.clear();
+        self.session = Some(s);
+        Ok(s)
+    }
+
+    async fn partition_count(&mut self, topic: &str) -> Result<u32> {
+        if let Some(n) = self.partitions.get(topic) {
+            return Ok(*n);
+        }
+        let n = u32::try_from(self.client.describe_topic(topic).await?.partitions.len())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let _ = self.partitions.insert(topic.to_string(), n);
+        Ok(n)
+    }
+
+    /// Produce `records` to `topic`, retrying as the policy says. Returns the offsets
+    /// (on a retry of a committed request: those of its first commit).
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        mut records: Vec<ProduceRecord>,
+    ) -> Result<ProduceResponse> {
+        let n = self.partition_count(topic).await?;
+        let sticky = self.round_robin % n;
+        self.round_robin = self.round_robin.wrapping_add(1);
+        let mut counts: BTreeMap<u32, i64> = BTreeMap::new();
+        for r in &mut records {
+            let p = match (r.partition, &r.key, &r.key_b64) {
+                (Some(p), _, _) => u32::try_from(p).unwrap_or(u32::MAX),
+                (None, Some(k), _) => floe_core::partitioner::partition_for_key(k.as_bytes(), n),
+                (None, None, Some(_)) => {
+                    // The agent decodes base64 keys; send the partition it would pick.
+                    let key = base64_decode(r.key_b64.as_deref().unwrap_or_default());
+                    floe_core::partitioner::partition_for_key(&key, n)
+                }
+                (None, None, None) => sticky,
+            };
+            r.partition = Some(i64::from(p));
+            *counts.entry(p).or_default() += 1;
+        }
+        let session = self.ensure_session().await?;
+        let sequences: BTreeMap<u32, i64> = counts
+            .keys()
+            .map(|p| (*p, *self.next.get(&(topic.to_string(), *p)).unwrap_or(&0)))
+            .collect();
+        let mut attempt = 1;
+        let mut backoff = self.retry.backoff;
+        loop {
+            match self
+                .client
+                .produce_sequenced(topic, records.clone(), session, &sequences)
+                .await
+            {
+                Ok((resp, _replayed)) => {
+                    for (p, c) in counts {
+                        *self.next.entry((topic.to_string(), p)).or_default() += c;
+                    }
+                    return Ok(resp);
+                }
+                Err(e) if e.is_retryable() && attempt < self.retry.attempts.max(1) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    if e.is_retryable() || e.code() == Some("unknown_producer") {
+                        // Outcome unknown (or the session expired): sequences may be out of
+                        // step with the agent's, so the next request starts a new session.
+                        self.session = None;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.as_bytes())
+        .unwrap_or_default()
+}
 
 /// Options of one fetch.
 #[derive(Debug, Clone, Copy, Default)]
@@ -173,6 +336,53 @@ impl Client {
                 .await?,
         )
         .await
+    }
+
+    /// Start a producer session (`POST /v1/producers`): with a name, its id and a new
+    /// epoch that fences every older session of that name.
+    pub async fn init_producer(&self, name: Option<&str>) -> Result<ProducerSessionInfo> {
+        Self::decode(
+            self.http
+                .post(format!("{}/v1/producers", self.base))
+                .json(&floe_api::InitProducerRequest {
+                    name: name.map(str::to_string),
+                })
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Produce as a producer session, naming the sequence of the request's first record in
+    /// every partition it writes (the low-level call under [`IdempotentProducer`]). Returns
+    /// the answer and whether it replays an earlier commit of the same request.
+    pub async fn produce_sequenced(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+        session: ProducerSessionInfo,
+        sequences: &BTreeMap<u32, i64>,
+    ) -> Result<(ProduceResponse, bool)> {
+        let seqs = sequences
+            .iter()
+            .map(|(p, s)| format!("{p}={s}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let resp = self
+            .http
+            .post(format!("{}/v1/topics/{topic}/records", self.base))
+            .timeout(SEND_TIMEOUT)
+            .header("producer-id", session.producer_id.to_string())
+            .header("producer-epoch", session.epoch.to_string())
+            .header("producer-sequences", seqs)
+            .json(&ProduceRequest { records })
+            .send()
+            .await?;
+        let replayed = resp
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        Ok((Self::decode(resp).await?, replayed))
     }
 
     /// Produce with an `Idempotency-Key`: a retry with the same key and records gets the

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod log;
 pub mod name;
 pub mod partitioner;
+pub mod producer;
 pub mod record;
 pub mod segment;
 pub mod share;

@@ -5,6 +5,7 @@
 //! offset and records where it lives. A segment whose commit never happened is an orphan
 //! and is never served.
 
+mod plan;
 mod postgres;
 mod sqlite;
 
@@ -13,6 +14,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use floe_core::log::RunSpan;
 
+pub use plan::{Committed, Plan, ProducerAppend, ProducerBatch, RunRow, SeqKey, plan_commit};
 pub use postgres::PostgresIndex;
 pub use sqlite::SqliteIndex;
 
@@ -134,6 +136,11 @@ pub struct SegmentCommit {
     /// attempt's token is marked done, with the offsets its request got, in this very
     /// transaction.
     pub idempotency: Vec<IdempotencyCompletion>,
+    /// Produce requests of producer sessions (RFC 0003 part 2), in buffer order: each is
+    /// checked against its producer's epoch and sequences in this transaction and gets its
+    /// own verdict ([`plan_commit`]); refused and duplicate requests are taken out of
+    /// their runs, the rest commits.
+    pub producers: Vec<ProducerAppend>,
 }
 
 /// A produce attempt with an `Idempotency-Key` asks to hold the key.
@@ -189,18 +196,23 @@ pub fn replay(key: &str, answer: Option<&str>) -> Result<IdempotencyVerdict> {
 pub fn completion_answer(
     c: &IdempotencyCompletion,
     runs: &[RunCommit],
-    outcomes: &[RunOutcome],
+    plan: &Plan,
 ) -> Option<String> {
-    let bases: Vec<Option<(u32, u64)>> = runs
+    let offsets: Option<Vec<(u32, u64)>> = c
+        .places
         .iter()
-        .zip(outcomes)
-        .map(|(r, o)| match o {
-            RunOutcome::Committed { base_offset } => Some((r.partition, *base_offset)),
-            RunOutcome::TopicGone => None,
+        .map(|(run, pos)| {
+            let i = *run as usize;
+            match plan.outcomes.get(i)? {
+                RunOutcome::Committed { base_offset } => Some((
+                    runs.get(i)?.partition,
+                    floe_core::producer::offset_at(*base_offset, plan.excluded.get(i)?, *pos)?,
+                )),
+                RunOutcome::TopicGone => None,
+            }
         })
         .collect();
-    floe_core::idempotency::offsets_for(&c.places, &bases)
-        .map(|o| floe_core::idempotency::encode_offsets(&o))
+    offsets.map(|o| floe_core::idempotency::encode_offsets(&o))
 }
 
 /// One compare-and-swap of a consumer-state blob inside a commit.
@@ -233,6 +245,9 @@ pub struct RunEntry {
     pub row_group_count: u32,
     pub byte_start: u64,
     pub byte_end: u64,
+    /// The entry's first row within its run in the object: non-zero when rows before it
+    /// were taken out at commit (a producer's duplicate or refused batch, RFC 0003).
+    pub row_first: u32,
 }
 
 impl RunSpan for RunEntry {
@@ -345,8 +360,20 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     async fn partition_offsets(&self, topic_id: i64) -> Result<Vec<PartitionOffsets>>;
     /// Next offset to be assigned, or `None` when the partition does not exist.
     async fn end_offset(&self, topic_id: i64, partition: u32) -> Result<Option<u64>>;
-    /// Commit the runs of one segment; one outcome per run, in order.
-    async fn commit(&self, seg: SegmentCommit) -> Result<Vec<RunOutcome>>;
+    /// Commit the runs of one segment: per run its outcome and the rows producer verdicts
+    /// took out of it, and the verdict of each producer request ([`plan_commit`]).
+    async fn commit_segment(&self, seg: SegmentCommit) -> Result<Committed>;
+    /// [`Index::commit_segment`], answering only each run's outcome, in order.
+    async fn commit(&self, seg: SegmentCommit) -> Result<Vec<RunOutcome>> {
+        Ok(self.commit_segment(seg).await?.runs)
+    }
+    /// Start a producer session (RFC 0003 part 2): a named producer gets its id and a new
+    /// epoch (fencing every older session of that name); without a name, a new id at
+    /// epoch 0. Returns (producer id, epoch).
+    async fn init_producer(&self, name: Option<&str>, now_ms: i64) -> Result<(i64, u32)>;
+    /// Forget producer sequence state untouched since `cutoff_ms`, and producers with none
+    /// left that were initialised before it. Returns how many states were forgotten.
+    async fn expire_producers(&self, cutoff_ms: i64) -> Result<u64>;
     /// Runs of a partition covering `offset` and after, in offset order, at most `limit`.
     async fn runs_from(
         &self,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use floe_core::idempotency;
-use floe_core::log::assign_offsets;
+use floe_core::producer::SeqState;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
@@ -20,9 +20,10 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::replay;
 use crate::{
-    CommitSink, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
-    PartitionOffsets, Result, RunEntry, RunOutcome, SegmentCommit, StateKey, StateKind, TopicMeta,
-    Versioned, check_deadline, completion_answer, decode_config, encode_config, fence,
+    CommitSink, Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic,
+    OffsetCommit, PartitionOffsets, Result, RunEntry, SegmentCommit, SeqKey, StateKey, StateKind,
+    TopicMeta, Versioned, check_deadline, completion_answer, decode_config, encode_config, fence,
+    plan_commit,
 };
 
 /// NOTIFY channel for commits; payload `topic_id:partition:end_offset` entries joined by `,`.
@@ -60,8 +61,10 @@ CREATE TABLE IF NOT EXISTS floe_runs (
     byte_end BIGINT NOT NULL,
     min_ts BIGINT NOT NULL,
     max_ts BIGINT NOT NULL,
+    row_first INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (topic_id, partition, base_offset)
 );
+ALTER TABLE floe_runs ADD COLUMN IF NOT EXISTS row_first INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS floe_runs_by_segment ON floe_runs (segment_key);
 CREATE TABLE IF NOT EXISTS floe_consumer_state (
     kind TEXT NOT NULL,
@@ -96,6 +99,23 @@ CREATE TABLE IF NOT EXISTS floe_group_offsets (
     next_offset BIGINT NOT NULL,
     PRIMARY KEY (topic_id, grp, partition)
 );
+CREATE TABLE IF NOT EXISTS floe_producers (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT UNIQUE,
+    epoch INTEGER NOT NULL,
+    touched_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS floe_producer_seqs (
+    producer_id BIGINT NOT NULL,
+    topic_id BIGINT NOT NULL,
+    partition INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    next_seq BIGINT NOT NULL,
+    recent TEXT NOT NULL,
+    touched_ms BIGINT NOT NULL,
+    PRIMARY KEY (producer_id, topic_id, partition)
+);
+CREATE INDEX IF NOT EXISTS floe_producer_seqs_by_touch ON floe_producer_seqs (touched_ms);
 ";
 
 pub struct PostgresIndex {
@@ -172,10 +192,7 @@ impl PostgresIndex {
         self.pool.get().await.map_err(pool_err)
     }
 
-    async fn try_commit(
-        &self,
-        seg: &SegmentCommit,
-    ) -> std::result::Result<Vec<RunOutcome>, CommitError> {
+    async fn try_commit(&self, seg: &SegmentCommit) -> std::result::Result<Committed, CommitError> {
         let mut c = self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(b) => CommitError::Pg(b),
             other => CommitError::Pool(other.to_string()),
@@ -221,16 +238,59 @@ impl PostgresIndex {
             let (t, p, n): (i64, i32, i64) = (r.get(0), r.get(1), r.get(2));
             let _ = ends.insert((t, p as u32), n as u64);
         }
-        let live: Vec<((i64, u32), u32)> = seg
-            .runs
-            .iter()
-            .filter(|r| ends.contains_key(&(r.topic_id, r.partition)))
-            .map(|r| ((r.topic_id, r.partition), r.records))
-            .collect();
-        let assigned = assign_offsets(&live, |k| ends.get(k).copied().unwrap_or(0));
-        let mut bases = assigned.iter();
-        let mut out = Vec::with_capacity(seg.runs.len());
-        let mut new_ends: BTreeMap<(i64, u32), u64> = BTreeMap::new();
+        // Producer epochs (FOR SHARE: a re-initialisation waits for this commit, or this
+        // commit sees the new epoch) and sequence states. The states' rows change only in
+        // commits holding their partition's row lock, taken above, so they are stable here.
+        let mut epochs: HashMap<i64, u32> = HashMap::new();
+        let mut seqs: HashMap<SeqKey, SeqState> = HashMap::new();
+        if !seg.producers.is_empty() {
+            let mut ids: Vec<i64> = seg.producers.iter().map(|p| p.producer_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            for r in tx
+                .query(
+                    "SELECT id, epoch FROM floe_producers WHERE id = ANY($1) ORDER BY id FOR SHARE",
+                    &[&ids],
+                )
+                .await?
+            {
+                let (id, epoch): (i64, i32) = (r.get(0), r.get(1));
+                let _ = epochs.insert(id, epoch as u32);
+            }
+            let (mut k_p, mut k_t, mut k_n) = (vec![], vec![], vec![]);
+            for p in &seg.producers {
+                for b in &p.batches {
+                    k_p.push(p.producer_id);
+                    k_t.push(b.topic_id);
+                    k_n.push(b.partition as i32);
+                }
+            }
+            for r in tx
+                .query(
+                    "SELECT s.producer_id, s.topic_id, s.partition, s.epoch, s.next_seq, s.recent FROM floe_producer_seqs s
+                     JOIN (SELECT DISTINCT * FROM UNNEST($1::bigint[], $2::bigint[], $3::int[])) AS k(p, t, n)
+                       ON s.producer_id = k.p AND s.topic_id = k.t AND s.partition = k.n",
+                    &[&k_p, &k_t, &k_n],
+                )
+                .await?
+            {
+                let key: SeqKey = (r.get(0), r.get(1), r.get::<_, i32>(2) as u32);
+                let recent: String = r.get(5);
+                let recent = floe_core::producer::decode_recent(&recent).map_err(|e| {
+                    CommitError::Index(IndexError::Corrupt(format!("producer state {key:?}: {e}")))
+                })?;
+                let _ = seqs.insert(
+                    key,
+                    SeqState {
+                        epoch: r.get::<_, i32>(3) as u32,
+                        next_seq: r.get(4),
+                        recent,
+                    },
+                );
+            }
+        }
+        let plan = plan_commit(&seg.runs, &seg.producers, &ends, &epochs, &seqs)
+            .map_err(CommitError::Index)?;
         let (
             mut c_t,
             mut c_p,
@@ -242,6 +302,7 @@ impl PostgresIndex {
             mut c_be,
             mut c_mn,
             mut c_mx,
+            mut c_first,
         ) = (
             vec![],
             vec![],
@@ -253,38 +314,34 @@ impl PostgresIndex {
             vec![],
             vec![],
             vec![],
+            vec![],
         );
-        for r in &seg.runs {
-            if !ends.contains_key(&(r.topic_id, r.partition)) {
-                out.push(RunOutcome::TopicGone);
-                continue;
-            }
-            let Some(&(_, base, n)) = bases.next() else {
-                out.push(RunOutcome::TopicGone);
-                continue;
-            };
+        for row in &plan.rows {
+            let r = &seg.runs[row.run];
             c_t.push(r.topic_id);
             c_p.push(r.partition as i32);
-            c_b.push(base as i64);
-            c_n.push(r.records as i32);
+            c_b.push(row.base_offset as i64);
+            c_n.push(row.records as i32);
             c_rf.push(r.row_group_first as i32);
             c_rc.push(r.row_group_count as i32);
             c_bs.push(r.byte_start as i64);
             c_be.push(r.byte_end as i64);
             c_mn.push(r.min_timestamp_ms);
             c_mx.push(r.max_timestamp_ms);
-            let _ = new_ends.insert((r.topic_id, r.partition), base + n);
-            out.push(RunOutcome::Committed { base_offset: base });
+            c_first.push(row.row_first as i32);
         }
         if !c_t.is_empty() {
             let _ = tx.execute(
-                "INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts)
-                 SELECT t, p, b, n, $11, $12, rf, rc, bs, be, mn, mx
-                 FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::int[], $6::int[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
-                   AS u(t, p, b, n, rf, rc, bs, be, mn, mx)",
-                &[&c_t, &c_p, &c_b, &c_n, &c_rf, &c_rc, &c_bs, &c_be, &c_mn, &c_mx, &seg.key, &(seg.size as i64)],
+                "INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first)
+                 SELECT t, p, b, n, $11, $12, rf, rc, bs, be, mn, mx, fr
+                 FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::int[], $6::int[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $13::int[])
+                   AS u(t, p, b, n, rf, rc, bs, be, mn, mx, fr)",
+                &[&c_t, &c_p, &c_b, &c_n, &c_rf, &c_rc, &c_bs, &c_be, &c_mn, &c_mx, &seg.key, &(seg.size as i64), &c_first],
             )
             .await?;
+        }
+        let new_ends = &plan.ends;
+        if !new_ends.is_empty() {
             let ut: Vec<i64> = new_ends.keys().map(|k| k.0).collect();
             let up: Vec<i32> = new_ends.keys().map(|k| k.1 as i32).collect();
             let un: Vec<i64> = new_ends.values().map(|v| *v as i64).collect();
@@ -294,11 +351,32 @@ impl PostgresIndex {
                 &[&ut, &up, &un],
             )
             .await?;
-            for payload in notify_payloads(&new_ends) {
+            for payload in notify_payloads(new_ends) {
                 let _ = tx
                     .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
                     .await?;
             }
+        }
+        if !plan.seqs.is_empty() {
+            let (mut s_p, mut s_t, mut s_n, mut s_e, mut s_q, mut s_r) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            for ((pid, t, n), st) in &plan.seqs {
+                s_p.push(*pid);
+                s_t.push(*t);
+                s_n.push(*n as i32);
+                s_e.push(st.epoch as i32);
+                s_q.push(st.next_seq);
+                s_r.push(floe_core::producer::encode_recent(&st.recent));
+            }
+            let _ = tx
+                .execute(
+                    "INSERT INTO floe_producer_seqs (producer_id, topic_id, partition, epoch, next_seq, recent, touched_ms)
+                     SELECT p, t, n, e, q, r, $7 FROM UNNEST($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::bigint[], $6::text[]) AS u(p, t, n, e, q, r)
+                     ON CONFLICT (producer_id, topic_id, partition) DO UPDATE
+                       SET epoch = EXCLUDED.epoch, next_seq = EXCLUDED.next_seq, recent = EXCLUDED.recent, touched_ms = EXCLUDED.touched_ms",
+                    &[&s_p, &s_t, &s_n, &s_e, &s_q, &s_r, &seg.created_ms],
+                )
+                .await?;
         }
         for w in &seg.state_writes {
             if !cas_state(&tx, &w.key, w.expected, &w.data).await? {
@@ -306,7 +384,7 @@ impl PostgresIndex {
             }
         }
         for c in &seg.idempotency {
-            let Some(answer) = completion_answer(c, &seg.runs, &out) else {
+            let Some(answer) = completion_answer(c, &seg.runs, &plan) else {
                 continue;
             };
             let n = tx
@@ -333,7 +411,11 @@ impl PostgresIndex {
             .get(0);
         check_deadline(seg.deadline_unix_ms, now).map_err(CommitError::Index)?;
         tx.commit().await?;
-        Ok(out)
+        Ok(Committed {
+            runs: plan.outcomes,
+            excluded: plan.excluded,
+            producers: plan.verdicts,
+        })
     }
 }
 
@@ -569,7 +651,7 @@ impl Index for PostgresIndex {
         row.map(|r| to_u64(r.get(0), "next_offset")).transpose()
     }
 
-    async fn commit(&self, seg: SegmentCommit) -> Result<Vec<RunOutcome>> {
+    async fn commit_segment(&self, seg: SegmentCommit) -> Result<Committed> {
         let mut last = None;
         for attempt in 0..COMMIT_ATTEMPTS {
             match self.try_commit(&seg).await {
@@ -590,6 +672,42 @@ impl Index for PostgresIndex {
         Err(last.unwrap_or_else(|| IndexError::Postgres("commit retries exhausted".into())))
     }
 
+    async fn init_producer(&self, name: Option<&str>, now_ms: i64) -> Result<(i64, u32)> {
+        let c = self.client().await?;
+        let r = c
+            .query_one(
+                "INSERT INTO floe_producers (name, epoch, touched_ms) VALUES ($1, 0, $2)
+                 ON CONFLICT (name) DO UPDATE SET epoch = floe_producers.epoch + 1, touched_ms = EXCLUDED.touched_ms
+                 RETURNING id, epoch",
+                &[&name, &now_ms],
+            )
+            .await
+            .map_err(pg)?;
+        Ok((r.get(0), to_u32(r.get(1), "epoch")?))
+    }
+
+    async fn expire_producers(&self, cutoff_ms: i64) -> Result<u64> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let n = tx
+            .execute(
+                "DELETE FROM floe_producer_seqs WHERE touched_ms < $1",
+                &[&cutoff_ms],
+            )
+            .await
+            .map_err(pg)?;
+        let _ = tx
+            .execute(
+                "DELETE FROM floe_producers p WHERE touched_ms < $1
+                 AND NOT EXISTS (SELECT 1 FROM floe_producer_seqs s WHERE s.producer_id = p.id)",
+                &[&cutoff_ms],
+            )
+            .await
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(n)
+    }
+
     async fn runs_from(
         &self,
         topic_id: i64,
@@ -600,7 +718,7 @@ impl Index for PostgresIndex {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end FROM floe_runs
+                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first FROM floe_runs
                  WHERE topic_id = $1 AND partition = $2 AND base_offset >= COALESCE(
                     (SELECT MAX(base_offset) FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset <= $3), 0)
                  ORDER BY base_offset LIMIT $4",
@@ -619,6 +737,7 @@ impl Index for PostgresIndex {
                     row_group_count: to_u32(r.get(5), "rg_count")?,
                     byte_start: to_u64(r.get(6), "byte_start")?,
                     byte_end: to_u64(r.get(7), "byte_end")?,
+                    row_first: to_u32(r.get(8), "row_first")?,
                 })
             })
             .collect()

@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use floe_core::clock::SharedClock;
 use floe_core::idempotency;
-use floe_core::log::assign_offsets;
+use floe_core::producer::SeqState;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::replay;
 use crate::{
-    IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
-    PartitionOffsets, Result, RunEntry, RunOutcome, SegmentCommit, StateKey, StateKind, TopicMeta,
-    Versioned, check_deadline, completion_answer, decode_config, encode_config, fence,
+    Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
+    PartitionOffsets, Result, RunEntry, SegmentCommit, SeqKey, StateKey, StateKind, TopicMeta,
+    Versioned, check_deadline, completion_answer, decode_config, encode_config, fence, plan_commit,
 };
 
 const SCHEMA: &str = "
@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS runs (
     byte_end INTEGER NOT NULL,
     min_ts INTEGER NOT NULL,
     max_ts INTEGER NOT NULL,
+    row_first INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (topic_id, partition, base_offset)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_by_segment ON runs (segment_key);
@@ -84,7 +85,35 @@ CREATE TABLE IF NOT EXISTS group_offsets (
     next_offset INTEGER NOT NULL,
     PRIMARY KEY (topic_id, grp, partition)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS producers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT UNIQUE,
+    epoch INTEGER NOT NULL,
+    touched_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS producer_seqs (
+    producer_id INTEGER NOT NULL,
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    next_seq INTEGER NOT NULL,
+    recent TEXT NOT NULL,
+    touched_ms INTEGER NOT NULL,
+    PRIMARY KEY (producer_id, topic_id, partition)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS producer_seqs_by_touch ON producer_seqs (touched_ms);
 ";
+
+/// Columns added after the first release, for index files created before them.
+fn migrate(c: &Connection) -> Result<()> {
+    let has_row_first: bool = c
+        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'row_first'")?
+        .exists([])?;
+    if !has_row_first {
+        c.execute_batch("ALTER TABLE runs ADD COLUMN row_first INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone)]
 pub struct SqliteIndex {
@@ -123,6 +152,7 @@ impl SqliteIndex {
             }
             let w = connect(&path)?;
             w.execute_batch(SCHEMA)?;
+            migrate(&w)?;
             let r = connect(&path)?;
             Ok(Self {
                 writer: Arc::new(Mutex::new(w)),
@@ -285,7 +315,7 @@ impl Index for SqliteIndex {
         .await
     }
 
-    async fn commit(&self, seg: SegmentCommit) -> Result<Vec<RunOutcome>> {
+    async fn commit_segment(&self, seg: SegmentCommit) -> Result<Committed> {
         let clock = self.clock.clone();
         self.write(move |c| {
             let tx = c.transaction()?;
@@ -300,47 +330,72 @@ impl Index for SqliteIndex {
                     });
                 }
             }
-            let mut ends: HashMap<(i64, u32), Option<u64>> = HashMap::new();
+            let mut ends: HashMap<(i64, u32), u64> = HashMap::new();
             {
                 let mut st = tx.prepare_cached("SELECT next_offset FROM partitions WHERE topic_id = ?1 AND partition = ?2")?;
                 for r in &seg.runs {
-                    if let std::collections::hash_map::Entry::Vacant(e) = ends.entry((r.topic_id, r.partition)) {
-                        let _ = e.insert(st.query_row(params![r.topic_id, r.partition], |row| row.get(0)).optional()?);
+                    if !ends.contains_key(&(r.topic_id, r.partition))
+                        && let Some(n) = st.query_row(params![r.topic_id, r.partition], |row| row.get(0)).optional()?
+                    {
+                        let _ = ends.insert((r.topic_id, r.partition), n);
                     }
                 }
             }
-            let live: Vec<((i64, u32), u32)> = seg
-                .runs
-                .iter()
-                .filter(|r| ends.get(&(r.topic_id, r.partition)).copied().flatten().is_some())
-                .map(|r| ((r.topic_id, r.partition), r.records))
-                .collect();
-            let assigned = assign_offsets(&live, |k| ends.get(k).copied().flatten().unwrap_or(0));
-            let mut bases = assigned.iter();
-            let mut out = Vec::with_capacity(seg.runs.len());
+            let mut epochs: HashMap<i64, u32> = HashMap::new();
+            let mut seqs: HashMap<SeqKey, SeqState> = HashMap::new();
+            if !seg.producers.is_empty() {
+                let mut ep = tx.prepare_cached("SELECT epoch FROM producers WHERE id = ?1")?;
+                let mut sq = tx.prepare_cached("SELECT epoch, next_seq, recent FROM producer_seqs WHERE producer_id = ?1 AND topic_id = ?2 AND partition = ?3")?;
+                for p in &seg.producers {
+                    if !epochs.contains_key(&p.producer_id)
+                        && let Some(e) = ep.query_row([p.producer_id], |r| r.get(0)).optional()?
+                    {
+                        let _ = epochs.insert(p.producer_id, e);
+                    }
+                    for b in &p.batches {
+                        let key = (p.producer_id, b.topic_id, b.partition);
+                        if seqs.contains_key(&key) {
+                            continue;
+                        }
+                        let row: Option<(u32, i64, String)> = sq
+                            .query_row(params![key.0, key.1, key.2], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                            .optional()?;
+                        if let Some((epoch, next_seq, recent)) = row {
+                            let recent = floe_core::producer::decode_recent(&recent)
+                                .map_err(|e| IndexError::Corrupt(format!("producer state {key:?}: {e}")))?;
+                            let _ = seqs.insert(key, SeqState { epoch, next_seq, recent });
+                        }
+                    }
+                }
+            }
+            let plan = plan_commit(&seg.runs, &seg.producers, &ends, &epochs, &seqs)?;
             {
                 let mut ins = tx.prepare_cached(
-                    "INSERT INTO runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    "INSERT INTO runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )?;
-                let mut upd = tx.prepare_cached("UPDATE partitions SET next_offset = ?3 WHERE topic_id = ?1 AND partition = ?2 AND next_offset = ?4")?;
-                for r in &seg.runs {
-                    if ends.get(&(r.topic_id, r.partition)).copied().flatten().is_none() {
-                        out.push(RunOutcome::TopicGone);
-                        continue;
-                    }
-                    let Some(&(_, base, n)) = bases.next() else {
-                        return Err(IndexError::Corrupt("offset assignment lost a run".into()));
-                    };
+                for row in &plan.rows {
+                    let r = &seg.runs[row.run];
                     let _ = ins.execute(params![
-                        r.topic_id, r.partition, base, r.records, seg.key, seg.size, r.row_group_first,
-                        r.row_group_count, r.byte_start, r.byte_end, r.min_timestamp_ms, r.max_timestamp_ms
+                        r.topic_id, r.partition, row.base_offset, row.records, seg.key, seg.size, r.row_group_first,
+                        r.row_group_count, r.byte_start, r.byte_end, r.min_timestamp_ms, r.max_timestamp_ms, row.row_first
                     ])?;
+                }
+                let mut upd = tx.prepare_cached("UPDATE partitions SET next_offset = ?3 WHERE topic_id = ?1 AND partition = ?2 AND next_offset = ?4")?;
+                for ((t, p), end) in &plan.ends {
+                    let before = ends.get(&(*t, *p)).copied().unwrap_or_default();
                     // Compare-and-set on the end offset: the assertion that no other writer
                     // moved it (there is one writer connection, so this must hold).
-                    if upd.execute(params![r.topic_id, r.partition, base + n, base])? != 1 {
-                        return Err(IndexError::Corrupt(format!("end offset of ({}, {}) moved during commit", r.topic_id, r.partition)));
+                    if upd.execute(params![t, p, end, before])? != 1 {
+                        return Err(IndexError::Corrupt(format!("end offset of ({t}, {p}) moved during commit")));
                     }
-                    out.push(RunOutcome::Committed { base_offset: base });
+                }
+                let mut put = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO producer_seqs (producer_id, topic_id, partition, epoch, next_seq, recent, touched_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                for ((pid, t, p), st) in &plan.seqs {
+                    let _ = put.execute(params![
+                        pid, t, p, st.epoch, st.next_seq, floe_core::producer::encode_recent(&st.recent), seg.created_ms
+                    ])?;
                 }
             }
             for w in &seg.state_writes {
@@ -349,7 +404,7 @@ impl Index for SqliteIndex {
                 }
             }
             for c in &seg.idempotency {
-                let Some(answer) = completion_answer(c, &seg.runs, &out) else {
+                let Some(answer) = completion_answer(c, &seg.runs, &plan) else {
                     continue;
                 };
                 let n = tx
@@ -366,7 +421,44 @@ impl Index for SqliteIndex {
             // transaction is dropped), so a stalled commit never lands after its deadline.
             check_deadline(seg.deadline_unix_ms, clock.now_ms())?;
             tx.commit()?;
-            Ok(out)
+            Ok(Committed {
+                runs: plan.outcomes,
+                excluded: plan.excluded,
+                producers: plan.verdicts,
+            })
+        })
+        .await
+    }
+
+    async fn init_producer(&self, name: Option<&str>, now_ms: i64) -> Result<(i64, u32)> {
+        let name = name.map(str::to_string);
+        self.write(move |c| {
+            let row = c
+                .prepare_cached(
+                    "INSERT INTO producers (name, epoch, touched_ms) VALUES (?1, 0, ?2)
+                     ON CONFLICT (name) DO UPDATE SET epoch = epoch + 1, touched_ms = excluded.touched_ms
+                     RETURNING id, epoch",
+                )?
+                .query_row(params![name, now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(row)
+        })
+        .await
+    }
+
+    async fn expire_producers(&self, cutoff_ms: i64) -> Result<u64> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "DELETE FROM producer_seqs WHERE touched_ms < ?1",
+                [cutoff_ms],
+            )?;
+            let _ = tx.execute(
+                "DELETE FROM producers WHERE touched_ms < ?1
+                 AND NOT EXISTS (SELECT 1 FROM producer_seqs s WHERE s.producer_id = producers.id)",
+                [cutoff_ms],
+            )?;
+            tx.commit()?;
+            Ok(n as u64)
         })
         .await
     }
@@ -380,7 +472,7 @@ impl Index for SqliteIndex {
     ) -> Result<Vec<RunEntry>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end FROM runs
+                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first FROM runs
                  WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= COALESCE(
                     (SELECT MAX(base_offset) FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)
                  ORDER BY base_offset LIMIT ?4",
@@ -396,6 +488,7 @@ impl Index for SqliteIndex {
                         row_group_count: r.get(5)?,
                         byte_start: r.get(6)?,
                         byte_end: r.get(7)?,
+                        row_first: r.get(8)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use floe_core::group::{GroupError, GroupState, Member};
+use floe_core::producer::{Refusal, RequestCheck};
 use floe_index::{
     IdempotencyBegin, IdempotencyCompletion, IdempotencyVerdict, Index, IndexError, NewTopic,
-    OffsetCommit, RunCommit, RunOutcome, SegmentCommit, StateKey, StateKind, StateWrite,
+    OffsetCommit, ProducerAppend, ProducerBatch, RunCommit, RunOutcome, SegmentCommit, StateKey,
+    StateKind, StateWrite,
 };
 
 type Idx = Arc<dyn Index>;
@@ -39,6 +41,7 @@ fn seg(key: &str, runs: Vec<RunCommit>) -> SegmentCommit {
         created_ms: 0,
         state_writes: Vec::new(),
         idempotency: Vec::new(),
+        producers: Vec::new(),
     }
 }
 
@@ -839,6 +842,154 @@ async fn retention_drops_expired_runs_and_advances_the_start(i: Idx) {
     );
 }
 
+fn preq(pid: i64, epoch: u32, topic_id: i64, b: &[(u32, i64, u32, u32, u32)]) -> ProducerAppend {
+    ProducerAppend {
+        producer_id: pid,
+        epoch,
+        batches: b
+            .iter()
+            .map(|&(partition, first_seq, run, pos, count)| ProducerBatch {
+                topic_id,
+                partition,
+                first_seq,
+                run,
+                pos,
+                count,
+            })
+            .collect(),
+    }
+}
+
+/// Producer sessions (RFC 0003 part 2): sequences are checked in the commit, each request
+/// gets its own verdict, refused and duplicate rows are taken out of their run, epochs
+/// fence, expiry forgets.
+async fn producer_sequences_are_checked_in_the_commit(i: Idx) {
+    let t = i.create_topic(new_topic("ps", 2)).await.unwrap();
+    let (pid, e0) = i.init_producer(Some("app-1"), 10).await.unwrap();
+    assert_eq!(e0, 0);
+    let (anon_a, ea) = i.init_producer(None, 10).await.unwrap();
+    let (anon_b, _) = i.init_producer(None, 10).await.unwrap();
+    assert_eq!(ea, 0);
+    assert!(
+        anon_a != anon_b && anon_a != pid,
+        "anonymous producers get fresh ids"
+    );
+    // A plain record, then producer batch seq 0..3 on partition 0.
+    let mut s = seg("p1", vec![run(t.id, 0, 4)]);
+    s.producers = vec![preq(pid, 0, t.id, &[(0, 0, 0, 1, 3)])];
+    let c = i.commit_segment(s).await.unwrap();
+    assert_eq!(c.producers, vec![RequestCheck::Append]);
+    assert_eq!(c.runs, vec![RunOutcome::Committed { base_offset: 0 }]);
+    assert_eq!(i.end_offset(t.id, 0).await.unwrap(), Some(4));
+    // The retry (a lost answer), the next batch, a gap and an unknown producer, all in one
+    // segment: the retry is answered with offset 1 and written nowhere; the gap and the
+    // unknown producer are refused; the next batch and the plain record commit.
+    let mut s = seg("p2", vec![run(t.id, 0, 10)]);
+    s.producers = vec![
+        preq(pid, 0, t.id, &[(0, 0, 0, 0, 3)]),
+        preq(pid, 0, t.id, &[(0, 3, 0, 3, 2)]),
+        preq(anon_a, 0, t.id, &[(0, 7, 0, 5, 1)]),
+        preq(987_654, 0, t.id, &[(0, 0, 0, 6, 1)]),
+    ];
+    let c = i.commit_segment(s).await.unwrap();
+    assert_eq!(
+        c.producers,
+        vec![
+            RequestCheck::Duplicate(vec![1]),
+            RequestCheck::Append,
+            RequestCheck::Refused(Refusal::OutOfOrder {
+                partition: 0,
+                expected: 0,
+                got: 7
+            }),
+            RequestCheck::Refused(Refusal::UnknownProducer),
+        ]
+    );
+    assert_eq!(c.excluded, vec![vec![(0, 3), (5, 1), (6, 1)]]);
+    // Kept: rows 3..5 (the next batch) and 7..10 (plain): 5 records at 4..9.
+    assert_eq!(i.end_offset(t.id, 0).await.unwrap(), Some(9));
+    let entries = i.runs_from(t.id, 0, 4, 10).await.unwrap();
+    let pieces: Vec<(u64, u32, u32)> = entries
+        .iter()
+        .filter(|e| e.segment_key == "p2")
+        .map(|e| (e.base_offset, e.row_first, e.records))
+        .collect();
+    assert_eq!(pieces, vec![(4, 3, 2), (6, 7, 3)]);
+    // The batch at 4 is replayed from the stored state, in a later commit too.
+    let mut s = seg("p3", vec![run(t.id, 0, 2)]);
+    s.producers = vec![preq(pid, 0, t.id, &[(0, 3, 0, 0, 2)])];
+    let c = i.commit_segment(s).await.unwrap();
+    assert_eq!(c.producers, vec![RequestCheck::Duplicate(vec![4])]);
+    assert_eq!(
+        i.end_offset(t.id, 0).await.unwrap(),
+        Some(9),
+        "nothing written"
+    );
+    // Re-initialising the name bumps the epoch and fences the old session.
+    let (pid2, e1) = i.init_producer(Some("app-1"), 20).await.unwrap();
+    assert_eq!((pid2, e1), (pid, 1));
+    let mut s = seg("p4", vec![run(t.id, 1, 2)]);
+    s.producers = vec![
+        preq(pid, 0, t.id, &[(1, 5, 0, 0, 1)]),
+        preq(pid, 1, t.id, &[(1, 0, 0, 1, 1)]),
+    ];
+    let c = i.commit_segment(s).await.unwrap();
+    assert_eq!(
+        c.producers,
+        vec![
+            RequestCheck::Refused(Refusal::Fenced { current: 1 }),
+            RequestCheck::Append
+        ]
+    );
+    assert_eq!(i.end_offset(t.id, 1).await.unwrap(), Some(1));
+    // Expiry forgets idle state (touched at the segments' created_ms, 0 here) and
+    // producers with none left that were initialised before the cutoff.
+    assert!(i.expire_producers(15).await.unwrap() >= 2);
+    let mut s = seg("p5", vec![run(t.id, 0, 1)]);
+    s.producers = vec![preq(anon_b, 0, t.id, &[(0, 0, 0, 0, 1)])];
+    let c = i.commit_segment(s).await.unwrap();
+    assert_eq!(
+        c.producers,
+        vec![RequestCheck::Refused(Refusal::UnknownProducer)],
+        "anonymous producer initialised at 10 < 15 with no state is gone"
+    );
+    let mut s = seg("p6", vec![run(t.id, 0, 1)]);
+    s.producers = vec![preq(pid, 1, t.id, &[(0, 0, 0, 0, 1)])];
+    let c = i.commit_segment(s).await.unwrap();
+    assert_eq!(
+        c.producers,
+        vec![RequestCheck::Append],
+        "named producer kept (init at 20)"
+    );
+}
+
+/// Two agents commit the same batch of one producer at once (a retry racing the first
+/// attempt): exactly one appends, the other is answered with its offsets.
+async fn concurrent_retries_of_a_batch_append_once(i: Idx) {
+    let t = i.create_topic(new_topic("pr", 1)).await.unwrap();
+    let (pid, e) = i.init_producer(Some("racer"), 0).await.unwrap();
+    for round in 0..10i64 {
+        let mk = |k: &str| {
+            let mut s = seg(k, vec![run(t.id, 0, 2)]);
+            s.producers = vec![preq(pid, e, t.id, &[(0, round * 2, 0, 0, 2)])];
+            s
+        };
+        let (a, b) = tokio::join!(
+            i.commit_segment(mk(&format!("ra{round}"))),
+            i.commit_segment(mk(&format!("rb{round}")))
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let base = u64::try_from(round * 2).unwrap();
+        let mut got = vec![a.producers[0].clone(), b.producers[0].clone()];
+        got.sort_by_key(|v| matches!(v, RequestCheck::Duplicate(_)));
+        assert_eq!(
+            got,
+            vec![RequestCheck::Append, RequestCheck::Duplicate(vec![base])]
+        );
+        assert_eq!(i.end_offset(t.id, 0).await.unwrap(), Some(base + 2));
+    }
+}
+
 /// Runs every clause against one backend: `$open` is an async expression giving a fresh
 /// `Idx` (and something to keep alive while it is used).
 macro_rules! conformance {
@@ -902,6 +1053,16 @@ macro_rules! conformance {
         async fn retention_drops_expired_runs_and_advances_the_start() {
             let (_g, i) = $open().await;
             super::retention_drops_expired_runs_and_advances_the_start(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn producer_sequences_are_checked_in_the_commit() {
+            let (_g, i) = $open().await;
+            super::producer_sequences_are_checked_in_the_commit(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_retries_of_a_batch_append_once() {
+            let (_g, i) = $open().await;
+            super::concurrent_retries_of_a_batch_append_once(i).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_cas_loses_no_update() {

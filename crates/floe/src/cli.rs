@@ -61,10 +61,14 @@ pub(crate) struct ProduceArgs {
     /// Lines per produce request.
     #[arg(long, default_value_t = 500)]
     batch: usize,
-    /// Attempts per request on a retryable failure (503, connection error, key in flight).
-    /// Every request carries an Idempotency-Key, so a retry never writes a batch twice.
-    #[arg(long, default_value_t = 5)]
+    /// Attempts per request on a retryable failure (503, timeout, connection error). The
+    /// records go through an idempotent producer session (RFC 0003): a retry never writes
+    /// a batch twice.
+    #[arg(long, default_value_t = 10)]
     attempts: u32,
+    /// Producer name: a new run with the same name fences an older one still running.
+    #[arg(long)]
+    producer_name: Option<String>,
 }
 
 pub(crate) async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
@@ -75,51 +79,35 @@ pub(crate) async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
         )),
         None => Box::new(std::io::stdin().lock()),
     };
+    let mut producer = floe_client::IdempotentProducer::new(c, a.producer_name.as_deref())
+        .with_retry(floe_client::RetryPolicy {
+            attempts: a.attempts.max(1),
+            ..floe_client::RetryPolicy::default()
+        });
     let mut batch = Vec::new();
     let mut total = 0usize;
-    // One key per batch: this run's id and the batch number (RFC 0003).
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let mut seq = 0u64;
-    let attempts = a.attempts.max(1);
-    let mut send = |batch: Vec<ProduceRecord>| {
-        let c = c.clone();
-        let topic = a.topic.clone();
-        seq += 1;
-        let key = format!("floe-cli-{run_id}-{seq}");
-        async move {
-            let mut attempt = 1;
-            let r = loop {
-                match c.produce_with_key(&topic, batch.clone(), &key).await {
-                    Ok((r, _replayed)) => break r,
-                    Err(e) if e.is_retryable() && attempt < attempts => {
-                        eprintln!("attempt {attempt} failed ({e}); retrying with the same key");
-                        tokio::time::sleep(std::time::Duration::from_millis(200 << attempt.min(5)))
-                            .await;
-                        attempt += 1;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            };
+    let mut lines = reader.lines();
+    loop {
+        let line = lines.next().transpose()?;
+        let end = line.is_none();
+        if let Some(line) = line {
+            batch.push(ProduceRecord {
+                key: a.key.clone(),
+                value: Some(line),
+                partition: a.partition.map(i64::from),
+                ..ProduceRecord::default()
+            });
+        }
+        if !batch.is_empty() && (end || batch.len() >= a.batch.max(1)) {
+            let r = producer.send(&a.topic, std::mem::take(&mut batch)).await?;
             for o in &r.offsets {
                 eprintln!("partition {} offset {}", o.partition, o.offset);
             }
-            anyhow::Ok(r.offsets.len())
+            total += r.offsets.len();
         }
-    };
-    for line in reader.lines() {
-        let line = line?;
-        batch.push(ProduceRecord {
-            key: a.key.clone(),
-            value: Some(line),
-            partition: a.partition.map(i64::from),
-            ..ProduceRecord::default()
-        });
-        if batch.len() >= a.batch.max(1) {
-            total += send(std::mem::take(&mut batch)).await?;
+        if end {
+            break;
         }
-    }
-    if !batch.is_empty() {
-        total += send(batch).await?;
     }
     eprintln!("produced {total} records");
     Ok(())

@@ -144,6 +144,10 @@ struct ServeArgs {
     /// answer; after it the key is forgotten and may be reused).
     #[arg(long, env = "FLOE_IDEMPOTENCY_TTL_MS", default_value_t = 24 * 3600 * 1000)]
     idempotency_ttl_ms: u64,
+    /// How long an idle producer session's sequences are kept (after it the producer is
+    /// unknown and starts a new session; a retry older than this may duplicate).
+    #[arg(long, env = "FLOE_PRODUCER_TTL_MS", default_value_t = 24 * 3600 * 1000)]
+    producer_ttl_ms: u64,
     /// Sweeper deletes unreferenced segments older than this.
     #[arg(long, env = "FLOE_ORPHAN_GRACE_MS", default_value_t = 600_000)]
     orphan_grace_ms: u64,
@@ -238,6 +242,7 @@ impl ServeArgs {
             index_timeout: Duration::from_millis(self.index_timeout_ms),
             store_timeout: Duration::from_millis(self.store_timeout_ms),
             idempotency_ttl: Duration::from_millis(self.idempotency_ttl_ms),
+            producer_ttl: Duration::from_millis(self.producer_ttl_ms),
             orphan_grace: Duration::from_millis(self.orphan_grace_ms),
             sweep_interval: Duration::from_millis(self.sweep_interval_ms),
             cache_bytes: self.cache_bytes,

@@ -3,17 +3,22 @@
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
-use floe_api::{Encoding, ErrorBody, FetchResponse, ProduceRequest, ProduceResponse, RecordOffset};
+use floe_api::{
+    Encoding, ErrorBody, FetchResponse, InitProducerRequest, ProduceRequest, ProduceResponse,
+    ProducerSessionInfo, RecordOffset,
+};
 use floe_broker::Broker;
+use floe_broker::produce::ProducerStamp;
 use floe_broker::records::{FetchRequest, too_many_records};
 use floe_core::ipc::{ARROW_STREAM, IncomingRecord, IpcError};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ProduceBody, path_err};
+use crate::extract::{JsonBody, ProduceBody, path_err};
 use crate::render::{RecordsJson, arrow_response};
 
 fn decode_field(
@@ -71,15 +76,18 @@ fn decode_json(req: ProduceRequest) -> ApiResult<Vec<IncomingRecord>> {
 /// Answers only after the records are durable in the bucket and committed
 /// in the index; offsets come back in request order.
 #[utoipa::path(post, path = "/v1/topics/{topic}/records", params(("topic" = String, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to retry (1–255 visible ASCII characters, per topic): a request whose key already completed gets the original offsets back (response header `Idempotent-Replayed: true`) and writes nothing. Keys are remembered for the agent's idempotency TTL (default 24 h).")),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to retry (1–255 visible ASCII characters, per topic): a request whose key already completed gets the original offsets back (response header `Idempotent-Replayed: true`) and writes nothing. Keys are remembered for the agent's idempotency TTL (default 24 h)."),
+        ("Producer-Id" = Option<i64>, Header, description = "Producer session (from POST /v1/producers); with Producer-Epoch and Producer-Sequences. Not together with Idempotency-Key."),
+        ("Producer-Epoch" = Option<u32>, Header, description = "The session's epoch; an older epoch of the same producer is refused with 409 producer_fenced."),
+        ("Producer-Sequences" = Option<String>, Header, description = "`partition=sequence` pairs separated by commas, one per partition the request writes: the sequence of the request's first record in that partition (0 for a new session, then the previous sequence plus the previous batch's record count). Every record needs a key or a partition. A retry resends the same request with the same sequences and gets the first commit's offsets (`Idempotent-Replayed: true`); a gap is 409 out_of_order_sequence.")),
     request_body(content(
         (ProduceRequest = "application/json"),
         (String = "application/vnd.apache.arrow.stream")
     )), responses(
     (status = 200, body = ProduceResponse),
-    (status = 400, description = "invalid_json, invalid_record, invalid_partition, invalid_base64, invalid_idempotency_key", body = ErrorBody),
+    (status = 400, description = "invalid_json, invalid_record, invalid_partition, invalid_base64, invalid_idempotency_key, invalid_producer, invalid_sequences, invalid_request", body = ErrorBody),
     (status = 404, description = "topic_not_found", body = ErrorBody),
-    (status = 409, description = "idempotency_key_in_flight: a request with this Idempotency-Key is still being processed (retry)", body = ErrorBody),
+    (status = 409, description = "idempotency_key_in_flight: a request with this Idempotency-Key is still being processed (retry); out_of_order_sequence, producer_fenced, unknown_producer: refused by the producer session's checks (nothing written)", body = ErrorBody),
     (status = 413, description = "record_too_large, request_too_large", body = ErrorBody),
     (status = 422, description = "idempotency_key_reused: the Idempotency-Key was used for a different request", body = ErrorBody),
     (status = 503, description = "store_unavailable, index_unavailable, overloaded (with Retry-After)", body = ErrorBody)))]
@@ -100,6 +108,7 @@ pub(crate) async fn produce(
             )
         })?),
     };
+    let stamp = producer_stamp(&headers)?;
     let max = b.config.limits.max_records_per_request;
     let incoming = match body {
         ProduceBody::Json(req) => {
@@ -125,7 +134,9 @@ pub(crate) async fn produce(
                 })?
         }
     };
-    let produced = b.produce(&raw, incoming, deadline, key).await?;
+    let produced = b
+        .produce(&raw, incoming, deadline, key, stamp.as_ref())
+        .await?;
     let body = Json(ProduceResponse {
         offsets: produced
             .offsets
@@ -140,6 +151,93 @@ pub(crate) async fn produce(
         return Ok(([(REPLAYED, "true")], body).into_response());
     }
     Ok(body.into_response())
+}
+
+/// Request headers of a producer session (RFC 0003 part 2).
+pub(crate) const PRODUCER_ID: &str = "producer-id";
+pub(crate) const PRODUCER_EPOCH: &str = "producer-epoch";
+pub(crate) const PRODUCER_SEQUENCES: &str = "producer-sequences";
+
+fn invalid_producer(m: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_producer", m)
+}
+
+/// The producer session headers: all three or none.
+fn producer_stamp(h: &axum::http::HeaderMap) -> ApiResult<Option<ProducerStamp>> {
+    let get = |name: &str| -> ApiResult<Option<&str>> {
+        h.get(name)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| invalid_producer(format!("{name} must be ASCII")))
+            })
+            .transpose()
+    };
+    let (id, epoch, seqs) = (
+        get(PRODUCER_ID)?,
+        get(PRODUCER_EPOCH)?,
+        get(PRODUCER_SEQUENCES)?,
+    );
+    let (id, epoch, seqs) = match (id, epoch, seqs) {
+        (None, None, None) => return Ok(None),
+        (Some(i), Some(e), Some(s)) => (i, e, s),
+        _ => {
+            return Err(invalid_producer(
+                "a producer session needs all three headers: Producer-Id, Producer-Epoch, Producer-Sequences",
+            ));
+        }
+    };
+    let producer_id = id
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| invalid_producer(format!("Producer-Id must be an integer, got {id:?}")))?;
+    let epoch = epoch.trim().parse::<u32>().map_err(|_| {
+        invalid_producer(format!(
+            "Producer-Epoch must be a non-negative integer, got {epoch:?}"
+        ))
+    })?;
+    let mut sequences = std::collections::BTreeMap::new();
+    for pair in seqs.split(',').map(str::trim) {
+        let parsed = pair.split_once('=').and_then(|(p, s)| {
+            Some((p.trim().parse::<u32>().ok()?, s.trim().parse::<i64>().ok()?))
+        });
+        let Some((p, s)) = parsed else {
+            return Err(ApiError::bad_request(
+                "invalid_sequences",
+                format!("Producer-Sequences: {pair:?} is not partition=sequence"),
+            ));
+        };
+        if sequences.insert(p, s).is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_sequences",
+                format!("Producer-Sequences names partition {p} twice"),
+            ));
+        }
+    }
+    Ok(Some(ProducerStamp {
+        producer_id,
+        epoch,
+        sequences,
+    }))
+}
+
+/// Start a producer session: produce requests that carry it are checked per partition
+/// against their sequence in the commit, so a retry never writes twice (RFC 0003).
+#[utoipa::path(post, path = "/v1/producers", request_body = InitProducerRequest, responses(
+    (status = 201, body = ProducerSessionInfo),
+    (status = 400, description = "invalid_json, invalid_producer_name", body = ErrorBody),
+    (status = 503, description = "index_unavailable (with Retry-After)", body = ErrorBody)))]
+pub(crate) async fn init_producer(
+    State(b): State<Broker>,
+    JsonBody(req): JsonBody<InitProducerRequest>,
+) -> ApiResult<(StatusCode, Json<ProducerSessionInfo>)> {
+    let s = b.init_producer(req.name.as_deref()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ProducerSessionInfo {
+            producer_id: s.producer_id,
+            epoch: s.epoch,
+        }),
+    ))
 }
 
 /// Request header: makes a produce safe to retry (RFC 0003).
