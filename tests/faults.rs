@@ -361,6 +361,61 @@ async fn idempotency_key_makes_a_retry_after_a_lost_answer_write_nothing() {
     assert_eq!(values, vec!["once", "twice", "twice"]);
 }
 
+/// The lost-ack case with a producer session (RFC 0003 part 2): the commit lands, the
+/// answer is lost twice, and `IdempotentProducer` retries the same request with the same
+/// sequences; the retry gets the offsets first assigned and the log holds every record
+/// once, in order, also across the requests that follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_session_retry_after_a_lost_answer_writes_nothing() {
+    let f = faulty_agent().await;
+    let (c, lose_answers) = (&f.client, &f.lose_answers);
+    let _ = c.create_topic("seq", 2).await.unwrap();
+    let mut p = floe_client::IdempotentProducer::new(c.clone(), Some("orders-service"));
+    // "a" records to partition 0, "b" records to partition 1.
+    let keyed = |k: &str, v: &str| ProduceRecord {
+        value: Some(v.into()),
+        partition: Some(i64::from(k != "a")),
+        ..Default::default()
+    };
+    let first = p
+        .send("seq", vec![keyed("a", "a0"), keyed("b", "b0")])
+        .await
+        .unwrap();
+    lose_answers.store(2, Ordering::SeqCst);
+    let second = p
+        .send("seq", vec![keyed("a", "a1"), keyed("b", "b1"), keyed("a", "a2")])
+        .await
+        .unwrap();
+    assert_eq!(lose_answers.load(Ordering::SeqCst), 0, "both faults fired");
+    let third = p.send("seq", vec![keyed("a", "a3")]).await.unwrap();
+    // Offsets continue densely from the first commit of the second request.
+    assert_eq!(second.offsets[0].partition, 0);
+    assert_eq!(second.offsets[1].partition, 1);
+    assert_eq!(second.offsets[1].offset, first.offsets[1].offset + 1);
+    assert_eq!(second.offsets[0].offset, first.offsets[0].offset + 1);
+    assert_eq!(second.offsets[2].offset, first.offsets[0].offset + 2);
+    assert_eq!(third.offsets[0].offset, first.offsets[0].offset + 3);
+    let mut all = Vec::new();
+    for part in 0..2 {
+        let got = c
+            .fetch("seq", part, 0, FetchOptions::default())
+            .await
+            .unwrap();
+        all.extend(got.records.iter().filter_map(|r| r.value.clone()));
+    }
+    all.sort();
+    assert_eq!(all, vec!["a0", "a1", "a2", "a3", "b0", "b1"], "each once");
+    // A zombie (the same name initialised again elsewhere) is fenced.
+    let mut zombie_killer =
+        floe_client::IdempotentProducer::new(c.clone(), Some("orders-service"));
+    let _ = zombie_killer
+        .send("seq", vec![keyed("a", "new")])
+        .await
+        .unwrap();
+    let e = p.send("seq", vec![keyed("a", "zombie")]).await.unwrap_err();
+    assert_eq!(e.code(), Some("producer_fenced"), "{e}");
+}
+
 /// The deletion boundary (RFC 0004). A commit stalls (its index call hangs) while the
 /// sweeper, on an agent whose clock is ahead of the index's, finds the segment old and
 /// unreferenced and deletes it. The index's own deadline check cannot catch this (its

@@ -826,3 +826,157 @@ async fn idempotency_key_replays_refuses_reuse_and_survives_restart() {
     }
     assert_eq!(total, 3, "one copy of the three records");
 }
+
+/// Producer sessions over HTTP (RFC 0003 part 2): a retry racing its first attempt in the
+/// same flush is answered with the same offsets and written once (its rows are taken out
+/// of the segment's run; the records after them are served at the right offsets, as JSON
+/// and as Arrow); strict headers; gaps, unknown producers and zombies refused; the state
+/// survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_sessions_dedupe_retries_in_one_flush_and_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    // A linger long enough that concurrent requests share one flush.
+    let args = ["--flush-policy", "linger", "--linger-ms", "300"];
+    let agent = AgentProc::start(dir.path(), &args);
+    let c = agent.client();
+    let _ = c.create_topic("ps", 1).await.unwrap();
+    let s = c.init_producer(Some("billing")).await.unwrap();
+    assert_eq!(s.epoch, 0);
+    let seq0 = BTreeMap::from([(0u32, 0i64)]);
+    let batch = || {
+        (0..3)
+            .map(|i| ProduceRecord {
+                value: Some(format!("b{i}")),
+                partition: Some(0),
+                ..Default::default()
+            })
+            .collect::<Vec<_>>()
+    };
+    let (a, b, plain) = tokio::join!(
+        c.produce_sequenced("ps", batch(), s, &seq0),
+        async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            c.produce_sequenced("ps", batch(), s, &seq0).await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            c.produce("ps", vec![rec("plain".into())]).await
+        }
+    );
+    let ((a, a_replayed), (b, b_replayed), plain) = (a.unwrap(), b.unwrap(), plain.unwrap());
+    assert!(!a_replayed && b_replayed, "the second is the retry");
+    assert_eq!(a.offsets, b.offsets, "the retry gets the first offsets");
+    assert_eq!(
+        a.offsets.iter().map(|o| o.offset).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(plain.offsets[0].offset, 3, "the record after the taken-out rows");
+    let got = read_all(&c, "ps", 0).await;
+    let values: Vec<_> = got.iter().filter_map(|r| r.value.clone()).collect();
+    assert_eq!(values, vec!["b0", "b1", "b2", "plain"]);
+    assert_eq!(
+        got.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    // The same as Arrow, from offset 0 and from 3 (the piece after the taken-out rows).
+    for (from, want) in [(0u64, vec![0u64, 1, 2, 3]), (3, vec![3])] {
+        let (arrow, next, end) = c
+            .fetch_arrow("ps", 0, from, FetchOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(arrow.iter().map(|r| r.offset).collect::<Vec<_>>(), want);
+        assert_eq!((next, end), (4, 4));
+        assert_eq!(arrow.last().map(|r| r.value.clone()), Some(b"plain".to_vec()));
+    }
+
+    // Strict input: every refusal is a 4xx naming the problem, and writes nothing.
+    let u = format!("{}/v1/topics/ps/records", c.base());
+    let body = serde_json::json!({"records": [{"value": "v", "partition": 0}]});
+    let post = |hs: Vec<(&'static str, String)>, body: serde_json::Value| {
+        let mut r = reqwest::Client::new().post(&u).json(&body);
+        for (k, v) in hs {
+            r = r.header(k, v);
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let v: serde_json::Value = resp.json().await.unwrap();
+            (status, v["error"]["code"].as_str().unwrap_or("").to_string())
+        }
+    };
+    let id = s.producer_id.to_string();
+    let full = |seqs: &str| {
+        vec![
+            ("producer-id", id.clone()),
+            ("producer-epoch", "0".to_string()),
+            ("producer-sequences", seqs.to_string()),
+        ]
+    };
+    assert_eq!(
+        post(vec![("producer-id", id.clone())], body.clone()).await,
+        (400, "invalid_producer".into())
+    );
+    assert_eq!(
+        post(full("0=x"), body.clone()).await,
+        (400, "invalid_sequences".into())
+    );
+    assert_eq!(
+        post(full("0=3,0=4"), body.clone()).await,
+        (400, "invalid_sequences".into())
+    );
+    assert_eq!(
+        post(full("1=3"), body.clone()).await,
+        (400, "invalid_sequences".into()),
+        "names a partition the request does not write"
+    );
+    assert_eq!(
+        post(full("0=3"), serde_json::json!({"records": [{"value": "no key"}]})).await,
+        (400, "invalid_record".into())
+    );
+    let mut both = full("0=3");
+    both.push(("idempotency-key", "k".into()));
+    assert_eq!(post(both, body.clone()).await, (400, "invalid_request".into()));
+    assert_eq!(
+        post(full("0=7"), body.clone()).await,
+        (409, "out_of_order_sequence".into())
+    );
+    let mut unknown = full("0=0");
+    unknown[0].1 = "987654321".into();
+    assert_eq!(post(unknown, body.clone()).await, (409, "unknown_producer".into()));
+    assert_eq!(read_all(&c, "ps", 0).await.len(), 4, "no refusal wrote anything");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/producers", c.base()))
+        .json(&serde_json::json!({"name": "has space"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+
+    // Across a restart the sequences are still there (they live in the index).
+    assert!(
+        tokio::task::spawn_blocking(move || agent.terminate())
+            .await
+            .unwrap()
+            .success()
+    );
+    let agent = AgentProc::start(dir.path(), &args);
+    let c = agent.client();
+    let (again, replayed) = c.produce_sequenced("ps", batch(), s, &seq0).await.unwrap();
+    assert!(replayed);
+    assert_eq!(again.offsets, a.offsets);
+    let (next, replayed) = c
+        .produce_sequenced("ps", batch(), s, &BTreeMap::from([(0u32, 3i64)]))
+        .await
+        .unwrap();
+    assert!(!replayed);
+    assert_eq!(next.offsets[0].offset, 4);
+    // Re-initialising the name fences the old epoch.
+    let s1 = c.init_producer(Some("billing")).await.unwrap();
+    assert_eq!((s1.producer_id, s1.epoch), (s.producer_id, 1));
+    let e = c
+        .produce_sequenced("ps", batch(), s, &BTreeMap::from([(0u32, 6i64)]))
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(409), Some("producer_fenced")));
+    assert_eq!(read_all(&c, "ps", 0).await.len(), 7);
+}
