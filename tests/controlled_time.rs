@@ -432,3 +432,54 @@ async fn idempotency_keys_are_forgotten_after_their_ttl_of_clock_time() {
     assert!(!replayed, "past the TTL the key is forgotten");
     assert_eq!(r.offsets[0].offset, 1, "a new request, written");
 }
+
+/// Producer sessions (RFC 0003 part 2) are forgotten after `producer_ttl` of the engine's
+/// clock without a produce: within it a retry is replayed; after it the sweeper has
+/// forgotten the sequences and the producer, and the session is refused as unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_producer_sessions_expire_after_their_ttl_of_clock_time() {
+    let h = harness(AgentConfig {
+        sweep_interval: Duration::from_millis(50),
+        producer_ttl: Duration::from_secs(60),
+        ..AgentConfig::default()
+    })
+    .await;
+    let c = &h.client;
+    let _ = c.create_topic("ttl", 1).await.unwrap();
+    let s = c.init_producer(None).await.unwrap();
+    let seq = std::collections::BTreeMap::from([(0u32, 0i64)]);
+    let placed = |v: &str| floe_api::ProduceRecord {
+        value: Some(v.into()),
+        partition: Some(0),
+        ..Default::default()
+    };
+    let (first, _) = c
+        .produce_sequenced("ttl", vec![placed("a")], s, &seq)
+        .await
+        .unwrap();
+    // Sweeps run meanwhile; within the TTL the state still counts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.clock.advance_ms(59_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (again, replayed) = c
+        .produce_sequenced("ttl", vec![placed("a")], s, &seq)
+        .await
+        .unwrap();
+    assert!(replayed);
+    assert_eq!(again.offsets, first.offsets);
+    h.clock.advance_ms(2_000);
+    // Let a sweep run with the clock past the TTL.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.produce_sequenced("ttl", vec![placed("a")], s, &seq).await;
+        match r {
+            Err(e) if e.code() == Some("unknown_producer") => break,
+            Ok((_, true)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("expected unknown_producer after the TTL, got {other:?}"),
+        }
+    }
+    let got = c.fetch("ttl", 0, 0, FetchOptions::default()).await.unwrap();
+    assert_eq!(got.records.len(), 1, "nothing written twice");
+}

@@ -383,7 +383,10 @@ async fn producer_session_retry_after_a_lost_answer_writes_nothing() {
         .unwrap();
     lose_answers.store(2, Ordering::SeqCst);
     let second = p
-        .send("seq", vec![keyed("a", "a1"), keyed("b", "b1"), keyed("a", "a2")])
+        .send(
+            "seq",
+            vec![keyed("a", "a1"), keyed("b", "b1"), keyed("a", "a2")],
+        )
         .await
         .unwrap();
     assert_eq!(lose_answers.load(Ordering::SeqCst), 0, "both faults fired");
@@ -406,8 +409,7 @@ async fn producer_session_retry_after_a_lost_answer_writes_nothing() {
     all.sort();
     assert_eq!(all, vec!["a0", "a1", "a2", "a3", "b0", "b1"], "each once");
     // A zombie (the same name initialised again elsewhere) is fenced.
-    let mut zombie_killer =
-        floe_client::IdempotentProducer::new(c.clone(), Some("orders-service"));
+    let mut zombie_killer = floe_client::IdempotentProducer::new(c.clone(), Some("orders-service"));
     let _ = zombie_killer
         .send("seq", vec![keyed("a", "new")])
         .await

@@ -258,3 +258,70 @@ async fn postgres_hung_answers_within_deadlines_and_commits_nothing_late() {
     assert_eq!(got, vec!["before", "after"], "nothing committed late");
     assert_eq!(after, 1);
 }
+
+/// The lost ack across agents (RFC 0003 part 2): agent A commits a producer's request in
+/// the shared PostgreSQL index but its answer is lost (fault hook after the commit); the
+/// producer fails over to agent B with the same sequences and is answered with A's offsets
+/// — a replay, nothing written. Not ignored: it leaves the server running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answer_on_one_agent_is_replayed_by_another() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    let index_url = fresh_pg_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = || -> Arc<dyn object_store::ObjectStore> {
+        Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(dir.path())
+                .unwrap()
+                .with_fsync(true),
+        )
+    };
+    let config = |id: &str| floe_agent::AgentConfig {
+        listen: "127.0.0.1:0".into(),
+        linger: Duration::from_millis(5),
+        agent_id: id.into(),
+        ..floe_agent::AgentConfig::default()
+    };
+    let faulty = floe_agent::faults::FaultIndex::new(floe_index::open(&index_url).await.unwrap());
+    let lose = faulty.lose_commit_answers();
+    let a = floe_agent::Agent::start_with(config("a"), store(), Arc::new(faulty))
+        .await
+        .unwrap();
+    let b = floe_agent::Agent::start_with(
+        config("b"),
+        store(),
+        floe_index::open(&index_url).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let ca = floe_client::Client::new(&format!("http://{}", a.addr)).unwrap();
+    let cb = floe_client::Client::new(&format!("http://{}", b.addr)).unwrap();
+    let _ = ca.create_topic("x", 1).await.unwrap();
+    let mut p =
+        floe_client::IdempotentProducer::new(ca.clone(), Some("svc")).with_failover([cb.clone()]);
+    let rec = |v: &str| ProduceRecord {
+        value: Some(v.into()),
+        ..Default::default()
+    };
+    let first = p.send("x", vec![rec("0"), rec("1")]).await.unwrap();
+    lose.store(1, Ordering::SeqCst);
+    let second = p.send("x", vec![rec("2"), rec("3")]).await.unwrap();
+    assert_eq!(lose.load(Ordering::SeqCst), 0, "the fault fired on agent A");
+    let stats = p.stats();
+    assert_eq!(
+        (stats.retries, stats.replays),
+        (1, 1),
+        "one retry, on B, a replay"
+    );
+    assert_eq!(
+        second.offsets.iter().map(|o| o.offset).collect::<Vec<_>>(),
+        vec![2, 3],
+        "the offsets A committed"
+    );
+    assert_eq!(first.offsets[1].offset, 1);
+    let third = p.send("x", vec![rec("4")]).await.unwrap();
+    assert_eq!(third.offsets[0].offset, 4);
+    let got = read_all(&cb, "x", 0).await;
+    let values: Vec<_> = got.iter().filter_map(|r| r.value.clone()).collect();
+    assert_eq!(values, vec!["0", "1", "2", "3", "4"], "each record once");
+}

@@ -870,7 +870,10 @@ async fn producer_sessions_dedupe_retries_in_one_flush_and_across_restarts() {
         a.offsets.iter().map(|o| o.offset).collect::<Vec<_>>(),
         vec![0, 1, 2]
     );
-    assert_eq!(plain.offsets[0].offset, 3, "the record after the taken-out rows");
+    assert_eq!(
+        plain.offsets[0].offset, 3,
+        "the record after the taken-out rows"
+    );
     let got = read_all(&c, "ps", 0).await;
     let values: Vec<_> = got.iter().filter_map(|r| r.value.clone()).collect();
     assert_eq!(values, vec!["b0", "b1", "b2", "plain"]);
@@ -886,7 +889,10 @@ async fn producer_sessions_dedupe_retries_in_one_flush_and_across_restarts() {
             .unwrap();
         assert_eq!(arrow.iter().map(|r| r.offset).collect::<Vec<_>>(), want);
         assert_eq!((next, end), (4, 4));
-        assert_eq!(arrow.last().map(|r| r.value.clone()), Some(b"plain".to_vec()));
+        assert_eq!(
+            arrow.last().map(|r| r.value.clone()),
+            Some(b"plain".to_vec())
+        );
     }
 
     // Strict input: every refusal is a 4xx naming the problem, and writes nothing.
@@ -901,7 +907,10 @@ async fn producer_sessions_dedupe_retries_in_one_flush_and_across_restarts() {
             let resp = r.send().await.unwrap();
             let status = resp.status().as_u16();
             let v: serde_json::Value = resp.json().await.unwrap();
-            (status, v["error"]["code"].as_str().unwrap_or("").to_string())
+            (
+                status,
+                v["error"]["code"].as_str().unwrap_or("").to_string(),
+            )
         }
     };
     let id = s.producer_id.to_string();
@@ -930,20 +939,34 @@ async fn producer_sessions_dedupe_retries_in_one_flush_and_across_restarts() {
         "names a partition the request does not write"
     );
     assert_eq!(
-        post(full("0=3"), serde_json::json!({"records": [{"value": "no key"}]})).await,
+        post(
+            full("0=3"),
+            serde_json::json!({"records": [{"value": "no key"}]})
+        )
+        .await,
         (400, "invalid_record".into())
     );
     let mut both = full("0=3");
     both.push(("idempotency-key", "k".into()));
-    assert_eq!(post(both, body.clone()).await, (400, "invalid_request".into()));
+    assert_eq!(
+        post(both, body.clone()).await,
+        (400, "invalid_request".into())
+    );
     assert_eq!(
         post(full("0=7"), body.clone()).await,
         (409, "out_of_order_sequence".into())
     );
     let mut unknown = full("0=0");
     unknown[0].1 = "987654321".into();
-    assert_eq!(post(unknown, body.clone()).await, (409, "unknown_producer".into()));
-    assert_eq!(read_all(&c, "ps", 0).await.len(), 4, "no refusal wrote anything");
+    assert_eq!(
+        post(unknown, body.clone()).await,
+        (409, "unknown_producer".into())
+    );
+    assert_eq!(
+        read_all(&c, "ps", 0).await.len(),
+        4,
+        "no refusal wrote anything"
+    );
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/producers", c.base()))
         .json(&serde_json::json!({"name": "has space"}))

@@ -20,6 +20,6 @@ eval "$(bash infra/moto.sh)"
 cargo nextest run --workspace --profile services --no-fail-fast
 echo "== S3 multi-agent suite against LocalStack"
 eval "$(bash localstack/run-host.sh)"
-cargo nextest run --workspace -E 'binary(s3_multi_agent)' --no-fail-fast
+FLOE_KILL_TRIALS=3 cargo nextest run --workspace -E 'binary(s3_multi_agent)' --no-fail-fast
 echo "== PostgreSQL restart and hang (alone, one at a time: they restart and stop the shared server)"
 cargo nextest run --workspace -E 'binary(pg_restart)' --run-ignored only --test-threads 1

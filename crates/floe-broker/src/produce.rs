@@ -239,9 +239,10 @@ impl ProducerHandle {
             None,
             Instant::now(),
             deadline,
-            state_writes,
-            Vec::new(),
-            Vec::new(),
+            CommitsWith {
+                state_writes,
+                ..CommitsWith::default()
+            },
         )
         .await?;
         // Counted like buffered produces (dead letters were, before they bypassed it).
@@ -647,9 +648,11 @@ async fn flush_one(
         before,
         started,
         deadline,
-        Vec::new(),
-        completions,
-        producers,
+        CommitsWith {
+            idempotency: completions,
+            producers,
+            ..CommitsWith::default()
+        },
     )
     .await;
     // Let the next flush commit whatever happened here.
@@ -690,6 +693,14 @@ async fn flush_one(
     }
 }
 
+/// What a segment's index transaction carries besides its runs.
+#[derive(Default)]
+struct CommitsWith {
+    state_writes: Vec<StateWrite>,
+    idempotency: Vec<IdempotencyCompletion>,
+    producers: Vec<ProducerAppend>,
+}
+
 /// Encode, PUT and commit. Returns each run's (partition, topic name) and outcome.
 async fn write_and_commit(
     ctx: &Ctx,
@@ -697,10 +708,13 @@ async fn write_and_commit(
     before: Option<oneshot::Receiver<()>>,
     started: Instant,
     deadline: Deadline,
-    state_writes: Vec<StateWrite>,
-    idempotency: Vec<IdempotencyCompletion>,
-    producers: Vec<ProducerAppend>,
+    with: CommitsWith,
 ) -> Result<(Vec<(u32, String)>, Committed), BrokerError> {
+    let CommitsWith {
+        state_writes,
+        idempotency,
+        producers,
+    } = with;
     let opts = EncodeOptions {
         compression: ctx.config.compression,
         max_rows_per_row_group: ctx.config.rows_per_row_group,

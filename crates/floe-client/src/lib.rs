@@ -90,7 +90,10 @@ impl Default for RetryPolicy {
 /// before its next request, as Kafka's idempotent producer bumps its epoch.
 #[derive(Debug)]
 pub struct IdempotentProducer {
-    client: Client,
+    /// Agents to send to: the first, then the next one on a retryable failure (any agent
+    /// of a cluster sharing one index answers a retry the same way).
+    clients: Vec<Client>,
+    current: usize,
     name: Option<String>,
     session: Option<ProducerSessionInfo>,
     /// Next sequence per (topic, partition) in this session.
@@ -98,6 +101,25 @@ pub struct IdempotentProducer {
     partitions: HashMap<String, u32>,
     round_robin: u32,
     retry: RetryPolicy,
+    stats: ProducerStats,
+}
+
+/// What an [`IdempotentProducer`] went through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProducerStats {
+    /// Attempts repeated after a retryable failure.
+    pub retries: u64,
+    /// Requests answered as replays: an earlier attempt had been committed (its answer
+    /// was lost) and the retry wrote nothing.
+    pub replays: u64,
+}
+
+/// A request ready to send: partitions chosen, sequences taken from the session.
+struct Prepared {
+    records: Vec<ProduceRecord>,
+    counts: BTreeMap<u32, i64>,
+    sequences: BTreeMap<u32, i64>,
+    session: ProducerSessionInfo,
 }
 
 impl IdempotentProducer {
@@ -105,18 +127,30 @@ impl IdempotentProducer {
     /// restarted application takes over from its zombie).
     pub fn new(client: Client, name: Option<&str>) -> Self {
         Self {
-            client,
+            clients: vec![client],
+            current: 0,
             name: name.map(str::to_string),
             session: None,
             next: HashMap::new(),
             partitions: HashMap::new(),
             round_robin: 0,
             retry: RetryPolicy::default(),
+            stats: ProducerStats::default(),
         }
+    }
+
+    pub fn stats(&self) -> ProducerStats {
+        self.stats
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Further agents of the same cluster (same bucket and index) to fail over to.
+    pub fn with_failover(mut self, others: impl IntoIterator<Item = Client>) -> Self {
+        self.clients.extend(others);
         self
     }
 
@@ -125,35 +159,29 @@ impl IdempotentProducer {
         self.session
     }
 
-    async fn ensure_session(&mut self) -> Result<ProducerSessionInfo> {
-        if let Some(s) = self.session {
-            return Ok(s);
-        }
-        let s = self.client.init_producer(self.name.as_deref()).await?;
-        self.next.clear();
-        self.session = Some(s);
-        Ok(s)
+    fn client(&self) -> &Client {
+        &self.clients[self.current % self.clients.len()]
     }
 
-    async fn partition_count(&mut self, topic: &str) -> Result<u32> {
-        if let Some(n) = self.partitions.get(topic) {
-            return Ok(*n);
-        }
-        let n = u32::try_from(self.client.describe_topic(topic).await?.partitions.len())
-            .unwrap_or(u32::MAX)
-            .max(1);
-        let _ = self.partitions.insert(topic.to_string(), n);
-        Ok(n)
-    }
-
-    /// Produce `records` to `topic`, retrying as the policy says. Returns the offsets
-    /// (on a retry of a committed request: those of its first commit).
-    pub async fn send(
-        &mut self,
-        topic: &str,
-        mut records: Vec<ProduceRecord>,
-    ) -> Result<ProduceResponse> {
-        let n = self.partition_count(topic).await?;
+    async fn prepare(&mut self, topic: &str, mut records: Vec<ProduceRecord>) -> Result<Prepared> {
+        let n = match self.partitions.get(topic) {
+            Some(n) => *n,
+            None => {
+                let d = self.client().describe_topic(topic).await?;
+                let n = u32::try_from(d.partitions.len()).unwrap_or(u32::MAX).max(1);
+                let _ = self.partitions.insert(topic.to_string(), n);
+                n
+            }
+        };
+        let session = match self.session {
+            Some(s) => s,
+            None => {
+                let s = self.client().init_producer(self.name.as_deref()).await?;
+                self.next.clear();
+                self.session = Some(s);
+                s
+            }
+        };
         let sticky = self.round_robin % n;
         self.round_robin = self.round_robin.wrapping_add(1);
         let mut counts: BTreeMap<u32, i64> = BTreeMap::new();
@@ -161,42 +189,80 @@ impl IdempotentProducer {
             let p = match (r.partition, &r.key, &r.key_b64) {
                 (Some(p), _, _) => u32::try_from(p).unwrap_or(u32::MAX),
                 (None, Some(k), _) => floe_core::partitioner::partition_for_key(k.as_bytes(), n),
-                (None, None, Some(_)) => {
+                (None, None, Some(k)) => {
                     // The agent decodes base64 keys; send the partition it would pick.
-                    let key = base64_decode(r.key_b64.as_deref().unwrap_or_default());
-                    floe_core::partitioner::partition_for_key(&key, n)
+                    floe_core::partitioner::partition_for_key(&base64_decode(k), n)
                 }
                 (None, None, None) => sticky,
             };
             r.partition = Some(i64::from(p));
             *counts.entry(p).or_default() += 1;
         }
-        let session = self.ensure_session().await?;
-        let sequences: BTreeMap<u32, i64> = counts
+        let sequences = counts
             .keys()
             .map(|p| (*p, *self.next.get(&(topic.to_string(), *p)).unwrap_or(&0)))
             .collect();
+        Ok(Prepared {
+            records,
+            counts,
+            sequences,
+            session,
+        })
+    }
+
+    /// Produce `records` to `topic`, retrying as the policy says (on the next agent, when
+    /// there are several). Returns the offsets (on a retry of a committed request: those
+    /// of its first commit).
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<ProduceResponse> {
         let mut attempt = 1;
         let mut backoff = self.retry.backoff;
+        let mut prepared: Option<Prepared> = None;
         loop {
-            match self
-                .client
-                .produce_sequenced(topic, records.clone(), session, &sequences)
-                .await
-            {
-                Ok((resp, _replayed)) => {
-                    for (p, c) in counts {
-                        *self.next.entry((topic.to_string(), p)).or_default() += c;
+            let result = match &prepared {
+                Some(p) => {
+                    self.client()
+                        .produce_sequenced(topic, p.records.clone(), p.session, &p.sequences)
+                        .await
+                }
+                None => match self.prepare(topic, records.clone()).await {
+                    Ok(p) => {
+                        let r = self
+                            .client()
+                            .produce_sequenced(topic, p.records.clone(), p.session, &p.sequences)
+                            .await;
+                        prepared = Some(p);
+                        r
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
+                Ok((resp, replayed)) => {
+                    if replayed {
+                        self.stats.replays += 1;
+                    }
+                    if let Some(p) = prepared {
+                        for (part, c) in p.counts {
+                            *self.next.entry((topic.to_string(), part)).or_default() += c;
+                        }
                     }
                     return Ok(resp);
                 }
                 Err(e) if e.is_retryable() && attempt < self.retry.attempts.max(1) => {
+                    self.current = (self.current + 1) % self.clients.len();
+                    self.stats.retries += 1;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.retry.max_backoff);
                     attempt += 1;
                 }
                 Err(e) => {
-                    if e.is_retryable() || e.code() == Some("unknown_producer") {
+                    if prepared.is_some()
+                        && (e.is_retryable() || e.code() == Some("unknown_producer"))
+                    {
                         // Outcome unknown (or the session expired): sequences may be out of
                         // step with the agent's, so the next request starts a new session.
                         self.session = None;
