@@ -895,6 +895,20 @@ async fn producer_sessions_dedupe_retries_in_one_flush_and_across_restarts() {
         );
     }
 
+    let metrics = reqwest::get(format!("{}/metrics", c.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "floe_producer_duplicates_total 1",
+        "floe_producer_states_stored 1",
+        "floe_producers_initialised_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+
     // Strict input: every refusal is a 4xx naming the problem, and writes nothing.
     let u = format!("{}/v1/topics/ps/records", c.base());
     let body = serde_json::json!({"records": [{"value": "v", "partition": 0}]});

@@ -316,6 +316,10 @@ impl Index for DeadlineIndex {
         self.within("init_producer", self.inner.init_producer(name, now_ms))
             .await
     }
+    async fn dedup_state_counts(&self) -> floe_index::Result<(u64, u64)> {
+        self.within("dedup_state_counts", self.inner.dedup_state_counts())
+            .await
+    }
     async fn expire_producers(&self, cutoff_ms: i64) -> floe_index::Result<u64> {
         self.within("expire_producers", self.inner.expire_producers(cutoff_ms))
             .await

@@ -154,6 +154,9 @@ impl Index for FaultIndex {
     ) -> floe_index::Result<(i64, u32)> {
         self.inner.init_producer(name, now_ms).await
     }
+    async fn dedup_state_counts(&self) -> floe_index::Result<(u64, u64)> {
+        self.inner.dedup_state_counts().await
+    }
     async fn expire_producers(&self, cutoff_ms: i64) -> floe_index::Result<u64> {
         self.inner.expire_producers(cutoff_ms).await
     }

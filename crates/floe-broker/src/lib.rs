@@ -190,6 +190,17 @@ impl Broker {
         if let Err(e) = groups::refresh_lag_metrics(self).await {
             tracing::warn!(error = %e, "group lag metrics not refreshed");
         }
+        match self.index.dedup_state_counts().await {
+            Ok((keys, producers)) => {
+                self.metrics
+                    .idempotency_keys_stored
+                    .set(i64::try_from(keys).unwrap_or(i64::MAX));
+                self.metrics
+                    .producer_states_stored
+                    .set(i64::try_from(producers).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::warn!(error = %e, "deduplication state metrics not refreshed"),
+        }
         self.metrics.render()
     }
 }

@@ -1,8 +1,8 @@
 //! Prometheus metrics of one agent.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder, exponential_buckets,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, exponential_buckets,
 };
 
 #[derive(Debug, Clone)]
@@ -39,8 +39,18 @@ pub struct Metrics {
     pub producer_refusals: IntCounterVec,
     /// Producer sessions started (`POST /v1/producers`).
     pub producers_initialised: IntCounter,
+    /// Deduplication state in the index, read on every scrape: idempotency keys and
+    /// producer sequence states.
+    pub idempotency_keys_stored: IntGauge,
+    pub producer_states_stored: IntGauge,
     /// Consumer group lag, recomputed from the index on every scrape.
     pub group_lag: IntGaugeVec,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -208,6 +218,16 @@ impl Metrics {
                 "Producer-session requests answered with the offsets of their first commit (duplicates suppressed)",
             )?,
             producer_refusals,
+            idempotency_keys_stored: gauge(
+                &r,
+                "floe_idempotency_keys_stored",
+                "Idempotency keys held in the index (read on every scrape)",
+            )?,
+            producer_states_stored: gauge(
+                &r,
+                "floe_producer_states_stored",
+                "Producer sequence states (producer, topic, partition) held in the index (read on every scrape)",
+            )?,
             producers_initialised: counter(
                 &r,
                 "floe_producers_initialised_total",

@@ -374,6 +374,9 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     /// Forget producer sequence state untouched since `cutoff_ms`, and producers with none
     /// left that were initialised before it. Returns how many states were forgotten.
     async fn expire_producers(&self, cutoff_ms: i64) -> Result<u64>;
+    /// How much deduplication state is stored: (idempotency keys, producer sequence
+    /// states), for the metrics.
+    async fn dedup_state_counts(&self) -> Result<(u64, u64)>;
     /// Runs of a partition covering `offset` and after, in offset order, at most `limit`.
     async fn runs_from(
         &self,

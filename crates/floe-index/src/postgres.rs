@@ -686,6 +686,18 @@ impl Index for PostgresIndex {
         Ok((r.get(0), to_u32(r.get(1), "epoch")?))
     }
 
+    async fn dedup_state_counts(&self) -> Result<(u64, u64)> {
+        let c = self.client().await?;
+        let r = c
+            .query_one(
+                "SELECT (SELECT COUNT(*) FROM floe_idempotency), (SELECT COUNT(*) FROM floe_producer_seqs)",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        Ok((to_u64(r.get(0), "count")?, to_u64(r.get(1), "count")?))
+    }
+
     async fn expire_producers(&self, cutoff_ms: i64) -> Result<u64> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;

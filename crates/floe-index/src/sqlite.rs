@@ -445,6 +445,15 @@ impl Index for SqliteIndex {
         .await
     }
 
+    async fn dedup_state_counts(&self) -> Result<(u64, u64)> {
+        self.read(|c| {
+            let keys: i64 = c.query_row("SELECT COUNT(*) FROM idempotency", [], |r| r.get(0))?;
+            let seqs: i64 = c.query_row("SELECT COUNT(*) FROM producer_seqs", [], |r| r.get(0))?;
+            Ok((keys.max(0) as u64, seqs.max(0) as u64))
+        })
+        .await
+    }
+
     async fn expire_producers(&self, cutoff_ms: i64) -> Result<u64> {
         self.write(move |c| {
             let tx = c.transaction()?;
