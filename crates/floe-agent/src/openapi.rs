@@ -343,6 +343,16 @@ fn constrain_operations(doc: &mut Value, name: &Value) {
                             "maxLength": floe_core::idempotency::MAX_KEY_LEN,
                             "pattern": "^[!-~]+$"
                         })),
+                        "Producer-Id" => Some(json!({"type": "integer", "format": "int64"})),
+                        "Producer-Epoch" => Some(json!({
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": u32::MAX
+                        })),
+                        "Producer-Sequences" => Some(json!({
+                            "type": "string",
+                            "pattern": "^[0-9]{1,9}=[0-9]{1,18}(?:,[0-9]{1,9}=[0-9]{1,18})*$"
+                        })),
                         _ => None,
                     };
                     if let Some(sc) = schema {

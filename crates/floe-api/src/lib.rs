@@ -117,6 +117,7 @@ pub struct InitProducerRequest {
     /// with a new epoch, and every older session of that name is fenced. Without a name,
     /// a new anonymous producer at epoch 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
     pub name: Option<String>,
 }
 

@@ -330,6 +330,9 @@ impl Broker {
     pub async fn leave_group(&self, topic: &str, group: &str, member: &str) -> BrokerResult<()> {
         let s = self;
         let (topic, group) = s.topic_and_group(topic, group).await?;
+        // A member id that could never have joined is a client error, not a no-op.
+        let member = valid_name("member", member)?;
+        let member = member.as_str();
         let now = s.clock.now_ms();
         let parts = topic.partitions;
         update_group(s, &topic, &group, |g| {

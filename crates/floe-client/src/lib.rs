@@ -476,6 +476,32 @@ impl Client {
     }
 
     /// Produce a pre-serialized JSON body (`{"records": [...]}`).
+    /// [`Client::produce_raw`] as a producer session (see [`Client::produce_sequenced`]).
+    pub async fn produce_raw_sequenced(
+        &self,
+        topic: &str,
+        body: bytes::Bytes,
+        session: ProducerSessionInfo,
+        sequences: &BTreeMap<u32, i64>,
+    ) -> Result<ProduceResponse> {
+        let seqs = sequences
+            .iter()
+            .map(|(p, s)| format!("{p}={s}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let resp = self
+            .http
+            .post(format!("{}/v1/topics/{topic}/records", self.base))
+            .header("content-type", "application/json")
+            .header("producer-id", session.producer_id.to_string())
+            .header("producer-epoch", session.epoch.to_string())
+            .header("producer-sequences", seqs)
+            .body(body)
+            .send()
+            .await?;
+        Self::decode(resp).await
+    }
+
     pub async fn produce_raw(&self, topic: &str, body: bytes::Bytes) -> Result<ProduceResponse> {
         let resp = self
             .http

@@ -48,6 +48,10 @@ pub(crate) struct BenchArgs {
     /// Skip the consumers (produce only).
     #[arg(long)]
     no_consume: bool,
+    /// Producers use producer sessions (RFC 0003): every request carries its sequence per
+    /// partition, checked in the commit (JSON only).
+    #[arg(long)]
+    idempotent: bool,
     /// Queue benchmark instead: preload `--records` records, then `--consumers` competing
     /// consumers receive (batches of `--batch`) and ack until all are acked; then, as the
     /// side-by-side baseline, a consumer group with as many members reads and commits the
@@ -212,18 +216,46 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
             errors.clone(),
         );
         let batch = a.batch;
+        let idempotent = a.idempotent && !arrow;
         producers.push(tokio::spawn(async move {
             let mut local = hist()?;
+            // Producer session: the body's keys are the same every request, so each
+            // partition's share of a request (and so each sequence step) is fixed.
+            let session = if idempotent {
+                Some(c.init_producer(None).await?)
+            } else {
+                None
+            };
+            let mut per_partition: std::collections::BTreeMap<u32, i64> = Default::default();
+            for k in 0..batch {
+                let key = format!("p{i}-{k}");
+                *per_partition
+                    .entry(floe_core::partitioner::partition_for_key(
+                        key.as_bytes(),
+                        partitions,
+                    ))
+                    .or_default() += 1;
+            }
+            let mut next: std::collections::BTreeMap<u32, i64> =
+                per_partition.keys().map(|p| (*p, 0)).collect();
             while Instant::now() < end {
                 let t0 = Instant::now();
                 let sent = if arrow {
                     c.produce_arrow(&topic, arrow_body(&value, batch, i, partitions)?)
+                        .await
+                } else if let Some(s) = session {
+                    c.produce_raw_sequenced(&topic, body(&value, batch, i), s, &next)
                         .await
                 } else {
                     c.produce_raw(&topic, body(&value, batch, i)).await
                 };
                 match sent {
                     Ok(r) => {
+                        if session.is_some() {
+                            for (p, n) in &per_partition {
+                                *next.entry(*p).or_default() += n;
+                            }
+                        }
                         let _ = local.record(t0.elapsed().as_micros().max(1) as u64).ok();
                         let _ = produced.fetch_add(r.offsets.len() as u64, Ordering::Relaxed);
                     }
