@@ -503,3 +503,55 @@ async fn a_commit_stalled_past_the_deletion_boundary_is_refused_not_acked() {
     assert_eq!(got.end_offset, 1);
     agent.shutdown().await;
 }
+
+/// One produce request is atomic across its partitions (RFC 0005's first increment): its
+/// records go into one segment and one index transaction, so a failed commit leaves none
+/// of them in any partition and a committed one (even with its answer lost) leaves all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_is_atomic_across_partitions() {
+    let f = faulty_agent().await;
+    let c = &f.client;
+    let _ = c.create_topic("atomic", 2).await.unwrap();
+    let placed = |p: i64, v: &str| ProduceRecord {
+        value: Some(v.into()),
+        partition: Some(p),
+        ..Default::default()
+    };
+    let _ = c
+        .produce(
+            "atomic",
+            vec![placed(0, "a0"), placed(1, "a1"), placed(0, "a2")],
+        )
+        .await
+        .unwrap();
+    // The commit hangs past the produce deadline: 503, and neither partition has "b".
+    f.index_hang.store(true, Ordering::SeqCst);
+    let e = c
+        .produce("atomic", vec![placed(0, "b0"), placed(1, "b1")])
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(503), "{e}");
+    f.index_hang.store(false, Ordering::SeqCst);
+    // The commit lands but its answer is lost: both partitions have "c".
+    f.lose_answers.store(1, Ordering::SeqCst);
+    assert!(
+        c.produce("atomic", vec![placed(0, "c0"), placed(1, "c1")])
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut seen = Vec::new();
+    for p in 0..2 {
+        let got = c
+            .fetch("atomic", p, 0, FetchOptions::default())
+            .await
+            .unwrap();
+        seen.push(
+            got.records
+                .iter()
+                .filter_map(|r| r.value.clone())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(seen, vec![vec!["a0", "a2", "c0"], vec!["a1", "c1"]]);
+}

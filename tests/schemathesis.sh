@@ -24,6 +24,7 @@ for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$port/readyz >/dev/null && b
 # A topic so that the operations under /v1/topics/{topic} are reached, not only 404s.
 curl -sf -XPOST http://127.0.0.1:$port/v1/topics -H 'content-type: application/json' \
   -d '{"name":"st","partitions":2}' >/dev/null
-"$VENV/bin/st" --config-file tests/schemathesis/schemathesis.toml run \
+SCHEMATHESIS_HOOKS=hooks PYTHONPATH="$PWD/tests/schemathesis${PYTHONPATH:+:$PYTHONPATH}" \
+  "$VENV/bin/st" --config-file tests/schemathesis/schemathesis.toml run \
   "http://127.0.0.1:$port/openapi.json" --checks all --seed 20261126 --max-examples 25 \
   --no-color "$@"
