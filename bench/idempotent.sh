@@ -22,6 +22,7 @@ run() { # label binary args...
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:7191/readyz >/dev/null && break; sleep 0.1; done
   echo "--- $label: floe bench $*"
   "$bin" bench --url http://127.0.0.1:7191 "$@"
+  echo "agent peak RSS $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/$pid/status)"
   cleanup; pid=
   rm -rf "$dir"
 }

@@ -58,7 +58,8 @@ pub struct AgentConfig {
     /// Sweeper: delete unreferenced segment objects older than this.
     pub orphan_grace: Duration,
     pub sweep_interval: Duration,
-    /// Decoded-run cache size in bytes.
+    /// All read caches together, in bytes: decoded runs 5/8, whole small segment objects
+    /// 2/8, Parquet footers 1/8 ([`MemoryBudget`]).
     pub cache_bytes: u64,
     /// Long-polls re-read the end offset at least this often (safety net for lost
     /// notifications from other agents).
@@ -88,6 +89,54 @@ pub struct AgentConfig {
     /// How long a producer session's sequence state is kept without a produce (RFC 0003
     /// part 2); after it, the producer is unknown and must start a new session.
     pub producer_ttl: Duration,
+}
+
+/// Where an agent's memory goes, by configuration (RFC 0002): every cache and buffer that
+/// grows with load has a bound here. Exported as `floe_memory_budget_bytes{part}` and
+/// logged at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// Decoded runs (Arrow arrays served to readers).
+    pub run_cache: u64,
+    /// Whole segment objects up to 2 × `flush_bytes` (one GET serves every run).
+    pub object_cache: u64,
+    /// Parquet footers.
+    pub footer_cache: u64,
+    /// Records accepted and waiting for their flush (`max_buffer_bytes`).
+    pub produce_buffer: u64,
+    /// Flushes in flight: each holds its encoded segment and its records until the
+    /// commit (`max_inflight_flushes` × 2 × `flush_bytes`, the records bounded by the
+    /// produce buffer above).
+    pub flushes: u64,
+}
+
+impl MemoryBudget {
+    pub fn total(&self) -> u64 {
+        self.run_cache + self.object_cache + self.footer_cache + self.produce_buffer + self.flushes
+    }
+    pub fn parts(&self) -> [(&'static str, u64); 5] {
+        [
+            ("run_cache", self.run_cache),
+            ("object_cache", self.object_cache),
+            ("footer_cache", self.footer_cache),
+            ("produce_buffer", self.produce_buffer),
+            ("flushes", self.flushes),
+        ]
+    }
+}
+
+impl AgentConfig {
+    /// The memory this configuration allows the bounded parts to hold.
+    pub fn memory_budget(&self) -> MemoryBudget {
+        let c = self.cache_bytes;
+        MemoryBudget {
+            run_cache: c / 8 * 5,
+            object_cache: c / 8 * 2,
+            footer_cache: c / 8,
+            produce_buffer: self.limits.max_buffer_bytes as u64,
+            flushes: (self.max_inflight_flushes * 2 * self.flush_bytes) as u64,
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -173,5 +222,23 @@ impl AgentConfig {
             return Err("agent id must be [A-Za-z0-9-]+".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default configuration's bounded parts stay within 512 MiB (the agent's RSS
+    /// goal, issue #9): caches 256 MiB, produce buffer 128 MiB, flushes 64 MiB.
+    #[test]
+    fn default_memory_budget_accounts_for_every_part() {
+        let b = AgentConfig::default().memory_budget();
+        assert_eq!(
+            b.run_cache + b.object_cache + b.footer_cache,
+            AgentConfig::default().cache_bytes
+        );
+        assert_eq!(b.parts().iter().map(|(_, n)| n).sum::<u64>(), b.total());
+        assert_eq!(b.total(), 448 << 20);
     }
 }

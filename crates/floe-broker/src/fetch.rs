@@ -56,16 +56,17 @@ impl Reader {
         index: Arc<dyn Index>,
         metrics: Metrics,
     ) -> Self {
+        let budget = config.memory_budget();
         let footers = moka::future::Cache::builder()
-            .max_capacity(config.cache_bytes / 8 + 1)
+            .max_capacity(budget.footer_cache + 1)
             .weigher(|_k: &String, v: &Arc<ParquetMetaData>| weight(v.memory_size()))
             .build();
         let runs = moka::future::Cache::builder()
-            .max_capacity(config.cache_bytes)
+            .max_capacity(budget.run_cache + 1)
             .weigher(|_k: &(String, u32), v: &Arc<DecodedRun>| weight(v.memory_size()))
             .build();
         let objects = moka::future::Cache::builder()
-            .max_capacity(config.cache_bytes / 2 + 1)
+            .max_capacity(budget.object_cache + 1)
             .weigher(|_k: &String, v: &Bytes| weight(v.len()))
             .build();
         Self {

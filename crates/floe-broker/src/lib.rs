@@ -94,6 +94,22 @@ impl Broker {
         config.validate().map_err(StartError::Config)?;
         let config = Arc::new(config);
         let metrics = metrics::Metrics::new()?;
+        let budget = config.memory_budget();
+        for (part, bytes) in budget.parts() {
+            metrics
+                .memory_budget
+                .with_label_values(&[part])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        tracing::info!(
+            total_mib = budget.total() >> 20,
+            run_cache_mib = budget.run_cache >> 20,
+            object_cache_mib = budget.object_cache >> 20,
+            footer_cache_mib = budget.footer_cache >> 20,
+            produce_buffer_mib = budget.produce_buffer >> 20,
+            flushes_mib = budget.flushes >> 20,
+            "memory budget"
+        );
         let store: Arc<dyn ObjectStore> = Arc::new(store::InstrumentedStore::new(
             Arc::new(deadline::DeadlineStore::new(store, config.store_timeout)),
             metrics.store_requests.clone(),

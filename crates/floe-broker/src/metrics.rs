@@ -43,6 +43,8 @@ pub struct Metrics {
     /// producer sequence states.
     pub idempotency_keys_stored: IntGauge,
     pub producer_states_stored: IntGauge,
+    /// The configured memory budget by part (`AgentConfig::memory_budget`).
+    pub memory_budget: IntGaugeVec,
     /// Consumer group lag, recomputed from the index on every scrape.
     pub group_lag: IntGaugeVec,
 }
@@ -96,6 +98,14 @@ impl Metrics {
             &["reason"],
         )?;
         r.register(Box::new(producer_refusals.clone()))?;
+        let memory_budget = IntGaugeVec::new(
+            prometheus::Opts::new(
+                "floe_memory_budget_bytes",
+                "The agent's configured memory bounds by part (caches, produce buffer, flushes in flight)",
+            ),
+            &["part"],
+        )?;
+        r.register(Box::new(memory_budget.clone()))?;
         for reason in [
             "out_of_order_sequence",
             "producer_fenced",
@@ -218,6 +228,7 @@ impl Metrics {
                 "Producer-session requests answered with the offsets of their first commit (duplicates suppressed)",
             )?,
             producer_refusals,
+            memory_budget,
             idempotency_keys_stored: gauge(
                 &r,
                 "floe_idempotency_keys_stored",
