@@ -274,6 +274,22 @@ impl IdempotentProducer {
     }
 }
 
+/// The producer-session headers of a produce request.
+fn with_session(
+    req: reqwest::RequestBuilder,
+    session: ProducerSessionInfo,
+    sequences: &BTreeMap<u32, i64>,
+) -> reqwest::RequestBuilder {
+    let seqs = sequences
+        .iter()
+        .map(|(p, s)| format!("{p}={s}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    req.header("producer-id", session.producer_id.to_string())
+        .header("producer-epoch", session.epoch.to_string())
+        .header("producer-sequences", seqs)
+}
+
 fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
@@ -429,21 +445,16 @@ impl Client {
         session: ProducerSessionInfo,
         sequences: &BTreeMap<u32, i64>,
     ) -> Result<(ProduceResponse, bool)> {
-        let seqs = sequences
-            .iter()
-            .map(|(p, s)| format!("{p}={s}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let resp = self
+        let req = self
             .http
             .post(format!("{}/v1/topics/{topic}/records", self.base))
             .timeout(SEND_TIMEOUT)
-            .header("producer-id", session.producer_id.to_string())
-            .header("producer-epoch", session.epoch.to_string())
-            .header("producer-sequences", seqs)
-            .json(&ProduceRequest { records })
-            .send()
-            .await?;
+            .json(&ProduceRequest { records });
+        Self::decode_replayed(with_session(req, session, sequences).send().await?).await
+    }
+
+    /// A produce answer and whether it replays an earlier commit (`Idempotent-Replayed`).
+    async fn decode_replayed(resp: reqwest::Response) -> Result<(ProduceResponse, bool)> {
         let replayed = resp
             .headers()
             .get("idempotent-replayed")
@@ -460,22 +471,16 @@ impl Client {
         records: Vec<ProduceRecord>,
         key: &str,
     ) -> Result<(ProduceResponse, bool)> {
-        let body = ProduceRequest { records };
         let resp = self
             .http
             .post(format!("{}/v1/topics/{topic}/records", self.base))
             .header("idempotency-key", key)
-            .json(&body)
+            .json(&ProduceRequest { records })
             .send()
             .await?;
-        let replayed = resp
-            .headers()
-            .get("idempotent-replayed")
-            .is_some_and(|v| v.as_bytes() == b"true");
-        Ok((Self::decode(resp).await?, replayed))
+        Self::decode_replayed(resp).await
     }
 
-    /// Produce a pre-serialized JSON body (`{"records": [...]}`).
     /// [`Client::produce_raw`] as a producer session (see [`Client::produce_sequenced`]).
     pub async fn produce_raw_sequenced(
         &self,
@@ -484,24 +489,15 @@ impl Client {
         session: ProducerSessionInfo,
         sequences: &BTreeMap<u32, i64>,
     ) -> Result<ProduceResponse> {
-        let seqs = sequences
-            .iter()
-            .map(|(p, s)| format!("{p}={s}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let resp = self
+        let req = self
             .http
             .post(format!("{}/v1/topics/{topic}/records", self.base))
             .header("content-type", "application/json")
-            .header("producer-id", session.producer_id.to_string())
-            .header("producer-epoch", session.epoch.to_string())
-            .header("producer-sequences", seqs)
-            .body(body)
-            .send()
-            .await?;
-        Self::decode(resp).await
+            .body(body);
+        Self::decode(with_session(req, session, sequences).send().await?).await
     }
 
+    /// Produce a pre-serialized JSON body (`{"records": [...]}`).
     pub async fn produce_raw(&self, topic: &str, body: bytes::Bytes) -> Result<ProduceResponse> {
         let resp = self
             .http
