@@ -10,20 +10,9 @@ BINS=("$@")
 [ ${#BINS[@]} -ge 2 ] || { echo "usage: $0 BEFORE AFTER [MORE...]" >&2; exit 2; }
 REPS=${REPS:-3}
 SECS=${SECS:-10}
-pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; }
-trap cleanup EXIT
-run() { # label binary args...
-  local label=$1 bin=$2; shift 2
-  local dir; dir=$(mktemp -d)
-  "$bin" serve --listen 127.0.0.1:7190 --data-dir "$dir" >/tmp/floe-ba.log 2>&1 &
-  pid=$!
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:7190/readyz >/dev/null && break; sleep 0.1; done
-  echo "--- $label: floe bench $*"
-  "$bin" bench --url http://127.0.0.1:7190 "$@"
-  cleanup; pid=
-  rm -rf "$dir"
-}
+. "$(dirname "$0")/lib.sh"
+trap bench_cleanup EXIT
+run() { bench_run 7190 "$@"; }
 for rep in $(seq 1 "$REPS"); do
   for i in "${!BINS[@]}"; do
     bin=${BINS[$i]}

@@ -11,21 +11,9 @@ BIN=$1
 BEFORE=${2:-}
 REPS=${REPS:-3}
 SECS=${SECS:-8}
-pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; }
-trap cleanup EXIT
-run() { # label binary args...
-  local label=$1 bin=$2; shift 2
-  local dir; dir=$(mktemp -d)
-  "$bin" serve --listen 127.0.0.1:7191 --data-dir "$dir" >/tmp/floe-idem.log 2>&1 &
-  pid=$!
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:7191/readyz >/dev/null && break; sleep 0.1; done
-  echo "--- $label: floe bench $*"
-  "$bin" bench --url http://127.0.0.1:7191 "$@"
-  echo "agent peak RSS $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/$pid/status)"
-  cleanup; pid=
-  rm -rf "$dir"
-}
+. "$(dirname "$0")/lib.sh"
+trap bench_cleanup EXIT
+run() { bench_run 7191 "$@"; }
 for rep in $(seq 1 "$REPS"); do
   for p in 8 64; do
     args=(--seconds "$SECS" --producers "$p" --batch 100 --record-bytes 1024)

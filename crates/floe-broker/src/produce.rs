@@ -467,36 +467,35 @@ fn offsets_of(places: &[(usize, u64)], runs: &[(u32, String)], c: &Committed) ->
 }
 
 /// The batches of a producer request, one per partition in `stamp` order: where its
-/// records went (they are contiguous in their partition's run).
+/// records went (they are contiguous in their partition's run). One pass over the
+/// request's records.
 fn producer_batches(
     topic_id: i64,
     stamp: &ProducerStamp,
     places: &[(usize, u64)],
     partitions: &[u32],
 ) -> Result<Vec<ProducerBatch>, BrokerError> {
+    let internal = |m: &'static str| BrokerError::internal("internal", m);
+    // Per partition: (first place, record count).
+    let mut first: HashMap<u32, ((usize, u64), usize)> = HashMap::new();
+    for (place, p) in places.iter().zip(partitions) {
+        first.entry(*p).or_insert((*place, 0)).1 += 1;
+    }
     stamp
         .sequences
         .iter()
         .map(|(&p, &first_seq)| {
-            let mut mine = places
-                .iter()
-                .zip(partitions)
-                .filter(|(_, q)| **q == p)
-                .map(|(pl, _)| *pl);
-            let (run, pos) = mine.next().ok_or_else(|| {
-                BrokerError::internal("internal", "a sequenced partition has no records")
-            })?;
-            let count = 1 + mine.count();
+            let ((run, pos), count) = first
+                .get(&p)
+                .copied()
+                .ok_or_else(|| internal("a sequenced partition has no records"))?;
             Ok(ProducerBatch {
                 topic_id,
                 partition: p,
                 first_seq,
-                run: u32::try_from(run)
-                    .map_err(|_| BrokerError::internal("internal", "too many runs"))?,
-                pos: u32::try_from(pos)
-                    .map_err(|_| BrokerError::internal("internal", "run too long"))?,
-                count: u32::try_from(count)
-                    .map_err(|_| BrokerError::internal("internal", "batch too long"))?,
+                run: u32::try_from(run).map_err(|_| internal("too many runs"))?,
+                pos: u32::try_from(pos).map_err(|_| internal("run too long"))?,
+                count: u32::try_from(count).map_err(|_| internal("batch too long"))?,
             })
         })
         .collect()
