@@ -27,6 +27,7 @@ pub fn router(broker: Broker) -> Router {
             get(topics::describe_topic).delete(topics::delete_topic),
         )
         .route("/v1/topics/{topic}/records", post(records::produce))
+        .route("/v1/topics/{topic}/files", get(topics::topic_files))
         .route("/v1/producers", post(records::init_producer))
         .route(
             "/v1/topics/{topic}/partitions/{partition}/records",

@@ -77,6 +77,57 @@ pub struct TopicDescription {
     pub created_ms: i64,
 }
 
+/// How an object lays out its rows (`GET /v1/topics/{topic}/files`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileLayout {
+    /// A flush segment (many topics and partitions): rows of this entry are those with
+    /// this `topic` and `partition` and `row_first <= run_offset < row_first + records`;
+    /// the offset of a row is `base_offset + run_offset - row_first`.
+    Segment,
+    /// A partition file (one topic and partition, written by the compactor): rows with
+    /// `base_offset <= offset < base_offset + records`.
+    Partition,
+}
+
+/// Offsets `base_offset..base_offset + records` of a partition, and where they are.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct FileEntryInfo {
+    pub partition: u32,
+    /// Object key in the bucket.
+    pub key: String,
+    /// Object size in bytes.
+    pub size: u64,
+    pub layout: FileLayout,
+    pub base_offset: u64,
+    pub records: u32,
+    /// For `segment` entries: the `run_offset` of the entry's first row.
+    pub row_first: u32,
+    /// The Parquet row groups holding the entry.
+    pub row_group_first: u32,
+    pub row_group_count: u32,
+}
+
+/// One partition's committed log between `from` and `to` (exclusive), as entries.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PartitionFilesInfo {
+    pub partition: u32,
+    pub start_offset: u64,
+    pub end_offset: u64,
+    pub from: u64,
+    /// The entries cover `from..to`; `to` is short of the asked range when the listing was
+    /// cut at its limit (ask again from `to`).
+    pub to: u64,
+    pub entries: Vec<FileEntryInfo>,
+}
+
+/// `GET /v1/topics/{topic}/files`: the objects that make up the committed log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct TopicFiles {
+    pub topic: String,
+    pub partitions: Vec<PartitionFilesInfo>,
+}
+
 /// One record to produce. Give `value` (UTF-8 text) or `value_b64` (base64 bytes), and
 /// optionally `key` or `key_b64`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -33,6 +33,41 @@ impl std::str::FromStr for FlushPolicy {
     }
 }
 
+/// The compactor (RFC 0004): rewrites a partition's small entries (runs in multi-topic
+/// flush segments) into partition files under `topics/<topic>/partition=<p>/...`.
+#[derive(Debug, Clone)]
+pub struct CompactionConfig {
+    pub enabled: bool,
+    /// How often each agent looks for partitions to compact.
+    pub interval: Duration,
+    /// A partition file is written once this many bytes of small entries wait...
+    pub target_bytes: u64,
+    /// ...or once the oldest waiting entry is this old (with at least `min_entries`).
+    pub max_wait: Duration,
+    pub min_entries: usize,
+    /// Entries with a record younger than this are left alone (the hot tail).
+    pub min_age: Duration,
+    /// Row groups of partition files end at this many encoded bytes (or 64 Ki rows).
+    pub row_group_bytes: usize,
+    /// How long one agent holds a partition's compaction lease.
+    pub lease: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(30),
+            target_bytes: 32 * 1024 * 1024,
+            max_wait: Duration::from_secs(600),
+            min_entries: 4,
+            min_age: Duration::from_secs(60),
+            row_group_bytes: 4 * 1024 * 1024,
+            lease: Duration::from_secs(120),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// Address to listen on, e.g. `127.0.0.1:7070` (`:0` picks a free port).
@@ -89,6 +124,7 @@ pub struct AgentConfig {
     /// How long a producer session's sequence state is kept without a produce (RFC 0003
     /// part 2); after it, the producer is unknown and must start a new session.
     pub producer_ttl: Duration,
+    pub compaction: CompactionConfig,
 }
 
 /// Where an agent's memory goes, by configuration (RFC 0002): every cache and buffer that
@@ -108,14 +144,23 @@ pub struct MemoryBudget {
     /// commit (`max_inflight_flushes` × 2 × `flush_bytes`, the records bounded by the
     /// produce buffer above).
     pub flushes: u64,
+    /// The compactor: the partition file it writes (`target_bytes`, plus one row group
+    /// over) and one decoded input entry (at most a flush, 2 × `flush_bytes`).
+    pub compaction: u64,
 }
 
 impl MemoryBudget {
     pub fn total(&self) -> u64 {
-        self.run_cache + self.object_cache + self.footer_cache + self.produce_buffer + self.flushes
+        self.run_cache
+            + self.object_cache
+            + self.footer_cache
+            + self.produce_buffer
+            + self.flushes
+            + self.compaction
     }
-    pub fn parts(&self) -> [(&'static str, u64); 5] {
+    pub fn parts(&self) -> [(&'static str, u64); 6] {
         [
+            ("compaction", self.compaction),
             ("run_cache", self.run_cache),
             ("object_cache", self.object_cache),
             ("footer_cache", self.footer_cache),
@@ -135,6 +180,13 @@ impl AgentConfig {
             footer_cache: c / 8,
             produce_buffer: self.limits.max_buffer_bytes as u64,
             flushes: (self.max_inflight_flushes * 2 * self.flush_bytes) as u64,
+            compaction: if self.compaction.enabled {
+                self.compaction.target_bytes
+                    + self.compaction.row_group_bytes as u64
+                    + 2 * self.flush_bytes as u64
+            } else {
+                0
+            },
         }
     }
 }
@@ -167,6 +219,7 @@ impl Default for AgentConfig {
             store_timeout: Duration::from_secs(10),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             producer_ttl: Duration::from_secs(24 * 3600),
+            compaction: CompactionConfig::default(),
         }
     }
 }
@@ -194,6 +247,15 @@ impl AgentConfig {
         .any(Duration::is_zero)
         {
             return Err("produce, ready, index and store timeouts must be > 0".into());
+        }
+        let c = &self.compaction;
+        if c.enabled
+            && (c.interval.is_zero()
+                || c.target_bytes == 0
+                || c.row_group_bytes == 0
+                || c.lease < self.store_timeout * 2 + self.index_timeout)
+        {
+            return Err("compaction interval, target and row group size must be > 0, and the compaction lease at least 2 × store timeout + index timeout".into());
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries must be at least 1".into());
@@ -230,7 +292,8 @@ mod tests {
     use super::*;
 
     /// The default configuration's bounded parts stay within 512 MiB (the agent's RSS
-    /// goal, issue #9): caches 256 MiB, produce buffer 128 MiB, flushes 64 MiB.
+    /// goal, issue #9): caches 256 MiB, produce buffer 128 MiB, flushes 64 MiB,
+    /// compaction 32 + 4 + 16 MiB.
     #[test]
     fn default_memory_budget_accounts_for_every_part() {
         let b = AgentConfig::default().memory_budget();
@@ -239,6 +302,6 @@ mod tests {
             AgentConfig::default().cache_bytes
         );
         assert_eq!(b.parts().iter().map(|(_, n)| n).sum::<u64>(), b.total());
-        assert_eq!(b.total(), 448 << 20);
+        assert_eq!(b.total(), 500 << 20);
     }
 }

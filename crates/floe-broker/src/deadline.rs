@@ -328,6 +328,10 @@ impl Index for DeadlineIndex {
         self.within("expire_idempotency", self.inner.expire_idempotency(now_ms))
             .await
     }
+    async fn replace_runs(&self, r: floe_index::ReplaceRuns) -> floe_index::Result<bool> {
+        self.within("replace_runs", self.inner.replace_runs(r))
+            .await
+    }
     async fn advance_deletion_boundary(&self, to_ms: i64) -> floe_index::Result<i64> {
         self.within(
             "advance_deletion_boundary",

@@ -164,6 +164,10 @@ impl Index for FaultIndex {
         wait_while(&self.hanging).await;
         self.inner.expire_idempotency(now_ms).await
     }
+    async fn replace_runs(&self, r: floe_index::ReplaceRuns) -> floe_index::Result<bool> {
+        wait_while(&self.hanging).await;
+        self.inner.replace_runs(r).await
+    }
     async fn advance_deletion_boundary(&self, to_ms: i64) -> floe_index::Result<i64> {
         wait_while(&self.hanging).await;
         self.inner.advance_deletion_boundary(to_ms).await

@@ -123,7 +123,31 @@ impl Reader {
     /// Up to `max_records` records from `offset`, stopping before `max_bytes` is passed
     /// (but always at least one record, so one large record cannot stall a consumer).
     /// Returns the records and the next offset to fetch.
+    ///
+    /// An object that vanished between the index lookup and the GET (compaction swapped
+    /// its entries and the sweeper deleted it, RFC 0004) makes the read look the index up
+    /// again: readers never see compaction.
     pub async fn read(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Fetched, BrokerError> {
+        let mut attempt = 1;
+        loop {
+            match self
+                .read_once(topic, partition, offset, max_records, max_bytes)
+                .await
+            {
+                Err(e) if e.code == SEGMENT_MISSING && attempt < READ_ATTEMPTS => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_once(
         &self,
         topic: &TopicMeta,
         partition: u32,
@@ -197,35 +221,46 @@ impl Reader {
         }
         self.metrics.cache.with_label_values(&["miss"]).inc();
         self.runs
-            .try_get_with(key, async {
-                let meta = self.footer(e).await?;
-                let data = self.read_range(e, e.byte_start..e.byte_end).await?;
-                let loc_topic = topic.name.clone();
-                let (records, rg_first, rg_count, byte_start, size) = (
-                    e.row_first + e.records,
-                    e.row_group_first,
-                    e.row_group_count,
-                    e.byte_start,
-                    e.segment_size,
-                );
-                let decoded = tokio::task::spawn_blocking(move || {
-                    let loc = RunLocation {
-                        topic: &loc_topic,
-                        partition,
-                        records,
-                        row_group_first: rg_first,
-                        row_group_count: rg_count,
-                        byte_start,
-                    };
-                    decode_run(&meta, size, &loc, data)
-                })
-                .await
-                .map_err(|err| BrokerError::unavailable("decode_failed", err.to_string()))?
-                .map_err(|err| corrupt(e, &err.to_string()))?;
-                Ok::<_, BrokerError>(Arc::new(decoded))
-            })
+            .try_get_with(key, self.decode_entry(topic, partition, e))
             .await
             .map_err(|err: Arc<BrokerError>| (*err).clone())
+    }
+
+    /// Read and decode one index entry's run, without keeping it in the run cache (the
+    /// compactor reads cold data through this).
+    pub async fn decode_entry(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+        e: &RunEntry,
+    ) -> Result<Arc<DecodedRun>, BrokerError> {
+        let meta = self.footer(e).await?;
+        let data = self.read_range(e, e.byte_start..e.byte_end).await?;
+        let loc_topic = topic.name.clone();
+        let (records, rg_first, rg_count, byte_start, size, base_offset) = (
+            e.row_first + e.records,
+            e.row_group_first,
+            e.row_group_count,
+            e.byte_start,
+            e.segment_size,
+            e.base_offset,
+        );
+        let decoded = tokio::task::spawn_blocking(move || {
+            let loc = RunLocation {
+                topic: &loc_topic,
+                partition,
+                records,
+                row_group_first: rg_first,
+                row_group_count: rg_count,
+                byte_start,
+                base_offset,
+            };
+            decode_run(&meta, size, &loc, data)
+        })
+        .await
+        .map_err(|err| BrokerError::unavailable("decode_failed", err.to_string()))?
+        .map_err(|err| corrupt(e, &err.to_string()))?;
+        Ok(Arc::new(decoded))
     }
 
     async fn footer(&self, e: &RunEntry) -> Result<Arc<ParquetMetaData>, BrokerError> {
@@ -253,7 +288,20 @@ impl Reader {
     }
 }
 
+/// The code of a read that found its object gone: compaction or retention replaced the
+/// entry after the index was read, so the read is planned again.
+const SEGMENT_MISSING: &str = "segment_missing";
+/// Plans of one read before a missing object is reported.
+const READ_ATTEMPTS: usize = 3;
+
 fn store_err(e: &RunEntry, err: &object_store::Error) -> BrokerError {
+    if matches!(err, object_store::Error::NotFound { .. }) {
+        tracing::info!(segment = %e.segment_key, "segment gone since the index was read; planning again");
+        return BrokerError::unavailable(
+            SEGMENT_MISSING,
+            format!("segment {} is gone (replaced by compaction or retention)", e.segment_key),
+        );
+    }
     tracing::warn!(segment = %e.segment_key, error = %err, "segment read failed");
     BrokerError::unavailable(
         "store_unavailable",

@@ -13,6 +13,16 @@ pub(crate) fn uuid_v7_at(now_ms: i64) -> uuid::Uuid {
     uuid::Uuid::new_v7(ts)
 }
 
+/// The Unix time in ms of a UUIDv7 in its text form; `None` for anything else.
+pub(crate) fn uuid_v7_ms(text: &str) -> Option<i64> {
+    let id = uuid::Uuid::parse_str(text).ok()?;
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    i64::try_from(secs * 1000 + u64::from(nanos) / 1_000_000).ok()
+}
+
 /// A consumer-group member id made by the agent (`m-<uuidv7>`).
 pub(crate) fn member_id(now_ms: i64) -> String {
     format!("m-{}", uuid_v7_at(now_ms).simple())

@@ -15,12 +15,15 @@
 //! - [`queues`]: share groups (queues) — receive, ack/release/reject/extend, dead-letters.
 //! - [`state`]: group/queue state in the index, changed by compare-and-swap.
 //! - [`sweeper`]: deletes segment objects no committed run refers to.
+//! - [`compactor`]: rewrites small entries into per-partition files (RFC 0004).
 //! - [`deadline`], [`store`], [`faults`]: layers around the bucket and the index.
 
+pub mod compactor;
 pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod faults;
+pub mod files;
 pub mod fetch;
 pub mod groups;
 mod ids;
@@ -68,6 +71,7 @@ pub struct BrokerTasks {
     producer: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
     watcher: tokio::task::JoinHandle<()>,
+    compactor: tokio::task::JoinHandle<()>,
 }
 
 impl BrokerTasks {
@@ -77,6 +81,7 @@ impl BrokerTasks {
         let _ = self.producer.await;
         let _ = self.sweeper.await;
         let _ = self.watcher.await;
+        let _ = self.compactor.await;
     }
 }
 
@@ -108,6 +113,7 @@ impl Broker {
             footer_cache_mib = budget.footer_cache >> 20,
             produce_buffer_mib = budget.produce_buffer >> 20,
             flushes_mib = budget.flushes >> 20,
+            compaction_mib = budget.compaction >> 20,
             "memory budget"
         );
         let store: Arc<dyn ObjectStore> = Arc::new(store::InstrumentedStore::new(
@@ -148,6 +154,17 @@ impl Broker {
             clock.clone(),
             shutdown.clone(),
         ));
+        let compactor = tokio::spawn(compactor::run(
+            compactor::Compactor {
+                config: config.clone(),
+                store: store.clone(),
+                index: index.clone(),
+                reader: reader.clone(),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+            },
+            shutdown.clone(),
+        ));
         let broker = Self {
             topics: topics::TopicCache::new(index.clone(), config.topic_cache_ttl),
             config,
@@ -166,6 +183,7 @@ impl Broker {
                 producer: producer_task,
                 sweeper,
                 watcher,
+                compactor,
             },
         ))
     }

@@ -43,6 +43,14 @@ pub struct Metrics {
     /// producer sequence states.
     pub idempotency_keys_stored: IntGauge,
     pub producer_states_stored: IntGauge,
+    /// Compaction (RFC 0004): partition files written and swapped in, the records and
+    /// input bytes they replaced, the entries they replaced, and swaps that found the
+    /// index changed (the file was dropped).
+    pub compactions: IntCounter,
+    pub compacted_records: IntCounter,
+    pub compacted_bytes: IntCounter,
+    pub compacted_entries: IntCounter,
+    pub compactions_lost: IntCounter,
     /// The configured memory budget by part (`AgentConfig::memory_budget`).
     pub memory_budget: IntGaugeVec,
     /// Consumer group lag, recomputed from the index on every scrape.
@@ -243,6 +251,31 @@ impl Metrics {
                 &r,
                 "floe_producers_initialised_total",
                 "Producer sessions started (a named producer's new epoch fences the older ones)",
+            )?,
+            compactions: counter(
+                &r,
+                "floe_compactions_total",
+                "Partition files written by the compactor and swapped into the index",
+            )?,
+            compacted_records: counter(
+                &r,
+                "floe_compacted_records_total",
+                "Records rewritten into partition files",
+            )?,
+            compacted_bytes: counter(
+                &r,
+                "floe_compacted_input_bytes_total",
+                "Bytes of index entries read by the compactor (compressed, as stored)",
+            )?,
+            compacted_entries: counter(
+                &r,
+                "floe_compacted_entries_total",
+                "Index entries replaced by partition files",
+            )?,
+            compactions_lost: counter(
+                &r,
+                "floe_compactions_lost_total",
+                "Compactions whose swap found the index changed (retention, another compactor); the file was dropped",
             )?,
             queue_settled,
             group_lag,

@@ -51,12 +51,7 @@ pub fn segment_key(created_ms: i64, agent_id: &str) -> String {
 /// name.
 pub fn segment_created_ms(key: &str) -> Option<i64> {
     let name = key.strip_prefix(SEGMENT_PREFIX)?.strip_prefix('/')?;
-    let id = uuid::Uuid::parse_str(name.get(..36)?).ok()?;
-    if id.get_version_num() != 7 {
-        return None;
-    }
-    let (secs, nanos) = id.get_timestamp()?.to_unix();
-    i64::try_from(secs * 1000 + u64::from(nanos) / 1_000_000).ok()
+    crate::ids::uuid_v7_ms(name.get(..36)?)
 }
 
 /// Where one produced record landed.

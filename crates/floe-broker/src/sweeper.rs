@@ -1,6 +1,8 @@
-//! The orphan sweeper: deletes segment objects that no committed run refers to and that
-//! are older than the grace period. Orphans come from flushes whose commit failed or never
-//! happened (e.g. the agent was killed between PUT and commit) and from deleted topics.
+//! The orphan sweeper: deletes segment objects (flush segments and partition files) that no
+//! committed run refers to and that are older than the grace period. Orphans come from
+//! flushes whose commit failed or never happened (e.g. the agent was killed between PUT and
+//! commit), from deleted topics, from retention, and from compaction (the objects whose
+//! entries it replaced, and files of swaps that lost or never happened).
 //!
 //! Safety: a flush abandons its commit when more than `commit_deadline` has passed since
 //! its PUT began, and `orphan_grace >= 2 * commit_deadline`, so a segment that may still be
@@ -17,6 +19,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::compactor::{PARTITION_FILE_PREFIX, partition_file_created_ms};
 use crate::config::AgentConfig;
 use crate::metrics::Metrics;
 use crate::produce::{SEGMENT_PREFIX, segment_created_ms};
@@ -119,13 +122,18 @@ pub async fn sweep_once(
 ) -> Result<u64, SweepError> {
     let cutoff = now_ms - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
     let boundary = index.advance_deletion_boundary(cutoff).await?;
-    let mut listing = store.list(Some(&Path::from(SEGMENT_PREFIX)));
     let mut deleted = 0;
+    // Flush segments, and partition files written by the compactor.
+    let mut listing = store
+        .list(Some(&Path::from(SEGMENT_PREFIX)))
+        .chain(store.list(Some(&Path::from(PARTITION_FILE_PREFIX))));
     while let Some(meta) = listing.next().await {
         let meta = meta?;
-        // Floe's keys carry their creation time; anything else under the prefix (never
+        // Floe's keys carry their creation time; anything else under the prefixes (never
         // committed by construction) goes by its modification time.
-        let created = segment_created_ms(meta.location.as_ref())
+        let key = meta.location.as_ref();
+        let created = segment_created_ms(key)
+            .or_else(|| partition_file_created_ms(key))
             .unwrap_or_else(|| meta.last_modified.timestamp_millis());
         if created >= boundary {
             continue;

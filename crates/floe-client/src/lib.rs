@@ -3,11 +3,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+pub mod analytics;
+
 use floe_api::{
     Assignment, CommitOffset, CommitRequest, CreateTopicRequest, ErrorBody, FetchResponse,
     GroupDescription, GroupFetchResponse, JoinGroupRequest, ProduceRecord, ProduceRequest,
     ProduceResponse, ProducerSessionInfo, QueueDescription, ReceiveRequest, ReceiveResponse,
-    SettleRequest, SettleResponse, TopicDescription, TopicInfo, TopicList,
+    SettleRequest, SettleResponse, TopicDescription, TopicFiles, TopicInfo, TopicList,
 };
 use serde::de::DeserializeOwned;
 
@@ -385,6 +387,39 @@ impl Client {
         Self::decode(
             self.http
                 .get(format!("{}/v1/topics/{name}", self.base))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// The objects holding a topic's committed log (`GET /v1/topics/{topic}/files`);
+    /// `None` for the whole retained log of every partition. See [`analytics::duckdb_sql`].
+    pub async fn topic_files(
+        &self,
+        name: &str,
+        partition: Option<u32>,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<TopicFiles> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if let Some(p) = partition {
+            q.push(("partition", p.to_string()));
+        }
+        if let Some(f) = from {
+            q.push(("from", f.to_string()));
+        }
+        if let Some(t) = to {
+            q.push(("to", t.to_string()));
+        }
+        let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Self::decode(
+            self.http
+                .get(format!(
+                    "{}/v1/topics/{name}/files?{}",
+                    self.base,
+                    query.join("&")
+                ))
                 .send()
                 .await?,
         )

@@ -4,6 +4,7 @@
 //! Nothing in this crate does I/O; everything here is pure and unit-testable.
 
 pub mod clock;
+pub mod compaction;
 pub mod group;
 pub mod idempotency;
 pub mod ipc;

@@ -212,16 +212,20 @@ fn field_builder<T: arrow_array::builder::ArrayBuilder>(
         .ok_or_else(|| SegmentError::Corrupt("header builder type mismatch".into()))
 }
 
+fn pq_compression(c: Compression) -> Result<PqCompression, SegmentError> {
+    Ok(match c {
+        Compression::None => PqCompression::UNCOMPRESSED,
+        Compression::Lz4 => PqCompression::LZ4_RAW,
+        Compression::Zstd(l) => PqCompression::ZSTD(ZstdLevel::try_new(l)?),
+    })
+}
+
 /// Encode runs into one Parquet object. Each run gets its own row groups.
 pub fn encode_segment(
     runs: &[RunRef<'_>],
     opts: EncodeOptions,
 ) -> Result<(Bytes, Vec<RunLayout>), SegmentError> {
-    let compression = match opts.compression {
-        Compression::None => PqCompression::UNCOMPRESSED,
-        Compression::Lz4 => PqCompression::LZ4_RAW,
-        Compression::Zstd(l) => PqCompression::ZSTD(ZstdLevel::try_new(l)?),
-    };
+    let compression = pq_compression(opts.compression)?;
     let max_rows = opts.max_rows_per_row_group.max(1);
     let props = WriterProperties::builder()
         .set_compression(compression)
@@ -278,6 +282,229 @@ pub fn encode_segment(
         });
     }
     Ok((bytes, layouts))
+}
+
+/// Key of the Parquet metadata entry that marks a partition file, and its value.
+pub const LAYOUT_KEY: &str = "floe.layout";
+pub const LAYOUT_PARTITION: &str = "partition";
+
+static PARTITION_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let seg = schema();
+    let fields: Vec<_> = seg
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if i == 2 {
+                Arc::new(Field::new("offset", DataType::Int64, false))
+            } else {
+                f.clone()
+            }
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+});
+
+/// The Arrow schema of a partition file: the segment's columns with `offset` (absolute)
+/// in place of `run_offset`.
+pub fn partition_schema() -> SchemaRef {
+    PARTITION_SCHEMA.clone()
+}
+
+/// The timestamp of the first row of a batch in the [`fetch_schema`] shape.
+pub fn first_timestamp(b: &RecordBatch) -> Option<i64> {
+    let ts = b
+        .column(1)
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()?;
+    (!ts.is_empty()).then(|| ts.value(0))
+}
+
+/// Whether a footer is that of a partition file ([`encode_partition_file`]).
+pub fn is_partition_file(meta: &ParquetMetaData) -> bool {
+    meta.file_metadata()
+        .key_value_metadata()
+        .is_some_and(|kv| {
+            kv.iter()
+                .any(|e| e.key == LAYOUT_KEY && e.value.as_deref() == Some(LAYOUT_PARTITION))
+        })
+}
+
+/// How a partition file is cut into row groups.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionFileOptions {
+    pub compression: Compression,
+    /// A row group ends after this many rows...
+    pub row_group_rows: usize,
+    /// ...or once its encoded size reaches this many bytes, whichever comes first.
+    pub row_group_bytes: usize,
+}
+
+/// Rows written to the Parquet writer at a time (the size check runs between chunks).
+const PARTITION_CHUNK_ROWS: usize = 1024;
+
+/// Writes the committed records of one (topic, partition) — batches in the
+/// [`fetch_schema`] shape, offsets dense and increasing — into one *partition file*
+/// (RFC 0004): the segment columns with absolute offsets, sorted by offset, with column
+/// statistics, cut into row groups of bounded size. Each row group is one [`RunLayout`]
+/// (the index serves it as one run). Batches are encoded as they come, so the caller
+/// holds one input batch at a time besides the growing output.
+pub struct PartitionFileWriter {
+    topic: String,
+    partition: i32,
+    max_rows: usize,
+    row_group_bytes: usize,
+    writer: ArrowWriter<Vec<u8>>,
+    /// Per closed row group: (min ts, max ts).
+    groups: Vec<(i64, i64)>,
+    /// The open row group: (rows, min ts, max ts).
+    cur: (usize, i64, i64),
+    next_offset: Option<i64>,
+}
+
+impl std::fmt::Debug for PartitionFileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionFileWriter")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .field("row_groups", &self.groups.len())
+            .finish()
+    }
+}
+
+impl PartitionFileWriter {
+    pub fn new(
+        topic: &str,
+        partition: u32,
+        opts: PartitionFileOptions,
+    ) -> Result<Self, SegmentError> {
+        let p = i32::try_from(partition)
+            .map_err(|_| SegmentError::Corrupt(format!("partition {partition} out of range")))?;
+        let max_rows = opts.row_group_rows.max(1);
+        let props = WriterProperties::builder()
+            .set_compression(pq_compression(opts.compression)?)
+            .set_max_row_group_row_count(Some(max_rows))
+            .set_key_value_metadata(Some(vec![
+                KeyValue::new("floe.segment.version".into(), FORMAT_VERSION.to_string()),
+                KeyValue::new(LAYOUT_KEY.into(), LAYOUT_PARTITION.to_string()),
+            ]))
+            .build();
+        Ok(Self {
+            topic: topic.to_string(),
+            partition: p,
+            max_rows,
+            row_group_bytes: opts.row_group_bytes,
+            writer: ArrowWriter::try_new(Vec::with_capacity(1 << 20), partition_schema(), Some(props))?,
+            groups: Vec::new(),
+            cur: (0, i64::MAX, i64::MIN),
+            next_offset: None,
+        })
+    }
+
+    /// Append rows (fetch schema); their offsets must follow the previous rows'.
+    pub fn write(&mut self, b: &RecordBatch) -> Result<(), SegmentError> {
+        let offs = col::<Int64Array>(b, 0)?;
+        for o in offs.values().iter() {
+            if let Some(e) = self.next_offset
+                && e != *o
+            {
+                return Err(SegmentError::Corrupt(format!(
+                    "offsets are not dense: {o} follows {}",
+                    e - 1
+                )));
+            }
+            self.next_offset = Some(o + 1);
+        }
+        let ts = col::<TimestampMillisecondArray>(b, 1)?;
+        let mut start = 0;
+        while start < b.num_rows() {
+            let n = PARTITION_CHUNK_ROWS
+                .min(b.num_rows() - start)
+                .min(self.max_rows - self.cur.0);
+            for t in &ts.values()[start..start + n] {
+                self.cur.1 = self.cur.1.min(*t);
+                self.cur.2 = self.cur.2.max(*t);
+            }
+            let mut cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    self.topic.as_str(),
+                    n,
+                ))),
+                Arc::new(Int32Array::from_value(self.partition, n)),
+            ];
+            cols.extend(b.slice(start, n).columns().iter().cloned());
+            self.writer
+                .write(&RecordBatch::try_new(partition_schema(), cols)?)?;
+            start += n;
+            self.cur.0 += n;
+            if self.cur.0 >= self.max_rows || self.writer.in_progress_size() >= self.row_group_bytes
+            {
+                self.writer.flush()?;
+                self.groups.push((self.cur.1, self.cur.2));
+                self.cur = (0, i64::MAX, i64::MIN);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far (closed row groups and the open one, estimated).
+    pub fn bytes_written(&self) -> usize {
+        self.writer.bytes_written() + self.writer.in_progress_size()
+    }
+
+    /// Close the file: its bytes and one layout per row group, in offset order.
+    pub fn finish(mut self) -> Result<(Bytes, Vec<RunLayout>), SegmentError> {
+        if self.cur.0 > 0 {
+            self.groups.push((self.cur.1, self.cur.2));
+        }
+        let out = self.writer.into_inner()?;
+        let bytes = Bytes::from(out);
+        let Footer::Parsed(meta) = parse_footer(&bytes)? else {
+            return Err(SegmentError::Corrupt("partition file footer incomplete".into()));
+        };
+        if meta.row_groups().len() != self.groups.len() || self.groups.is_empty() {
+            return Err(SegmentError::Corrupt(format!(
+                "{} row groups written, {} expected",
+                meta.row_groups().len(),
+                self.groups.len()
+            )));
+        }
+        let mut layouts = Vec::with_capacity(self.groups.len());
+        for (i, (rg, (min_ts, max_ts))) in meta.row_groups().iter().zip(self.groups).enumerate() {
+            let (mut lo, mut hi) = (u64::MAX, 0u64);
+            for c in rg.columns() {
+                let (s, l) = c.byte_range();
+                lo = lo.min(s);
+                hi = hi.max(s + l);
+            }
+            layouts.push(RunLayout {
+                records: u32::try_from(rg.num_rows())
+                    .map_err(|_| SegmentError::Corrupt("row group too long".into()))?,
+                row_group_first: u32::try_from(i)
+                    .map_err(|_| SegmentError::Corrupt("too many row groups".into()))?,
+                row_group_count: 1,
+                byte_start: lo,
+                byte_end: hi,
+                min_timestamp_ms: min_ts,
+                max_timestamp_ms: max_ts,
+            });
+        }
+        Ok((bytes, layouts))
+    }
+}
+
+/// [`PartitionFileWriter`] over `batches` at once.
+pub fn encode_partition_file(
+    topic: &str,
+    partition: u32,
+    batches: &[RecordBatch],
+    opts: PartitionFileOptions,
+) -> Result<(Bytes, Vec<RunLayout>), SegmentError> {
+    let mut w = PartitionFileWriter::new(topic, partition, opts)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()
 }
 
 /// Result of looking at the tail of a segment object.
@@ -464,6 +691,9 @@ pub struct RunLocation<'a> {
     pub row_group_first: u32,
     pub row_group_count: u32,
     pub byte_start: u64,
+    /// The offset the index gives the run's first row. Checked against the rows of a
+    /// partition file (which store absolute offsets); flush segments store run positions.
+    pub base_offset: u64,
 }
 
 /// Decode one run from the bytes `[byte_start, byte_start + data.len())` of a segment whose
@@ -483,6 +713,13 @@ pub fn decode_run(
             meta.num_row_groups()
         )));
     }
+    // Column 2 holds run positions (flush segments) or absolute offsets (partition files).
+    let origin = if is_partition_file(meta) {
+        i64::try_from(loc.base_offset)
+            .map_err(|_| SegmentError::Corrupt("base offset out of range".into()))?
+    } else {
+        0
+    };
     let arm = ArrowReaderMetadata::try_new(meta.clone(), ArrowReaderOptions::new())?;
     let mem = data.len();
     let chunk = RangeChunk {
@@ -502,7 +739,7 @@ pub fn decode_run(
     for batch in reader {
         let batch = batch?;
         mem_total += batch.get_array_memory_size();
-        check_batch(&batch, loc, len)?;
+        check_batch(&batch, loc, origin, len)?;
         starts.push(len);
         len += batch.num_rows();
         batches.push(cols(&batch)?);
@@ -532,14 +769,19 @@ fn col<T: 'static>(b: &RecordBatch, i: usize) -> Result<&T, SegmentError> {
         .ok_or_else(|| SegmentError::Corrupt(format!("column {i} has an unexpected type")))
 }
 
-fn check_batch(b: &RecordBatch, loc: &RunLocation<'_>, start: usize) -> Result<(), SegmentError> {
+fn check_batch(
+    b: &RecordBatch,
+    loc: &RunLocation<'_>,
+    origin: i64,
+    start: usize,
+) -> Result<(), SegmentError> {
     let topic = col::<StringArray>(b, 0)?;
     let part = col::<Int32Array>(b, 1)?;
     let off = col::<Int64Array>(b, 2)?;
     for i in 0..b.num_rows() {
         if topic.value(i) != loc.topic
             || part.value(i) as i64 != loc.partition as i64
-            || off.value(i) != (start + i) as i64
+            || off.value(i) != origin + (start + i) as i64
         {
             return Err(SegmentError::Corrupt(format!(
                 "row {} is ({}, {}, {}), expected ({}, {}, {})",
@@ -549,7 +791,7 @@ fn check_batch(b: &RecordBatch, loc: &RunLocation<'_>, start: usize) -> Result<(
                 off.value(i),
                 loc.topic,
                 loc.partition,
-                start + i
+                origin + (start + i) as i64
             )));
         }
     }
@@ -618,6 +860,7 @@ mod tests {
                 row_group_first: lay.row_group_first,
                 row_group_count: lay.row_group_count,
                 byte_start: lay.byte_start,
+                base_offset: 0,
             };
             let data = bytes.slice(lay.byte_start as usize..lay.byte_end as usize);
             let dec = decode_run(&meta, bytes.len() as u64, &loc, data).unwrap();
@@ -707,6 +950,7 @@ mod tests {
             row_group_first: 0,
             row_group_count: 1,
             byte_start: lay[0].byte_start,
+            base_offset: 0,
         };
         let data = bytes.slice(lay[0].byte_start as usize..lay[0].byte_end as usize);
         assert!(matches!(
@@ -737,6 +981,103 @@ mod tests {
                 records: &recs,
             }],
             EncodeOptions::default(),
+        );
+    }
+
+    /// A partition file holds exactly the fetched rows with absolute offsets, in row
+    /// groups cut by rows and by bytes, each decodable as a run at its base offset.
+    #[test]
+    fn partition_file_roundtrips_with_absolute_offsets() {
+        let a: Vec<Record> = (0..5000).map(rec).collect();
+        let (bytes, lay) = encode_segment(
+            &[RunRef {
+                topic: "t",
+                partition: 2,
+                records: &a,
+            }],
+            EncodeOptions::default(),
+        )
+        .unwrap();
+        let Footer::Parsed(meta) = parse_footer(&bytes).unwrap() else {
+            panic!()
+        };
+        let loc = RunLocation {
+            topic: "t",
+            partition: 2,
+            records: 5000,
+            row_group_first: 0,
+            row_group_count: lay[0].row_group_count,
+            byte_start: lay[0].byte_start,
+            base_offset: 0,
+        };
+        let data = bytes.slice(lay[0].byte_start as usize..lay[0].byte_end as usize);
+        let run = decode_run(&meta, bytes.len() as u64, &loc, data).unwrap();
+        // Rows 100..5000 of the run are offsets 5100..10000.
+        let batches = run.fetch_batches(5_100, 100, 5000).unwrap();
+        for (rows, rg_bytes, groups) in [(250, usize::MAX, 20), (100_000, 2_000, 0)] {
+            let (file, lays) = encode_partition_file(
+                "t",
+                2,
+                &batches,
+                PartitionFileOptions {
+                    compression: Compression::Zstd(1),
+                    row_group_rows: rows,
+                    row_group_bytes: rg_bytes,
+                },
+            )
+            .unwrap();
+            if groups > 0 {
+                assert_eq!(lays.len(), groups);
+            } else {
+                assert!(lays.len() > 2, "cut by bytes: {}", lays.len());
+            }
+            let Footer::Parsed(fmeta) = parse_footer(&file).unwrap() else {
+                panic!()
+            };
+            assert!(is_partition_file(&fmeta) && !is_partition_file(&meta));
+            let mut base = 5_100u64;
+            for l in &lays {
+                let loc = RunLocation {
+                    topic: "t",
+                    partition: 2,
+                    records: l.records,
+                    row_group_first: l.row_group_first,
+                    row_group_count: 1,
+                    byte_start: l.byte_start,
+                    base_offset: base,
+                };
+                let data = file.slice(l.byte_start as usize..l.byte_end as usize);
+                let got = decode_run(&fmeta, file.len() as u64, &loc, data.clone()).unwrap();
+                for i in 0..l.records as usize {
+                    let want = &a[(base - 5_000) as usize + i];
+                    let v = got.get(i).unwrap();
+                    assert_eq!((v.value, v.key), (&want.value[..], want.key.as_deref()));
+                    assert_eq!(v.timestamp_ms, want.timestamp_ms);
+                }
+                let ts = &a[(base - 5_000) as usize..(base - 5_000) as usize + l.records as usize];
+                assert_eq!(l.min_timestamp_ms, ts.iter().map(|r| r.timestamp_ms).min().unwrap());
+                assert_eq!(l.max_timestamp_ms, ts.iter().map(|r| r.timestamp_ms).max().unwrap());
+                // The wrong base offset is caught.
+                let wrong = RunLocation { base_offset: base + 1, ..loc };
+                assert!(decode_run(&fmeta, file.len() as u64, &wrong, data).is_err());
+                base += u64::from(l.records);
+            }
+            assert_eq!(base, 10_000);
+        }
+        // Offsets that are not dense are refused.
+        let gap = [batches[0].slice(0, 10), batches[0].slice(20, 10)];
+        assert!(
+            encode_partition_file(
+                "t",
+                2,
+                &gap,
+                PartitionFileOptions {
+                    compression: Compression::Lz4,
+                    row_group_rows: 100,
+                    row_group_bytes: usize::MAX,
+                },
+            )
+            .is_err()
         );
     }
 

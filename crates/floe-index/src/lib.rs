@@ -248,6 +248,8 @@ pub struct RunEntry {
     /// The entry's first row within its run in the object: non-zero when rows before it
     /// were taken out at commit (a producer's duplicate or refused batch, RFC 0003).
     pub row_first: u32,
+    /// Newest record time in the run (compaction leaves the hot tail alone).
+    pub max_timestamp_ms: i64,
 }
 
 impl RunSpan for RunEntry {
@@ -275,6 +277,8 @@ pub enum StateKind {
     Group,
     /// A share group (queue): delivery state of one partition.
     Share,
+    /// A compaction lease of one partition (RFC 0004): which agent compacts it, until when.
+    Compaction,
 }
 
 impl StateKind {
@@ -282,12 +286,14 @@ impl StateKind {
         match self {
             Self::Group => "group",
             Self::Share => "share",
+            Self::Compaction => "compaction",
         }
     }
     fn parse(s: &str) -> Result<Self> {
         match s {
             "group" => Ok(Self::Group),
             "share" => Ok(Self::Share),
+            "compaction" => Ok(Self::Compaction),
             other => Err(IndexError::Corrupt(format!("unknown state kind {other:?}"))),
         }
     }
@@ -343,6 +349,57 @@ pub fn fence(group_blob: Option<&[u8]>, c: &OffsetCommit) -> Result<()> {
         c.partitions,
     )
     .map_err(IndexError::Fenced)
+}
+
+/// Replace consecutive index entries of one partition by the row groups of one partition
+/// file that holds the same records (compaction, RFC 0004).
+#[derive(Debug, Clone)]
+pub struct ReplaceRuns {
+    pub topic_id: i64,
+    pub partition: u32,
+    /// The entries being replaced, as the compactor read them: (base offset, records,
+    /// segment key), in offset order and contiguous. The swap happens only if the index
+    /// still holds exactly these.
+    pub old: Vec<(u64, u32, String)>,
+    /// The partition file.
+    pub key: String,
+    pub size: u64,
+    /// Its row groups in offset order (one entry each); `topic_id`/`partition` as above.
+    pub runs: Vec<RunCommit>,
+    /// When the file was created (in its key): refused below the deletion boundary.
+    pub created_ms: i64,
+}
+
+impl ReplaceRuns {
+    /// The checks both backends run in the swap's transaction: the new entries hold as many
+    /// records as the old ones, and the old ones are contiguous. (base offset, records) of
+    /// each new entry, or why the replacement is malformed.
+    pub fn new_entries(&self) -> Result<Vec<(u64, u32)>> {
+        let bad = |what: &str| Err(IndexError::Corrupt(format!("replacement: {what}")));
+        let Some(first) = self.old.first() else {
+            return bad("nothing to replace");
+        };
+        let mut next = first.0;
+        for (base, n, _) in &self.old {
+            if *base != next {
+                return bad("old entries are not contiguous");
+            }
+            next = base + u64::from(*n);
+        }
+        let mut out = Vec::with_capacity(self.runs.len());
+        let mut at = first.0;
+        for r in &self.runs {
+            if r.records == 0 || r.topic_id != self.topic_id || r.partition != self.partition {
+                return bad("new entry is empty or of another partition");
+            }
+            out.push((at, r.records));
+            at += u64::from(r.records);
+        }
+        if at != next {
+            return bad("new entries do not hold the same records");
+        }
+        Ok(out)
+    }
 }
 
 /// Runs looked at per partition and retention pass (the rest waits for the next pass).
@@ -416,6 +473,11 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     /// at most `RETENTION_RUNS_PER_PASS` runs a pass) and advance the partition's start
     /// offset, in one transaction. Returns (partition, new start) of the partitions moved.
     async fn apply_retention(&self, topic_id: i64, cutoff_ms: i64) -> Result<Vec<(u32, u64)>>;
+    /// Swap consecutive entries of a partition for the row groups of a partition file, in
+    /// one transaction (RFC 0004): `Ok(false)`, changing nothing, when the index no longer
+    /// holds exactly `r.old` (retention or another compactor got there first) or the topic
+    /// is gone; [`IndexError::SegmentTooOld`] below the deletion boundary.
+    async fn replace_runs(&self, r: ReplaceRuns) -> Result<bool>;
     /// Advance the deletion boundary to `to_ms` (it never moves back) and return it. Once
     /// it returns, no segment created before the boundary can be committed any more, so
     /// the sweeper may delete such segments that no run refers to (RFC 0004).

@@ -21,7 +21,7 @@ use tracing::{Instrument, info_span, warn};
 use crate::replay;
 use crate::{
     CommitSink, Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic,
-    OffsetCommit, PartitionOffsets, Result, RunEntry, SegmentCommit, SeqKey, StateKey, StateKind,
+    OffsetCommit, PartitionOffsets, ReplaceRuns, Result, RunEntry, SegmentCommit, SeqKey, StateKey, StateKind,
     TopicMeta, Versioned, check_deadline, completion_answer, decode_config, encode_config, fence,
     plan_commit,
 };
@@ -730,7 +730,7 @@ impl Index for PostgresIndex {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first FROM floe_runs
+                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts FROM floe_runs
                  WHERE topic_id = $1 AND partition = $2 AND base_offset >= COALESCE(
                     (SELECT MAX(base_offset) FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset <= $3), 0)
                  ORDER BY base_offset LIMIT $4",
@@ -750,6 +750,7 @@ impl Index for PostgresIndex {
                     byte_start: to_u64(r.get(6), "byte_start")?,
                     byte_end: to_u64(r.get(7), "byte_end")?,
                     row_first: to_u32(r.get(8), "row_first")?,
+                    max_timestamp_ms: r.get(9),
                 })
             })
             .collect()
@@ -855,6 +856,98 @@ impl Index for PostgresIndex {
         }
         tx.commit().await.map_err(pg)?;
         Ok(moved)
+    }
+
+    async fn replace_runs(&self, r: ReplaceRuns) -> Result<bool> {
+        let entries = r.new_entries()?;
+        let (first, end) = match (r.old.first(), entries.last()) {
+            (Some(f), Some(l)) => (to_i64(f.0, "first")?, to_i64(l.0 + u64::from(l.1), "end")?),
+            _ => return Ok(false),
+        };
+        let p = i32::try_from(r.partition)
+            .map_err(|_| IndexError::Corrupt(format!("partition {} out of range", r.partition)))?;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // As a commit: the boundary FOR SHARE (an advance waits for this swap, or the swap
+        // sees it), then the partition row locked like a commit or retention does.
+        let boundary: i64 = tx
+            .query_one(
+                "SELECT boundary_ms FROM floe_deletion_boundary WHERE id = 0 FOR SHARE",
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        if r.created_ms < boundary {
+            return Err(IndexError::SegmentTooOld {
+                created_ms: r.created_ms,
+                boundary_ms: boundary,
+            });
+        }
+        if tx
+            .query_opt(
+                "SELECT 1 FROM floe_partitions WHERE topic_id = $1 AND partition = $2 FOR UPDATE",
+                &[&r.topic_id, &p],
+            )
+            .await
+            .map_err(pg)?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        let current = tx
+            .query(
+                "SELECT base_offset, records, segment_key FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset >= $3 AND base_offset < $4 ORDER BY base_offset",
+                &[&r.topic_id, &p, &first, &end],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|row| {
+                Ok((
+                    to_u64(row.get(0), "base_offset")?,
+                    u32::try_from(row.get::<_, i32>(1))
+                        .map_err(|_| IndexError::Corrupt("negative run length".into()))?,
+                    row.get::<_, String>(2),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if current != r.old {
+            return Ok(false);
+        }
+        let _ = tx
+            .execute(
+                "DELETE FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset >= $3 AND base_offset < $4",
+                &[&r.topic_id, &p, &first, &end],
+            )
+            .await
+            .map_err(pg)?;
+        let size = to_i64(r.size, "size")?;
+        for (run, (base, n)) in r.runs.iter().zip(&entries) {
+            let vals: [i64; 4] = [
+                to_i64(*base, "base")?,
+                to_i64(run.byte_start, "byte_start")?,
+                to_i64(run.byte_end, "byte_end")?,
+                size,
+            ];
+            let small = |v: u32, what: &str| {
+                i32::try_from(v).map_err(|_| IndexError::Corrupt(format!("{what} {v} out of range")))
+            };
+            let (n, rf, rc) = (
+                small(*n, "records")?,
+                small(run.row_group_first, "rg_first")?,
+                small(run.row_group_count, "rg_count")?,
+            );
+            let _ = tx
+                .execute(
+                    "INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0)",
+                    &[&r.topic_id, &p, &vals[0], &n, &r.key, &vals[3], &rf, &rc, &vals[1], &vals[2], &run.min_timestamp_ms, &run.max_timestamp_ms],
+                )
+                .await
+                .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(true)
     }
 
     async fn advance_deletion_boundary(&self, to_ms: i64) -> Result<i64> {

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::replay;
 use crate::{
     Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
-    PartitionOffsets, Result, RunEntry, SegmentCommit, SeqKey, StateKey, StateKind, TopicMeta,
+    PartitionOffsets, ReplaceRuns, Result, RunEntry, SegmentCommit, SeqKey, StateKey, StateKind, TopicMeta,
     Versioned, check_deadline, completion_answer, decode_config, encode_config, fence, plan_commit,
 };
 
@@ -481,7 +481,7 @@ impl Index for SqliteIndex {
     ) -> Result<Vec<RunEntry>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first FROM runs
+                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts FROM runs
                  WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= COALESCE(
                     (SELECT MAX(base_offset) FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)
                  ORDER BY base_offset LIMIT ?4",
@@ -498,6 +498,7 @@ impl Index for SqliteIndex {
                         byte_start: r.get(6)?,
                         byte_end: r.get(7)?,
                         row_first: r.get(8)?,
+                        max_timestamp_ms: r.get(9)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -581,6 +582,50 @@ impl Index for SqliteIndex {
             }
             tx.commit()?;
             Ok(moved)
+        })
+        .await
+    }
+
+    async fn replace_runs(&self, r: ReplaceRuns) -> Result<bool> {
+        let entries = r.new_entries()?;
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let boundary: i64 = tx
+                .prepare_cached("SELECT boundary_ms FROM deletion_boundary WHERE id = 0")?
+                .query_row([], |row| row.get(0))?;
+            if r.created_ms < boundary {
+                return Err(IndexError::SegmentTooOld {
+                    created_ms: r.created_ms,
+                    boundary_ms: boundary,
+                });
+            }
+            let (first, end) = match (r.old.first(), entries.last()) {
+                (Some(f), Some(l)) => (f.0, l.0 + u64::from(l.1)),
+                _ => return Ok(false),
+            };
+            let current: Vec<(u64, u32, String)> = tx
+                .prepare_cached("SELECT base_offset, records, segment_key FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= ?3 AND base_offset < ?4 ORDER BY base_offset")?
+                .query_map(params![r.topic_id, r.partition, first, end], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            if current != r.old {
+                return Ok(false);
+            }
+            let _ = tx
+                .prepare_cached("DELETE FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= ?3 AND base_offset < ?4")?
+                .execute(params![r.topic_id, r.partition, first, end])?;
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0)",
+                )?;
+                for (run, (base, n)) in r.runs.iter().zip(&entries) {
+                    let _ = ins.execute(params![
+                        r.topic_id, r.partition, base, n, r.key, r.size, run.row_group_first,
+                        run.row_group_count, run.byte_start, run.byte_end, run.min_timestamp_ms, run.max_timestamp_ms
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }

@@ -12,7 +12,7 @@ use floe_core::group::{GroupError, GroupState, Member};
 use floe_core::producer::{Refusal, RequestCheck};
 use floe_index::{
     IdempotencyBegin, IdempotencyCompletion, IdempotencyVerdict, Index, IndexError, NewTopic,
-    OffsetCommit, ProducerAppend, ProducerBatch, RunCommit, RunOutcome, SegmentCommit, StateKey,
+    OffsetCommit, ProducerAppend, ProducerBatch, ReplaceRuns, RunCommit, RunOutcome, SegmentCommit, StateKey,
     StateKind, StateWrite,
 };
 
@@ -842,6 +842,97 @@ async fn retention_drops_expired_runs_and_advances_the_start(i: Idx) {
     );
 }
 
+/// Compaction's swap (RFC 0004): exactly the entries read are replaced, atomically, by the
+/// partition file's row groups at the same offsets; anything changed meanwhile (retention,
+/// another compactor, a deleted topic) makes it a no-op; the deletion boundary fences it.
+async fn replace_runs_swaps_exactly_what_was_read(i: Idx) {
+    let t = i.create_topic(new_topic("t", 2)).await.unwrap();
+    for (n, records) in [2u32, 3, 1, 4].into_iter().enumerate() {
+        let _ = i
+            .commit(seg(&format!("s{n}"), vec![run(t.id, 0, records)]))
+            .await
+            .unwrap();
+    }
+    // Entries: 0..2 s0, 2..5 s1, 5..6 s2, 6..10 s3. Compact 2..6 into two row groups.
+    let old = |from: usize, to: usize| -> Vec<(u64, u32, String)> {
+        let all = [(0, 2), (2, 3), (5, 1), (6, 4)];
+        all[from..to]
+            .iter()
+            .enumerate()
+            .map(|(k, (b, n))| (*b, *n, format!("s{}", from + k)))
+            .collect()
+    };
+    let file = |key: &str, old: Vec<(u64, u32, String)>, groups: &[u32], created_ms| ReplaceRuns {
+        topic_id: t.id,
+        partition: 0,
+        old,
+        key: key.into(),
+        size: 500,
+        runs: groups
+            .iter()
+            .enumerate()
+            .map(|(g, n)| RunCommit {
+                row_group_first: g as u32,
+                ..run(t.id, 0, *n)
+            })
+            .collect(),
+        created_ms,
+    };
+    // Malformed: the new entries must hold the same records.
+    assert!(matches!(
+        i.replace_runs(file("bad", old(1, 3), &[3], 0)).await,
+        Err(IndexError::Corrupt(_))
+    ));
+    // Stale: the caller read something else than what is there.
+    let mut stale = old(1, 3);
+    stale[1].2 = "elsewhere".into();
+    assert!(!i.replace_runs(file("f0", stale, &[3, 1], 0)).await.unwrap());
+    assert!(i.replace_runs(file("f1", old(1, 3), &[3, 1], 0)).await.unwrap());
+    let runs = i.runs_from(t.id, 0, 0, 100).await.unwrap();
+    let got: Vec<(u64, u32, &str, u32)> = runs
+        .iter()
+        .map(|r| (r.base_offset, r.records, r.segment_key.as_str(), r.row_group_first))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(0, 2, "s0", 0), (2, 3, "f1", 0), (5, 1, "f1", 1), (6, 4, "s3", 0)]
+    );
+    assert!(!i.segment_referenced("s1").await.unwrap());
+    assert!(i.segment_referenced("f1").await.unwrap());
+    // A second compactor with the same (now stale) view changes nothing.
+    assert!(!i.replace_runs(file("f2", old(1, 3), &[4], 0)).await.unwrap());
+    let offs = i.partition_offsets(t.id).await.unwrap();
+    assert_eq!((offs[0].start_offset, offs[0].end_offset), (0, 10));
+    // A fetch in the middle of a partition-file entry finds it.
+    let from7 = i.runs_from(t.id, 0, 5, 1).await.unwrap();
+    assert_eq!(from7[0].segment_key, "f1");
+    // Retention took the entries meanwhile (every run's newest record is at 0 < 1): the
+    // swap of one of them is refused.
+    assert_eq!(i.apply_retention(t.id, 1).await.unwrap(), vec![(0, 10)]);
+    assert!(!i.replace_runs(file("f3", old(3, 4), &[4], 0)).await.unwrap());
+    // The boundary fences a file created before it.
+    let t2 = i.create_topic(new_topic("t2", 1)).await.unwrap();
+    let _ = i.commit(seg("u0", vec![run(t2.id, 0, 2)])).await.unwrap();
+    let _ = i.advance_deletion_boundary(1_000).await.unwrap();
+    let r = ReplaceRuns {
+        topic_id: t2.id,
+        partition: 0,
+        old: vec![(0, 2, "u0".into())],
+        key: "g".into(),
+        size: 10,
+        runs: vec![run(t2.id, 0, 2)],
+        created_ms: 999,
+    };
+    assert!(matches!(
+        i.replace_runs(r.clone()).await,
+        Err(IndexError::SegmentTooOld { .. })
+    ));
+    assert!(i.replace_runs(ReplaceRuns { created_ms: 1_000, ..r.clone() }).await.unwrap());
+    // A deleted topic: nothing to swap.
+    assert!(i.delete_topic("t2").await.unwrap());
+    assert!(!i.replace_runs(ReplaceRuns { created_ms: 1_000, key: "g2".into(), ..r }).await.unwrap());
+}
+
 fn preq(pid: i64, epoch: u32, topic_id: i64, b: &[(u32, i64, u32, u32, u32)]) -> ProducerAppend {
     ProducerAppend {
         producer_id: pid,
@@ -1053,6 +1144,11 @@ macro_rules! conformance {
         async fn retention_drops_expired_runs_and_advances_the_start() {
             let (_g, i) = $open().await;
             super::retention_drops_expired_runs_and_advances_the_start(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn replace_runs_swaps_exactly_what_was_read() {
+            let (_g, i) = $open().await;
+            super::replace_runs_swaps_exactly_what_was_read(i).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn producer_sequences_are_checked_in_the_commit() {

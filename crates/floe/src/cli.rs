@@ -23,6 +23,23 @@ pub(crate) enum TopicsCmd {
     Describe { name: String },
     /// Delete a topic and its records.
     Delete { name: String },
+    /// List the objects (and the rows in them) that make up a topic's committed log, or
+    /// with --duckdb print the DuckDB query that reads exactly that log from the bucket.
+    Files {
+        name: String,
+        #[arg(long)]
+        partition: Option<u32>,
+        /// First offset (default: each partition's start).
+        #[arg(long)]
+        from: Option<u64>,
+        /// End offset, exclusive (default: each partition's end).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Print a DuckDB query over the bucket at this location (a local folder such as
+        /// ./floe-data/bucket, or s3://bucket/prefix with DuckDB's httpfs).
+        #[arg(long, value_name = "BUCKET")]
+        duckdb: Option<String>,
+    },
 }
 
 pub(crate) async fn topics(conn: &Conn, cmd: TopicsCmd) -> anyhow::Result<()> {
@@ -38,6 +55,19 @@ pub(crate) async fn topics(conn: &Conn, cmd: TopicsCmd) -> anyhow::Result<()> {
         TopicsCmd::Delete { name } => {
             c.delete_topic(&name).await?;
             format!("deleted {name}")
+        }
+        TopicsCmd::Files {
+            name,
+            partition,
+            from,
+            to,
+            duckdb,
+        } => {
+            let files = c.topic_files(&name, partition, from, to).await?;
+            match duckdb {
+                Some(bucket) => floe_client::analytics::duckdb_sql(&files, &bucket),
+                None => serde_json::to_string_pretty(&files)?,
+            }
         }
     };
     println!("{out}");

@@ -178,7 +178,35 @@ struct ServeArgs {
     #[arg(long, env = "FLOE_DEAD_LETTER_RETRY_MS", default_value_t = 30_000)]
     dead_letter_retry_ms: u64,
     #[command(flatten)]
+    compaction: CompactionArgs,
+    #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// The compactor: rewrites small entries into per-partition Parquet files under
+/// topics/<topic>/partition=<p>/ (RFC 0004).
+#[derive(Args, Debug)]
+struct CompactionArgs {
+    /// Turn the compactor off on this agent.
+    #[arg(long, env = "FLOE_NO_COMPACTION")]
+    no_compaction: bool,
+    /// How often the agent looks for partitions to compact.
+    #[arg(long, env = "FLOE_COMPACTION_INTERVAL_MS", default_value_t = 30_000)]
+    compaction_interval_ms: u64,
+    /// Write a partition file once this many bytes of small entries wait.
+    #[arg(long, env = "FLOE_COMPACTION_TARGET_BYTES", default_value_t = 32 * 1024 * 1024)]
+    compaction_target_bytes: u64,
+    /// ...or once the oldest waiting entry is this old (with at least --compaction-min-entries).
+    #[arg(long, env = "FLOE_COMPACTION_MAX_WAIT_MS", default_value_t = 600_000)]
+    compaction_max_wait_ms: u64,
+    #[arg(long, env = "FLOE_COMPACTION_MIN_ENTRIES", default_value_t = 4)]
+    compaction_min_entries: usize,
+    /// Entries with a record younger than this are left alone (the hot tail).
+    #[arg(long, env = "FLOE_COMPACTION_MIN_AGE_MS", default_value_t = 60_000)]
+    compaction_min_age_ms: u64,
+    /// Row groups of partition files end at this many encoded bytes.
+    #[arg(long, env = "FLOE_COMPACTION_ROW_GROUP_BYTES", default_value_t = 4 * 1024 * 1024)]
+    compaction_row_group_bytes: usize,
 }
 
 #[derive(Args, Debug)]
@@ -223,7 +251,18 @@ impl ServeArgs {
     fn config(self) -> anyhow::Result<AgentConfig> {
         let dir = std::path::absolute(&self.data_dir).context("resolving --data-dir")?;
         let l = self.limits;
+        let c = self.compaction;
         Ok(AgentConfig {
+            compaction: floe_agent::CompactionConfig {
+                enabled: !c.no_compaction,
+                interval: Duration::from_millis(c.compaction_interval_ms),
+                target_bytes: c.compaction_target_bytes,
+                max_wait: Duration::from_millis(c.compaction_max_wait_ms),
+                min_entries: c.compaction_min_entries,
+                min_age: Duration::from_millis(c.compaction_min_age_ms),
+                row_group_bytes: c.compaction_row_group_bytes,
+                lease: floe_agent::CompactionConfig::default().lease,
+            },
             listen: self.listen,
             bucket: self
                 .bucket

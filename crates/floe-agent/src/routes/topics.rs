@@ -4,15 +4,17 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::extract::RawQuery;
 use floe_api::{
-    CreateTopicRequest, ErrorBody, PartitionInfo, TopicDescription, TopicInfo, TopicList,
-    TopicSummary,
+    CreateTopicRequest, ErrorBody, FileEntryInfo, FileLayout, PartitionFilesInfo, PartitionInfo,
+    TopicDescription, TopicFiles, TopicInfo, TopicList, TopicSummary,
 };
+use floe_broker::files::Layout;
 use floe_broker::Broker;
 use floe_broker::topics::TopicSpec;
 use floe_index::TopicMeta;
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, path_err};
 
 fn info_of(t: TopicMeta) -> TopicInfo {
@@ -98,4 +100,83 @@ pub(crate) async fn delete_topic(
     let Path(raw) = p.map_err(path_err)?;
     b.delete_topic(&raw).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The objects (and rows in them) that make up a topic's committed log between two
+/// offsets: what a query engine must read to see exactly the log (no orphan, no deleted
+/// topic, no row taken out at commit). See the README's DuckDB example.
+#[utoipa::path(get, path = "/v1/topics/{topic}/files",
+    params(
+        ("topic" = String, Path),
+        ("partition" = Option<u32>, Query, description = "One partition (default: all)"),
+        ("from" = Option<u64>, Query, description = "First offset (default: each partition's start)"),
+        ("to" = Option<u64>, Query, description = "End offset, exclusive (default: each partition's end)")),
+    responses(
+        (status = 200, body = TopicFiles),
+        (status = 400, description = "invalid_partition, invalid_range, invalid_parameter", body = ErrorBody),
+        (status = 404, description = "topic_not_found", body = ErrorBody)))]
+pub(crate) async fn topic_files(
+    State(b): State<Broker>,
+    p: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<TopicFiles>> {
+    let Path(raw) = p.map_err(path_err)?;
+    let (mut partition, mut from, mut to) = (None, None, None);
+    for pair in q.as_deref().unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let num = |name: &str| -> ApiResult<u64> {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    if name == "partition" {
+                        "invalid_partition"
+                    } else {
+                        "invalid_parameter"
+                    },
+                    format!("{name} must be a non-negative integer, got {v:?}"),
+                )
+            })
+        };
+        match k {
+            "partition" => {
+                partition = Some(u32::try_from(num("partition")?).map_err(|_| {
+                    ApiError::bad_request("invalid_partition", format!("partition {v} is out of range"))
+                })?);
+            }
+            "from" => from = Some(num("from")?),
+            "to" => to = Some(num("to")?),
+            _ => {}
+        }
+    }
+    let listing = b.files(&raw, partition, from, to).await?;
+    Ok(Json(TopicFiles {
+        topic: raw,
+        partitions: listing
+            .into_iter()
+            .map(|p| PartitionFilesInfo {
+                partition: p.partition,
+                start_offset: p.start_offset,
+                end_offset: p.end_offset,
+                from: p.from,
+                to: p.to,
+                entries: p
+                    .entries
+                    .into_iter()
+                    .map(|e| FileEntryInfo {
+                        partition: e.partition,
+                        key: e.key,
+                        size: e.size,
+                        layout: match e.layout {
+                            Layout::Segment => FileLayout::Segment,
+                            Layout::Partition => FileLayout::Partition,
+                        },
+                        base_offset: e.base_offset,
+                        records: e.records,
+                        row_first: e.row_first,
+                        row_group_first: e.row_group_first,
+                        row_group_count: e.row_group_count,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }))
 }

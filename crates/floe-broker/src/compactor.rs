@@ -1,0 +1,403 @@
+//! The compactor (RFC 0004): rewrites a partition's small index entries — runs inside
+//! multi-topic flush segments — into one *partition file* per (topic, partition) and
+//! range of offsets, then swaps the index entries in one transaction.
+//!
+//! - Every agent runs it; a lease per partition in the index (a compare-and-swap blob)
+//!   lets one agent at a time work on a partition. The lease is an optimisation: the swap
+//!   itself checks that the index still holds exactly the entries that were read, so two
+//!   compactors (a lease that expired under a paused process) cannot both win.
+//! - Killable at any point: before the swap, the written file is an unreferenced object
+//!   (the sweeper deletes it after the grace); after it, the replaced objects are
+//!   unreferenced once no other entry points at them.
+//! - Readers re-plan when an object vanishes under them ([`crate::fetch::Reader::read`]).
+//! - Files are laid out for query engines: `topics/<topic>/partition=<p>/date=<d>/
+//!   <first>-<last>-<uuidv7>.parquet` (Hive-style; `d` is the UTC day of the first record;
+//!   the UUID's time is the file's creation time, for the deletion boundary).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe_core::clock::SharedClock;
+use floe_core::compaction::{Piece, Policy, plan};
+use floe_core::segment::{
+    Compression, LAYOUT_PARTITION, PartitionFileOptions, PartitionFileWriter,
+};
+use floe_index::{
+    Index, IndexError, ReplaceRuns, RunCommit, RunEntry, StateKey, StateKind, TopicMeta,
+};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::AgentConfig;
+use crate::error::BrokerError;
+use crate::fetch::Reader;
+use crate::metrics::Metrics;
+
+/// Where partition files live.
+pub const PARTITION_FILE_PREFIX: &str = "topics";
+/// Index entries looked at per partition and pass.
+const ENTRIES_PER_PASS: u32 = 4096;
+/// Rows per row group of a partition file at most.
+const ROW_GROUP_ROWS: usize = 64 * 1024;
+
+/// `topics/<topic>/partition=<p>/date=<yyyy-mm-dd>/<first>-<last>-<uuidv7>.parquet`.
+pub fn partition_file_key(
+    topic: &str,
+    partition: u32,
+    first: u64,
+    last: u64,
+    first_ts_ms: i64,
+    created_ms: i64,
+) -> String {
+    let date = civil_date(first_ts_ms);
+    format!(
+        "{PARTITION_FILE_PREFIX}/{topic}/partition={partition}/date={date}/{first:020}-{last:020}-{}.parquet",
+        crate::ids::uuid_v7_at(created_ms)
+    )
+}
+
+/// Whether a key names a partition file.
+pub fn is_partition_file_key(key: &str) -> bool {
+    key.starts_with(PARTITION_FILE_PREFIX) && key.as_bytes().get(PARTITION_FILE_PREFIX.len()) == Some(&b'/')
+}
+
+/// The creation time in a partition file key ([`partition_file_key`]).
+pub fn partition_file_created_ms(key: &str) -> Option<i64> {
+    if !is_partition_file_key(key) {
+        return None;
+    }
+    let stem = key.strip_suffix(".parquet")?;
+    let id = stem.get(stem.len().checked_sub(36)?..)?;
+    crate::ids::uuid_v7_ms(id)
+}
+
+/// `yyyy-mm-dd` (UTC) of a Unix time in ms; days before 1970 count backwards.
+fn civil_date(ms: i64) -> String {
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    #[error("read: {0}")]
+    Read(#[from] BrokerError),
+    #[error("encode: {0}")]
+    Encode(#[from] floe_core::segment::SegmentError),
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+}
+
+/// One partition's compaction lease, stored as a consumer-state blob.
+#[derive(Debug, Serialize, Deserialize)]
+struct Lease {
+    holder: String,
+    until_ms: i64,
+}
+
+/// What one pass over a partition did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compacted {
+    pub files: u64,
+    pub entries: u64,
+    pub records: u64,
+    pub input_bytes: u64,
+    pub output_bytes: u64,
+    /// Swaps that found the index changed.
+    pub lost: u64,
+}
+
+/// The compactor's view of the engine.
+#[derive(Debug, Clone)]
+pub struct Compactor {
+    pub config: Arc<AgentConfig>,
+    pub store: Arc<dyn ObjectStore>,
+    pub index: Arc<dyn Index>,
+    pub reader: Reader,
+    pub metrics: Metrics,
+    pub clock: SharedClock,
+}
+
+pub async fn run(c: Compactor, mut shutdown: watch::Receiver<bool>) {
+    if !c.config.compaction.enabled {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(c.config.compaction.interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        match c.pass().instrument(info_span!("compaction")).await {
+            Ok(done) if done.files > 0 => info!(
+                files = done.files,
+                entries = done.entries,
+                records = done.records,
+                input_bytes = done.input_bytes,
+                output_bytes = done.output_bytes,
+                "compacted"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "compaction pass failed; will retry"),
+        }
+    }
+}
+
+impl Compactor {
+    fn policy(&self) -> Policy {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let c = &self.config.compaction;
+        Policy {
+            target_bytes: c.target_bytes,
+            max_wait_ms: ms(c.max_wait),
+            min_pieces: c.min_entries,
+            min_age_ms: ms(c.min_age),
+            max_records: u64::from(u32::MAX),
+        }
+    }
+
+    /// Every partition of every topic, once: at most one partition file each.
+    pub async fn pass(&self) -> Result<Compacted, CompactError> {
+        let mut total = Compacted::default();
+        for t in self.index.list_topics().await? {
+            for p in 0..t.partitions {
+                let done = self
+                    .partition(&t, p)
+                    .instrument(info_span!("compact_partition", topic = %t.name, partition = p))
+                    .await?;
+                total.files += done.files;
+                total.entries += done.entries;
+                total.records += done.records;
+                total.input_bytes += done.input_bytes;
+                total.output_bytes += done.output_bytes;
+                total.lost += done.lost;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Compact one partition if its entries call for it and this agent gets the lease.
+    pub async fn partition(&self, t: &TopicMeta, p: u32) -> Result<Compacted, CompactError> {
+        let Some(start) = self
+            .index
+            .partition_offsets(t.id)
+            .await?
+            .iter()
+            .find(|o| o.partition == p)
+            .map(|o| o.start_offset)
+        else {
+            return Ok(Compacted::default());
+        };
+        let entries = self
+            .index
+            .runs_from(t.id, p, start, ENTRIES_PER_PASS)
+            .await?;
+        let pieces: Vec<Piece> = entries
+            .iter()
+            .map(|e| Piece {
+                base_offset: e.base_offset,
+                records: e.records,
+                bytes: e.byte_end.saturating_sub(e.byte_start),
+                compacted: is_partition_file_key(&e.segment_key),
+                max_timestamp_ms: e.max_timestamp_ms,
+            })
+            .collect();
+        let now = self.clock.now_ms();
+        let Some(range) = plan(&pieces, &self.policy(), now) else {
+            return Ok(Compacted::default());
+        };
+        if !self.take_lease(t.id, p, now).await? {
+            debug!("another agent holds the compaction lease");
+            return Ok(Compacted::default());
+        }
+        let result = self.rewrite(t, p, &entries[range]).await;
+        self.release_lease(t.id, p).await;
+        result
+    }
+
+    async fn rewrite(
+        &self,
+        t: &TopicMeta,
+        p: u32,
+        entries: &[RunEntry],
+    ) -> Result<Compacted, CompactError> {
+        let c = &self.config.compaction;
+        let mut w = PartitionFileWriter::new(
+            &t.name,
+            p,
+            PartitionFileOptions {
+                compression: match self.config.compression {
+                    Compression::None => Compression::None,
+                    // Files are written once and read by scans: zstd pays off.
+                    Compression::Lz4 | Compression::Zstd(_) => Compression::Zstd(3),
+                },
+                row_group_rows: ROW_GROUP_ROWS,
+                row_group_bytes: c.row_group_bytes,
+            },
+        )?;
+        let mut input_bytes = 0;
+        let mut records = 0u64;
+        let mut first_ts = None;
+        for e in entries {
+            let run = self.reader.decode_entry(t, p, e).await?;
+            let from = e.row_first as usize;
+            for b in run.fetch_batches(e.base_offset, from, from + e.records as usize)? {
+                if first_ts.is_none() && b.num_rows() > 0 {
+                    first_ts = floe_core::segment::first_timestamp(&b);
+                }
+                w.write(&b)?;
+            }
+            input_bytes += e.byte_end.saturating_sub(e.byte_start);
+            records += u64::from(e.records);
+        }
+        let (bytes, layouts) = w.finish()?;
+        let (first, last) = match (entries.first(), entries.last()) {
+            (Some(f), Some(l)) => (f.base_offset, l.base_offset + u64::from(l.records) - 1),
+            _ => return Ok(Compacted::default()),
+        };
+        let created_ms = self.clock.now_ms();
+        let key = partition_file_key(&t.name, p, first, last, first_ts.unwrap_or(0), created_ms);
+        let size = bytes.len() as u64;
+        let path = Path::from(key.as_str());
+        let _ = self.store.put(&path, PutPayload::from_bytes(bytes)).await?;
+        let swap = ReplaceRuns {
+            topic_id: t.id,
+            partition: p,
+            old: entries
+                .iter()
+                .map(|e| (e.base_offset, e.records, e.segment_key.clone()))
+                .collect(),
+            key: key.clone(),
+            size,
+            runs: layouts
+                .iter()
+                .map(|l| RunCommit {
+                    topic_id: t.id,
+                    partition: p,
+                    records: l.records,
+                    row_group_first: l.row_group_first,
+                    row_group_count: l.row_group_count,
+                    byte_start: l.byte_start,
+                    byte_end: l.byte_end,
+                    min_timestamp_ms: l.min_timestamp_ms,
+                    max_timestamp_ms: l.max_timestamp_ms,
+                })
+                .collect(),
+            created_ms,
+        };
+        let swapped = match self.index.replace_runs(swap).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Unknown outcome on a timeout: the file may be referenced; the sweeper
+                // decides (it deletes only what no entry refers to).
+                warn!(file = %key, error = %e, "compaction swap failed");
+                return Err(e.into());
+            }
+        };
+        if !swapped {
+            self.metrics.compactions_lost.inc();
+            // Nothing refers to the file: drop it now (or the sweeper will).
+            if let Err(e) = self.store.delete(&path).await {
+                debug!(file = %key, error = %e, "dropping an unused partition file failed; the sweeper will");
+            }
+            return Ok(Compacted {
+                lost: 1,
+                ..Compacted::default()
+            });
+        }
+        self.metrics.compactions.inc();
+        self.metrics.compacted_records.inc_by(records);
+        self.metrics.compacted_bytes.inc_by(input_bytes);
+        self.metrics.compacted_entries.inc_by(entries.len() as u64);
+        info!(file = %key, first, last, entries = entries.len(), records, input_bytes, output_bytes = size, layout = LAYOUT_PARTITION, "partition file swapped in");
+        Ok(Compacted {
+            files: 1,
+            entries: entries.len() as u64,
+            records,
+            input_bytes,
+            output_bytes: size,
+            lost: 0,
+        })
+    }
+
+    fn lease_key(topic_id: i64, p: u32) -> StateKey {
+        StateKey {
+            kind: StateKind::Compaction,
+            topic_id,
+            group: String::new(),
+            partition: p,
+        }
+    }
+
+    /// Take the partition's lease by compare-and-swap: free, expired, or ours already.
+    async fn take_lease(&self, topic_id: i64, p: u32, now: i64) -> Result<bool, CompactError> {
+        let key = Self::lease_key(topic_id, p);
+        let current = self.index.load_state(&key).await?;
+        if let Some(v) = &current
+            && let Ok(l) = serde_json::from_slice::<Lease>(&v.data)
+            && l.holder != self.config.agent_id
+            && l.until_ms > now
+        {
+            return Ok(false);
+        }
+        let lease = Lease {
+            holder: self.config.agent_id.clone(),
+            until_ms: now + i64::try_from(self.config.compaction.lease.as_millis()).unwrap_or(i64::MAX / 2),
+        };
+        let data = serde_json::to_vec(&lease).unwrap_or_default();
+        Ok(self
+            .index
+            .store_state(&key, current.map(|v| v.version), data)
+            .await?)
+    }
+
+    /// Give the lease back (best effort: it expires anyway).
+    async fn release_lease(&self, topic_id: i64, p: u32) {
+        let key = Self::lease_key(topic_id, p);
+        let Ok(Some(v)) = self.index.load_state(&key).await else {
+            return;
+        };
+        if serde_json::from_slice::<Lease>(&v.data).is_ok_and(|l| l.holder == self.config.agent_id) {
+            let data = serde_json::to_vec(&Lease {
+                holder: String::new(),
+                until_ms: 0,
+            })
+            .unwrap_or_default();
+            let _ = self.index.store_state(&key, Some(v.version), data).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_file_keys_are_hive_style_and_carry_their_creation_time() {
+        let k = partition_file_key("orders", 3, 100, 199, 1_795_000_000_000, 1_795_000_123_456);
+        assert!(
+            k.starts_with("topics/orders/partition=3/date=2026-11-18/00000000000000000100-00000000000000000199-"),
+            "{k}"
+        );
+        assert!(k.ends_with(".parquet"));
+        assert_eq!(partition_file_created_ms(&k), Some(1_795_000_123_456));
+        assert!(is_partition_file_key(&k));
+        assert!(!is_partition_file_key("topicsx/a"));
+        assert_eq!(partition_file_created_ms("segments/x.parquet"), None);
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(-1), "1969-12-31");
+        assert_eq!(civil_date(951_782_400_000), "2000-02-29");
+    }
+}
