@@ -13,13 +13,12 @@ use axum::Json;
 use axum::extract::State;
 use floe_api::{
     Assignment, CommitOffset, CommitRequest, CreateTopicRequest, Encoding, ErrorBody, ErrorDetail,
-    FileEntryInfo, FileLayout, PartitionFilesInfo, TopicFiles,
-    FetchResponse, FetchedRecord, GroupDescription, GroupFetchResponse, GroupMemberInfo,
-    GroupPartitionLag, InitProducerRequest, JoinGroupRequest, PartitionInfo, PartitionRecords,
-    ProduceRecord, ProduceRequest, ProduceResponse, ProducerSessionInfo, QueueDescription,
-    QueuePartitionState, QueuedRecord, ReceiveRequest, ReceiveResponse, RecordOffset, ResetPolicy,
-    SettleFailure, SettleRequest, SettleResponse, TopicDescription, TopicInfo, TopicList,
-    TopicSummary,
+    FetchResponse, FetchedRecord, FileEntryInfo, FileLayout, GroupDescription, GroupFetchResponse,
+    GroupMemberInfo, GroupPartitionLag, InitProducerRequest, JoinGroupRequest, PartitionFilesInfo,
+    PartitionInfo, PartitionRecords, ProduceRecord, ProduceRequest, ProduceResponse,
+    ProducerSessionInfo, QueueDescription, QueuePartitionState, QueuedRecord, ReceiveRequest,
+    ReceiveResponse, RecordOffset, ResetPolicy, SettleFailure, SettleRequest, SettleResponse,
+    TopicDescription, TopicFiles, TopicInfo, TopicList, TopicSummary,
 };
 use floe_broker::Broker;
 use floe_broker::groups::DEFAULT_SESSION_TIMEOUT_MS;

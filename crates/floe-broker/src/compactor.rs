@@ -61,7 +61,8 @@ pub fn partition_file_key(
 
 /// Whether a key names a partition file.
 pub fn is_partition_file_key(key: &str) -> bool {
-    key.starts_with(PARTITION_FILE_PREFIX) && key.as_bytes().get(PARTITION_FILE_PREFIX.len()) == Some(&b'/')
+    key.starts_with(PARTITION_FILE_PREFIX)
+        && key.as_bytes().get(PARTITION_FILE_PREFIX.len()) == Some(&b'/')
 }
 
 /// The creation time in a partition file key ([`partition_file_key`]).
@@ -354,7 +355,8 @@ impl Compactor {
         }
         let lease = Lease {
             holder: self.config.agent_id.clone(),
-            until_ms: now + i64::try_from(self.config.compaction.lease.as_millis()).unwrap_or(i64::MAX / 2),
+            until_ms: now
+                + i64::try_from(self.config.compaction.lease.as_millis()).unwrap_or(i64::MAX / 2),
         };
         let data = serde_json::to_vec(&lease).unwrap_or_default();
         Ok(self
@@ -369,7 +371,8 @@ impl Compactor {
         let Ok(Some(v)) = self.index.load_state(&key).await else {
             return;
         };
-        if serde_json::from_slice::<Lease>(&v.data).is_ok_and(|l| l.holder == self.config.agent_id) {
+        if serde_json::from_slice::<Lease>(&v.data).is_ok_and(|l| l.holder == self.config.agent_id)
+        {
             let data = serde_json::to_vec(&Lease {
                 holder: String::new(),
                 until_ms: 0,

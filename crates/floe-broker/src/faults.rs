@@ -12,14 +12,20 @@ use floe_index::{
 pub use crate::store::FaultStore;
 use crate::store::wait_while;
 
-/// An index whose every call hangs while the switch is on (a stopped server), and whose
-/// next N commits land but answer with an error (the answer lost on the way back).
+/// An index whose every call hangs while the switch is on (a stopped server), whose
+/// next N commits land but answer with an error (the answer lost on the way back), and
+/// whose next `runs_from` can answer an earlier snapshot (a reader that looked the index up
+/// just before compaction swapped the entries and the sweeper deleted their objects).
 #[derive(Debug, Clone)]
 pub struct FaultIndex {
     inner: Arc<dyn Index>,
     hanging: Arc<AtomicBool>,
     lose_answers: Arc<AtomicU32>,
+    stale_runs: StaleRuns,
 }
+
+/// A `runs_from` answer to give once instead of the index's.
+pub type StaleRuns = Arc<std::sync::Mutex<Option<Vec<RunEntry>>>>;
 
 impl FaultIndex {
     pub fn new(inner: Arc<dyn Index>) -> Self {
@@ -27,7 +33,12 @@ impl FaultIndex {
             inner,
             hanging: Arc::new(AtomicBool::new(false)),
             lose_answers: Arc::new(AtomicU32::new(0)),
+            stale_runs: StaleRuns::default(),
         }
+    }
+    /// Put a snapshot here: the next `runs_from` answers it (once) instead of the index.
+    pub fn stale_runs(&self) -> StaleRuns {
+        self.stale_runs.clone()
     }
     pub fn hang_switch(&self) -> Arc<AtomicBool> {
         self.hanging.clone()
@@ -86,6 +97,10 @@ impl Index for FaultIndex {
         limit: u32,
     ) -> floe_index::Result<Vec<RunEntry>> {
         wait_while(&self.hanging).await;
+        let stale = self.stale_runs.lock().ok().and_then(|mut s| s.take());
+        if let Some(runs) = stale {
+            return Ok(runs);
+        }
         self.inner
             .runs_from(topic_id, partition, offset, limit)
             .await

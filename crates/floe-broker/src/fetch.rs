@@ -299,7 +299,10 @@ fn store_err(e: &RunEntry, err: &object_store::Error) -> BrokerError {
         tracing::info!(segment = %e.segment_key, "segment gone since the index was read; planning again");
         return BrokerError::unavailable(
             SEGMENT_MISSING,
-            format!("segment {} is gone (replaced by compaction or retention)", e.segment_key),
+            format!(
+                "segment {} is gone (replaced by compaction or retention)",
+                e.segment_key
+            ),
         );
     }
     tracing::warn!(segment = %e.segment_key, error = %err, "segment read failed");

@@ -78,7 +78,13 @@ mod tests {
     use super::*;
     use floe_api::{FileEntryInfo, PartitionFilesInfo};
 
-    fn entry(key: &str, layout: FileLayout, base: u64, records: u32, row_first: u32) -> FileEntryInfo {
+    fn entry(
+        key: &str,
+        layout: FileLayout,
+        base: u64,
+        records: u32,
+        row_first: u32,
+    ) -> FileEntryInfo {
         FileEntryInfo {
             partition: 1,
             key: key.into(),
@@ -113,8 +119,16 @@ mod tests {
         assert_eq!(sql.matches("SELECT").count(), 2, "{sql}");
         assert!(sql.contains("read_parquet('/data/bucket/topics/f.parquet', hive_partitioning = false) WHERE \"offset\" >= 0 AND \"offset\" < 15"), "{sql}");
         assert!(sql.contains("run_offset - 2 + 15 AS \"offset\""), "{sql}");
-        assert!(sql.contains("topic = 'o''rders' AND partition = 1 AND run_offset >= 2 AND run_offset < 17"), "{sql}");
-        let empty = TopicFiles { topic: "t".into(), partitions: vec![] };
+        assert!(
+            sql.contains(
+                "topic = 'o''rders' AND partition = 1 AND run_offset >= 2 AND run_offset < 17"
+            ),
+            "{sql}"
+        );
+        let empty = TopicFiles {
+            topic: "t".into(),
+            partitions: vec![],
+        };
         assert!(duckdb_sql(&empty, "/b").contains("WHERE false"));
     }
 }

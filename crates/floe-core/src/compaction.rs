@@ -49,7 +49,9 @@ pub fn plan(pieces: &[Piece], policy: &Policy, now_ms: i64) -> Option<Range<usiz
         if p.compacted || p.max_timestamp_ms >= settled {
             break;
         }
-        if end > start && pieces[end - 1].base_offset + u64::from(pieces[end - 1].records) != p.base_offset {
+        if end > start
+            && pieces[end - 1].base_offset + u64::from(pieces[end - 1].records) != p.base_offset
+        {
             break; // a gap: never reach past it
         }
         if end > start && records + u64::from(p.records) > policy.max_records {
@@ -111,13 +113,22 @@ mod tests {
     fn takes_small_settled_entries_once_full_or_old() {
         let now = 100_000;
         // Full: 400 + 400 + 400 >= 1000 after three entries.
-        let p = pieces(&[(400, false, 0), (400, false, 0), (400, false, 0), (400, false, 0)]);
+        let p = pieces(&[
+            (400, false, 0),
+            (400, false, 0),
+            (400, false, 0),
+            (400, false, 0),
+        ]);
         assert_eq!(plan(&p, &POLICY, now), Some(0..3));
         // Skips what is compacted already.
         let p = pieces(&[(900, true, 0), (600, false, 0), (600, false, 0)]);
         assert_eq!(plan(&p, &POLICY, now), Some(1..3));
         // Not full, not old: wait.
-        let p = pieces(&[(10, false, 90_000), (10, false, 90_000), (10, false, 90_000)]);
+        let p = pieces(&[
+            (10, false, 90_000),
+            (10, false, 90_000),
+            (10, false, 90_000),
+        ]);
         assert_eq!(plan(&p, &POLICY, now), None);
         // Not full but old, with enough entries.
         let p = pieces(&[(10, false, 1), (10, false, 2), (10, false, 3)]);

@@ -322,12 +322,10 @@ pub fn first_timestamp(b: &RecordBatch) -> Option<i64> {
 
 /// Whether a footer is that of a partition file ([`encode_partition_file`]).
 pub fn is_partition_file(meta: &ParquetMetaData) -> bool {
-    meta.file_metadata()
-        .key_value_metadata()
-        .is_some_and(|kv| {
-            kv.iter()
-                .any(|e| e.key == LAYOUT_KEY && e.value.as_deref() == Some(LAYOUT_PARTITION))
-        })
+    meta.file_metadata().key_value_metadata().is_some_and(|kv| {
+        kv.iter()
+            .any(|e| e.key == LAYOUT_KEY && e.value.as_deref() == Some(LAYOUT_PARTITION))
+    })
 }
 
 /// How a partition file is cut into row groups.
@@ -394,7 +392,11 @@ impl PartitionFileWriter {
             partition: p,
             max_rows,
             row_group_bytes: opts.row_group_bytes,
-            writer: ArrowWriter::try_new(Vec::with_capacity(1 << 20), partition_schema(), Some(props))?,
+            writer: ArrowWriter::try_new(
+                Vec::with_capacity(1 << 20),
+                partition_schema(),
+                Some(props),
+            )?,
             groups: Vec::new(),
             cur: (0, i64::MAX, i64::MIN),
             next_offset: None,
@@ -460,7 +462,9 @@ impl PartitionFileWriter {
         let out = self.writer.into_inner()?;
         let bytes = Bytes::from(out);
         let Footer::Parsed(meta) = parse_footer(&bytes)? else {
-            return Err(SegmentError::Corrupt("partition file footer incomplete".into()));
+            return Err(SegmentError::Corrupt(
+                "partition file footer incomplete".into(),
+            ));
         };
         if meta.row_groups().len() != self.groups.len() || self.groups.is_empty() {
             return Err(SegmentError::Corrupt(format!(
@@ -1055,10 +1059,19 @@ mod tests {
                     assert_eq!(v.timestamp_ms, want.timestamp_ms);
                 }
                 let ts = &a[(base - 5_000) as usize..(base - 5_000) as usize + l.records as usize];
-                assert_eq!(l.min_timestamp_ms, ts.iter().map(|r| r.timestamp_ms).min().unwrap());
-                assert_eq!(l.max_timestamp_ms, ts.iter().map(|r| r.timestamp_ms).max().unwrap());
+                assert_eq!(
+                    l.min_timestamp_ms,
+                    ts.iter().map(|r| r.timestamp_ms).min().unwrap()
+                );
+                assert_eq!(
+                    l.max_timestamp_ms,
+                    ts.iter().map(|r| r.timestamp_ms).max().unwrap()
+                );
                 // The wrong base offset is caught.
-                let wrong = RunLocation { base_offset: base + 1, ..loc };
+                let wrong = RunLocation {
+                    base_offset: base + 1,
+                    ..loc
+                };
                 assert!(decode_run(&fmeta, file.len() as u64, &wrong, data).is_err());
                 base += u64::from(l.records);
             }

@@ -21,9 +21,9 @@ use tracing::{Instrument, info_span, warn};
 use crate::replay;
 use crate::{
     CommitSink, Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic,
-    OffsetCommit, PartitionOffsets, ReplaceRuns, Result, RunEntry, SegmentCommit, SeqKey, StateKey, StateKind,
-    TopicMeta, Versioned, check_deadline, completion_answer, decode_config, encode_config, fence,
-    plan_commit,
+    OffsetCommit, PartitionOffsets, ReplaceRuns, Result, RunEntry, SegmentCommit, SeqKey, StateKey,
+    StateKind, TopicMeta, Versioned, check_deadline, completion_answer, decode_config,
+    encode_config, fence, plan_commit,
 };
 
 /// NOTIFY channel for commits; payload `topic_id:partition:end_offset` entries joined by `,`.
@@ -931,7 +931,8 @@ impl Index for PostgresIndex {
                 size,
             ];
             let small = |v: u32, what: &str| {
-                i32::try_from(v).map_err(|_| IndexError::Corrupt(format!("{what} {v} out of range")))
+                i32::try_from(v)
+                    .map_err(|_| IndexError::Corrupt(format!("{what} {v} out of range")))
             };
             let (n, rf, rc) = (
                 small(*n, "records")?,

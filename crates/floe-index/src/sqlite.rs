@@ -15,8 +15,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::replay;
 use crate::{
     Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
-    PartitionOffsets, ReplaceRuns, Result, RunEntry, SegmentCommit, SeqKey, StateKey, StateKind, TopicMeta,
-    Versioned, check_deadline, completion_answer, decode_config, encode_config, fence, plan_commit,
+    PartitionOffsets, ReplaceRuns, Result, RunEntry, SegmentCommit, SeqKey, StateKey, StateKind,
+    TopicMeta, Versioned, check_deadline, completion_answer, decode_config, encode_config, fence,
+    plan_commit,
 };
 
 const SCHEMA: &str = "

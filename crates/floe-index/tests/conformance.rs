@@ -12,8 +12,8 @@ use floe_core::group::{GroupError, GroupState, Member};
 use floe_core::producer::{Refusal, RequestCheck};
 use floe_index::{
     IdempotencyBegin, IdempotencyCompletion, IdempotencyVerdict, Index, IndexError, NewTopic,
-    OffsetCommit, ProducerAppend, ProducerBatch, ReplaceRuns, RunCommit, RunOutcome, SegmentCommit, StateKey,
-    StateKind, StateWrite,
+    OffsetCommit, ProducerAppend, ProducerBatch, ReplaceRuns, RunCommit, RunOutcome, SegmentCommit,
+    StateKey, StateKind, StateWrite,
 };
 
 type Idx = Arc<dyn Index>;
@@ -887,20 +887,40 @@ async fn replace_runs_swaps_exactly_what_was_read(i: Idx) {
     let mut stale = old(1, 3);
     stale[1].2 = "elsewhere".into();
     assert!(!i.replace_runs(file("f0", stale, &[3, 1], 0)).await.unwrap());
-    assert!(i.replace_runs(file("f1", old(1, 3), &[3, 1], 0)).await.unwrap());
+    assert!(
+        i.replace_runs(file("f1", old(1, 3), &[3, 1], 0))
+            .await
+            .unwrap()
+    );
     let runs = i.runs_from(t.id, 0, 0, 100).await.unwrap();
     let got: Vec<(u64, u32, &str, u32)> = runs
         .iter()
-        .map(|r| (r.base_offset, r.records, r.segment_key.as_str(), r.row_group_first))
+        .map(|r| {
+            (
+                r.base_offset,
+                r.records,
+                r.segment_key.as_str(),
+                r.row_group_first,
+            )
+        })
         .collect();
     assert_eq!(
         got,
-        vec![(0, 2, "s0", 0), (2, 3, "f1", 0), (5, 1, "f1", 1), (6, 4, "s3", 0)]
+        vec![
+            (0, 2, "s0", 0),
+            (2, 3, "f1", 0),
+            (5, 1, "f1", 1),
+            (6, 4, "s3", 0)
+        ]
     );
     assert!(!i.segment_referenced("s1").await.unwrap());
     assert!(i.segment_referenced("f1").await.unwrap());
     // A second compactor with the same (now stale) view changes nothing.
-    assert!(!i.replace_runs(file("f2", old(1, 3), &[4], 0)).await.unwrap());
+    assert!(
+        !i.replace_runs(file("f2", old(1, 3), &[4], 0))
+            .await
+            .unwrap()
+    );
     let offs = i.partition_offsets(t.id).await.unwrap();
     assert_eq!((offs[0].start_offset, offs[0].end_offset), (0, 10));
     // A fetch in the middle of a partition-file entry finds it.
@@ -909,7 +929,11 @@ async fn replace_runs_swaps_exactly_what_was_read(i: Idx) {
     // Retention took the entries meanwhile (every run's newest record is at 0 < 1): the
     // swap of one of them is refused.
     assert_eq!(i.apply_retention(t.id, 1).await.unwrap(), vec![(0, 10)]);
-    assert!(!i.replace_runs(file("f3", old(3, 4), &[4], 0)).await.unwrap());
+    assert!(
+        !i.replace_runs(file("f3", old(3, 4), &[4], 0))
+            .await
+            .unwrap()
+    );
     // The boundary fences a file created before it.
     let t2 = i.create_topic(new_topic("t2", 1)).await.unwrap();
     let _ = i.commit(seg("u0", vec![run(t2.id, 0, 2)])).await.unwrap();
@@ -927,10 +951,25 @@ async fn replace_runs_swaps_exactly_what_was_read(i: Idx) {
         i.replace_runs(r.clone()).await,
         Err(IndexError::SegmentTooOld { .. })
     ));
-    assert!(i.replace_runs(ReplaceRuns { created_ms: 1_000, ..r.clone() }).await.unwrap());
+    assert!(
+        i.replace_runs(ReplaceRuns {
+            created_ms: 1_000,
+            ..r.clone()
+        })
+        .await
+        .unwrap()
+    );
     // A deleted topic: nothing to swap.
     assert!(i.delete_topic("t2").await.unwrap());
-    assert!(!i.replace_runs(ReplaceRuns { created_ms: 1_000, key: "g2".into(), ..r }).await.unwrap());
+    assert!(
+        !i.replace_runs(ReplaceRuns {
+            created_ms: 1_000,
+            key: "g2".into(),
+            ..r
+        })
+        .await
+        .unwrap()
+    );
 }
 
 fn preq(pid: i64, epoch: u32, topic_id: i64, b: &[(u32, i64, u32, u32, u32)]) -> ProducerAppend {

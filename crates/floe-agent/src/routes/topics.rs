@@ -1,16 +1,16 @@
 //! Topic administration.
 
 use axum::Json;
+use axum::extract::RawQuery;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::extract::RawQuery;
 use floe_api::{
     CreateTopicRequest, ErrorBody, FileEntryInfo, FileLayout, PartitionFilesInfo, PartitionInfo,
     TopicDescription, TopicFiles, TopicInfo, TopicList, TopicSummary,
 };
-use floe_broker::files::Layout;
 use floe_broker::Broker;
+use floe_broker::files::Layout;
 use floe_broker::topics::TopicSpec;
 use floe_index::TopicMeta;
 
@@ -122,7 +122,12 @@ pub(crate) async fn topic_files(
 ) -> ApiResult<Json<TopicFiles>> {
     let Path(raw) = p.map_err(path_err)?;
     let (mut partition, mut from, mut to) = (None, None, None);
-    for pair in q.as_deref().unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+    for pair in q
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+    {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let num = |name: &str| -> ApiResult<u64> {
             v.parse::<u64>().map_err(|_| {
@@ -139,7 +144,10 @@ pub(crate) async fn topic_files(
         match k {
             "partition" => {
                 partition = Some(u32::try_from(num("partition")?).map_err(|_| {
-                    ApiError::bad_request("invalid_partition", format!("partition {v} is out of range"))
+                    ApiError::bad_request(
+                        "invalid_partition",
+                        format!("partition {v} is out of range"),
+                    )
                 })?);
             }
             "from" => from = Some(num("from")?),

@@ -1,0 +1,308 @@
+//! Compaction and analytics on the embedded default (RFC 0004), with real `floe serve`
+//! processes, DuckDB and pyarrow (installed by tests/setup.sh):
+//!
+//! - before compaction, `floe topics files --duckdb` gives a query that reads exactly the
+//!   committed log out of the shared multi-topic segments;
+//! - the compactor rewrites every partition into partition files while consumers read the
+//!   whole log in a loop: they never see an error, a gap or a changed record, and the
+//!   sweeper deletes the replaced segments under them;
+//! - afterwards fetches are identical, the same query still reads exactly the log, and a
+//!   plain DuckDB glob / pyarrow dataset over `topics/<topic>/` reads the partition files:
+//!   absolute dense offsets, sorted, with row-group statistics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{AgentProc, read_all, segment_files};
+use floe_api::{FileLayout, ProduceRecord};
+use floe_client::Client;
+
+const PARTITIONS: u32 = 3;
+const REQUESTS: usize = 30;
+const PER_REQUEST: usize = 20;
+
+/// (offset, key, value) of every record, per partition.
+type Log = Vec<Vec<(u64, String, String)>>;
+
+async fn log_of(c: &Client, topic: &str, partitions: u32) -> Log {
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        out.push(
+            read_all(c, topic, p)
+                .await
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.offset,
+                        r.key.clone().unwrap_or_default(),
+                        r.value.clone().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        );
+    }
+    out
+}
+
+/// Run the DuckDB/pyarrow check on the query the CLI prints for `topic`.
+fn duckdb_check(agent_url: &str, bucket: &std::path::Path, topic: &str) -> serde_json::Value {
+    let sql = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args(["topics", "--url", agent_url, "files", topic, "--duckdb"])
+        .arg(bucket)
+        .output()
+        .unwrap();
+    assert!(
+        sql.status.success(),
+        "floe topics files: {}",
+        String::from_utf8_lossy(&sql.stderr)
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &sql.stdout).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/duckdb_check.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(file.path())
+        .arg(bucket)
+        .arg(topic)
+        .output()
+        .expect("python3 must be installed (tests/setup.sh)");
+    assert!(
+        out.status.success(),
+        "duckdb check failed (run tests/setup.sh):\n{}\nquery:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&sql.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What DuckDB must return: every record, and per key (count, sum of amounts).
+fn assert_reads_exactly(report: &serde_json::Value, log: &Log) {
+    let mut want_rows = Vec::new();
+    let mut by_key: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    for (p, recs) in log.iter().enumerate() {
+        for (o, k, v) in recs {
+            want_rows.push(serde_json::json!([p, o, k, v]));
+            let amount: serde_json::Value = serde_json::from_str(v).unwrap();
+            let e = by_key.entry(k.clone()).or_default();
+            e.0 += 1;
+            e.1 += amount["amount"].as_i64().unwrap();
+        }
+    }
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), want_rows.len(), "count(*) = end - start");
+    assert!(rows == &want_rows, "DuckDB reads exactly the committed log");
+    let want_keys: Vec<serde_json::Value> = by_key
+        .iter()
+        .map(|(k, (n, t))| serde_json::json!([k, n, t]))
+        .collect();
+    assert_eq!(
+        report["by_key"].as_array().unwrap(),
+        &want_keys,
+        "GROUP BY key"
+    );
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_the_log_and_duckdb_reads_exactly_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    // Phase 1: no compactor. Many small multi-topic segments.
+    let agent = AgentProc::start(dir.path(), &["--no-compaction", "--linger-ms", "5"]);
+    let c = agent.client();
+    let _ = c.create_topic("orders", PARTITIONS).await.unwrap();
+    let _ = c.create_topic("other", 1).await.unwrap();
+    for i in 0..REQUESTS {
+        let orders: Vec<ProduceRecord> = (0..PER_REQUEST)
+            .map(|j| {
+                let n = i * PER_REQUEST + j;
+                ProduceRecord {
+                    key: Some(format!("customer-{}", n % 7)),
+                    value: Some(format!("{{\"n\": {n}, \"amount\": {}}}", n % 13 + 1)),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let other = vec![ProduceRecord {
+            key: Some(format!("o{i}")),
+            value: Some(format!("{{\"n\": {i}, \"amount\": 1}}")),
+            ..Default::default()
+        }];
+        // Concurrent: the two requests usually share a segment.
+        let (a, b) = tokio::join!(c.produce("orders", orders), c.produce("other", other));
+        let _ = (a.unwrap(), b.unwrap());
+    }
+    let orders = log_of(&c, "orders", PARTITIONS).await;
+    let other = log_of(&c, "other", 1).await;
+    assert_eq!(
+        orders.iter().map(Vec::len).sum::<usize>(),
+        REQUESTS * PER_REQUEST
+    );
+    let before = duckdb_check(&agent.url, &bucket, "orders");
+    assert_reads_exactly(&before, &orders);
+    assert_eq!(before["partition_files"], 0);
+    let segments_before = segment_files(dir.path()).len();
+    assert!(
+        segments_before >= REQUESTS,
+        "one segment per flush: {segments_before}"
+    );
+    assert!(agent.terminate().success());
+
+    // Phase 2: the compactor runs while consumers read the whole log in a loop, and the
+    // sweeper deletes what was replaced under them.
+    let agent = AgentProc::start(
+        dir.path(),
+        &[
+            "--compaction-interval-ms",
+            "200",
+            "--compaction-min-age-ms",
+            "0",
+            "--compaction-max-wait-ms",
+            "0",
+            "--compaction-min-entries",
+            "2",
+            "--compaction-target-bytes",
+            "4000",
+            "--compaction-row-group-bytes",
+            "1500",
+            "--commit-deadline-ms",
+            "1000",
+            "--orphan-grace-ms",
+            "2000",
+            "--sweep-interval-ms",
+            "300",
+            // No read cache: every consumer read goes to the bucket, so reads race the
+            // sweeper's deletions of replaced segments for real.
+            "--cache-bytes",
+            "8",
+        ],
+    );
+    let c = agent.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (c, stop, reads, orders) = (c.clone(), stop.clone(), reads.clone(), orders.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                // read_all panics on any error; a gap or a changed record fails the equality.
+                assert!(
+                    log_of(&c, "orders", PARTITIONS).await == orders,
+                    "a consumer saw the log change during compaction"
+                );
+                let _ = reads.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let files = c.topic_files("orders", None, None, None).await.unwrap();
+        let left: usize = files
+            .partitions
+            .iter()
+            .map(|p| {
+                p.entries
+                    .iter()
+                    .filter(|e| e.layout == FileLayout::Segment)
+                    .count()
+            })
+            .sum();
+        // A single trailing entry is never rewritten alone.
+        let referenced: std::collections::BTreeSet<String> = files
+            .partitions
+            .iter()
+            .flat_map(|p| p.entries.iter().map(|e| e.key.clone()))
+            .chain(
+                c.topic_files("other", None, None, None)
+                    .await
+                    .unwrap()
+                    .partitions
+                    .iter()
+                    .flat_map(|p| p.entries.iter().map(|e| e.key.clone()))
+                    .collect::<Vec<_>>(),
+            )
+            .filter(|k| k.starts_with("segments/"))
+            .collect();
+        let on_disk = segment_files(dir.path()).len();
+        if left <= PARTITIONS as usize && on_disk == referenced.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "compaction did not finish: {left} segment entries left, {on_disk} segment objects for {} referenced",
+            referenced.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the consumers go on for a moment over the compacted layout.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    assert!(
+        reads.load(Ordering::Relaxed) >= 2,
+        "consumers read during compaction"
+    );
+
+    assert_eq!(
+        log_of(&c, "orders", PARTITIONS).await,
+        orders,
+        "fetches unchanged"
+    );
+    assert_eq!(log_of(&c, "other", 1).await, other, "the other topic too");
+    let after = duckdb_check(&agent.url, &bucket, "orders");
+    assert_reads_exactly(&after, &orders);
+    assert_eq!(after["layout_ok"], true, "{}", after["problems"]);
+    let files = after["partition_files"].as_u64().unwrap();
+    assert!(files >= u64::from(PARTITIONS), "{files} partition files");
+    // The plain glob over topics/orders/ (the README's query): dense absolute offsets.
+    let listing = c.topic_files("orders", None, None, None).await.unwrap();
+    for (p, g) in after["glob"].as_array().unwrap().iter().enumerate() {
+        let in_files: u64 = listing.partitions[p]
+            .entries
+            .iter()
+            .filter(|e| e.layout == FileLayout::Partition)
+            .map(|e| u64::from(e.records))
+            .sum();
+        let (n, lo, hi, distinct) = (
+            g[1].as_u64().unwrap(),
+            g[2].as_u64().unwrap(),
+            g[3].as_u64().unwrap(),
+            g[4].as_u64().unwrap(),
+        );
+        assert_eq!(g[0].as_u64().unwrap(), p as u64);
+        assert_eq!((n, distinct), (in_files, in_files), "partition {p}");
+        assert_eq!((lo, hi - lo + 1), (0, n), "partition {p}: dense from 0");
+    }
+    assert_eq!(
+        after["pyarrow_rows"].as_u64().unwrap(),
+        after["glob"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g[1].as_u64().unwrap())
+            .sum::<u64>()
+    );
+    let m = c.metrics().await.unwrap();
+    assert!(metric(&m, "floe_compactions_total") >= u64::from(PARTITIONS));
+    assert_eq!(metric(&m, "floe_compactions_lost_total"), 0);
+    let segments_after = segment_files(dir.path()).len();
+    eprintln!(
+        "compaction: {} segment objects before, {segments_after} after + {files} partition files; {} consumer passes; DuckDB query {} ms before, {} ms after",
+        segments_before,
+        reads.load(Ordering::Relaxed),
+        before["query_ms"],
+        after["query_ms"]
+    );
+    assert!(segments_after < segments_before);
+    assert!(agent.terminate().success());
+}
