@@ -129,17 +129,21 @@ pub(crate) async fn topic_files(
         .filter(|s| !s.is_empty())
     {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        // Offsets are at most i64::MAX (the index stores them as BIGINT).
         let num = |name: &str| -> ApiResult<u64> {
-            v.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(
-                    if name == "partition" {
-                        "invalid_partition"
-                    } else {
-                        "invalid_parameter"
-                    },
-                    format!("{name} must be a non-negative integer, got {v:?}"),
-                )
-            })
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| i64::try_from(*n).is_ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        if name == "partition" {
+                            "invalid_partition"
+                        } else {
+                            "invalid_parameter"
+                        },
+                        format!("{name} must be an integer in 0..=9223372036854775807, got {v:?}"),
+                    )
+                })
         };
         match k {
             "partition" => {
