@@ -51,8 +51,8 @@ pub struct PartitionFiles {
 }
 
 impl Broker {
-    /// The entries holding offsets `from..to` (default: the whole retained log) of one
-    /// partition or of all. Entries are trimmed to the range: `base_offset`, `records`
+    /// The entries holding offsets `from..to` (default: the whole retained log; an empty
+    /// range, `from >= to`, lists nothing) of one partition or of all. Entries are trimmed to the range: `base_offset`, `records`
     /// and `row_first` describe exactly the rows inside it.
     pub async fn files(
         &self,
@@ -65,17 +65,13 @@ impl Broker {
         if let Some(p) = partition
             && p >= t.partitions
         {
-            return Err(BrokerError::invalid(
-                "invalid_partition",
-                format!("partition {p} does not exist (topic has {})", t.partitions),
-            ));
-        }
-        if let (Some(f), Some(e)) = (from, to)
-            && f > e
-        {
-            return Err(BrokerError::invalid(
-                "invalid_range",
-                format!("from ({f}) is after to ({e})"),
+            return Err(BrokerError::new(
+                crate::error::ErrorKind::NotFound,
+                "partition_not_found",
+                format!(
+                    "partition {p} does not exist; topic {:?} has partitions 0..{}",
+                    t.name, t.partitions
+                ),
             ));
         }
         let offsets = self

@@ -110,11 +110,11 @@ pub(crate) async fn delete_topic(
         ("topic" = String, Path),
         ("partition" = Option<u32>, Query, description = "One partition (default: all)"),
         ("from" = Option<u64>, Query, description = "First offset (default: each partition's start)"),
-        ("to" = Option<u64>, Query, description = "End offset, exclusive (default: each partition's end)")),
+        ("to" = Option<u64>, Query, description = "End offset, exclusive (default: each partition's end); a range with from >= to lists nothing")),
     responses(
         (status = 200, body = TopicFiles),
-        (status = 400, description = "invalid_partition, invalid_range, invalid_parameter", body = ErrorBody),
-        (status = 404, description = "topic_not_found", body = ErrorBody)))]
+        (status = 400, description = "invalid_partition (not an integer), invalid_parameter", body = ErrorBody),
+        (status = 404, description = "topic_not_found, partition_not_found", body = ErrorBody)))]
 pub(crate) async fn topic_files(
     State(b): State<Broker>,
     p: Result<Path<String>, PathRejection>,
