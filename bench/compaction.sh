@@ -35,7 +35,7 @@ import sys, time, duckdb
 sql = open(sys.argv[1]).read()
 con = duckdb.connect()
 t = time.perf_counter()
-n = con.sql(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+n = con.sql(f"SELECT count(*) FROM ({sql})").fetchall()[0][0]
 t1 = time.perf_counter()
 k = con.sql(f"SELECT partition, count(*), min(\"offset\"), max(\"offset\") FROM ({sql}) GROUP BY partition").fetchall()
 t2 = time.perf_counter()
