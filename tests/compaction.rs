@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{AgentProc, read_all, segment_files};
+use common::{AgentProc, metric, read_all, segment_files};
 use floe_api::{FileLayout, ProduceRecord};
 use floe_client::Client;
 
@@ -106,12 +106,6 @@ fn assert_reads_exactly(report: &serde_json::Value, log: &Log) {
         &want_keys,
         "GROUP BY key"
     );
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -255,24 +255,7 @@ async fn kill9_one_of_three_agents_loses_no_acked_record() {
         .put(&planted, bytes::Bytes::from_static(b"not committed").into())
         .await
         .unwrap();
-    let mut lost = 0;
-    for i in 0..3 {
-        let c = cl.client(i);
-        let mut seen = HashSet::new();
-        for p in 0..2 {
-            let got = read_all(&c, "kill", p).await;
-            for (n, r) in got.iter().enumerate() {
-                assert_eq!(r.offset, n as u64, "hole in partition {p}");
-                assert!(seen.insert(r.value.clone().unwrap()), "duplicate record");
-            }
-            for ((_, o), v) in acked.iter().filter(|((ap, _), _)| *ap == p) {
-                match got.get(*o as usize) {
-                    Some(r) => assert_eq!(r.value.as_ref(), Some(v), "acked record changed"),
-                    None => lost += 1,
-                }
-            }
-        }
-    }
+    let lost = lost_acked(&cl, &acked).await;
     assert_eq!(lost, 0, "acked records lost");
     eprintln!(
         "kill -9 trials: {trials}; acked records: {}; lost: {lost}",
@@ -297,6 +280,30 @@ async fn kill9_one_of_three_agents_loses_no_acked_record() {
             );
         }
     }
+}
+
+/// Read topic `kill` (2 partitions) through every agent: offsets dense, no value twice,
+/// every acked record at its offset unchanged. Returns how many acked records are missing.
+async fn lost_acked(cl: &Cluster, acked: &BTreeMap<(u32, u64), String>) -> usize {
+    let mut lost = 0;
+    for i in 0..3 {
+        let c = cl.client(i);
+        let mut seen = HashSet::new();
+        for p in 0..2 {
+            let got = read_all(&c, "kill", p).await;
+            for (n, r) in got.iter().enumerate() {
+                assert_eq!(r.offset, n as u64, "hole in partition {p}");
+                assert!(seen.insert(r.value.clone().unwrap()), "duplicate record");
+            }
+            for ((_, o), v) in acked.iter().filter(|((ap, _), _)| *ap == p) {
+                match got.get(*o as usize) {
+                    Some(r) => assert_eq!(r.value.as_ref(), Some(v), "acked record changed"),
+                    None => lost += 1,
+                }
+            }
+        }
+    }
+    lost
 }
 
 /// One trial with idempotent producers (RFC 0003 part 2): each of 6 named producers
@@ -608,37 +615,15 @@ async fn kill9_during_compaction_on_three_agents_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let mut lost = 0;
-    for i in 0..3 {
-        let c = cl.client(i);
-        let mut seen = HashSet::new();
-        for p in 0..2 {
-            let got = read_all(&c, "kill", p).await;
-            for (n, r) in got.iter().enumerate() {
-                assert_eq!(r.offset, n as u64, "hole in partition {p}");
-                assert!(seen.insert(r.value.clone().unwrap()), "duplicate record");
-            }
-            for ((_, o), v) in acked.iter().filter(|((ap, _), _)| *ap == p) {
-                match got.get(*o as usize) {
-                    Some(r) => assert_eq!(r.value.as_ref(), Some(v), "acked record changed"),
-                    None => lost += 1,
-                }
-            }
-        }
-    }
+    let lost = lost_acked(&cl, &acked).await;
     assert_eq!(lost, 0, "acked records lost");
     assert!(files > 0, "nothing was compacted");
     let mut compactions = 0;
     let mut lost_swaps = 0;
     for i in 0..3 {
         let m = cl.client(i).metrics().await.unwrap();
-        let get = |name: &str| {
-            m.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-                .unwrap_or(0.0) as u64
-        };
-        compactions += get("floe_compactions_total");
-        lost_swaps += get("floe_compactions_lost_total");
+        compactions += common::metric(&m, "floe_compactions_total");
+        lost_swaps += common::metric(&m, "floe_compactions_lost_total");
     }
     eprintln!(
         "compaction kill -9 trials: {trials}; acked records: {}; lost: {lost}; objects left: {objects} ({files} partition files); compactions since the last restarts: {compactions}, swaps lost: {lost_swaps}",

@@ -110,6 +110,20 @@ pub(crate) fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The value of an unlabelled counter or gauge in a Prometheus text exposition (0 when
+/// absent).
+pub(crate) fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0) as u64
+}
+
 /// Read a whole partition from offset 0 to its end.
 pub(crate) async fn read_all(
     c: &Client,

@@ -284,17 +284,7 @@ impl Compactor {
             size,
             runs: layouts
                 .iter()
-                .map(|l| RunCommit {
-                    topic_id: t.id,
-                    partition: p,
-                    records: l.records,
-                    row_group_first: l.row_group_first,
-                    row_group_count: l.row_group_count,
-                    byte_start: l.byte_start,
-                    byte_end: l.byte_end,
-                    min_timestamp_ms: l.min_timestamp_ms,
-                    max_timestamp_ms: l.max_timestamp_ms,
-                })
+                .map(|l| RunCommit::of_layout(t.id, p, l))
                 .collect(),
             created_ms,
         };

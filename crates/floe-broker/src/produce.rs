@@ -784,17 +784,7 @@ async fn write_and_commit(
         runs: runs
             .iter()
             .zip(&layouts)
-            .map(|(r, l)| RunCommit {
-                topic_id: r.topic.id,
-                partition: r.partition,
-                records: l.records,
-                row_group_first: l.row_group_first,
-                row_group_count: l.row_group_count,
-                byte_start: l.byte_start,
-                byte_end: l.byte_end,
-                min_timestamp_ms: l.min_timestamp_ms,
-                max_timestamp_ms: l.max_timestamp_ms,
-            })
+            .map(|(r, l)| RunCommit::of_layout(r.topic.id, r.partition, l))
             .collect(),
         // The earlier of the producers' deadline and the sweeper's bound on PUT→commit.
         deadline_unix_ms: deadline.unix_ms.min(put_started_unix_ms.saturating_add(

@@ -111,6 +111,23 @@ pub struct RunCommit {
     pub max_timestamp_ms: i64,
 }
 
+impl RunCommit {
+    /// The entry for a run (or a partition file's row group) where the encoder put it.
+    pub fn of_layout(topic_id: i64, partition: u32, l: &floe_core::segment::RunLayout) -> Self {
+        Self {
+            topic_id,
+            partition,
+            records: l.records,
+            row_group_first: l.row_group_first,
+            row_group_count: l.row_group_count,
+            byte_start: l.byte_start,
+            byte_end: l.byte_end,
+            min_timestamp_ms: l.min_timestamp_ms,
+            max_timestamp_ms: l.max_timestamp_ms,
+        }
+    }
+}
+
 /// A written segment object and its runs.
 #[derive(Debug, Clone)]
 pub struct SegmentCommit {
