@@ -300,3 +300,158 @@ async fn compaction_keeps_the_log_and_duckdb_reads_exactly_it() {
     assert!(segments_after < segments_before);
     assert!(agent.terminate().success());
 }
+
+/// Retention by size (RFC 0004) on a real agent: a topic's `retention.bytes` and the
+/// agent's `--default-retention-bytes` for a topic without one keep each partition within
+/// its budget (whole runs, the newest always kept), fetches below the start get 416, and
+/// the sweeper deletes the objects nothing refers to any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_size_keeps_partitions_within_their_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(
+        dir.path(),
+        &[
+            "--no-compaction",
+            "--linger-ms",
+            "5",
+            "--default-retention-bytes",
+            "12000",
+            "--commit-deadline-ms",
+            "1000",
+            "--orphan-grace-ms",
+            "2000",
+            "--sweep-interval-ms",
+            "300",
+        ],
+    );
+    let c = agent.client();
+    // Own budget: 5 000 bytes per partition (a run here is ~430 bytes of lz4).
+    let out = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args([
+            "topics",
+            "--url",
+            &agent.url,
+            "create",
+            "sized",
+            "--retention-bytes",
+            "5000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = c.create_topic("defaulted", 1).await.unwrap();
+    // A bad value is refused, naming the key.
+    let (status, body) = common::raw(
+        reqwest::Method::POST,
+        &format!("{}/v1/topics", agent.url),
+        Some("application/json"),
+        br#"{"name":"bad","partitions":1,"config":{"retention.bytes":"-5"}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_topic_config");
+    // 40 segments of ~2 KiB of incompressible-ish values per topic.
+    for i in 0..40u32 {
+        let recs = |t: &str| -> Vec<ProduceRecord> {
+            (0..4)
+                .map(|j| ProduceRecord {
+                    value: Some(format!(
+                        "{t}-{i}-{j}-{}",
+                        (0..500)
+                            .map(|k| char::from(b'a' + ((i * 7 + j * 13 + k) % 26) as u8))
+                            .collect::<String>()
+                    )),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let _ = c.produce("sized", recs("s")).await.unwrap();
+        let _ = c.produce("defaulted", recs("d")).await.unwrap();
+    }
+    let budget_of = |t: &str| if t == "sized" { 5_000u64 } else { 12_000 };
+    // The agent's own index (SQLite allows a second reader): what it holds per partition.
+    let index = floe_index::open(&format!(
+        "sqlite://{}",
+        dir.path().join("index.db").display()
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for topic in ["sized", "defaulted"] {
+        let t = index.get_topic(topic).await.unwrap().unwrap();
+        loop {
+            let d = c.describe_topic(topic).await.unwrap();
+            let start = d.partitions[0].start_offset;
+            if start > 0 {
+                assert_eq!(d.partitions[0].end_offset, 160);
+                let runs = index.runs_from(t.id, 0, start, 1000).await.unwrap();
+                let held: u64 = runs.iter().map(|r| r.byte_end - r.byte_start).sum();
+                assert!(
+                    held <= budget_of(topic) || runs.len() == 1,
+                    "{topic}: {held} bytes in {} runs for a budget of {}",
+                    runs.len(),
+                    budget_of(topic)
+                );
+                assert!(
+                    runs.len() >= 2,
+                    "{topic}: the budget holds more than one run"
+                );
+                eprintln!(
+                    "{topic}: {held} bytes in {} runs kept, start offset {start}",
+                    runs.len()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: retention by size did not run"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let start = c.describe_topic("sized").await.unwrap().partitions[0].start_offset;
+    let below = c
+        .fetch("sized", 0, 0, floe_client::FetchOptions::default())
+        .await;
+    assert!(
+        below.is_err(),
+        "fetch below the start offset must fail (416)"
+    );
+    let got = read_all_from(&c, "sized", start).await;
+    assert_eq!(got.first().map(|r| r.offset), Some(start));
+    assert_eq!(
+        got.last().map(|r| r.offset),
+        Some(159),
+        "the newest records stay"
+    );
+    // The sweeper deletes segments of dropped runs (both topics' runs are gone from them).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while segment_files(dir.path()).len() >= 80 {
+        assert!(
+            Instant::now() < deadline,
+            "dropped segments were not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(agent.terminate().success());
+}
+
+async fn read_all_from(c: &Client, topic: &str, from: u64) -> Vec<floe_api::FetchedRecord> {
+    let r = c
+        .fetch(
+            topic,
+            0,
+            from,
+            floe_client::FetchOptions {
+                max_records: Some(10_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    r.records
+}

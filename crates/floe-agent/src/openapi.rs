@@ -254,7 +254,8 @@ pub fn document(limits: &Limits) -> Value {
         json!({"properties": {
             "queue.ordering": {"type": "string", "enum": ["key", "none"]},
             "queue.max_deliveries": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
-            "queue.dead_letter_topic": name.clone()
+            "queue.dead_letter_topic": name.clone(),
+            "retention.bytes": {"type": "string", "pattern": "^[1-9][0-9]{0,17}$"}
         }}),
     );
     let s = "JoinGroupRequest";

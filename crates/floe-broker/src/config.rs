@@ -125,6 +125,11 @@ pub struct AgentConfig {
     /// part 2); after it, the producer is unknown and must start a new session.
     pub producer_ttl: Duration,
     pub compaction: CompactionConfig,
+    /// Retention for topics that set none (`retention_ms` / `retention.bytes`): applied by
+    /// the sweeper at each pass, so changing it affects existing topics too. Keep it the
+    /// same on every agent of a cluster (the smallest wins).
+    pub default_retention_ms: Option<i64>,
+    pub default_retention_bytes: Option<u64>,
 }
 
 /// Where an agent's memory goes, by configuration (RFC 0002): every cache and buffer that
@@ -220,6 +225,8 @@ impl Default for AgentConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             producer_ttl: Duration::from_secs(24 * 3600),
             compaction: CompactionConfig::default(),
+            default_retention_ms: None,
+            default_retention_bytes: None,
         }
     }
 }
@@ -256,6 +263,11 @@ impl AgentConfig {
                 || c.lease < self.store_timeout * 2 + self.index_timeout)
         {
             return Err("compaction interval, target and row group size must be > 0, and the compaction lease at least 2 × store timeout + index timeout".into());
+        }
+        if self.default_retention_ms.is_some_and(|r| r < 0)
+            || self.default_retention_bytes == Some(0)
+        {
+            return Err("default retention must be >= 0 ms and > 0 bytes".into());
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries must be at least 1".into());

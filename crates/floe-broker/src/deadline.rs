@@ -328,6 +328,17 @@ impl Index for DeadlineIndex {
         self.within("expire_idempotency", self.inner.expire_idempotency(now_ms))
             .await
     }
+    async fn apply_size_retention(
+        &self,
+        topic_id: i64,
+        max_bytes: u64,
+    ) -> floe_index::Result<Vec<(u32, u64)>> {
+        self.within(
+            "apply_size_retention",
+            self.inner.apply_size_retention(topic_id, max_bytes),
+        )
+        .await
+    }
     async fn replace_runs(&self, r: floe_index::ReplaceRuns) -> floe_index::Result<bool> {
         self.within("replace_runs", self.inner.replace_runs(r))
             .await

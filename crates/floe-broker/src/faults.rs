@@ -179,6 +179,14 @@ impl Index for FaultIndex {
         wait_while(&self.hanging).await;
         self.inner.expire_idempotency(now_ms).await
     }
+    async fn apply_size_retention(
+        &self,
+        topic_id: i64,
+        max_bytes: u64,
+    ) -> floe_index::Result<Vec<(u32, u64)>> {
+        wait_while(&self.hanging).await;
+        self.inner.apply_size_retention(topic_id, max_bytes).await
+    }
     async fn replace_runs(&self, r: floe_index::ReplaceRuns) -> floe_index::Result<bool> {
         wait_while(&self.hanging).await;
         self.inner.replace_runs(r).await

@@ -23,6 +23,7 @@ use crate::compactor::{PARTITION_FILE_PREFIX, partition_file_created_ms};
 use crate::config::AgentConfig;
 use crate::metrics::Metrics;
 use crate::produce::{SEGMENT_PREFIX, segment_created_ms};
+use crate::topics::{RETENTION_BYTES_CONFIG, parse_retention_bytes};
 
 pub async fn run(
     config: Arc<AgentConfig>,
@@ -51,7 +52,7 @@ pub async fn run(
             }
             Err(e) => warn!(error = %e, "sweep failed; will retry"),
         }
-        if let Err(e) = apply_retention(index.as_ref(), clock.now_ms())
+        if let Err(e) = apply_retention(index.as_ref(), &config, clock.now_ms())
             .instrument(info_span!("retention"))
             .await
         {
@@ -79,18 +80,35 @@ pub async fn run(
     }
 }
 
-/// One retention pass at `now_ms`: every topic with `retention_ms` drops the runs whose
-/// newest record is older than that (RFC 0004); their objects become unreferenced and go
-/// through the safe deletion path above. Returns the partitions whose start moved.
-pub async fn apply_retention(index: &dyn Index, now_ms: i64) -> Result<usize, SweepError> {
+/// One retention pass at `now_ms` (RFC 0004): every topic with a retention — its own
+/// (`retention_ms`, topic config `retention.bytes`) or the agent's default — drops, by time,
+/// the runs whose newest record is older than that and, by size, the oldest runs beyond
+/// the partition's byte budget; their objects become unreferenced and go through the safe
+/// deletion path above. Returns the partitions whose start moved.
+pub async fn apply_retention(
+    index: &dyn Index,
+    config: &AgentConfig,
+    now_ms: i64,
+) -> Result<usize, SweepError> {
     let mut moved = 0;
     for t in index.list_topics().await? {
-        let Some(retention) = t.retention_ms else {
-            continue;
-        };
-        let changed = index
-            .apply_retention(t.id, now_ms.saturating_sub(retention))
-            .await?;
+        let by_time = t.retention_ms.or(config.default_retention_ms);
+        let by_size = t
+            .config
+            .get(RETENTION_BYTES_CONFIG)
+            .and_then(|v| parse_retention_bytes(v))
+            .or(config.default_retention_bytes);
+        let mut changed = Vec::new();
+        if let Some(retention) = by_time {
+            changed.extend(
+                index
+                    .apply_retention(t.id, now_ms.saturating_sub(retention))
+                    .await?,
+            );
+        }
+        if let Some(max_bytes) = by_size {
+            changed.extend(index.apply_size_retention(t.id, max_bytes).await?);
+        }
         for (p, start) in &changed {
             info!(topic = %t.name, partition = p, start_offset = start, "retention advanced the log start");
         }

@@ -72,6 +72,17 @@ pub struct TopicDescription {
     pub partitions: Vec<PartitionOffsets>,
 }
 
+/// Topic config: keep at most this many bytes per partition (whole runs, oldest first;
+/// RFC 0004). Overrides the agent's `--default-retention-bytes`.
+pub const RETENTION_BYTES_CONFIG: &str = "retention.bytes";
+
+/// `retention.bytes`: 1..=999 999 999 999 999 999 written plainly.
+pub fn parse_retention_bytes(v: &str) -> Option<u64> {
+    (!v.is_empty() && v.len() <= 18 && v.bytes().all(|b| b.is_ascii_digit()) && !v.starts_with('0'))
+        .then(|| v.parse().ok())
+        .flatten()
+}
+
 impl Broker {
     /// The topic named `raw` (cached), or `topic_not_found`.
     pub async fn existing_topic(&self, raw: &str) -> BrokerResult<Arc<TopicMeta>> {
@@ -119,6 +130,14 @@ impl Broker {
         }
         if let Some(c) = &spec.config {
             crate::queues::validate_queue_config(c)?;
+            if let Some(v) = c.get(RETENTION_BYTES_CONFIG) {
+                let _ = parse_retention_bytes(v).ok_or_else(|| {
+                    BrokerError::invalid(
+                        "invalid_topic_config",
+                        format!("topic config {RETENTION_BYTES_CONFIG}={v:?} is not an integer between 1 and 999999999999999999"),
+                    )
+                })?;
+            }
         }
         let t = self
             .index

@@ -357,12 +357,17 @@ impl Client {
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<TopicInfo> {
-        let req = CreateTopicRequest {
+        self.create_topic_with(CreateTopicRequest {
             name: name.into(),
             partitions: i64::from(partitions),
             retention_ms: None,
             config: None,
-        };
+        })
+        .await
+    }
+
+    /// Create a topic with retention and config (e.g. `retention.bytes`, `queue.*`).
+    pub async fn create_topic_with(&self, req: CreateTopicRequest) -> Result<TopicInfo> {
         Self::decode(
             self.http
                 .post(format!("{}/v1/topics", self.base))

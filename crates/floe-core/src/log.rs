@@ -83,8 +83,55 @@ pub fn retention_start(runs: &[(u64, u32, i64)], cutoff_ms: i64) -> Option<u64> 
     start
 }
 
+/// Retention by size (RFC 0004): the partition's new start offset once the oldest runs
+/// are dropped until the partition holds at most `max_bytes` — a prefix of whole runs,
+/// never the newest run. `runs` (base, records, bytes) is a prefix of the partition's runs
+/// sorted by base offset, `total_bytes` the size of all of them. `None`: nothing to drop.
+pub fn size_retention_start(
+    runs: &[(u64, u32, u64)],
+    total_bytes: u64,
+    max_bytes: u64,
+    total_runs: usize,
+) -> Option<u64> {
+    let mut left = total_bytes;
+    let mut start = None;
+    for (k, (base, records, bytes)) in runs.iter().enumerate() {
+        if left <= max_bytes || k + 1 >= total_runs {
+            break;
+        }
+        if start.is_some_and(|s| s != *base) {
+            break; // a gap: never reach past it
+        }
+        left = left.saturating_sub(*bytes);
+        start = Some(base + u64::from(*records));
+    }
+    start
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn size_retention_drops_the_oldest_whole_runs_but_never_the_newest() {
+        // (base, records, bytes): 100 + 200 + 50 + 300 = 650 bytes.
+        let runs = [(0, 3, 100), (3, 2, 200), (5, 1, 50), (6, 4, 300)];
+        assert_eq!(size_retention_start(&runs, 650, 1000, 4), None);
+        assert_eq!(size_retention_start(&runs, 650, 650, 4), None);
+        assert_eq!(size_retention_start(&runs, 650, 600, 4), Some(3));
+        assert_eq!(size_retention_start(&runs, 650, 350, 4), Some(5));
+        assert_eq!(size_retention_start(&runs, 650, 300, 4), Some(6));
+        assert_eq!(
+            size_retention_start(&runs, 650, 0, 4),
+            Some(6),
+            "the newest run stays"
+        );
+        // Only a prefix was read: drop within it only.
+        assert_eq!(size_retention_start(&runs[..2], 650, 0, 4), Some(5));
+        assert_eq!(
+            size_retention_start(&[(0, 1, 10), (2, 1, 10)], 20, 0, 2),
+            Some(1),
+            "gap"
+        );
+    }
 
     #[test]
     fn retention_drops_a_prefix_of_whole_expired_runs() {

@@ -490,6 +490,12 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     /// at most `RETENTION_RUNS_PER_PASS` runs a pass) and advance the partition's start
     /// offset, in one transaction. Returns (partition, new start) of the partitions moved.
     async fn apply_retention(&self, topic_id: i64, cutoff_ms: i64) -> Result<Vec<(u32, u64)>>;
+    /// Retention by size (RFC 0004): per partition of the topic, drop the oldest whole
+    /// runs until the partition's runs hold at most `max_bytes` (never the newest run;
+    /// `floe_core::log::size_retention_start`, at most `RETENTION_RUNS_PER_PASS` runs a
+    /// pass) and advance the start offset, in one transaction. Returns (partition, new
+    /// start) of the partitions moved.
+    async fn apply_size_retention(&self, topic_id: i64, max_bytes: u64) -> Result<Vec<(u32, u64)>>;
     /// Swap consecutive entries of a partition for the row groups of a partition file, in
     /// one transaction (RFC 0004): `Ok(false)`, changing nothing, when the index no longer
     /// holds exactly `r.old` (retention or another compactor got there first) or the topic

@@ -858,6 +858,82 @@ impl Index for PostgresIndex {
         Ok(moved)
     }
 
+    async fn apply_size_retention(&self, topic_id: i64, max_bytes: u64) -> Result<Vec<(u32, u64)>> {
+        let max = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // Partition rows locked in partition order, as commits and time retention do.
+        let parts = tx
+            .query(
+                "SELECT partition, start_offset, next_offset FROM floe_partitions WHERE topic_id = $1 ORDER BY partition FOR UPDATE",
+                &[&topic_id],
+            )
+            .await
+            .map_err(pg)?;
+        let mut moved = Vec::new();
+        for row in parts {
+            let p: i32 = row.get(0);
+            let (start, next) = (to_u64(row.get(1), "start")?, to_u64(row.get(2), "next")?);
+            let sum = tx
+                .query_one(
+                    "SELECT COALESCE(SUM(byte_end - byte_start), 0)::bigint, COUNT(*) FROM floe_runs WHERE topic_id = $1 AND partition = $2",
+                    &[&topic_id, &p],
+                )
+                .await
+                .map_err(pg)?;
+            let (total, count): (i64, i64) = (sum.get(0), sum.get(1));
+            if total <= max {
+                continue;
+            }
+            let runs = tx
+                .query(
+                    "SELECT base_offset, records, byte_end - byte_start FROM floe_runs WHERE topic_id = $1 AND partition = $2 ORDER BY base_offset LIMIT $3",
+                    &[&topic_id, &p, &crate::RETENTION_RUNS_PER_PASS],
+                )
+                .await
+                .map_err(pg)?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        to_u64(r.get(0), "base_offset")?,
+                        u32::try_from(r.get::<_, i32>(1))
+                            .map_err(|_| IndexError::Corrupt("negative run length".into()))?,
+                        to_u64(r.get(2), "run bytes")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let Some(new_start) = floe_core::log::size_retention_start(
+                &runs,
+                to_u64(total, "total bytes")?,
+                max_bytes,
+                usize::try_from(count).unwrap_or(usize::MAX),
+            ) else {
+                continue;
+            };
+            if new_start <= start || new_start > next {
+                continue;
+            }
+            let ns = to_i64(new_start, "start")?;
+            let _ = tx
+                .execute(
+                    "DELETE FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset < $3",
+                    &[&topic_id, &p, &ns],
+                )
+                .await
+                .map_err(pg)?;
+            let _ = tx
+                .execute(
+                    "UPDATE floe_partitions SET start_offset = $3 WHERE topic_id = $1 AND partition = $2",
+                    &[&topic_id, &p, &ns],
+                )
+                .await
+                .map_err(pg)?;
+            moved.push((p as u32, new_start));
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(moved)
+    }
+
     async fn replace_runs(&self, r: ReplaceRuns) -> Result<bool> {
         let entries = r.new_entries()?;
         let (first, end) = match (r.old.first(), entries.last()) {

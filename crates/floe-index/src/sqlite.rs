@@ -587,6 +587,45 @@ impl Index for SqliteIndex {
         .await
     }
 
+    async fn apply_size_retention(&self, topic_id: i64, max_bytes: u64) -> Result<Vec<(u32, u64)>> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let parts: Vec<(u32, u64, u64)> = tx
+                .prepare_cached("SELECT partition, start_offset, next_offset FROM partitions WHERE topic_id = ?1 ORDER BY partition")?
+                .query_map([topic_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut moved = Vec::new();
+            for (p, start, next) in parts {
+                let (total, count): (u64, usize) = tx
+                    .prepare_cached("SELECT COALESCE(SUM(byte_end - byte_start), 0), COUNT(*) FROM runs WHERE topic_id = ?1 AND partition = ?2")?
+                    .query_row(params![topic_id, p], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                if total <= max_bytes {
+                    continue;
+                }
+                let runs: Vec<(u64, u32, u64)> = tx
+                    .prepare_cached("SELECT base_offset, records, byte_end - byte_start FROM runs WHERE topic_id = ?1 AND partition = ?2 ORDER BY base_offset LIMIT ?3")?
+                    .query_map(params![topic_id, p, crate::RETENTION_RUNS_PER_PASS], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let Some(new_start) = floe_core::log::size_retention_start(&runs, total, max_bytes, count) else {
+                    continue;
+                };
+                if new_start <= start || new_start > next {
+                    continue;
+                }
+                let _ = tx
+                    .prepare_cached("DELETE FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset < ?3")?
+                    .execute(params![topic_id, p, new_start])?;
+                let _ = tx
+                    .prepare_cached("UPDATE partitions SET start_offset = ?3 WHERE topic_id = ?1 AND partition = ?2")?
+                    .execute(params![topic_id, p, new_start])?;
+                moved.push((p, new_start));
+            }
+            tx.commit()?;
+            Ok(moved)
+        })
+        .await
+    }
+
     async fn replace_runs(&self, r: ReplaceRuns) -> Result<bool> {
         let entries = r.new_entries()?;
         self.write(move |c| {

@@ -842,6 +842,44 @@ async fn retention_drops_expired_runs_and_advances_the_start(i: Idx) {
     );
 }
 
+/// Retention by size (RFC 0004): the oldest whole runs go until the partition holds at
+/// most the budget; the newest run always stays; offsets stay dense after it.
+async fn size_retention_drops_the_oldest_runs_beyond_the_budget(i: Idx) {
+    let t = i.create_topic(new_topic("t", 2)).await.unwrap();
+    // run() entries take bytes 4..100 = 96 bytes each.
+    for (n, records) in [2u32, 3, 1, 4].into_iter().enumerate() {
+        let _ = i
+            .commit(seg(&format!("s{n}"), vec![run(t.id, 0, records)]))
+            .await
+            .unwrap();
+    }
+    let _ = i.commit(seg("o", vec![run(t.id, 1, 5)])).await.unwrap();
+    assert_eq!(i.apply_size_retention(t.id, 4 * 96).await.unwrap(), vec![]);
+    // 384 bytes in 4 runs; a budget of 200 keeps the newest two (192 bytes).
+    assert_eq!(
+        i.apply_size_retention(t.id, 200).await.unwrap(),
+        vec![(0, 5)]
+    );
+    let offs = i.partition_offsets(t.id).await.unwrap();
+    assert_eq!((offs[0].start_offset, offs[0].end_offset), (5, 10));
+    assert_eq!(
+        (offs[1].start_offset, offs[1].end_offset),
+        (0, 5),
+        "one run: kept"
+    );
+    assert!(!i.segment_referenced("s1").await.unwrap());
+    assert!(i.segment_referenced("s2").await.unwrap());
+    // A budget of 1 byte still keeps the newest run of each partition.
+    assert_eq!(i.apply_size_retention(t.id, 1).await.unwrap(), vec![(0, 6)]);
+    let _ = i.commit(seg("s9", vec![run(t.id, 0, 1)])).await.unwrap();
+    let offs = i.partition_offsets(t.id).await.unwrap();
+    assert_eq!(
+        (offs[0].start_offset, offs[0].end_offset),
+        (6, 11),
+        "still dense"
+    );
+}
+
 /// Compaction's swap (RFC 0004): exactly the entries read are replaced, atomically, by the
 /// partition file's row groups at the same offsets; anything changed meanwhile (retention,
 /// another compactor, a deleted topic) makes it a no-op; the deletion boundary fences it.
@@ -1183,6 +1221,11 @@ macro_rules! conformance {
         async fn retention_drops_expired_runs_and_advances_the_start() {
             let (_g, i) = $open().await;
             super::retention_drops_expired_runs_and_advances_the_start(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn size_retention_drops_the_oldest_runs_beyond_the_budget() {
+            let (_g, i) = $open().await;
+            super::size_retention_drops_the_oldest_runs_beyond_the_budget(i).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn replace_runs_swaps_exactly_what_was_read() {

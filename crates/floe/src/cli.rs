@@ -16,6 +16,15 @@ pub(crate) enum TopicsCmd {
         name: String,
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// Drop records older than this (by record time, whole runs).
+        #[arg(long)]
+        retention_ms: Option<i64>,
+        /// Keep at most this many bytes per partition (topic config `retention.bytes`).
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// More topic config, KEY=VALUE (e.g. queue.ordering=key); repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
     },
     /// List topics.
     List,
@@ -45,8 +54,30 @@ pub(crate) enum TopicsCmd {
 pub(crate) async fn topics(conn: &Conn, cmd: TopicsCmd) -> anyhow::Result<()> {
     let c = Client::new(&conn.url)?;
     let out = match cmd {
-        TopicsCmd::Create { name, partitions } => {
-            serde_json::to_string_pretty(&c.create_topic(&name, partitions).await?)?
+        TopicsCmd::Create {
+            name,
+            partitions,
+            retention_ms,
+            retention_bytes,
+            config,
+        } => {
+            let mut cfg = std::collections::BTreeMap::new();
+            for kv in config {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--config {kv:?}: expected KEY=VALUE"))?;
+                let _ = cfg.insert(k.to_string(), v.to_string());
+            }
+            if let Some(b) = retention_bytes {
+                let _ = cfg.insert("retention.bytes".to_string(), b.to_string());
+            }
+            let req = floe_api::CreateTopicRequest {
+                name,
+                partitions: i64::from(partitions),
+                retention_ms,
+                config: (!cfg.is_empty()).then_some(cfg),
+            };
+            serde_json::to_string_pretty(&c.create_topic_with(req).await?)?
         }
         TopicsCmd::List => serde_json::to_string_pretty(&c.list_topics().await?)?,
         TopicsCmd::Describe { name } => {

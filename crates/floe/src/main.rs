@@ -177,6 +177,12 @@ struct ServeArgs {
     /// over by the next receive or settle on that partition.
     #[arg(long, env = "FLOE_DEAD_LETTER_RETRY_MS", default_value_t = 30_000)]
     dead_letter_retry_ms: u64,
+    /// Retention by record time for topics that set no `retention_ms` (default: none).
+    #[arg(long, env = "FLOE_DEFAULT_RETENTION_MS")]
+    default_retention_ms: Option<u64>,
+    /// Bytes kept per partition for topics without a `retention.bytes` config (default: none).
+    #[arg(long, env = "FLOE_DEFAULT_RETENTION_BYTES")]
+    default_retention_bytes: Option<u64>,
     #[command(flatten)]
     compaction: CompactionArgs,
     #[command(flatten)]
@@ -253,6 +259,10 @@ impl ServeArgs {
         let l = self.limits;
         let c = self.compaction;
         Ok(AgentConfig {
+            default_retention_ms: self
+                .default_retention_ms
+                .map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
+            default_retention_bytes: self.default_retention_bytes,
             compaction: floe_agent::CompactionConfig {
                 enabled: !c.no_compaction,
                 interval: Duration::from_millis(c.compaction_interval_ms),
