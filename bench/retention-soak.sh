@@ -3,6 +3,7 @@
 # and object count every SAMPLE seconds, so the curve shows whether storage stays bounded.
 #   bash bench/retention-soak.sh            # 10 min, retention 60 s, ~1 MiB/s
 #   MINUTES=3 RETENTION_MS=20000 bash bench/retention-soak.sh
+#   GRACE_MS=60000 EXTRA="--compaction-min-age-ms 20000" bash bench/retention-soak.sh
 # Short sweep/grace settings so that deletion keeps up within the run (grace must be at
 # least twice the commit deadline).
 set -euo pipefail
@@ -11,10 +12,12 @@ FLOE=${FLOE:-target/release/floe}
 MINUTES=${MINUTES:-10}
 RETENTION_MS=${RETENTION_MS:-60000}
 SAMPLE=${SAMPLE:-10}
+GRACE_MS=${GRACE_MS:-10000}
+EXTRA=${EXTRA:-}
 PORT=${PORT:-7197}
 dir=$(mktemp -d)
 "$FLOE" serve --listen 127.0.0.1:$PORT --data-dir "$dir" --sweep-interval-ms 5000 \
-  --commit-deadline-ms 5000 --orphan-grace-ms 10000 >"$dir/agent.log" 2>&1 &
+  --commit-deadline-ms 5000 --orphan-grace-ms "$GRACE_MS" $EXTRA >"$dir/agent.log" 2>&1 &
 pid=$!
 gen=
 cleanup() { [ -n "$gen" ] && kill "$gen" 2>/dev/null; kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
@@ -35,8 +38,8 @@ end=$(( $(date +%s) + MINUTES * 60 ))
 t0=$(date +%s)
 while [ "$(date +%s)" -lt "$end" ]; do
   sleep "$SAMPLE"
-  objs=$(find "$dir/bucket/segments" -type f 2>/dev/null | wc -l)
-  mib=$(du -sm "$dir/bucket/segments" 2>/dev/null | cut -f1)
+  objs=$(find "$dir/bucket/segments" "$dir/bucket/topics" -type f 2>/dev/null | wc -l)
+  mib=$(du -sm "$dir/bucket" 2>/dev/null | cut -f1)
   offs=$(curl -sf "http://127.0.0.1:$PORT/v1/topics/soak" | python3 -c "import json,sys; d=json.load(sys.stdin); print(','.join(str(p['start_offset']) for p in d['partitions']), ','.join(str(p['end_offset']) for p in d['partitions']))")
   echo "$(( $(date +%s) - t0 )) $objs $mib $offs"
 done
