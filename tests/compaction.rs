@@ -386,16 +386,12 @@ async fn retention_by_size_keeps_partitions_within_their_budget() {
         loop {
             let d = c.describe_topic(topic).await.unwrap();
             let start = d.partitions[0].start_offset;
-            if start > 0 {
+            // Retention may have run while records were still coming: wait for the sweep
+            // after the last produce.
+            let runs = index.runs_from(t.id, 0, start, 1000).await.unwrap();
+            let held: u64 = runs.iter().map(|r| r.byte_end - r.byte_start).sum();
+            if start > 0 && (held <= budget_of(topic) || runs.len() == 1) {
                 assert_eq!(d.partitions[0].end_offset, 160);
-                let runs = index.runs_from(t.id, 0, start, 1000).await.unwrap();
-                let held: u64 = runs.iter().map(|r| r.byte_end - r.byte_start).sum();
-                assert!(
-                    held <= budget_of(topic) || runs.len() == 1,
-                    "{topic}: {held} bytes in {} runs for a budget of {}",
-                    runs.len(),
-                    budget_of(topic)
-                );
                 assert!(
                     runs.len() >= 2,
                     "{topic}: the budget holds more than one run"

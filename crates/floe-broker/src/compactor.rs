@@ -130,7 +130,12 @@ pub struct Compactor {
     pub reader: Reader,
     pub metrics: Metrics,
     pub clock: SharedClock,
+    /// Per (topic id, partition): the first offset not known to be in a partition file.
+    pub cursors: Cursors,
 }
+
+/// Where each partition's not-yet-compacted entries begin, as far as this agent has seen.
+pub type Cursors = Arc<std::sync::Mutex<std::collections::HashMap<(i64, u32), u64>>>;
 
 pub async fn run(c: Compactor, mut shutdown: watch::Receiver<bool>) {
     if !c.config.compaction.enabled {
@@ -173,9 +178,10 @@ impl Compactor {
     pub async fn pass(&self) -> Result<Compacted, CompactError> {
         let mut total = Compacted::default();
         for t in self.index.list_topics().await? {
-            for p in 0..t.partitions {
+            for o in self.index.partition_offsets(t.id).await? {
+                let p = o.partition;
                 let done = self
-                    .partition(&t, p)
+                    .partition(&t, p, o.start_offset)
                     .instrument(info_span!("compact_partition", topic = %t.name, partition = p))
                     .await?;
                 total.files += done.files;
@@ -189,21 +195,26 @@ impl Compactor {
         Ok(total)
     }
 
-    /// Compact one partition if its entries call for it and this agent gets the lease.
-    pub async fn partition(&self, t: &TopicMeta, p: u32) -> Result<Compacted, CompactError> {
-        let Some(start) = self
-            .index
-            .partition_offsets(t.id)
-            .await?
-            .iter()
-            .find(|o| o.partition == p)
-            .map(|o| o.start_offset)
-        else {
-            return Ok(Compacted::default());
-        };
+    /// Compact one partition (whose log starts at `start`) if its entries call for it and
+    /// this agent gets the lease.
+    pub async fn partition(
+        &self,
+        t: &TopicMeta,
+        p: u32,
+        start: u64,
+    ) -> Result<Compacted, CompactError> {
+        // Entries in partition files stay there: look from where the last pass found the
+        // first entry that is not, so a long compacted log does not hide its tail.
+        let from = self
+            .cursors
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&(t.id, p)).copied())
+            .unwrap_or(start)
+            .max(start);
         let entries = self
             .index
-            .runs_from(t.id, p, start, ENTRIES_PER_PASS)
+            .runs_from(t.id, p, from, ENTRIES_PER_PASS)
             .await?;
         let pieces: Vec<Piece> = entries
             .iter()
@@ -215,6 +226,14 @@ impl Compactor {
                 max_timestamp_ms: e.max_timestamp_ms,
             })
             .collect();
+        let first_open = pieces
+            .iter()
+            .find(|x| !x.compacted)
+            .map(|x| x.base_offset)
+            .or_else(|| pieces.last().map(|x| x.base_offset + u64::from(x.records)));
+        if let (Some(at), Ok(mut c)) = (first_open, self.cursors.lock()) {
+            let _ = c.insert((t.id, p), at);
+        }
         let now = self.clock.now_ms();
         let Some(range) = plan(&pieces, &self.policy(), now) else {
             return Ok(Compacted::default());

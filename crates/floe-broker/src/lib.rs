@@ -162,6 +162,7 @@ impl Broker {
                 reader: reader.clone(),
                 metrics: metrics.clone(),
                 clock: clock.clone(),
+                cursors: compactor::Cursors::default(),
             },
             shutdown.clone(),
         ));
