@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Produce throughput and object PUTs per second with 1 partition vs many (issue #9: "1 000
+# partitions within 10 % of 1 partition at the same load"), interleaved repetitions on one
+# machine. Each run: a fresh embedded agent, `floe bench` produce-only (8 producers x
+# batch 100, 1 KiB records, keyless: the bench spreads records over the partitions), then
+# floe_segments_written_total / duration from the agent.
+#   bash bench/partitions.sh [BIN] [MANY]      (defaults: target/release/floe, 1000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-target/release/floe}
+MANY=${2:-1000}
+SECONDS_LOAD=${SECONDS_LOAD:-10}
+REPS=${REPS:-3}
+PORT=${PORT:-7392}
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; }
+trap cleanup EXIT
+run() {
+  local parts=$1 dir; dir=$(mktemp -d)
+  "$BIN" serve --listen 127.0.0.1:$PORT --data-dir "$dir" --max-partitions "$parts" --no-compaction >"$dir/agent.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/readyz >/dev/null && break; sleep 0.1; done
+  local out; out=$("$BIN" bench --url http://127.0.0.1:$PORT --partitions "$parts" --seconds "$SECONDS_LOAD" --no-consume | grep produced)
+  local segs; segs=$(curl -sf http://127.0.0.1:$PORT/metrics | awk '/^floe_segments_written_total/ {print $2}')
+  local rss; rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$pid/status)
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+  rm -rf "$dir"
+  echo "partitions=$parts $out | segments $segs = $(python3 -c "print(round($segs/$SECONDS_LOAD,1))") PUT/s | peak RSS $rss MiB"
+}
+for r in $(seq 1 "$REPS"); do
+  echo "--- repetition $r"
+  run 1
+  run "$MANY"
+done
