@@ -52,8 +52,20 @@ async fn log_of(c: &Client, topic: &str, partitions: u32) -> Log {
 
 /// Run the DuckDB/pyarrow check on the query the CLI prints for `topic`.
 fn duckdb_check(agent_url: &str, bucket: &std::path::Path, topic: &str) -> serde_json::Value {
+    duckdb_check_range(agent_url, bucket, topic, &[])
+}
+
+/// [`duckdb_check`] of the query for part of the log (`--partition`, `--from`, `--to`).
+fn duckdb_check_range(
+    agent_url: &str,
+    bucket: &std::path::Path,
+    topic: &str,
+    range: &[&str],
+) -> serde_json::Value {
     let sql = Command::new(env!("CARGO_BIN_EXE_floe"))
-        .args(["topics", "--url", agent_url, "files", topic, "--duckdb"])
+        .args(["topics", "--url", agent_url, "files", topic])
+        .args(range)
+        .arg("--duckdb")
         .arg(bucket)
         .output()
         .unwrap();
@@ -83,9 +95,17 @@ fn duckdb_check(agent_url: &str, bucket: &std::path::Path, topic: &str) -> serde
 
 /// What DuckDB must return: every record, and per key (count, sum of amounts).
 fn assert_reads_exactly(report: &serde_json::Value, log: &Log) {
+    assert_reads_exactly_parts(report, log.iter().enumerate().collect());
+}
+
+/// [`assert_reads_exactly`] for (partition, records) pairs.
+fn assert_reads_exactly_parts(
+    report: &serde_json::Value,
+    log: Vec<(usize, &Vec<(u64, String, String)>)>,
+) {
     let mut want_rows = Vec::new();
     let mut by_key: BTreeMap<String, (u64, i64)> = BTreeMap::new();
-    for (p, recs) in log.iter().enumerate() {
+    for (p, recs) in log {
         for (o, k, v) in recs {
             want_rows.push(serde_json::json!([p, o, k, v]));
             let amount: serde_json::Value = serde_json::from_str(v).unwrap();
@@ -145,6 +165,20 @@ async fn compaction_keeps_the_log_and_duckdb_reads_exactly_it() {
     );
     let before = duckdb_check(&agent.url, &bucket, "orders");
     assert_reads_exactly(&before, &orders);
+    // Part of one partition: entries are cut to exactly offsets 7..93.
+    let slice: Vec<_> = orders[1]
+        .iter()
+        .filter(|(o, _, _)| (7..93).contains(o))
+        .cloned()
+        .collect();
+    assert_eq!(slice.len(), 86);
+    let part = duckdb_check_range(
+        &agent.url,
+        &bucket,
+        "orders",
+        &["--partition", "1", "--from", "7", "--to", "93"],
+    );
+    assert_reads_exactly_parts(&part, vec![(1, &slice)]);
     assert_eq!(before["partition_files"], 0);
     let segments_before = segment_files(dir.path()).len();
     assert!(
@@ -255,6 +289,13 @@ async fn compaction_keeps_the_log_and_duckdb_reads_exactly_it() {
     assert_eq!(log_of(&c, "other", 1).await, other, "the other topic too");
     let after = duckdb_check(&agent.url, &bucket, "orders");
     assert_reads_exactly(&after, &orders);
+    let part = duckdb_check_range(
+        &agent.url,
+        &bucket,
+        "orders",
+        &["--partition", "1", "--from", "7", "--to", "93"],
+    );
+    assert_reads_exactly_parts(&part, vec![(1, &slice)]);
     assert_eq!(after["layout_ok"], true, "{}", after["problems"]);
     let files = after["partition_files"].as_u64().unwrap();
     assert!(files >= u64::from(PARTITIONS), "{files} partition files");
