@@ -27,8 +27,10 @@ const PARTITIONS: u32 = 3;
 const REQUESTS: usize = 30;
 const PER_REQUEST: usize = 20;
 
-/// (offset, key, value) of every record, per partition.
-type Log = Vec<Vec<(u64, String, String)>>;
+/// (offset, key, value) of every record of one partition.
+type Records = Vec<(u64, String, String)>;
+/// Per partition.
+type Log = Vec<Records>;
 
 async fn log_of(c: &Client, topic: &str, partitions: u32) -> Log {
     let mut out = Vec::new();
@@ -99,10 +101,7 @@ fn assert_reads_exactly(report: &serde_json::Value, log: &Log) {
 }
 
 /// [`assert_reads_exactly`] for (partition, records) pairs.
-fn assert_reads_exactly_parts(
-    report: &serde_json::Value,
-    log: Vec<(usize, &Vec<(u64, String, String)>)>,
-) {
+fn assert_reads_exactly_parts(report: &serde_json::Value, log: Vec<(usize, &Records)>) {
     let mut want_rows = Vec::new();
     let mut by_key: BTreeMap<String, (u64, i64)> = BTreeMap::new();
     for (p, recs) in log {
