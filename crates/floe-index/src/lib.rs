@@ -419,6 +419,60 @@ impl ReplaceRuns {
     }
 }
 
+/// What a retention pass drops (RFC 0004); both backends read the runs and let this decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Whole runs whose newest record is older than `cutoff_ms`.
+    Time { cutoff_ms: i64 },
+    /// The oldest whole runs beyond `max_bytes` of stored run bytes per partition.
+    Size { max_bytes: u64 },
+}
+
+/// A run as retention sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionRun {
+    pub base_offset: u64,
+    pub records: u32,
+    pub max_ts: i64,
+    pub bytes: u64,
+}
+
+impl Retention {
+    /// Whether a partition holding `total_bytes` (counted for `Size` only) may lose runs.
+    pub fn may_drop(&self, total_bytes: u64) -> bool {
+        match self {
+            Self::Time { .. } => true,
+            Self::Size { max_bytes } => total_bytes > *max_bytes,
+        }
+    }
+
+    /// The partition's new start from a prefix of its runs (`total_bytes` / `total_runs`
+    /// describe all of them, for `Size`), or `None`.
+    pub fn new_start(
+        &self,
+        runs: &[RetentionRun],
+        total_bytes: u64,
+        total_runs: usize,
+    ) -> Option<u64> {
+        match self {
+            Self::Time { cutoff_ms } => {
+                let r: Vec<(u64, u32, i64)> = runs
+                    .iter()
+                    .map(|r| (r.base_offset, r.records, r.max_ts))
+                    .collect();
+                floe_core::log::retention_start(&r, *cutoff_ms)
+            }
+            Self::Size { max_bytes } => {
+                let r: Vec<(u64, u32, u64)> = runs
+                    .iter()
+                    .map(|r| (r.base_offset, r.records, r.bytes))
+                    .collect();
+                floe_core::log::size_retention_start(&r, total_bytes, *max_bytes, total_runs)
+            }
+        }
+    }
+}
+
 /// Runs looked at per partition and retention pass (the rest waits for the next pass).
 pub const RETENTION_RUNS_PER_PASS: i64 = 10_000;
 

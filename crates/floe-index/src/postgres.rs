@@ -21,9 +21,9 @@ use tracing::{Instrument, info_span, warn};
 use crate::replay;
 use crate::{
     CommitSink, Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic,
-    OffsetCommit, PartitionOffsets, ReplaceRuns, Result, RunEntry, SegmentCommit, SeqKey, StateKey,
-    StateKind, TopicMeta, Versioned, check_deadline, completion_answer, decode_config,
-    encode_config, fence, plan_commit,
+    OffsetCommit, PartitionOffsets, ReplaceRuns, Result, Retention, RetentionRun, RunEntry,
+    SegmentCommit, SeqKey, StateKey, StateKind, TopicMeta, Versioned, check_deadline,
+    completion_answer, decode_config, encode_config, fence, plan_commit,
 };
 
 /// NOTIFY channel for commits; payload `topic_id:partition:end_offset` entries joined by `,`.
@@ -186,6 +186,87 @@ impl PostgresIndex {
         tx.batch_execute(SCHEMA).await.map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(Self { pool, config: cfg })
+    }
+
+    /// One retention pass over a topic's partitions in one transaction, partition rows
+    /// locked in partition order as a commit does: per partition the new start
+    /// (`Retention::new_start`, pure), then its runs below it dropped.
+    async fn retain(&self, topic_id: i64, rule: Retention) -> Result<Vec<(u32, u64)>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let parts = tx
+            .query(
+                "SELECT partition, start_offset, next_offset FROM floe_partitions WHERE topic_id = $1 ORDER BY partition FOR UPDATE",
+                &[&topic_id],
+            )
+            .await
+            .map_err(pg)?;
+        let mut moved = Vec::new();
+        for row in parts {
+            let p: i32 = row.get(0);
+            let (start, next) = (to_u64(row.get(1), "start")?, to_u64(row.get(2), "next")?);
+            let (total, count) = match rule {
+                Retention::Time { .. } => (0, 0),
+                Retention::Size { .. } => {
+                    let sum = tx
+                        .query_one(
+                            "SELECT COALESCE(SUM(byte_end - byte_start), 0)::bigint, COUNT(*) FROM floe_runs WHERE topic_id = $1 AND partition = $2",
+                            &[&topic_id, &p],
+                        )
+                        .await
+                        .map_err(pg)?;
+                    (
+                        to_u64(sum.get(0), "total bytes")?,
+                        usize::try_from(sum.get::<_, i64>(1)).unwrap_or(usize::MAX),
+                    )
+                }
+            };
+            if !rule.may_drop(total) {
+                continue;
+            }
+            let runs = tx
+                .query(
+                    "SELECT base_offset, records, max_ts, byte_end - byte_start FROM floe_runs WHERE topic_id = $1 AND partition = $2 ORDER BY base_offset LIMIT $3",
+                    &[&topic_id, &p, &crate::RETENTION_RUNS_PER_PASS],
+                )
+                .await
+                .map_err(pg)?
+                .iter()
+                .map(|r| {
+                    Ok(RetentionRun {
+                        base_offset: to_u64(r.get(0), "base_offset")?,
+                        records: u32::try_from(r.get::<_, i32>(1))
+                            .map_err(|_| IndexError::Corrupt("negative run length".into()))?,
+                        max_ts: r.get(2),
+                        bytes: to_u64(r.get(3), "run bytes")?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let Some(new_start) = rule.new_start(&runs, total, count) else {
+                continue;
+            };
+            if new_start <= start || new_start > next {
+                continue;
+            }
+            let ns = to_i64(new_start, "start")?;
+            let _ = tx
+                .execute(
+                    "DELETE FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset < $3",
+                    &[&topic_id, &p, &ns],
+                )
+                .await
+                .map_err(pg)?;
+            let _ = tx
+                .execute(
+                    "UPDATE floe_partitions SET start_offset = $3 WHERE topic_id = $1 AND partition = $2",
+                    &[&topic_id, &p, &ns],
+                )
+                .await
+                .map_err(pg)?;
+            moved.push((p as u32, new_start));
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(moved)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -799,139 +880,11 @@ impl Index for PostgresIndex {
     }
 
     async fn apply_retention(&self, topic_id: i64, cutoff_ms: i64) -> Result<Vec<(u32, u64)>> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(pg)?;
-        // Lock the partitions (as a commit does, in partition order) so that retention and
-        // a commit of the same partition serialize.
-        let parts = tx
-            .query(
-                "SELECT partition, start_offset, next_offset FROM floe_partitions WHERE topic_id = $1 ORDER BY partition FOR UPDATE",
-                &[&topic_id],
-            )
-            .await
-            .map_err(pg)?;
-        let mut moved = Vec::new();
-        for row in parts {
-            let p: i32 = row.get(0);
-            let (start, next) = (to_u64(row.get(1), "start")?, to_u64(row.get(2), "next")?);
-            let runs = tx
-                .query(
-                    "SELECT base_offset, records, max_ts FROM floe_runs WHERE topic_id = $1 AND partition = $2 ORDER BY base_offset LIMIT $3",
-                    &[&topic_id, &p, &crate::RETENTION_RUNS_PER_PASS],
-                )
-                .await
-                .map_err(pg)?
-                .iter()
-                .map(|r| {
-                    Ok((
-                        to_u64(r.get(0), "base_offset")?,
-                        u32::try_from(r.get::<_, i32>(1))
-                            .map_err(|_| IndexError::Corrupt("negative run length".into()))?,
-                        r.get::<_, i64>(2),
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let Some(new_start) = floe_core::log::retention_start(&runs, cutoff_ms) else {
-                continue;
-            };
-            if new_start <= start || new_start > next {
-                continue;
-            }
-            let ns = to_i64(new_start, "start")?;
-            let _ = tx
-                .execute(
-                    "DELETE FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset < $3",
-                    &[&topic_id, &p, &ns],
-                )
-                .await
-                .map_err(pg)?;
-            let _ = tx
-                .execute(
-                    "UPDATE floe_partitions SET start_offset = $3 WHERE topic_id = $1 AND partition = $2",
-                    &[&topic_id, &p, &ns],
-                )
-                .await
-                .map_err(pg)?;
-            moved.push((to_u32(p, "partition")?, new_start));
-        }
-        tx.commit().await.map_err(pg)?;
-        Ok(moved)
+        self.retain(topic_id, Retention::Time { cutoff_ms }).await
     }
 
     async fn apply_size_retention(&self, topic_id: i64, max_bytes: u64) -> Result<Vec<(u32, u64)>> {
-        let max = i64::try_from(max_bytes).unwrap_or(i64::MAX);
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(pg)?;
-        // Partition rows locked in partition order, as commits and time retention do.
-        let parts = tx
-            .query(
-                "SELECT partition, start_offset, next_offset FROM floe_partitions WHERE topic_id = $1 ORDER BY partition FOR UPDATE",
-                &[&topic_id],
-            )
-            .await
-            .map_err(pg)?;
-        let mut moved = Vec::new();
-        for row in parts {
-            let p: i32 = row.get(0);
-            let (start, next) = (to_u64(row.get(1), "start")?, to_u64(row.get(2), "next")?);
-            let sum = tx
-                .query_one(
-                    "SELECT COALESCE(SUM(byte_end - byte_start), 0)::bigint, COUNT(*) FROM floe_runs WHERE topic_id = $1 AND partition = $2",
-                    &[&topic_id, &p],
-                )
-                .await
-                .map_err(pg)?;
-            let (total, count): (i64, i64) = (sum.get(0), sum.get(1));
-            if total <= max {
-                continue;
-            }
-            let runs = tx
-                .query(
-                    "SELECT base_offset, records, byte_end - byte_start FROM floe_runs WHERE topic_id = $1 AND partition = $2 ORDER BY base_offset LIMIT $3",
-                    &[&topic_id, &p, &crate::RETENTION_RUNS_PER_PASS],
-                )
-                .await
-                .map_err(pg)?
-                .iter()
-                .map(|r| {
-                    Ok((
-                        to_u64(r.get(0), "base_offset")?,
-                        u32::try_from(r.get::<_, i32>(1))
-                            .map_err(|_| IndexError::Corrupt("negative run length".into()))?,
-                        to_u64(r.get(2), "run bytes")?,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let Some(new_start) = floe_core::log::size_retention_start(
-                &runs,
-                to_u64(total, "total bytes")?,
-                max_bytes,
-                usize::try_from(count).unwrap_or(usize::MAX),
-            ) else {
-                continue;
-            };
-            if new_start <= start || new_start > next {
-                continue;
-            }
-            let ns = to_i64(new_start, "start")?;
-            let _ = tx
-                .execute(
-                    "DELETE FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset < $3",
-                    &[&topic_id, &p, &ns],
-                )
-                .await
-                .map_err(pg)?;
-            let _ = tx
-                .execute(
-                    "UPDATE floe_partitions SET start_offset = $3 WHERE topic_id = $1 AND partition = $2",
-                    &[&topic_id, &p, &ns],
-                )
-                .await
-                .map_err(pg)?;
-            moved.push((p as u32, new_start));
-        }
-        tx.commit().await.map_err(pg)?;
-        Ok(moved)
+        self.retain(topic_id, Retention::Size { max_bytes }).await
     }
 
     async fn replace_runs(&self, r: ReplaceRuns) -> Result<bool> {

@@ -15,9 +15,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::replay;
 use crate::{
     Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
-    PartitionOffsets, ReplaceRuns, Result, RunEntry, SegmentCommit, SeqKey, StateKey, StateKind,
-    TopicMeta, Versioned, check_deadline, completion_answer, decode_config, encode_config, fence,
-    plan_commit,
+    PartitionOffsets, ReplaceRuns, Result, Retention, RetentionRun, RunEntry, SegmentCommit,
+    SeqKey, StateKey, StateKind, TopicMeta, Versioned, check_deadline, completion_answer,
+    decode_config, encode_config, fence, plan_commit,
 };
 
 const SCHEMA: &str = "
@@ -114,6 +114,53 @@ fn migrate(c: &Connection) -> Result<()> {
         c.execute_batch("ALTER TABLE runs ADD COLUMN row_first INTEGER NOT NULL DEFAULT 0")?;
     }
     Ok(())
+}
+
+/// One retention pass over a topic's partitions in one transaction: per partition the new
+/// start offset (`Retention::new_start`, pure), then its runs below it dropped.
+fn retain(c: &mut Connection, topic_id: i64, rule: Retention) -> Result<Vec<(u32, u64)>> {
+    let tx = c.transaction()?;
+    let parts: Vec<(u32, u64, u64)> = tx
+        .prepare_cached("SELECT partition, start_offset, next_offset FROM partitions WHERE topic_id = ?1 ORDER BY partition")?
+        .query_map([topic_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut moved = Vec::new();
+    for (p, start, next) in parts {
+        let (total, count): (u64, usize) = match rule {
+            Retention::Time { .. } => (0, 0),
+            Retention::Size { .. } => tx
+                .prepare_cached("SELECT COALESCE(SUM(byte_end - byte_start), 0), COUNT(*) FROM runs WHERE topic_id = ?1 AND partition = ?2")?
+                .query_row(params![topic_id, p], |r| Ok((r.get(0)?, r.get(1)?)))?,
+        };
+        if !rule.may_drop(total) {
+            continue;
+        }
+        let runs: Vec<RetentionRun> = tx
+            .prepare_cached("SELECT base_offset, records, max_ts, byte_end - byte_start FROM runs WHERE topic_id = ?1 AND partition = ?2 ORDER BY base_offset LIMIT ?3")?
+            .query_map(params![topic_id, p, crate::RETENTION_RUNS_PER_PASS], |r| {
+                Ok(RetentionRun { base_offset: r.get(0)?, records: r.get(1)?, max_ts: r.get(2)?, bytes: r.get(3)? })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some(new_start) = rule.new_start(&runs, total, count) else {
+            continue;
+        };
+        if new_start <= start || new_start > next {
+            continue;
+        }
+        let _ = tx
+            .prepare_cached(
+                "DELETE FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset < ?3",
+            )?
+            .execute(params![topic_id, p, new_start])?;
+        let _ = tx
+            .prepare_cached(
+                "UPDATE partitions SET start_offset = ?3 WHERE topic_id = ?1 AND partition = ?2",
+            )?
+            .execute(params![topic_id, p, new_start])?;
+        moved.push((p, new_start));
+    }
+    tx.commit()?;
+    Ok(moved)
 }
 
 #[derive(Debug, Clone)]
@@ -555,75 +602,13 @@ impl Index for SqliteIndex {
     }
 
     async fn apply_retention(&self, topic_id: i64, cutoff_ms: i64) -> Result<Vec<(u32, u64)>> {
-        self.write(move |c| {
-            let tx = c.transaction()?;
-            let parts: Vec<(u32, u64, u64)> = tx
-                .prepare_cached("SELECT partition, start_offset, next_offset FROM partitions WHERE topic_id = ?1 ORDER BY partition")?
-                .query_map([topic_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut moved = Vec::new();
-            for (p, start, next) in parts {
-                let runs: Vec<(u64, u32, i64)> = tx
-                    .prepare_cached("SELECT base_offset, records, max_ts FROM runs WHERE topic_id = ?1 AND partition = ?2 ORDER BY base_offset LIMIT ?3")?
-                    .query_map(params![topic_id, p, crate::RETENTION_RUNS_PER_PASS], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let Some(new_start) = floe_core::log::retention_start(&runs, cutoff_ms) else {
-                    continue;
-                };
-                if new_start <= start || new_start > next {
-                    continue;
-                }
-                let _ = tx
-                    .prepare_cached("DELETE FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset < ?3")?
-                    .execute(params![topic_id, p, new_start])?;
-                let _ = tx
-                    .prepare_cached("UPDATE partitions SET start_offset = ?3 WHERE topic_id = ?1 AND partition = ?2")?
-                    .execute(params![topic_id, p, new_start])?;
-                moved.push((p, new_start));
-            }
-            tx.commit()?;
-            Ok(moved)
-        })
-        .await
+        self.write(move |c| retain(c, topic_id, Retention::Time { cutoff_ms }))
+            .await
     }
 
     async fn apply_size_retention(&self, topic_id: i64, max_bytes: u64) -> Result<Vec<(u32, u64)>> {
-        self.write(move |c| {
-            let tx = c.transaction()?;
-            let parts: Vec<(u32, u64, u64)> = tx
-                .prepare_cached("SELECT partition, start_offset, next_offset FROM partitions WHERE topic_id = ?1 ORDER BY partition")?
-                .query_map([topic_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut moved = Vec::new();
-            for (p, start, next) in parts {
-                let (total, count): (u64, usize) = tx
-                    .prepare_cached("SELECT COALESCE(SUM(byte_end - byte_start), 0), COUNT(*) FROM runs WHERE topic_id = ?1 AND partition = ?2")?
-                    .query_row(params![topic_id, p], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                if total <= max_bytes {
-                    continue;
-                }
-                let runs: Vec<(u64, u32, u64)> = tx
-                    .prepare_cached("SELECT base_offset, records, byte_end - byte_start FROM runs WHERE topic_id = ?1 AND partition = ?2 ORDER BY base_offset LIMIT ?3")?
-                    .query_map(params![topic_id, p, crate::RETENTION_RUNS_PER_PASS], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let Some(new_start) = floe_core::log::size_retention_start(&runs, total, max_bytes, count) else {
-                    continue;
-                };
-                if new_start <= start || new_start > next {
-                    continue;
-                }
-                let _ = tx
-                    .prepare_cached("DELETE FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset < ?3")?
-                    .execute(params![topic_id, p, new_start])?;
-                let _ = tx
-                    .prepare_cached("UPDATE partitions SET start_offset = ?3 WHERE topic_id = ?1 AND partition = ?2")?
-                    .execute(params![topic_id, p, new_start])?;
-                moved.push((p, new_start));
-            }
-            tx.commit()?;
-            Ok(moved)
-        })
-        .await
+        self.write(move |c| retain(c, topic_id, Retention::Size { max_bytes }))
+            .await
     }
 
     async fn replace_runs(&self, r: ReplaceRuns) -> Result<bool> {
