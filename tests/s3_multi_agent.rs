@@ -524,6 +524,39 @@ async fn missing_bucket_is_a_clear_startup_error_and_bucket_init_creates_it() {
     );
 }
 
+/// Wait (60 s at most) until every object under `segments/` and `topics/` is referenced by
+/// the index: the sweepers deleted every orphan. Returns (partition files, objects).
+async fn until_every_object_is_referenced(cl: &Cluster) -> (usize, usize) {
+    let store = test_store(&cl.bucket);
+    let index = floe_index::open(&cl.index).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut unreferenced = 0;
+        let (mut files, mut objects) = (0, 0);
+        for prefix in ["segments", "topics"] {
+            let mut listing = store.list(Some(&object_store::path::Path::from(prefix)));
+            while let Some(m) = listing.next().await {
+                let m = m.unwrap();
+                objects += 1;
+                if prefix == "topics" {
+                    files += 1;
+                }
+                if !index.segment_referenced(m.location.as_ref()).await.unwrap() {
+                    unreferenced += 1;
+                }
+            }
+        }
+        if unreferenced == 0 {
+            return (files, objects);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unreferenced} unreferenced objects left after the sweepers' passes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Compaction on three agents competing for the same partitions (a lease each), with one
 /// agent killed with SIGKILL in every trial — possibly mid-compaction — while producers
 /// write and a consumer reads the whole log in a loop through another agent (RFC 0004).
@@ -587,34 +620,7 @@ async fn kill9_during_compaction_on_three_agents_loses_nothing() {
         assert!(passes > 0);
     }
     // Quiet: let compaction and the sweepers finish.
-    let store = test_store(&cl.bucket);
-    let index = floe_index::open(&cl.index).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (files, objects) = loop {
-        let mut unreferenced = 0;
-        let (mut files, mut objects) = (0, 0);
-        for prefix in ["segments", "topics"] {
-            let mut listing = store.list(Some(&object_store::path::Path::from(prefix)));
-            while let Some(m) = listing.next().await {
-                let m = m.unwrap();
-                objects += 1;
-                if prefix == "topics" {
-                    files += 1;
-                }
-                if !index.segment_referenced(m.location.as_ref()).await.unwrap() {
-                    unreferenced += 1;
-                }
-            }
-        }
-        if unreferenced == 0 {
-            break (files, objects);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{unreferenced} unreferenced objects left after the sweepers' passes"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let (files, objects) = until_every_object_is_referenced(&cl).await;
     let lost = lost_acked(&cl, &acked).await;
     assert_eq!(lost, 0, "acked records lost");
     assert!(files > 0, "nothing was compacted");
@@ -723,29 +729,7 @@ async fn kill9_during_retention_and_compaction_loses_nothing_retained() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(reader.await.unwrap() > 0);
     }
-    let store = test_store(&cl.bucket);
-    let index = floe_index::open(&cl.index).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut unreferenced = 0;
-        for prefix in ["segments", "topics"] {
-            let mut listing = store.list(Some(&object_store::path::Path::from(prefix)));
-            while let Some(m) = listing.next().await {
-                let m = m.unwrap();
-                if !index.segment_referenced(m.location.as_ref()).await.unwrap() {
-                    unreferenced += 1;
-                }
-            }
-        }
-        if unreferenced == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{unreferenced} unreferenced objects left after the sweepers' passes"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let _ = until_every_object_is_referenced(&cl).await;
     let (mut lost, mut retained, mut dropped) = (0, 0, 0);
     for i in 0..3 {
         let c = cl.client(i);
