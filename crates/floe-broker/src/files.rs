@@ -9,7 +9,8 @@ use crate::Broker;
 use crate::compactor::is_partition_file_key;
 use crate::error::{BrokerError, BrokerResult};
 
-/// Entries listed per request at most (the listing says where to continue).
+/// Entries listed per request at most, over all its partitions (the listing says where to
+/// continue: a partition's `to` short of the asked range).
 pub const MAX_FILE_ENTRIES: u32 = 10_000;
 
 /// How an object lays out its rows.
@@ -80,6 +81,9 @@ impl Broker {
             .await
             .map_err(|e| BrokerError::index(&e))?;
         let mut out = Vec::new();
+        // One budget for the whole answer, so a topic with many partitions cannot make it
+        // partitions x MAX_FILE_ENTRIES long.
+        let mut budget = MAX_FILE_ENTRIES;
         for o in offsets
             .iter()
             .filter(|o| partition.is_none_or(|p| p == o.partition))
@@ -94,10 +98,10 @@ impl Broker {
                 to: lo,
                 entries: Vec::new(),
             };
-            if lo < hi {
+            if lo < hi && budget > 0 {
                 let runs = self
                     .index
-                    .runs_from(t.id, o.partition, lo, MAX_FILE_ENTRIES)
+                    .runs_from(t.id, o.partition, lo, budget)
                     .await
                     .map_err(|e| BrokerError::index(&e))?;
                 let want = usize::try_from(hi - lo).unwrap_or(usize::MAX);
@@ -121,6 +125,7 @@ impl Broker {
                     });
                 }
                 listing.to = next;
+                budget = budget.saturating_sub(listing.entries.len() as u32);
             }
             out.push(listing);
         }
