@@ -57,12 +57,31 @@ fn duckdb_check(agent_url: &str, bucket: &std::path::Path, topic: &str) -> serde
     duckdb_check_range(agent_url, bucket, topic, &[])
 }
 
+/// [`duckdb_check`] of a compacted topic: its files' offsets increase with gaps.
+fn duckdb_check_compacted(
+    agent_url: &str,
+    bucket: &std::path::Path,
+    topic: &str,
+) -> serde_json::Value {
+    duckdb_check_args(agent_url, bucket, topic, &[], true)
+}
+
 /// [`duckdb_check`] of the query for part of the log (`--partition`, `--from`, `--to`).
 fn duckdb_check_range(
     agent_url: &str,
     bucket: &std::path::Path,
     topic: &str,
     range: &[&str],
+) -> serde_json::Value {
+    duckdb_check_args(agent_url, bucket, topic, range, false)
+}
+
+fn duckdb_check_args(
+    agent_url: &str,
+    bucket: &std::path::Path,
+    topic: &str,
+    range: &[&str],
+    compacted: bool,
 ) -> serde_json::Value {
     let sql = Command::new(env!("CARGO_BIN_EXE_floe"))
         .args(["topics", "--url", agent_url, "files", topic])
@@ -84,6 +103,7 @@ fn duckdb_check_range(
         .arg(file.path())
         .arg(bucket)
         .arg(topic)
+        .args(compacted.then_some("compacted"))
         .output()
         .expect("python3 must be installed (tests/setup.sh)");
     assert!(
@@ -490,4 +510,241 @@ async fn read_all_from(c: &Client, topic: &str, from: u64) -> Vec<floe_api::Fetc
         .await
         .unwrap();
     r.records
+}
+
+/// The latest value per key (an empty value deletes the key), replaying `log` in order.
+fn table_of(log: &Records) -> BTreeMap<String, String> {
+    let mut t = BTreeMap::new();
+    for (_, k, v) in log {
+        if v.is_empty() {
+            let _ = t.remove(k);
+        } else {
+            let _ = t.insert(k.clone(), v.clone());
+        }
+    }
+    t
+}
+
+/// Compacted topics (`cleanup.policy=compact`, RFC 0004): the compactor keeps the latest
+/// record per key at its own offset (gaps where the others were), drops tombstones once
+/// past `delete.retention.ms` (never the log's last record), and retention leaves a
+/// compact-only topic alone. Fetches, queues and DuckDB read exactly the cleaned log, and
+/// replaying it rebuilds the same table as replaying the full log; consumers reading
+/// throughout only ever see records of the original log, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_topic_keeps_the_latest_record_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let agent = AgentProc::start(dir.path(), &["--no-compaction", "--linger-ms", "5"]);
+    let c = agent.client();
+    let config = |policy: &str| floe_api::CreateTopicRequest {
+        name: "kv".into(),
+        partitions: 2,
+        retention_ms: None,
+        config: Some(BTreeMap::from([
+            ("cleanup.policy".to_string(), policy.to_string()),
+            ("delete.retention.ms".to_string(), "0".to_string()),
+        ])),
+    };
+    let e = c.create_topic_with(config("compacted")).await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(400), Some("invalid_topic_config"))
+    );
+    let _ = c.create_topic_with(config("compact")).await.unwrap();
+    let _ = c.create_topic("plain", 1).await.unwrap();
+    let keyless = ProduceRecord {
+        value: Some("v".into()),
+        ..Default::default()
+    };
+    let e = c.produce("kv", vec![keyless.clone()]).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(400), Some("key_required")));
+    // 30 requests of 20 records over 9 keys; every 11th record deletes its key; key k8 is
+    // deleted for good at the end, and the last record is an ordinary one.
+    for i in 0..REQUESTS {
+        let recs: Vec<ProduceRecord> = (0..PER_REQUEST)
+            .map(|j| {
+                let n = i * PER_REQUEST + j;
+                let tombstone = n.is_multiple_of(11) || (n % 9 == 8 && i + 1 == REQUESTS);
+                ProduceRecord {
+                    key: Some(format!("k{}", n % 9)),
+                    value: Some(if tombstone {
+                        String::new()
+                    } else {
+                        format!("{{\"n\": {n}, \"amount\": {}}}", n % 5 + 1)
+                    }),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let (a, b) = tokio::join!(
+            c.produce("kv", recs),
+            c.produce("plain", vec![keyless.clone()])
+        );
+        let _ = (a.unwrap(), b.unwrap());
+    }
+    let full = log_of(&c, "kv", 2).await;
+    assert_eq!(
+        full.iter().map(Vec::len).sum::<usize>(),
+        REQUESTS * PER_REQUEST
+    );
+    // What cleaning must leave: each key's latest record, tombstones expired (retention 0)
+    // unless one is the partition's last record.
+    let want: Log = full
+        .iter()
+        .map(|recs| {
+            let last: BTreeMap<&str, u64> = recs.iter().map(|(o, k, _)| (k.as_str(), *o)).collect();
+            recs.iter()
+                .filter(|(o, k, v)| {
+                    last[k.as_str()] == *o
+                        && (!v.is_empty() || Some(o) == recs.last().map(|r| &r.0))
+                })
+                .cloned()
+                .collect()
+        })
+        .collect();
+    assert!(agent.terminate().success());
+
+    // The compactor cleans the whole log at once (the waiting entries fit one target);
+    // retention by default would drop everything older than 1 ms — but not here.
+    let agent = AgentProc::start(
+        dir.path(),
+        &[
+            "--compaction-interval-ms",
+            "200",
+            "--compaction-min-age-ms",
+            "0",
+            "--compaction-max-wait-ms",
+            "0",
+            "--compaction-min-entries",
+            "2",
+            "--compaction-target-bytes",
+            "10000000",
+            "--compaction-row-group-bytes",
+            "1500",
+            "--default-retention-ms",
+            "1",
+            "--commit-deadline-ms",
+            "1000",
+            "--orphan-grace-ms",
+            "2000",
+            "--sweep-interval-ms",
+            "300",
+            "--cache-bytes",
+            "8",
+        ],
+    );
+    let c = agent.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (c, stop, full) = (c.clone(), stop.clone(), full.clone());
+        tokio::spawn(async move {
+            let mut passes = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for (p, seen) in log_of(&c, "kv", 2).await.iter().enumerate() {
+                    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "offsets increase");
+                    for r in seen {
+                        assert!(full[p].binary_search(r).is_ok(), "{r:?} is not in the log");
+                    }
+                }
+                passes += 1;
+            }
+            passes
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let files = c.topic_files("kv", None, None, None).await.unwrap();
+        let segments = files
+            .partitions
+            .iter()
+            .flat_map(|p| &p.entries)
+            .filter(|e| e.layout == FileLayout::Segment)
+            .count();
+        let plain = &c.describe_topic("plain").await.unwrap().partitions[0];
+        if segments == 0 && plain.start_offset == plain.end_offset {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not cleaned: {segments} segment entries left; plain {plain:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    assert!(reader.await.unwrap() >= 1, "consumers read during cleaning");
+
+    let cleaned = log_of(&c, "kv", 2).await;
+    assert_eq!(
+        cleaned, want,
+        "exactly the latest record per key, at its offset"
+    );
+    for p in 0..2 {
+        assert_eq!(table_of(&cleaned[p]), table_of(&full[p]), "same table");
+        assert!(!table_of(&cleaned[p]).contains_key("k8"), "k8 was deleted");
+    }
+    let kv = c.describe_topic("kv").await.unwrap();
+    for (p, info) in kv.partitions.iter().enumerate() {
+        assert_eq!(
+            info.start_offset, 0,
+            "retention leaves a compact-only topic alone"
+        );
+        assert_eq!(
+            info.end_offset,
+            full[p].last().unwrap().0 + 1,
+            "offsets never move"
+        );
+    }
+    // Fetching inside a gap continues at the next record kept.
+    let p0 = &cleaned[0];
+    let gap = p0.windows(2).find(|w| w[1].0 > w[0].0 + 1).expect("a gap");
+    let f = c
+        .fetch("kv", 0, gap[0].0 + 1, floe_client::FetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(f.records[0].offset, gap[1].0);
+    // A queue over the cleaned log hands out exactly the kept records.
+    let mut got = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let r = c
+            .receive(
+                "kv",
+                "workers",
+                &floe_api::ReceiveRequest {
+                    max_records: Some(50),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        if !r.records.is_empty() {
+            let receipts = r.records.iter().map(|q| q.receipt.clone()).collect();
+            let _ = c.ack("kv", "workers", receipts).await.unwrap();
+        }
+        got.extend(
+            r.records
+                .iter()
+                .map(|q| (q.partition as usize, q.record.offset)),
+        );
+        if got.len() == cleaned.iter().map(Vec::len).sum::<usize>() {
+            break;
+        }
+    }
+    let want_q: std::collections::BTreeSet<(usize, u64)> = cleaned
+        .iter()
+        .enumerate()
+        .flat_map(|(p, recs)| recs.iter().map(move |r| (p, r.0)))
+        .collect();
+    assert_eq!(got, want_q, "the queue delivers exactly the kept records");
+    // DuckDB over the files listing reads exactly the cleaned log.
+    let report = duckdb_check_compacted(&agent.url, &bucket, "kv");
+    assert_reads_exactly(&report, &cleaned);
+    assert_eq!(report["layout_ok"], true, "{}", report["problems"]);
+    let m = c.metrics().await.unwrap();
+    assert_eq!(
+        metric(&m, "floe_compaction_cleaned_records_total"),
+        (REQUESTS * PER_REQUEST - cleaned.iter().map(Vec::len).sum::<usize>()) as u64
+    );
+    assert!(agent.terminate().success());
 }

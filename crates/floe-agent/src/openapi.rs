@@ -255,7 +255,17 @@ pub fn document(limits: &Limits) -> Value {
             "queue.ordering": {"type": "string", "enum": ["key", "none"]},
             "queue.max_deliveries": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
             "queue.dead_letter_topic": name.clone(),
-            "retention.bytes": {"type": "string", "pattern": "^[1-9][0-9]{0,17}$"}
+            "retention.bytes": {"type": "string", "pattern": "^[1-9][0-9]{0,17}$"},
+            "cleanup.policy": {
+                "type": "string",
+                "enum": ["delete", "compact", "compact,delete", "delete,compact"],
+                "description": "delete (default): retention drops old records; compact: keep the latest record per key (every record needs a key; a keyed record with an empty value is a tombstone); both"
+            },
+            "delete.retention.ms": {
+                "type": "string",
+                "pattern": "^(0|[1-9][0-9]{0,17})$",
+                "description": "How long a compacted topic keeps a key's latest tombstone (default 86400000)"
+            }
         }}),
     );
     let s = "JoinGroupRequest";

@@ -100,6 +100,8 @@ pub struct FileEntryInfo {
     pub size: u64,
     pub layout: FileLayout,
     pub base_offset: u64,
+    /// Offsets covered. A compacted topic's `partition` entry holds fewer rows (its rows
+    /// carry their offsets; the others were cleaned away): read it by `offset` range.
     pub records: u32,
     /// For `segment` entries: the `run_offset` of the entry's first row.
     pub row_first: u32,

@@ -13,14 +13,18 @@
 //! - Files are laid out for query engines: `topics/<topic>/partition=<p>/date=<d>/
 //!   <first>-<last>-<uuidv7>.parquet` (Hive-style; `d` is the UTC day of the first record;
 //!   the UUID's time is the file's creation time, for the deletion boundary).
+//! - Compacted topics (`cleanup.policy=compact`) are *cleaned* instead: the log from its
+//!   start through the waiting entries is rewritten keeping the latest record per key
+//!   ([`floe_core::compaction::KeyMap`]); rows keep their offsets, so the new entries
+//!   cover the same offsets with fewer rows, and fetches skip the gaps.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use floe_core::clock::SharedClock;
-use floe_core::compaction::{Piece, Policy, plan};
+use floe_core::compaction::{Cleaning, KeyMap, Piece, Policy, plan};
 use floe_core::segment::{
-    Compression, LAYOUT_PARTITION, PartitionFileOptions, PartitionFileWriter,
+    Compression, DecodedRun, LAYOUT_PARTITION, PartitionFileOptions, PartitionFileWriter,
 };
 use floe_index::{
     Index, IndexError, ReplaceRuns, RunCommit, RunEntry, StateKey, StateKind, TopicMeta,
@@ -119,6 +123,36 @@ pub struct Compacted {
     pub output_bytes: u64,
     /// Swaps that found the index changed.
     pub lost: u64,
+    /// Records a compacted topic's cleaning left out (superseded keys, expired tombstones).
+    pub dropped: u64,
+}
+
+impl Compacted {
+    fn add(&mut self, o: &Self) {
+        self.files += o.files;
+        self.entries += o.entries;
+        self.records += o.records;
+        self.input_bytes += o.input_bytes;
+        self.output_bytes += o.output_bytes;
+        self.lost += o.lost;
+        self.dropped += o.dropped;
+    }
+}
+
+/// A cleaning reads at most this many times `target_bytes` of stored entries (twice: once
+/// for the keys, once to rewrite).
+const CLEAN_WINDOW_TARGETS: u64 = 8;
+
+/// (run position, offset) of each row an index entry serves.
+fn entry_rows<'a>(run: &'a DecodedRun, e: &RunEntry) -> impl Iterator<Item = (usize, u64)> + 'a {
+    let (skip, base) = (e.row_first as usize, e.base_offset);
+    (skip..skip + e.rows as usize).map(move |pos| {
+        (
+            pos,
+            run.absolute_offset(pos)
+                .unwrap_or(base + (pos - skip) as u64),
+        )
+    })
 }
 
 /// The compactor's view of the engine.
@@ -151,6 +185,7 @@ pub async fn run(c: Compactor, mut shutdown: watch::Receiver<bool>) {
                 files = done.files,
                 entries = done.entries,
                 records = done.records,
+                dropped = done.dropped,
                 input_bytes = done.input_bytes,
                 output_bytes = done.output_bytes,
                 "compacted"
@@ -184,12 +219,7 @@ impl Compactor {
                     .partition(&t, p, o.start_offset)
                     .instrument(info_span!("compact_partition", topic = %t.name, partition = p))
                     .await?;
-                total.files += done.files;
-                total.entries += done.entries;
-                total.records += done.records;
-                total.input_bytes += done.input_bytes;
-                total.output_bytes += done.output_bytes;
-                total.lost += done.lost;
+                total.add(&done);
             }
         }
         Ok(total)
@@ -204,14 +234,19 @@ impl Compactor {
         start: u64,
     ) -> Result<Compacted, CompactError> {
         // Entries in partition files stay there: look from where the last pass found the
-        // first entry that is not, so a long compacted log does not hide its tail.
-        let from = self
-            .cursors
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&(t.id, p)).copied())
-            .unwrap_or(start)
-            .max(start);
+        // first entry that is not, so a long compacted log does not hide its tail. A
+        // compacted topic's cleaning reads from the log's start.
+        let cleanup = crate::topics::cleanup_policy(t);
+        let from = if cleanup.compact {
+            start
+        } else {
+            self.cursors
+                .lock()
+                .ok()
+                .and_then(|c| c.get(&(t.id, p)).copied())
+                .unwrap_or(start)
+                .max(start)
+        };
         let entries = self
             .index
             .runs_from(t.id, p, from, ENTRIES_PER_PASS)
@@ -242,19 +277,17 @@ impl Compactor {
             debug!("another agent holds the compaction lease");
             return Ok(Compacted::default());
         }
-        let result = self.rewrite(t, p, &entries[range]).await;
+        let result = if cleanup.compact {
+            self.clean(t, p, &entries, range, now).await
+        } else {
+            self.rewrite(t, p, &entries[range]).await
+        };
         self.release_lease(t.id, p).await;
         result
     }
 
-    async fn rewrite(
-        &self,
-        t: &TopicMeta,
-        p: u32,
-        entries: &[RunEntry],
-    ) -> Result<Compacted, CompactError> {
-        let c = &self.config.compaction;
-        let mut w = PartitionFileWriter::new(
+    fn writer(&self, t: &TopicMeta, p: u32) -> Result<PartitionFileWriter, CompactError> {
+        Ok(PartitionFileWriter::new(
             &t.name,
             p,
             PartitionFileOptions {
@@ -264,47 +297,248 @@ impl Compactor {
                     Compression::Lz4 | Compression::Zstd(_) => Compression::Zstd(3),
                 },
                 row_group_rows: ROW_GROUP_ROWS,
-                row_group_bytes: c.row_group_bytes,
+                row_group_bytes: self.config.compaction.row_group_bytes,
             },
-        )?;
-        let mut input_bytes = 0;
-        let mut records = 0u64;
+        )?)
+    }
+
+    /// Clean a compacted topic's partition: the waiting entries `dirty` (found by the
+    /// planner) and, when the whole log up to them fits the window, everything before them
+    /// are rewritten keeping the latest record per key. Tombstones older than
+    /// `delete.retention.ms` go only when the cleaning starts at the log's start. When the
+    /// keys do not fit `key_map_bytes`, the waiting entries are cleaned alone; when even
+    /// those do not, they are rewritten without cleaning.
+    async fn clean(
+        &self,
+        t: &TopicMeta,
+        p: u32,
+        entries: &[RunEntry],
+        dirty: std::ops::Range<usize>,
+        now: i64,
+    ) -> Result<Compacted, CompactError> {
+        let c = &self.config.compaction;
+        let stored = |es: &[RunEntry]| {
+            es.iter()
+                .map(|e| e.byte_end.saturating_sub(e.byte_start))
+                .sum::<u64>()
+        };
+        let whole = &entries[..dirty.end];
+        let contiguous = whole
+            .windows(2)
+            .all(|w| w[0].base_offset + u64::from(w[0].records) == w[1].base_offset);
+        let mut windows = Vec::new();
+        if contiguous && stored(whole) <= c.target_bytes.saturating_mul(CLEAN_WINDOW_TARGETS) {
+            windows.push((whole, true));
+        }
+        windows.push((&entries[dirty.clone()], false));
+        for (window, from_start) in windows {
+            let Some(keys) = self.key_map(t, p, window).await? else {
+                debug!(
+                    entries = window.len(),
+                    "keys exceed the key map; trying a smaller stretch"
+                );
+                continue;
+            };
+            let rule = Cleaning {
+                tombstones_before_ms: from_start
+                    .then(|| now.saturating_sub(crate::topics::delete_retention_ms(t))),
+            };
+            return self.rewrite_kept(t, p, window, &keys, rule).await;
+        }
+        warn!(
+            "a compacted partition's keys exceed --compaction-key-map-bytes even for the waiting entries; rewriting them without cleaning"
+        );
+        self.rewrite(t, p, &entries[dirty]).await
+    }
+
+    /// Pass one of a cleaning: the latest offset of each key in `window`, or `None` when
+    /// they take more than `key_map_bytes`.
+    async fn key_map(
+        &self,
+        t: &TopicMeta,
+        p: u32,
+        window: &[RunEntry],
+    ) -> Result<Option<KeyMap>, CompactError> {
+        let mut keys = KeyMap::default();
+        for e in window {
+            let run = self.reader.decode_entry(t, p, e).await?;
+            for (pos, offset) in entry_rows(&run, e) {
+                let key = run.get(pos).and_then(|v| v.key);
+                keys.observe(key, offset);
+            }
+            if keys.memory_size() > self.config.compaction.key_map_bytes {
+                return Ok(None);
+            }
+        }
+        Ok(Some(keys))
+    }
+
+    /// Pass two of a cleaning: rewrite `window` keeping what `keys` says, into files of
+    /// about `target_bytes` cut at entry boundaries, each swapped in as it is complete.
+    async fn rewrite_kept(
+        &self,
+        t: &TopicMeta,
+        p: u32,
+        window: &[RunEntry],
+        keys: &KeyMap,
+        rule: Cleaning,
+    ) -> Result<Compacted, CompactError> {
+        let mut total = Compacted::default();
+        let mut w: Option<PartitionFileWriter> = None;
+        let mut group = 0;
+        let mut first_ts = None;
+        let mut dropped = 0u64;
+        for (k, e) in window.iter().enumerate() {
+            let run = self.reader.decode_entry(t, p, e).await?;
+            let out = match &mut w {
+                Some(w) => w,
+                None => w.insert(self.writer(t, p)?),
+            };
+            // Write each stretch of kept rows as a zero-copy slice of the decoded run.
+            let mut kept: Option<(usize, u64)> = None;
+            let mut write = |from: (usize, u64), to: usize| -> Result<(), CompactError> {
+                for b in run.fetch_batches(from.1, from.0, to)? {
+                    if first_ts.is_none() {
+                        first_ts = floe_core::segment::first_timestamp(&b);
+                    }
+                    out.write(&b)?;
+                }
+                Ok(())
+            };
+            for (pos, offset) in entry_rows(&run, e) {
+                let v = run.get(pos).ok_or_else(|| {
+                    CompactError::Encode(floe_core::segment::SegmentError::Corrupt(
+                        "row missing".into(),
+                    ))
+                })?;
+                let keep = keys.keeps(offset, v.key, v.value, v.timestamp_ms, rule);
+                match (keep, kept) {
+                    (true, None) => kept = Some((pos, offset)),
+                    (false, Some(from)) => {
+                        write(from, pos)?;
+                        kept = None;
+                    }
+                    _ => {}
+                }
+                dropped += u64::from(!keep);
+            }
+            if let Some(from) = kept {
+                write(from, e.row_first as usize + e.rows as usize)?;
+            }
+            let last = k + 1 == window.len();
+            if last
+                || (!out.is_empty()
+                    && out.bytes_written() as u64 >= self.config.compaction.target_bytes)
+            {
+                let Some(file) = w.take() else { break };
+                if file.is_empty() {
+                    break; // nothing kept (cannot happen: a stretch's last record stays)
+                }
+                let mut done = self
+                    .install(t, p, &window[group..=k], file, first_ts.take())
+                    .await?;
+                done.dropped = std::mem::take(&mut dropped);
+                total.add(&done);
+                if done.lost > 0 {
+                    break;
+                }
+                group = k + 1;
+            }
+        }
+        self.metrics.cleaned_records.inc_by(total.dropped);
+        Ok(total)
+    }
+
+    async fn rewrite(
+        &self,
+        t: &TopicMeta,
+        p: u32,
+        entries: &[RunEntry],
+    ) -> Result<Compacted, CompactError> {
+        let mut w = self.writer(t, p)?;
         let mut first_ts = None;
         for e in entries {
             let run = self.reader.decode_entry(t, p, e).await?;
             let from = e.row_first as usize;
-            for b in run.fetch_batches(e.base_offset, from, from + e.records as usize)? {
+            for b in run.fetch_batches(e.base_offset, from, from + e.rows as usize)? {
                 if first_ts.is_none() && b.num_rows() > 0 {
                     first_ts = floe_core::segment::first_timestamp(&b);
                 }
                 w.write(&b)?;
             }
-            input_bytes += e.byte_end.saturating_sub(e.byte_start);
-            records += u64::from(e.records);
         }
-        let (bytes, layouts) = w.finish()?;
-        let (first, last) = match (entries.first(), entries.last()) {
-            (Some(f), Some(l)) => (f.base_offset, l.base_offset + u64::from(l.records) - 1),
-            _ => return Ok(Compacted::default()),
+        self.install(t, p, entries, w, first_ts).await
+    }
+
+    /// Write the partition file `w` holds and swap it in for `old` (contiguous entries it
+    /// covers): its row groups become entries tiling the same offsets — row group `i`
+    /// from its first row's offset (the first from the first old entry's base) to the
+    /// next one's (the last to the old entries' end).
+    async fn install(
+        &self,
+        t: &TopicMeta,
+        p: u32,
+        old: &[RunEntry],
+        w: PartitionFileWriter,
+        first_ts: Option<i64>,
+    ) -> Result<Compacted, CompactError> {
+        let (Some(f), Some(l)) = (old.first(), old.last()) else {
+            return Ok(Compacted::default());
         };
+        let (first, end) = (f.base_offset, l.base_offset + u64::from(l.records));
+        let (bytes, layouts) = w.finish()?;
+        let mut runs = Vec::with_capacity(layouts.len());
+        let mut rows = Vec::with_capacity(layouts.len());
+        for (i, lay) in layouts.iter().enumerate() {
+            let from = if i == 0 { first } else { lay.first_offset };
+            let to = layouts.get(i + 1).map_or(end, |n| n.first_offset);
+            let span = to
+                .checked_sub(from)
+                .and_then(|s| u32::try_from(s).ok())
+                .filter(|s| *s >= lay.records)
+                .ok_or_else(|| {
+                    CompactError::Encode(floe_core::segment::SegmentError::Corrupt(format!(
+                        "row group {i} spans {from}..{to} with {} rows",
+                        lay.records
+                    )))
+                })?;
+            runs.push(RunCommit {
+                records: span,
+                ..RunCommit::of_layout(t.id, p, lay)
+            });
+            rows.push(lay.records);
+        }
+        if runs.iter().zip(&rows).all(|(r, n)| r.records == *n) {
+            rows.clear(); // dense
+        }
+        let input_bytes: u64 = old
+            .iter()
+            .map(|e| e.byte_end.saturating_sub(e.byte_start))
+            .sum();
+        let records: u64 = old.iter().map(|e| u64::from(e.rows)).sum();
         let created_ms = self.clock.now_ms();
-        let key = partition_file_key(&t.name, p, first, last, first_ts.unwrap_or(0), created_ms);
+        let key = partition_file_key(
+            &t.name,
+            p,
+            first,
+            end - 1,
+            first_ts.unwrap_or(0),
+            created_ms,
+        );
         let size = bytes.len() as u64;
         let path = Path::from(key.as_str());
         let _ = self.store.put(&path, PutPayload::from_bytes(bytes)).await?;
         let swap = ReplaceRuns {
             topic_id: t.id,
             partition: p,
-            old: entries
+            old: old
                 .iter()
                 .map(|e| (e.base_offset, e.records, e.segment_key.clone()))
                 .collect(),
             key: key.clone(),
             size,
-            runs: layouts
-                .iter()
-                .map(|l| RunCommit::of_layout(t.id, p, l))
-                .collect(),
+            runs,
+            rows,
             created_ms,
         };
         let swapped = match self.index.replace_runs(swap).await {
@@ -330,15 +564,16 @@ impl Compactor {
         self.metrics.compactions.inc();
         self.metrics.compacted_records.inc_by(records);
         self.metrics.compacted_bytes.inc_by(input_bytes);
-        self.metrics.compacted_entries.inc_by(entries.len() as u64);
-        info!(file = %key, first, last, entries = entries.len(), records, input_bytes, output_bytes = size, layout = LAYOUT_PARTITION, "partition file swapped in");
+        self.metrics.compacted_entries.inc_by(old.len() as u64);
+        info!(file = %key, first, last = end - 1, entries = old.len(), records, input_bytes, output_bytes = size, layout = LAYOUT_PARTITION, "partition file swapped in");
         Ok(Compacted {
             files: 1,
-            entries: entries.len() as u64,
+            entries: old.len() as u64,
             records,
             input_bytes,
             output_bytes: size,
             lost: 0,
+            dropped: 0,
         })
     }
 

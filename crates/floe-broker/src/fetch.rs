@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use floe_core::log::plan_fetch;
 use floe_core::segment::{DecodedRun, Footer, RecordView, RunLocation, decode_run, parse_footer};
 use floe_index::{Index, RunEntry, TopicMeta};
 use object_store::path::Path;
@@ -170,38 +169,53 @@ impl Reader {
                 first.base_offset,
             ));
         }
-        let (plan, _) = plan_fetch(&entries, offset, max_records);
         let mut out = Fetched::empty(offset);
         let mut bytes = 0usize;
-        'runs: for s in plan {
-            let entry = &entries[s.run];
+        for entry in &entries {
+            let end = entry.base_offset + u64::from(entry.records);
+            if out.count >= max_records {
+                break;
+            }
+            if end <= out.next {
+                continue;
+            }
+            if entry.base_offset > out.next {
+                break; // a gap in the index: nothing past it is served
+            }
             let run = self.run(topic, partition, entry).await?;
+            // The entry serves rows `skip..rows_end` of its run. Dense rows sit at their
+            // offset's position; a compacted topic's file carries offsets (with gaps), so
+            // the first row at or after `next` is looked up.
             let skip = entry.row_first as usize;
-            let mut to = s.from;
-            for pos in s.from..s.to {
-                let v = run
-                    .get(skip + pos)
-                    .ok_or_else(|| corrupt(entry, "row missing"))?;
+            let rows_end = skip + entry.rows as usize;
+            let from = run.position_of(out.next, entry.base_offset, skip);
+            let mut to = from;
+            while to < rows_end && out.count < max_records {
+                let v = run.get(to).ok_or_else(|| corrupt(entry, "row missing"))?;
                 let size = v.size();
                 if out.count > 0 && bytes + size > max_bytes {
                     break;
                 }
                 bytes += size;
                 out.count += 1;
-                to = pos + 1;
+                to += 1;
             }
-            if to > s.from {
-                out.next = entry.base_offset + to as u64;
+            if to > from {
                 out.slices.push(RunSlice {
-                    run,
-                    from_offset: entry.base_offset + s.from as u64,
-                    from: skip + s.from,
-                    to: skip + to,
+                    run: run.clone(),
+                    from_offset: entry.base_offset + (from - skip) as u64,
+                    from,
+                    to,
                 });
             }
-            if to < s.to {
-                break 'runs;
+            if to < rows_end {
+                // Stopped inside the entry: continue at its first row not taken.
+                out.next = run
+                    .absolute_offset(to)
+                    .unwrap_or(entry.base_offset + (to - skip) as u64);
+                break;
             }
+            out.next = end;
         }
         self.metrics.records_fetched.inc_by(out.count as u64);
         self.metrics.bytes_fetched.inc_by(bytes as u64);
@@ -238,13 +252,14 @@ impl Reader {
         let data = self.read_range(e, e.byte_start..e.byte_end).await?;
         let loc_topic = topic.name.clone();
         let (records, rg_first, rg_count, byte_start, size, base_offset) = (
-            e.row_first + e.records,
+            e.row_first + e.rows,
             e.row_group_first,
             e.row_group_count,
             e.byte_start,
             e.segment_size,
             e.base_offset,
         );
+        let span = u64::from(e.records);
         let decoded = tokio::task::spawn_blocking(move || {
             let loc = RunLocation {
                 topic: &loc_topic,
@@ -254,6 +269,7 @@ impl Reader {
                 row_group_count: rg_count,
                 byte_start,
                 base_offset,
+                span,
             };
             decode_run(&meta, size, &loc, data)
         })
@@ -364,7 +380,11 @@ impl Fetched {
     pub fn iter(&self) -> impl Iterator<Item = (u64, RecordView<'_>)> {
         self.slices.iter().flat_map(|s| {
             (s.from..s.to).filter_map(move |pos| {
-                Some((s.from_offset + (pos - s.from) as u64, s.run.get(pos)?))
+                let offset = s
+                    .run
+                    .absolute_offset(pos)
+                    .unwrap_or(s.from_offset + (pos - s.from) as u64);
+                Some((offset, s.run.get(pos)?))
             })
         })
     }

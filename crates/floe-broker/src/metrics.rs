@@ -51,6 +51,7 @@ pub struct Metrics {
     pub compacted_bytes: IntCounter,
     pub compacted_entries: IntCounter,
     pub compactions_lost: IntCounter,
+    pub cleaned_records: IntCounter,
     /// The configured memory budget by part (`AgentConfig::memory_budget`).
     pub memory_budget: IntGaugeVec,
     /// Consumer group lag, recomputed from the index on every scrape.
@@ -276,6 +277,11 @@ impl Metrics {
                 &r,
                 "floe_compactions_lost_total",
                 "Compactions whose swap found the index changed (retention, another compactor); the file was dropped",
+            )?,
+            cleaned_records: counter(
+                &r,
+                "floe_compaction_cleaned_records_total",
+                "Records a compacted topic's cleaning left out (superseded by a later record of the key, or expired tombstones)",
             )?,
             queue_settled,
             group_lag,

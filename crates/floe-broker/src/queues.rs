@@ -165,11 +165,21 @@ async fn next_key_hashes(
             s.config.limits.max_fetch_bytes,
         )
         .await?;
+    // Offsets the read passed over (a compacted topic's cleaning removed them) have no
+    // key: they are acquired, found gone and settled (`load_records`).
+    let mut expect = next;
     for (offset, v) in f.iter() {
+        for o in expect..offset.min(expect + n as u64) {
+            let _ = out.insert(o, None);
+        }
         let _ = out.insert(
             offset,
             v.key.map(|k| floe_core::partitioner::murmur2(k) as u32),
         );
+        expect = offset + 1;
+    }
+    for o in expect..f.next.min(expect + n as u64) {
+        let _ = out.insert(o, None);
     }
     Ok(out)
 }
@@ -285,6 +295,7 @@ async fn load_records(
     let mut out = Vec::new();
     let mut bytes = 0usize;
     let mut give_back: BTreeMap<u32, Vec<(u64, u32)>> = BTreeMap::new();
+    let mut gone: BTreeMap<u32, Vec<(u64, u32)>> = BTreeMap::new();
     let mut failure = None;
     for (p, list) in &by_partition {
         for run in contiguous(list) {
@@ -295,22 +306,32 @@ async fn load_records(
             let from = run[0].0;
             match s.reader.read(topic, *p, from, run.len(), usize::MAX).await {
                 Ok(f) => {
-                    let mut taken = 0;
-                    for ((offset, v), (o, count)) in f.iter().zip(run.iter()) {
-                        if offset != *o {
-                            break;
+                    let mut read = f.iter().peekable();
+                    let mut done = 0;
+                    for (o, count) in run {
+                        while read.peek().is_some_and(|(offset, _)| offset < o) {
+                            let _ = read.next();
                         }
-                        if !out.is_empty() && bytes + v.size() > max_bytes {
-                            break;
+                        match read.peek() {
+                            Some((offset, v)) if offset == o => {
+                                if !out.is_empty() && bytes + v.size() > max_bytes {
+                                    break;
+                                }
+                                bytes += v.size();
+                                out.push(delivery(*p, *o, *count, v));
+                                let _ = read.next();
+                            }
+                            // The read went past it: a compacted topic's cleaning removed
+                            // the record, so there is nothing to deliver.
+                            _ if *o < f.next => gone.entry(*p).or_default().push((*o, *count)),
+                            _ => break,
                         }
-                        bytes += v.size();
-                        taken += 1;
-                        out.push(delivery(*p, offset, *count, &v));
+                        done += 1;
                     }
                     give_back
                         .entry(*p)
                         .or_default()
-                        .extend_from_slice(&run[taken..]);
+                        .extend_from_slice(&run[done..]);
                 }
                 Err(e) => {
                     give_back.entry(*p).or_default().extend_from_slice(run);
@@ -319,7 +340,14 @@ async fn load_records(
             }
         }
     }
-    for (p, list) in give_back.into_iter().filter(|(_, l)| !l.is_empty()) {
+    let partitions: std::collections::BTreeSet<u32> =
+        give_back.keys().chain(gone.keys()).copied().collect();
+    for p in partitions {
+        let back = give_back.remove(&p).unwrap_or_default();
+        let removed = gone.remove(&p).unwrap_or_default();
+        if back.is_empty() && removed.is_empty() {
+            continue;
+        }
         let r = crate::state::update(
             &s.index,
             &s.metrics,
@@ -328,8 +356,11 @@ async fn load_records(
             share_invariants,
             |st| {
                 let mut changed = false;
-                for (o, c) in &list {
+                for (o, c) in &back {
                     changed |= st.unacquire(*o, *c);
+                }
+                for (o, c) in &removed {
+                    changed |= st.gone(*o, *c);
                 }
                 Ok(((), changed))
             },

@@ -154,6 +154,7 @@ impl Broker {
             .map_err(|_| deadline_exceeded("looking up the topic"))??;
         let fingerprint = idempotency_key.map(|_| idempotency::fingerprint(&topic.name, &incoming));
         let ts = self.clock.now_ms();
+        let compacted = crate::topics::cleanup_policy(&topic).compact;
         let mut records = Vec::with_capacity(incoming.len());
         let mut bytes = 0usize;
         for (i, r) in incoming.into_iter().enumerate() {
@@ -163,6 +164,17 @@ impl Broker {
                 headers,
                 partition,
             } = r;
+            // Cleaning keeps the latest record per key: a keyless record has none (Kafka
+            // refuses them too).
+            if compacted && key.is_none() {
+                return Err(BrokerError::invalid(
+                    "key_required",
+                    format!(
+                        "record {i}: topic {:?} is compacted (cleanup.policy): every record needs a key",
+                        topic.name
+                    ),
+                ));
+            }
             if headers.len() > limits.max_headers_per_record {
                 return Err(BrokerError::invalid(
                     "invalid_record",

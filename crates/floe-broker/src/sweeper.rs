@@ -92,6 +92,10 @@ pub async fn apply_retention(
 ) -> Result<usize, SweepError> {
     let mut moved = 0;
     for t in index.list_topics().await? {
+        // A compact-only topic keeps every key's latest record, however old.
+        if !crate::topics::cleanup_policy(&t).delete {
+            continue;
+        }
         let by_time = t.retention_ms.or(config.default_retention_ms);
         let by_size = t
             .config

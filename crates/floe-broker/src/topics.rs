@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use floe_core::compaction::CleanupPolicy;
 use floe_index::{Index, IndexError, NewTopic, PartitionOffsets, TopicMeta};
 
 use crate::Broker;
@@ -76,11 +77,49 @@ pub struct TopicDescription {
 /// RFC 0004). Overrides the agent's `--default-retention-bytes`.
 pub const RETENTION_BYTES_CONFIG: &str = "retention.bytes";
 
+/// Topic config (Kafka's name): `delete` (default), `compact` or `compact,delete` —
+/// [`floe_core::compaction::CleanupPolicy`]. A compact-only topic has no retention by time
+/// or size (neither its own nor the agent's defaults); its compactor keeps the latest
+/// record per key.
+pub const CLEANUP_POLICY_CONFIG: &str = "cleanup.policy";
+/// Topic config: how long a compacted topic keeps a key's tombstone (a keyed record with an
+/// empty value) once it is the key's latest record, so consumers see the deletion.
+pub const DELETE_RETENTION_MS_CONFIG: &str = "delete.retention.ms";
+/// Kafka's default `delete.retention.ms`: one day.
+pub const DEFAULT_DELETE_RETENTION_MS: i64 = 86_400_000;
+
+/// A topic's cleanup policy (`delete` unless its config says otherwise; the config was
+/// validated at creation).
+pub fn cleanup_policy(t: &TopicMeta) -> CleanupPolicy {
+    t.config
+        .get(CLEANUP_POLICY_CONFIG)
+        .and_then(|v| CleanupPolicy::parse(v))
+        .unwrap_or(CleanupPolicy::DELETE)
+}
+
+/// A compacted topic's `delete.retention.ms`.
+pub fn delete_retention_ms(t: &TopicMeta) -> i64 {
+    t.config
+        .get(DELETE_RETENTION_MS_CONFIG)
+        .and_then(|v| parse_plain_number(v))
+        .and_then(|v| i64::try_from(v).ok())
+        .unwrap_or(DEFAULT_DELETE_RETENTION_MS)
+}
+
+/// A decimal number written plainly (no sign, no leading zeros except `0` itself, at most
+/// 18 digits).
+fn parse_plain_number(v: &str) -> Option<u64> {
+    (!v.is_empty()
+        && v.len() <= 18
+        && v.bytes().all(|b| b.is_ascii_digit())
+        && (v == "0" || !v.starts_with('0')))
+    .then(|| v.parse().ok())
+    .flatten()
+}
+
 /// `retention.bytes`: 1..=999 999 999 999 999 999 written plainly.
 pub fn parse_retention_bytes(v: &str) -> Option<u64> {
-    (!v.is_empty() && v.len() <= 18 && v.bytes().all(|b| b.is_ascii_digit()) && !v.starts_with('0'))
-        .then(|| v.parse().ok())
-        .flatten()
+    parse_plain_number(v).filter(|n| *n > 0)
 }
 
 impl Broker {
@@ -135,6 +174,22 @@ impl Broker {
                     BrokerError::invalid(
                         "invalid_topic_config",
                         format!("topic config {RETENTION_BYTES_CONFIG}={v:?} is not an integer between 1 and 999999999999999999"),
+                    )
+                })?;
+            }
+            if let Some(v) = c.get(CLEANUP_POLICY_CONFIG) {
+                let _ = CleanupPolicy::parse(v).ok_or_else(|| {
+                    BrokerError::invalid(
+                        "invalid_topic_config",
+                        format!("topic config {CLEANUP_POLICY_CONFIG}={v:?}: use \"delete\", \"compact\" or \"compact,delete\""),
+                    )
+                })?;
+            }
+            if let Some(v) = c.get(DELETE_RETENTION_MS_CONFIG) {
+                let _ = parse_plain_number(v).ok_or_else(|| {
+                    BrokerError::invalid(
+                        "invalid_topic_config",
+                        format!("topic config {DELETE_RETENTION_MS_CONFIG}={v:?} is not an integer between 0 and 999999999999999999"),
                     )
                 })?;
             }

@@ -2,6 +2,7 @@
 //! (RFC 0004). Pure: the compactor (floe-broker) feeds it the partition's entries and acts
 //! on the answer; the index swap checks that nothing changed in between.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 /// One index entry of a partition, as the planner sees it.
@@ -79,10 +80,233 @@ pub fn plan(pieces: &[Piece], policy: &Policy, now_ms: i64) -> Option<Range<usiz
     (full || (waited && count >= policy.min_pieces.max(2))).then_some(start..end)
 }
 
+/// A topic's `cleanup.policy` (Kafka's names): `delete` (the default: retention by time
+/// and size drops old records), `compact` (the compactor keeps the latest record per key),
+/// or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    pub delete: bool,
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    pub const DELETE: Self = Self {
+        delete: true,
+        compact: false,
+    };
+
+    /// `delete`, `compact`, `compact,delete` or `delete,compact`; `None` otherwise.
+    pub fn parse(v: &str) -> Option<Self> {
+        match v {
+            "delete" => Some(Self::DELETE),
+            "compact" => Some(Self {
+                delete: false,
+                compact: true,
+            }),
+            "compact,delete" | "delete,compact" => Some(Self {
+                delete: true,
+                compact: true,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a record is a tombstone in a compacted topic: a key with an empty value (Floe's
+/// values are never null; Kafka's null value is Floe's empty one).
+pub fn is_tombstone(key: Option<&[u8]>, value: &[u8]) -> bool {
+    key.is_some() && value.is_empty()
+}
+
+/// The latest offset of each key in a stretch of a compacted topic's log (pass one of a
+/// cleaning; pass two keeps what [`KeyMap::keeps`] says).
+#[derive(Debug, Default)]
+pub struct KeyMap {
+    latest: HashMap<Vec<u8>, u64>,
+    bytes: usize,
+    last: Option<u64>,
+}
+
+/// Tombstones are dropped only by a cleaning that starts at the log's start (so no older
+/// record of the key survives before it), once older than `delete.retention.ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cleaning {
+    /// Drop tombstones with a timestamp before this; `None`: keep every latest tombstone.
+    pub tombstones_before_ms: Option<i64>,
+}
+
+impl KeyMap {
+    /// Records are observed in offset order.
+    pub fn observe(&mut self, key: Option<&[u8]>, offset: u64) {
+        self.last = Some(offset);
+        if let Some(k) = key {
+            match self.latest.get_mut(k) {
+                Some(o) => *o = offset,
+                None => {
+                    self.bytes += k.len() + 48;
+                    let _ = self.latest.insert(k.to_vec(), offset);
+                }
+            }
+        }
+    }
+
+    /// Approximate memory held.
+    pub fn memory_size(&self) -> usize {
+        self.bytes
+    }
+
+    /// Distinct keys seen.
+    pub fn keys(&self) -> usize {
+        self.latest.len()
+    }
+
+    /// Whether the record at `offset` stays: keyless records stay; a keyed one only as its
+    /// key's latest record, and a latest tombstone only until it expires — except the
+    /// stretch's very last record, which always stays (a cleaning never empties a stretch).
+    pub fn keeps(
+        &self,
+        offset: u64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp_ms: i64,
+        rule: Cleaning,
+    ) -> bool {
+        let Some(k) = key else {
+            return true;
+        };
+        if self.latest.get(k).is_some_and(|o| *o != offset) {
+            return false;
+        }
+        let expired = rule
+            .tombstones_before_ms
+            .is_some_and(|before| timestamp_ms < before);
+        !(is_tombstone(key, value) && expired && self.last != Some(offset))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn cleanup_policies_parse_as_kafka_names_them() {
+        assert_eq!(CleanupPolicy::parse("delete"), Some(CleanupPolicy::DELETE));
+        assert_eq!(
+            CleanupPolicy::parse("delete,compact"),
+            CleanupPolicy::parse("compact,delete")
+        );
+        let c = CleanupPolicy::parse("compact").unwrap();
+        assert!(c.compact && !c.delete);
+        for bad in ["", "Compact", "compact,", "delete, compact", "none"] {
+            assert_eq!(CleanupPolicy::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    /// One record of a model log: (key, value, timestamp).
+    type Rec = (Option<u8>, Vec<u8>, i64);
+
+    /// Clean `log` (offsets `base..`) and return what stays, with offsets.
+    fn clean(log: &[Rec], base: u64, rule: Cleaning) -> Vec<(u64, Rec)> {
+        let mut m = KeyMap::default();
+        let key = |r: &Rec| r.0.map(|k| vec![k]);
+        for (i, r) in log.iter().enumerate() {
+            m.observe(key(r).as_deref(), base + i as u64);
+        }
+        log.iter()
+            .enumerate()
+            .filter(|(i, r)| m.keeps(base + *i as u64, key(r).as_deref(), &r.1, r.2, rule))
+            .map(|(i, r)| (base + i as u64, r.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn keeps_the_latest_record_per_key_and_expires_tombstones() {
+        let log: Vec<Rec> = vec![
+            (Some(1), b"a".to_vec(), 10),
+            (None, b"x".to_vec(), 11),
+            (Some(2), b"b".to_vec(), 12),
+            (Some(1), b"c".to_vec(), 13),
+            (Some(2), vec![], 14), // tombstone of 2
+            (Some(3), b"d".to_vec(), 15),
+        ];
+        let keep = |rule| -> Vec<u64> { clean(&log, 100, rule).iter().map(|r| r.0).collect() };
+        let none = Cleaning {
+            tombstones_before_ms: None,
+        };
+        assert_eq!(keep(none), [101, 103, 104, 105]);
+        let expire = Cleaning {
+            tombstones_before_ms: Some(20),
+        };
+        assert_eq!(keep(expire), [101, 103, 105], "the expired tombstone goes");
+        let young = Cleaning {
+            tombstones_before_ms: Some(14),
+        };
+        assert_eq!(keep(young), [101, 103, 104, 105]);
+        // The stretch's last record stays even as an expired tombstone.
+        assert_eq!(
+            clean(&log[..5], 100, expire)
+                .iter()
+                .map(|r| r.0)
+                .collect::<Vec<_>>(),
+            [101, 103, 104]
+        );
+    }
+
+    proptest! {
+        /// Cleaning keeps exactly the latest record of every key (and every keyless one),
+        /// at its own offset and in log order, and cleaning twice changes nothing — so a
+        /// consumer replaying the cleaned log rebuilds the same table as from the full log.
+        #[test]
+        fn cleaning_keeps_exactly_the_latest_per_key(
+            log in proptest::collection::vec(
+                (proptest::option::of(0u8..6), proptest::collection::vec(any::<u8>(), 0..3), 0i64..100),
+                1..60,
+            ),
+            before in proptest::option::of(0i64..120),
+        ) {
+            let rule = Cleaning { tombstones_before_ms: before };
+            let kept = clean(&log, 7, rule);
+            let mut table = std::collections::BTreeMap::new();
+            for r in &log {
+                if let Some(k) = r.0 {
+                    let _ = table.insert(k, r.1.clone());
+                }
+            }
+            let mut rebuilt = std::collections::BTreeMap::new();
+            for (_, r) in &kept {
+                if let Some(k) = r.0 {
+                    let _ = rebuilt.insert(k, r.1.clone());
+                }
+            }
+            // Expired tombstones may vanish: then the key is simply absent, like deleted.
+            table.retain(|_, v| !v.is_empty());
+            rebuilt.retain(|_, v| !v.is_empty());
+            prop_assert_eq!(&table, &rebuilt);
+            prop_assert!(kept.windows(2).all(|w| w[0].0 < w[1].0));
+            prop_assert_eq!(kept.last().map(|r| r.0), Some(7 + log.len() as u64 - 1));
+            prop_assert_eq!(
+                kept.iter().filter(|(_, r)| r.0.is_none()).count(),
+                log.iter().filter(|r| r.0.is_none()).count()
+            );
+            let keyed: Vec<u8> = kept.iter().filter_map(|(_, r)| r.0).collect();
+            let mut uniq = keyed.clone();
+            uniq.sort_unstable();
+            uniq.dedup();
+            prop_assert_eq!(uniq.len(), keyed.len(), "one record per key");
+            // Idempotent: cleaning the cleaned log (its offsets kept) keeps it whole.
+            let mut m = KeyMap::default();
+            for (o, r) in &kept {
+                m.observe(r.0.map(|k| vec![k]).as_deref(), *o);
+            }
+            let again: Vec<u64> = kept
+                .iter()
+                .filter(|(o, r)| m.keeps(*o, r.0.map(|k| vec![k]).as_deref(), &r.1, r.2, rule))
+                .map(|(o, _)| *o)
+                .collect();
+            prop_assert_eq!(again, kept.iter().map(|(o, _)| *o).collect::<Vec<_>>());
+        }
+    }
 
     const POLICY: Policy = Policy {
         target_bytes: 1000,

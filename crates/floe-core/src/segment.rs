@@ -109,6 +109,10 @@ pub struct RunLayout {
     pub byte_end: u64,
     pub min_timestamp_ms: i64,
     pub max_timestamp_ms: i64,
+    /// Partition files: the absolute offset of the row group's first row (the rows of a
+    /// compacted topic's file may leave gaps). Flush segments: 0 (offsets come from the
+    /// index).
+    pub first_offset: u64,
 }
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -279,6 +283,7 @@ pub fn encode_segment(
             byte_end: hi,
             min_timestamp_ms: ts.clone().min().unwrap_or(0),
             max_timestamp_ms: ts.max().unwrap_or(0),
+            first_offset: 0,
         });
     }
     Ok((bytes, layouts))
@@ -342,7 +347,8 @@ pub struct PartitionFileOptions {
 const PARTITION_CHUNK_ROWS: usize = 1024;
 
 /// Writes the committed records of one (topic, partition) — batches in the
-/// [`fetch_schema`] shape, offsets dense and increasing — into one *partition file*
+/// [`fetch_schema`] shape, offsets strictly increasing (dense, or with the gaps a
+/// compacted topic's cleaning leaves) — into one *partition file*
 /// (RFC 0004): the segment columns with absolute offsets, sorted by offset, with column
 /// statistics, cut into row groups of bounded size. Each row group is one [`RunLayout`]
 /// (the index serves it as one run). Batches are encoded as they come, so the caller
@@ -353,11 +359,12 @@ pub struct PartitionFileWriter {
     max_rows: usize,
     row_group_bytes: usize,
     writer: ArrowWriter<Vec<u8>>,
-    /// Per closed row group: (min ts, max ts).
-    groups: Vec<(i64, i64)>,
-    /// The open row group: (rows, min ts, max ts).
-    cur: (usize, i64, i64),
-    next_offset: Option<i64>,
+    /// Per closed row group: (min ts, max ts, first offset).
+    groups: Vec<(i64, i64, i64)>,
+    /// The open row group: (rows, min ts, max ts, first offset).
+    cur: (usize, i64, i64, i64),
+    /// The offset the next row must exceed.
+    last_offset: Option<i64>,
 }
 
 impl std::fmt::Debug for PartitionFileWriter {
@@ -398,24 +405,22 @@ impl PartitionFileWriter {
                 Some(props),
             )?,
             groups: Vec::new(),
-            cur: (0, i64::MAX, i64::MIN),
-            next_offset: None,
+            cur: (0, i64::MAX, i64::MIN, 0),
+            last_offset: None,
         })
     }
 
-    /// Append rows (fetch schema); their offsets must follow the previous rows'.
+    /// Append rows (fetch schema); their offsets must exceed the previous rows'.
     pub fn write(&mut self, b: &RecordBatch) -> Result<(), SegmentError> {
         let offs = col::<Int64Array>(b, 0)?;
         for o in offs.values().iter() {
-            if let Some(e) = self.next_offset
-                && e != *o
-            {
+            if *o < 0 || self.last_offset.is_some_and(|l| l >= *o) {
                 return Err(SegmentError::Corrupt(format!(
-                    "offsets are not dense: {o} follows {}",
-                    e - 1
+                    "offsets are not increasing: {o} follows {:?}",
+                    self.last_offset
                 )));
             }
-            self.next_offset = Some(o + 1);
+            self.last_offset = Some(*o);
         }
         let ts = col::<TimestampMillisecondArray>(b, 1)?;
         let mut start = 0;
@@ -423,6 +428,9 @@ impl PartitionFileWriter {
             let n = PARTITION_CHUNK_ROWS
                 .min(b.num_rows() - start)
                 .min(self.max_rows - self.cur.0);
+            if self.cur.0 == 0 {
+                self.cur.3 = offs.value(start);
+            }
             for t in &ts.values()[start..start + n] {
                 self.cur.1 = self.cur.1.min(*t);
                 self.cur.2 = self.cur.2.max(*t);
@@ -442,8 +450,8 @@ impl PartitionFileWriter {
             if self.cur.0 >= self.max_rows || self.writer.in_progress_size() >= self.row_group_bytes
             {
                 self.writer.flush()?;
-                self.groups.push((self.cur.1, self.cur.2));
-                self.cur = (0, i64::MAX, i64::MIN);
+                self.groups.push((self.cur.1, self.cur.2, self.cur.3));
+                self.cur = (0, i64::MAX, i64::MIN, 0);
             }
         }
         Ok(())
@@ -454,10 +462,15 @@ impl PartitionFileWriter {
         self.writer.bytes_written() + self.writer.in_progress_size()
     }
 
+    /// Whether no row was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.last_offset.is_none()
+    }
+
     /// Close the file: its bytes and one layout per row group, in offset order.
     pub fn finish(mut self) -> Result<(Bytes, Vec<RunLayout>), SegmentError> {
         if self.cur.0 > 0 {
-            self.groups.push((self.cur.1, self.cur.2));
+            self.groups.push((self.cur.1, self.cur.2, self.cur.3));
         }
         let out = self.writer.into_inner()?;
         let bytes = Bytes::from(out);
@@ -474,7 +487,9 @@ impl PartitionFileWriter {
             )));
         }
         let mut layouts = Vec::with_capacity(self.groups.len());
-        for (i, (rg, (min_ts, max_ts))) in meta.row_groups().iter().zip(self.groups).enumerate() {
+        for (i, (rg, (min_ts, max_ts, first))) in
+            meta.row_groups().iter().zip(self.groups).enumerate()
+        {
             let (mut lo, mut hi) = (u64::MAX, 0u64);
             for c in rg.columns() {
                 let (s, l) = c.byte_range();
@@ -491,6 +506,8 @@ impl PartitionFileWriter {
                 byte_end: hi,
                 min_timestamp_ms: min_ts,
                 max_timestamp_ms: max_ts,
+                first_offset: u64::try_from(first)
+                    .map_err(|_| SegmentError::Corrupt("negative offset".into()))?,
             });
         }
         Ok((bytes, layouts))
@@ -584,6 +601,8 @@ impl RangeChunk {
 /// Typed columns of one decoded batch.
 #[derive(Debug)]
 struct Cols {
+    /// Column 2: run positions (flush segments) or absolute offsets (partition files).
+    offsets: Int64Array,
     ts: TimestampMillisecondArray,
     key: BinaryArray,
     value: BinaryArray,
@@ -602,6 +621,8 @@ pub struct DecodedRun {
     starts: Vec<usize>,
     len: usize,
     mem: usize,
+    /// Rows carry absolute offsets (a partition file), which may leave gaps.
+    absolute: bool,
 }
 
 /// A record borrowed from a decoded run.
@@ -637,9 +658,39 @@ impl DecodedRun {
         self.mem
     }
 
+    /// The absolute offset of the row at run position `i`, when the rows carry their own
+    /// (partition files); `None` for flush segments (the index's base offset places them).
+    pub fn absolute_offset(&self, i: usize) -> Option<u64> {
+        if !self.absolute || i >= self.len {
+            return None;
+        }
+        let b = self.starts.partition_point(|&s| s <= i) - 1;
+        u64::try_from(self.batches[b].offsets.value(i - self.starts[b])).ok()
+    }
+
+    /// The run position of the first record at or after `offset`, for an index entry whose
+    /// first row is at position `skip` with offset `base` (`offset >= base`): the position
+    /// follows from the offset in a dense run; a run with absolute offsets (gaps allowed)
+    /// is searched.
+    pub fn position_of(&self, offset: u64, base: u64, skip: usize) -> usize {
+        if !self.absolute {
+            return skip + usize::try_from(offset.saturating_sub(base)).unwrap_or(usize::MAX);
+        }
+        let (mut lo, mut hi) = (skip.min(self.len), self.len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.absolute_offset(mid).is_some_and(|o| o < offset) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
     /// Rows `from..to` as Arrow batches in the [`fetch_schema`] shape (row `from` has
-    /// offset `from_offset`, the next ones follow); the key/value/header arrays are
-    /// zero-copy slices.
+    /// offset `from_offset`, the next ones follow — or, in a partition file, the offsets
+    /// the rows carry); the key/value/header arrays are zero-copy slices.
     pub fn fetch_batches(
         &self,
         from_offset: u64,
@@ -654,9 +705,13 @@ impl DecodedRun {
             }
             let (off, n) = (lo - start, hi - lo);
             let first = from_offset + (lo - from) as u64;
-            let offsets: ArrayRef = Arc::new(Int64Array::from_iter_values(
-                (0..n as u64).map(|i| (first + i) as i64),
-            ));
+            let offsets: ArrayRef = if self.absolute {
+                b.column(2).slice(off, n)
+            } else {
+                Arc::new(Int64Array::from_iter_values(
+                    (0..n as u64).map(|i| (first + i) as i64),
+                ))
+            };
             let mut cols = vec![offsets];
             cols.extend((3..7).map(|c| b.column(c).slice(off, n)));
             out.push(RecordBatch::try_new(fetch_schema(), cols)?);
@@ -698,11 +753,17 @@ pub struct RunLocation<'a> {
     /// The offset the index gives the run's first row. Checked against the rows of a
     /// partition file (which store absolute offsets); flush segments store run positions.
     pub base_offset: u64,
+    /// Offsets the index entry covers: `records` for a dense run; more in a compacted
+    /// topic's partition file, whose `records` rows lie anywhere in
+    /// `base_offset..base_offset + span`, increasing.
+    pub span: u64,
 }
 
 /// Decode one run from the bytes `[byte_start, byte_start + data.len())` of a segment whose
 /// footer is `meta`. Checks the run's invariants: right topic and partition, and
-/// `run_offset` exactly `0..records`.
+/// `run_offset` exactly `0..records` (flush segments), or offsets strictly increasing
+/// within `base_offset..base_offset + span` (partition files: exactly
+/// `base_offset..base_offset + records` when the entry is dense).
 pub fn decode_run(
     meta: &Arc<ParquetMetaData>,
     file_len: u64,
@@ -718,11 +779,15 @@ pub fn decode_run(
         )));
     }
     // Column 2 holds run positions (flush segments) or absolute offsets (partition files).
-    let origin = if is_partition_file(meta) {
-        i64::try_from(loc.base_offset)
-            .map_err(|_| SegmentError::Corrupt("base offset out of range".into()))?
+    let absolute = is_partition_file(meta);
+    let range = if absolute {
+        let lo = i64::try_from(loc.base_offset)
+            .map_err(|_| SegmentError::Corrupt("base offset out of range".into()))?;
+        let span = i64::try_from(loc.span)
+            .map_err(|_| SegmentError::Corrupt("span out of range".into()))?;
+        lo..lo.saturating_add(span)
     } else {
-        0
+        0..i64::MAX
     };
     let arm = ArrowReaderMetadata::try_new(meta.clone(), ArrowReaderOptions::new())?;
     let mem = data.len();
@@ -739,11 +804,12 @@ pub fn decode_run(
     let mut raw = Vec::new();
     let mut starts = Vec::new();
     let mut len = 0usize;
+    let mut last = None;
     let mut mem_total = mem;
     for batch in reader {
         let batch = batch?;
         mem_total += batch.get_array_memory_size();
-        check_batch(&batch, loc, origin, len)?;
+        check_batch(&batch, loc, absolute, &range, &mut last)?;
         starts.push(len);
         len += batch.num_rows();
         batches.push(cols(&batch)?);
@@ -763,6 +829,7 @@ pub fn decode_run(
         starts,
         len,
         mem: mem_total - mem,
+        absolute,
     })
 }
 
@@ -773,31 +840,42 @@ fn col<T: 'static>(b: &RecordBatch, i: usize) -> Result<&T, SegmentError> {
         .ok_or_else(|| SegmentError::Corrupt(format!("column {i} has an unexpected type")))
 }
 
+/// Each row: the run's topic and partition; column 2 the run position `0, 1, ...`
+/// (flush segments) or an absolute offset in `range`, above the previous row's (partition
+/// files). `last` carries the previous row's value across batches.
 fn check_batch(
     b: &RecordBatch,
     loc: &RunLocation<'_>,
-    origin: i64,
-    start: usize,
+    absolute: bool,
+    range: &Range<i64>,
+    last: &mut Option<i64>,
 ) -> Result<(), SegmentError> {
     let topic = col::<StringArray>(b, 0)?;
     let part = col::<Int32Array>(b, 1)?;
     let off = col::<Int64Array>(b, 2)?;
     for i in 0..b.num_rows() {
-        if topic.value(i) != loc.topic
-            || part.value(i) as i64 != loc.partition as i64
-            || off.value(i) != origin + (start + i) as i64
+        let o = off.value(i);
+        let in_order = if absolute {
+            range.contains(&o) && last.is_none_or(|l| o > l)
+        } else {
+            o == last.map_or(0, |l| l + 1)
+        };
+        if topic.value(i) != loc.topic || part.value(i) as i64 != loc.partition as i64 || !in_order
         {
             return Err(SegmentError::Corrupt(format!(
-                "row {} is ({}, {}, {}), expected ({}, {}, {})",
-                start + i,
+                "row is ({}, {}, {o}) after {last:?}, expected ({}, {}) and {}",
                 topic.value(i),
                 part.value(i),
-                off.value(i),
                 loc.topic,
                 loc.partition,
-                origin + (start + i) as i64
+                if absolute {
+                    format!("an offset in {range:?} above the previous")
+                } else {
+                    "the next run position".to_string()
+                }
             )));
         }
+        *last = Some(o);
     }
     Ok(())
 }
@@ -818,6 +896,7 @@ fn cols(b: &RecordBatch) -> Result<Cols, SegmentError> {
             .ok_or_else(|| SegmentError::Corrupt("header fields are not strings".into()))
     };
     Ok(Cols {
+        offsets: col::<Int64Array>(b, 2)?.clone(),
         ts: col::<TimestampMillisecondArray>(b, 3)?.clone(),
         key: col::<BinaryArray>(b, 4)?.clone(),
         value: col::<BinaryArray>(b, 5)?.clone(),
@@ -865,6 +944,7 @@ mod tests {
                 row_group_count: lay.row_group_count,
                 byte_start: lay.byte_start,
                 base_offset: 0,
+                span: u64::from(lay.records),
             };
             let data = bytes.slice(lay.byte_start as usize..lay.byte_end as usize);
             let dec = decode_run(&meta, bytes.len() as u64, &loc, data).unwrap();
@@ -955,6 +1035,7 @@ mod tests {
             row_group_count: 1,
             byte_start: lay[0].byte_start,
             base_offset: 0,
+            span: 10,
         };
         let data = bytes.slice(lay[0].byte_start as usize..lay[0].byte_end as usize);
         assert!(matches!(
@@ -1013,6 +1094,7 @@ mod tests {
             row_group_count: lay[0].row_group_count,
             byte_start: lay[0].byte_start,
             base_offset: 0,
+            span: 5000,
         };
         let data = bytes.slice(lay[0].byte_start as usize..lay[0].byte_end as usize);
         let run = decode_run(&meta, bytes.len() as u64, &loc, data).unwrap();
@@ -1049,6 +1131,7 @@ mod tests {
                     row_group_count: 1,
                     byte_start: l.byte_start,
                     base_offset: base,
+                    span: u64::from(l.records),
                 };
                 let data = file.slice(l.byte_start as usize..l.byte_end as usize);
                 let got = decode_run(&fmeta, file.len() as u64, &loc, data.clone()).unwrap();
@@ -1073,17 +1156,18 @@ mod tests {
                     ..loc
                 };
                 assert!(decode_run(&fmeta, file.len() as u64, &wrong, data).is_err());
+                assert_eq!(l.first_offset, base);
                 base += u64::from(l.records);
             }
             assert_eq!(base, 10_000);
         }
-        // Offsets that are not dense are refused.
-        let gap = [batches[0].slice(0, 10), batches[0].slice(20, 10)];
+        // Offsets that go back are refused.
+        let back = [batches[0].slice(20, 10), batches[0].slice(0, 10)];
         assert!(
             encode_partition_file(
                 "t",
                 2,
-                &gap,
+                &back,
                 PartitionFileOptions {
                     compression: Compression::Lz4,
                     row_group_rows: 100,
@@ -1092,6 +1176,100 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// A compacted topic's partition file leaves gaps: rows keep their offsets, a run is
+    /// addressed by offset (binary search), and decoding checks the rows lie in the
+    /// entry's span.
+    #[test]
+    fn a_partition_file_with_gaps_keeps_each_rows_offset() {
+        let a: Vec<Record> = (0..100).map(rec).collect();
+        let (bytes, lay) = encode_segment(
+            &[RunRef {
+                topic: "t",
+                partition: 0,
+                records: &a,
+            }],
+            EncodeOptions::default(),
+        )
+        .unwrap();
+        let Footer::Parsed(meta) = parse_footer(&bytes).unwrap() else {
+            panic!()
+        };
+        let loc = RunLocation {
+            topic: "t",
+            partition: 0,
+            records: 100,
+            row_group_first: 0,
+            row_group_count: lay[0].row_group_count,
+            byte_start: lay[0].byte_start,
+            base_offset: 0,
+            span: 100,
+        };
+        let data = bytes.slice(lay[0].byte_start as usize..lay[0].byte_end as usize);
+        let run = decode_run(&meta, bytes.len() as u64, &loc, data).unwrap();
+        assert_eq!(
+            run.absolute_offset(3),
+            None,
+            "flush segments carry positions"
+        );
+        assert_eq!(run.position_of(57, 50, 2), 9);
+        // Keep offsets 1000 + {5..10, 40..42, 90}: rows of a log that starts at 1000.
+        let all = run.fetch_batches(1000, 0, 100).unwrap();
+        let kept = [all[0].slice(5, 5), all[0].slice(40, 2), all[0].slice(90, 1)];
+        let (file, lays) = encode_partition_file(
+            "t",
+            0,
+            &kept,
+            PartitionFileOptions {
+                compression: Compression::Zstd(1),
+                row_group_rows: 1000,
+                row_group_bytes: usize::MAX,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (lays.len(), lays[0].records, lays[0].first_offset),
+            (1, 8, 1005)
+        );
+        let Footer::Parsed(fmeta) = parse_footer(&file).unwrap() else {
+            panic!()
+        };
+        let floc = RunLocation {
+            topic: "t",
+            partition: 0,
+            records: 8,
+            row_group_first: 0,
+            row_group_count: 1,
+            byte_start: lays[0].byte_start,
+            base_offset: 1000,
+            span: 100,
+        };
+        let data = file.slice(lays[0].byte_start as usize..lays[0].byte_end as usize);
+        let got = decode_run(&fmeta, file.len() as u64, &floc, data.clone()).unwrap();
+        let offsets: Vec<u64> = (0..got.len())
+            .map(|i| got.absolute_offset(i).unwrap())
+            .collect();
+        assert_eq!(offsets, [1005, 1006, 1007, 1008, 1009, 1040, 1041, 1090]);
+        assert_eq!(got.get(5).unwrap().value, &a[40].value[..]);
+        assert_eq!(got.position_of(1000, 1000, 0), 0);
+        assert_eq!(got.position_of(1007, 1000, 0), 2);
+        assert_eq!(
+            got.position_of(1010, 1000, 0),
+            5,
+            "a gap leads to the next row"
+        );
+        assert_eq!(got.position_of(1091, 1000, 0), 8, "past the last row");
+        let out = got.fetch_batches(0, 4, 7).unwrap();
+        let col = out[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(col.values().to_vec(), [1009, 1040, 1041]);
+        // A span that ends before the last row is corrupt.
+        let short = RunLocation { span: 90, ..floc };
+        assert!(decode_run(&fmeta, file.len() as u64, &short, data).is_err());
     }
 
     fn arb_record() -> impl Strategy<Value = Record> {

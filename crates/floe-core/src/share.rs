@@ -434,6 +434,20 @@ impl SharePartition {
         Ok(job)
     }
 
+    /// An acquired record turned out not to exist (a compacted topic's cleaning removed
+    /// its offset): it is done without a delivery. Returns whether anything changed.
+    pub fn gone(&mut self, offset: u64, count: u32) -> bool {
+        if let Some(d) = self.records.get_mut(&offset)
+            && d.count == count
+            && matches!(d.state, State::Acquired { .. })
+        {
+            d.state = State::Acked;
+            self.advance();
+            return true;
+        }
+        false
+    }
+
     /// A dead-letter job finished: the record is written to the DLQ. Returns whether
     /// anything changed (false when another agent already finished the job).
     pub fn dead_lettered(&mut self, offset: u64, count: u32) -> bool {

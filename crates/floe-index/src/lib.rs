@@ -255,7 +255,11 @@ pub fn check_deadline(deadline_unix_ms: i64, now_ms: i64) -> Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunEntry {
     pub base_offset: u64,
+    /// Offsets the entry covers: `base_offset..base_offset + records`.
     pub records: u32,
+    /// Rows of the object the entry serves: `records`, except in a compacted topic's
+    /// partition file, whose rows keep their offsets and leave gaps (RFC 0004).
+    pub rows: u32,
     pub segment_key: String,
     pub segment_size: u64,
     pub row_group_first: u32,
@@ -382,16 +386,21 @@ pub struct ReplaceRuns {
     pub key: String,
     pub size: u64,
     /// Its row groups in offset order (one entry each); `topic_id`/`partition` as above.
+    /// Each one's `records` is the offsets it covers; together they cover the old entries.
     pub runs: Vec<RunCommit>,
+    /// Rows of each new entry when fewer than the offsets it covers (a compacted topic's
+    /// cleaned file, whose rows carry their offsets); empty: every entry is dense.
+    pub rows: Vec<u32>,
     /// When the file was created (in its key): refused below the deletion boundary.
     pub created_ms: i64,
 }
 
 impl ReplaceRuns {
-    /// The checks both backends run in the swap's transaction: the new entries hold as many
-    /// records as the old ones, and the old ones are contiguous. (base offset, records) of
+    /// The checks both backends run in the swap's transaction: the new entries cover the
+    /// same offsets as the old ones, each with at least one row and no more rows than
+    /// offsets, and the old ones are contiguous. (base offset, offsets covered, rows) of
     /// each new entry, or why the replacement is malformed.
-    pub fn new_entries(&self) -> Result<Vec<(u64, u32)>> {
+    pub fn new_entries(&self) -> Result<Vec<(u64, u32, u32)>> {
         let bad = |what: &str| Err(IndexError::Corrupt(format!("replacement: {what}")));
         let Some(first) = self.old.first() else {
             return bad("nothing to replace");
@@ -403,13 +412,23 @@ impl ReplaceRuns {
             }
             next = base + u64::from(*n);
         }
+        if !self.rows.is_empty() && self.rows.len() != self.runs.len() {
+            return bad("rows given for some entries only");
+        }
         let mut out = Vec::with_capacity(self.runs.len());
         let mut at = first.0;
-        for r in &self.runs {
-            if r.records == 0 || r.topic_id != self.topic_id || r.partition != self.partition {
-                return bad("new entry is empty or of another partition");
+        for (k, r) in self.runs.iter().enumerate() {
+            let rows = self.rows.get(k).copied().unwrap_or(r.records);
+            if rows == 0
+                || rows > r.records
+                || r.topic_id != self.topic_id
+                || r.partition != self.partition
+            {
+                return bad(
+                    "new entry is empty, has more rows than offsets, or is of another partition",
+                );
             }
-            out.push((at, r.records));
+            out.push((at, r.records, rows));
             at += u64::from(r.records);
         }
         if at != next {

@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS floe_runs (
     PRIMARY KEY (topic_id, partition, base_offset)
 );
 ALTER TABLE floe_runs ADD COLUMN IF NOT EXISTS row_first INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE floe_runs ADD COLUMN IF NOT EXISTS row_count INTEGER;
 CREATE INDEX IF NOT EXISTS floe_runs_by_segment ON floe_runs (segment_key);
 CREATE TABLE IF NOT EXISTS floe_consumer_state (
     kind TEXT NOT NULL,
@@ -811,7 +812,7 @@ impl Index for PostgresIndex {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts FROM floe_runs
+                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records) FROM floe_runs
                  WHERE topic_id = $1 AND partition = $2 AND base_offset >= COALESCE(
                     (SELECT MAX(base_offset) FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset <= $3), 0)
                  ORDER BY base_offset LIMIT $4",
@@ -832,6 +833,7 @@ impl Index for PostgresIndex {
                     byte_end: to_u64(r.get(7), "byte_end")?,
                     row_first: to_u32(r.get(8), "row_first")?,
                     max_timestamp_ms: r.get(9),
+                    rows: to_u32(r.get(10), "row_count")?,
                 })
             })
             .collect()
@@ -952,7 +954,7 @@ impl Index for PostgresIndex {
             .await
             .map_err(pg)?;
         let size = to_i64(r.size, "size")?;
-        for (run, (base, n)) in r.runs.iter().zip(&entries) {
+        for (run, (base, n, rows)) in r.runs.iter().zip(&entries) {
             let vals: [i64; 4] = [
                 to_i64(*base, "base")?,
                 to_i64(run.byte_start, "byte_start")?,
@@ -963,15 +965,16 @@ impl Index for PostgresIndex {
                 i32::try_from(v)
                     .map_err(|_| IndexError::Corrupt(format!("{what} {v} out of range")))
             };
-            let (n, rf, rc) = (
+            let (rows, n, rf, rc) = (
+                (rows != n).then(|| small(*rows, "rows")).transpose()?,
                 small(*n, "records")?,
                 small(run.row_group_first, "rg_first")?,
                 small(run.row_group_count, "rg_count")?,
             );
             let _ = tx
                 .execute(
-                    "INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0)",
-                    &[&r.topic_id, &p, &vals[0], &n, &r.key, &vals[3], &rf, &rc, &vals[1], &vals[2], &run.min_timestamp_ms, &run.max_timestamp_ms],
+                    "INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first, row_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13)",
+                    &[&r.topic_id, &p, &vals[0], &n, &r.key, &vals[3], &rf, &rc, &vals[1], &vals[2], &run.min_timestamp_ms, &run.max_timestamp_ms, &rows],
                 )
                 .await
                 .map_err(pg)?;

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS runs (
     min_ts INTEGER NOT NULL,
     max_ts INTEGER NOT NULL,
     row_first INTEGER NOT NULL DEFAULT 0,
+    row_count INTEGER,
     PRIMARY KEY (topic_id, partition, base_offset)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_by_segment ON runs (segment_key);
@@ -112,6 +113,13 @@ fn migrate(c: &Connection) -> Result<()> {
         .exists([])?;
     if !has_row_first {
         c.execute_batch("ALTER TABLE runs ADD COLUMN row_first INTEGER NOT NULL DEFAULT 0")?;
+    }
+    // NULL: the entry is dense (rows = records).
+    let has_row_count: bool = c
+        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'row_count'")?
+        .exists([])?;
+    if !has_row_count {
+        c.execute_batch("ALTER TABLE runs ADD COLUMN row_count INTEGER")?;
     }
     Ok(())
 }
@@ -529,7 +537,7 @@ impl Index for SqliteIndex {
     ) -> Result<Vec<RunEntry>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts FROM runs
+                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records) FROM runs
                  WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= COALESCE(
                     (SELECT MAX(base_offset) FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)
                  ORDER BY base_offset LIMIT ?4",
@@ -547,6 +555,7 @@ impl Index for SqliteIndex {
                         byte_end: r.get(7)?,
                         row_first: r.get(8)?,
                         max_timestamp_ms: r.get(9)?,
+                        rows: r.get(10)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -640,12 +649,13 @@ impl Index for SqliteIndex {
                 .execute(params![r.topic_id, r.partition, first, end])?;
             {
                 let mut ins = tx.prepare_cached(
-                    "INSERT INTO runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0)",
+                    "INSERT INTO runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first, row_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13)",
                 )?;
-                for (run, (base, n)) in r.runs.iter().zip(&entries) {
+                for (run, (base, n, rows)) in r.runs.iter().zip(&entries) {
                     let _ = ins.execute(params![
                         r.topic_id, r.partition, base, n, r.key, r.size, run.row_group_first,
-                        run.row_group_count, run.byte_start, run.byte_end, run.min_timestamp_ms, run.max_timestamp_ms
+                        run.row_group_count, run.byte_start, run.byte_end, run.min_timestamp_ms, run.max_timestamp_ms,
+                        (rows != n).then_some(*rows)
                     ])?;
                 }
             }

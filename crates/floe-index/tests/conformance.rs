@@ -914,6 +914,7 @@ async fn replace_runs_swaps_exactly_what_was_read(i: Idx) {
                 ..run(t.id, 0, *n)
             })
             .collect(),
+        rows: vec![],
         created_ms,
     };
     // Malformed: the new entries must hold the same records.
@@ -983,6 +984,7 @@ async fn replace_runs_swaps_exactly_what_was_read(i: Idx) {
         key: "g".into(),
         size: 10,
         runs: vec![run(t2.id, 0, 2)],
+        rows: vec![],
         created_ms: 999,
     };
     assert!(matches!(
@@ -1008,6 +1010,75 @@ async fn replace_runs_swaps_exactly_what_was_read(i: Idx) {
         .await
         .unwrap()
     );
+}
+
+/// A compacted topic's cleaned file (RFC 0004): its entries cover the replaced offsets but
+/// hold fewer rows; the index keeps both, so offsets never move and fetches skip the gaps.
+async fn a_cleaned_file_keeps_offsets_with_fewer_rows(i: Idx) {
+    let t = i.create_topic(new_topic("kv", 1)).await.unwrap();
+    for (n, records) in [5u32, 5, 2].into_iter().enumerate() {
+        let _ = i
+            .commit(seg(&format!("k{n}"), vec![run(t.id, 0, records)]))
+            .await
+            .unwrap();
+    }
+    let swap = |runs: &[u32], rows: Vec<u32>| ReplaceRuns {
+        topic_id: t.id,
+        partition: 0,
+        old: vec![(0, 5, "k0".into()), (5, 5, "k1".into())],
+        key: "clean".into(),
+        size: 100,
+        runs: runs
+            .iter()
+            .enumerate()
+            .map(|(g, n)| RunCommit {
+                row_group_first: g as u32,
+                ..run(t.id, 0, *n)
+            })
+            .collect(),
+        rows,
+        created_ms: 0,
+    };
+    for bad in [
+        swap(&[4, 6], vec![5, 2]), // more rows than offsets
+        swap(&[4, 6], vec![0, 2]), // an entry without rows
+        swap(&[4, 6], vec![2]),    // rows for some entries only
+    ] {
+        assert!(matches!(
+            i.replace_runs(bad).await,
+            Err(IndexError::Corrupt(_))
+        ));
+    }
+    assert!(i.replace_runs(swap(&[4, 6], vec![1, 3])).await.unwrap());
+    let got: Vec<(u64, u32, u32, String)> = i
+        .runs_from(t.id, 0, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.base_offset, r.records, r.rows, r.segment_key))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, 4, 1, "clean".to_string()),
+            (4, 6, 3, "clean".to_string()),
+            (10, 2, 2, "k2".to_string()),
+        ]
+    );
+    let offs = i.partition_offsets(t.id).await.unwrap();
+    assert_eq!((offs[0].start_offset, offs[0].end_offset), (0, 12));
+    // A lookup inside a gap finds the entry that covers it.
+    assert_eq!(i.runs_from(t.id, 0, 7, 1).await.unwrap()[0].base_offset, 4);
+    // Cleaning again replaces the sparse entries as read (offsets covered, not rows).
+    let again = ReplaceRuns {
+        old: vec![(0, 4, "clean".into()), (4, 6, "clean".into())],
+        key: "clean2".into(),
+        runs: vec![run(t.id, 0, 10)],
+        rows: vec![2],
+        ..swap(&[], vec![])
+    };
+    assert!(i.replace_runs(again).await.unwrap());
+    assert_eq!(i.runs_from(t.id, 0, 0, 1).await.unwrap()[0].rows, 2);
 }
 
 fn preq(pid: i64, epoch: u32, topic_id: i64, b: &[(u32, i64, u32, u32, u32)]) -> ProducerAppend {
@@ -1233,6 +1304,11 @@ macro_rules! conformance {
             super::replace_runs_swaps_exactly_what_was_read(i).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_cleaned_file_keeps_offsets_with_fewer_rows() {
+            let (_g, i) = $open().await;
+            super::a_cleaned_file_keeps_offsets_with_fewer_rows(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn producer_sequences_are_checked_in_the_commit() {
             let (_g, i) = $open().await;
             super::producer_sequences_are_checked_in_the_commit(i).await;
@@ -1291,6 +1367,32 @@ mod sqlite {
         let i = floe_index::open(&url).await.unwrap();
         assert_eq!(i.get_topic("a").await.unwrap().unwrap(), a);
         assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(7));
+    }
+
+    /// SQLite only: an index file written before entries had a row count (every entry
+    /// dense) opens with the column added, and its entries read as dense.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_index_from_before_row_counts_migrates() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("old.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE runs (topic_id INTEGER NOT NULL, partition INTEGER NOT NULL,
+                   base_offset INTEGER NOT NULL, records INTEGER NOT NULL, segment_key TEXT NOT NULL,
+                   segment_size INTEGER NOT NULL, rg_first INTEGER NOT NULL, rg_count INTEGER NOT NULL,
+                   byte_start INTEGER NOT NULL, byte_end INTEGER NOT NULL, min_ts INTEGER NOT NULL,
+                   max_ts INTEGER NOT NULL, row_first INTEGER NOT NULL DEFAULT 0,
+                   PRIMARY KEY (topic_id, partition, base_offset)) WITHOUT ROWID;
+                 INSERT INTO runs VALUES (1, 0, 0, 5, 'old', 10, 0, 1, 4, 9, 0, 0, 0);",
+            )
+            .unwrap();
+        }
+        let i = floe_index::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let r = i.runs_from(1, 0, 0, 10).await.unwrap();
+        assert_eq!((r.len(), r[0].records, r[0].rows), (1, 5, 5));
     }
 }
 

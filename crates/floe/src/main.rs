@@ -213,6 +213,9 @@ struct CompactionArgs {
     /// Row groups of partition files end at this many encoded bytes.
     #[arg(long, env = "FLOE_COMPACTION_ROW_GROUP_BYTES", default_value_t = 4 * 1024 * 1024)]
     compaction_row_group_bytes: usize,
+    /// Memory for the latest offset per key when cleaning a compacted topic's partition.
+    #[arg(long, env = "FLOE_COMPACTION_KEY_MAP_BYTES", default_value_t = 8 * 1024 * 1024)]
+    compaction_key_map_bytes: usize,
 }
 
 #[derive(Args, Debug)]
@@ -272,6 +275,7 @@ impl ServeArgs {
                 min_age: Duration::from_millis(c.compaction_min_age_ms),
                 row_group_bytes: c.compaction_row_group_bytes,
                 lease: floe_agent::CompactionConfig::default().lease,
+                key_map_bytes: c.compaction_key_map_bytes,
             },
             listen: self.listen,
             bucket: self

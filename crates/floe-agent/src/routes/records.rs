@@ -85,7 +85,7 @@ fn decode_json(req: ProduceRequest) -> ApiResult<Vec<IncomingRecord>> {
         (String = "application/vnd.apache.arrow.stream")
     )), responses(
     (status = 200, body = ProduceResponse),
-    (status = 400, description = "invalid_json, invalid_record, invalid_partition, invalid_base64, invalid_idempotency_key, invalid_producer, invalid_sequences, invalid_request", body = ErrorBody),
+    (status = 400, description = "invalid_json, invalid_record, invalid_partition, invalid_base64, invalid_idempotency_key, invalid_producer, invalid_sequences, key_required (a compacted topic), invalid_request", body = ErrorBody),
     (status = 404, description = "topic_not_found", body = ErrorBody),
     (status = 409, description = "idempotency_key_in_flight: a request with this Idempotency-Key is still being processed (retry); out_of_order_sequence, producer_fenced, unknown_producer: refused by the producer session's checks (nothing written)", body = ErrorBody),
     (status = 413, description = "record_too_large, request_too_large", body = ErrorBody),

@@ -30,7 +30,7 @@ fn info_of(t: TopicMeta) -> TopicInfo {
 /// Create a topic.
 #[utoipa::path(post, path = "/v1/topics", request_body = CreateTopicRequest, responses(
     (status = 201, body = TopicInfo),
-    (status = 400, description = "invalid_topic_name, invalid_partitions, invalid_json", body = ErrorBody),
+    (status = 400, description = "invalid_topic_name, invalid_partitions, invalid_retention, invalid_topic_config (queue.*, retention.bytes, cleanup.policy, delete.retention.ms), invalid_json", body = ErrorBody),
     (status = 409, description = "topic_exists", body = ErrorBody)))]
 pub(crate) async fn create_topic(
     State(b): State<Broker>,
