@@ -746,5 +746,45 @@ async fn a_compacted_topic_keeps_the_latest_record_per_key() {
         metric(&m, "floe_compaction_cleaned_records_total"),
         (REQUESTS * PER_REQUEST - cleaned.iter().map(Vec::len).sum::<usize>()) as u64
     );
+    // The index's record of objects matches the bucket once the sweeper caught up (no
+    // crash here, so every object in the bucket was committed at some point).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let on_disk = parquet_files(&bucket);
+        let m = c.metrics().await.unwrap();
+        let tracked = (
+            metric(&m, "floe_bucket_objects"),
+            metric(&m, "floe_bucket_bytes"),
+        );
+        let disk = (
+            on_disk.len() as u64,
+            on_disk
+                .iter()
+                .map(|p| p.metadata().unwrap().len())
+                .sum::<u64>(),
+        );
+        if tracked == disk {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "index records {tracked:?}, bucket holds {disk:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(agent.terminate().success());
+}
+
+/// Every Parquet object under a bucket folder.
+fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(parquet_files(&p));
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -489,7 +489,7 @@ async fn a_commit_stalled_past_the_deletion_boundary_is_refused_not_acked() {
     // calls are the ones hanging) advances the boundary and deletes the orphan.
     agent_clock.advance_ms(i64::try_from((grace + Duration::from_secs(60)).as_millis()).unwrap());
     let deleted =
-        floe_broker::sweeper::sweep_once(&store, inner.as_ref(), grace, agent_clock.now_ms())
+        floe_broker::sweeper::sweep_once(&store, inner.as_ref(), grace, agent_clock.now_ms(), true)
             .await
             .unwrap();
     assert_eq!(deleted, 1, "the uncommitted segment was swept");

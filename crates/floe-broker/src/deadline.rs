@@ -254,6 +254,25 @@ impl Index for DeadlineIndex {
         self.within("segment_referenced", self.inner.segment_referenced(key))
             .await
     }
+    async fn unreferenced_objects(
+        &self,
+        before_ms: i64,
+        limit: u32,
+    ) -> floe_index::Result<Vec<String>> {
+        self.within(
+            "unreferenced_objects",
+            self.inner.unreferenced_objects(before_ms, limit),
+        )
+        .await
+    }
+    async fn forget_objects(&self, keys: &[String]) -> floe_index::Result<()> {
+        self.within("forget_objects", self.inner.forget_objects(keys))
+            .await
+    }
+    async fn object_totals(&self) -> floe_index::Result<(u64, u64)> {
+        self.within("object_totals", self.inner.object_totals())
+            .await
+    }
     async fn ping(&self) -> floe_index::Result<()> {
         self.within("ping", self.inner.ping()).await
     }

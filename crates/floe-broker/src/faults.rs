@@ -109,6 +109,22 @@ impl Index for FaultIndex {
         wait_while(&self.hanging).await;
         self.inner.segment_referenced(key).await
     }
+    async fn unreferenced_objects(
+        &self,
+        before_ms: i64,
+        limit: u32,
+    ) -> floe_index::Result<Vec<String>> {
+        wait_while(&self.hanging).await;
+        self.inner.unreferenced_objects(before_ms, limit).await
+    }
+    async fn forget_objects(&self, keys: &[String]) -> floe_index::Result<()> {
+        wait_while(&self.hanging).await;
+        self.inner.forget_objects(keys).await
+    }
+    async fn object_totals(&self) -> floe_index::Result<(u64, u64)> {
+        wait_while(&self.hanging).await;
+        self.inner.object_totals().await
+    }
     async fn ping(&self) -> floe_index::Result<()> {
         wait_while(&self.hanging).await;
         self.inner.ping().await

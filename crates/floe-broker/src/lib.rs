@@ -236,6 +236,17 @@ impl Broker {
             }
             Err(e) => tracing::warn!(error = %e, "deduplication state metrics not refreshed"),
         }
+        match self.index.object_totals().await {
+            Ok((objects, bytes)) => {
+                self.metrics
+                    .bucket_objects
+                    .set(i64::try_from(objects).unwrap_or(i64::MAX));
+                self.metrics
+                    .bucket_bytes
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::warn!(error = %e, "bucket metrics not refreshed"),
+        }
         self.metrics.render()
     }
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Deduplication state in the index, read on every scrape: idempotency keys and
     /// producer sequence states.
     pub idempotency_keys_stored: IntGauge,
+    pub bucket_objects: IntGauge,
+    pub bucket_bytes: IntGauge,
     pub producer_states_stored: IntGauge,
     /// Compaction (RFC 0004): partition files written and swapped in, the records and
     /// input bytes they replaced, the entries they replaced, and swaps that found the
@@ -242,6 +244,16 @@ impl Metrics {
                 &r,
                 "floe_idempotency_keys_stored",
                 "Idempotency keys held in the index (read on every scrape)",
+            )?,
+            bucket_objects: gauge(
+                &r,
+                "floe_bucket_objects",
+                "Objects the index records in the bucket (committed segments and partition files not yet deleted; read on every scrape)",
+            )?,
+            bucket_bytes: gauge(
+                &r,
+                "floe_bucket_bytes",
+                "Total size of the objects the index records in the bucket (read on every scrape)",
             )?,
             producer_states_stored: gauge(
                 &r,

@@ -7,6 +7,12 @@
 //! Safety: a flush abandons its commit when more than `commit_deadline` has passed since
 //! its PUT began, and `orphan_grace >= 2 * commit_deadline`, so a segment that may still be
 //! committed is never old enough to be swept.
+//!
+//! Finding them: the index records every object it commits (RFC 0004), so one query finds
+//! the committed objects nothing refers to any more (retention, compaction, deleted
+//! topics) at every pass. Objects that were never committed (a failed or killed flush, a
+//! lost compaction swap) are only in the bucket: it is listed once per `orphan_grace`
+//! (they cannot be deleted sooner anyway).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,17 +40,24 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let producer_ttl = config.producer_ttl;
+    let grace_ms = i64::try_from(config.orphan_grace.as_millis()).unwrap_or(i64::MAX);
+    let mut listed_at: Option<i64> = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep(config.sweep_interval) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        let span = info_span!("sweep");
-        match sweep_once(&store, index.as_ref(), config.orphan_grace, clock.now_ms())
+        let now = clock.now_ms();
+        let list = listed_at.is_none_or(|t| now.saturating_sub(t) >= grace_ms);
+        let span = info_span!("sweep", list_bucket = list);
+        match sweep_once(&store, index.as_ref(), config.orphan_grace, now, list)
             .instrument(span)
             .await
         {
             Ok(n) => {
+                if list {
+                    listed_at = Some(now);
+                }
                 if n > 0 {
                     metrics.orphans_deleted.inc_by(n);
                     info!(deleted = n, "swept orphan segments");
@@ -129,7 +142,13 @@ pub enum SweepError {
     Index(#[from] floe_index::IndexError),
 }
 
-/// One pass at wall-clock time `now_ms`. Returns how many objects were deleted.
+/// Unreferenced objects taken from the index per query, and queries per pass.
+const FORGET_BATCH: u32 = 1000;
+const FORGET_BATCHES_PER_PASS: usize = 20;
+
+/// One pass at wall-clock time `now_ms`: the objects the index recorded and nothing refers
+/// to any more, and with `list_bucket` whatever else unreferenced lies under the prefixes.
+/// Returns how many objects were deleted.
 ///
 /// Safe by construction (RFC 0004): first the index's deletion boundary is advanced to
 /// `now - grace` — from then on the index refuses to commit any segment created before it —
@@ -141,10 +160,29 @@ pub async fn sweep_once(
     index: &dyn Index,
     grace: Duration,
     now_ms: i64,
+    list_bucket: bool,
 ) -> Result<u64, SweepError> {
     let cutoff = now_ms - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
     let boundary = index.advance_deletion_boundary(cutoff).await?;
     let mut deleted = 0;
+    for _ in 0..FORGET_BATCHES_PER_PASS {
+        let keys = index.unreferenced_objects(boundary, FORGET_BATCH).await?;
+        for k in &keys {
+            match store.delete(&Path::from(k.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Deleted first, forgotten after: a crash in between only repeats a deletion.
+        index.forget_objects(&keys).await?;
+        if keys.len() < FORGET_BATCH as usize {
+            break;
+        }
+    }
+    if !list_bucket {
+        return Ok(deleted);
+    }
+    let mut gone = Vec::new();
     // Flush segments, and partition files written by the compactor.
     let mut listing = store
         .list(Some(&Path::from(SEGMENT_PREFIX)))
@@ -167,6 +205,103 @@ pub async fn sweep_once(
             Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
             Err(e) => return Err(e.into()),
         }
+        gone.push(key.to_string());
     }
+    index.forget_objects(&gone).await?;
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use floe_index::{NewTopic, RunCommit, SegmentCommit};
+    use object_store::PutPayload;
+
+    /// The index's record of committed objects finds what to delete without listing the
+    /// bucket; objects never committed are only found by a listing.
+    #[tokio::test]
+    async fn tracked_objects_are_swept_without_listing_and_orphans_by_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = floe_index::open(&format!("sqlite://{}", dir.path().join("i.db").display()))
+            .await
+            .unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let t = index
+            .create_topic(NewTopic {
+                name: "t".into(),
+                partitions: 1,
+                retention_ms: None,
+                config: Default::default(),
+                created_ms: 0,
+                max_topics: 10,
+            })
+            .await
+            .unwrap();
+        let (committed, orphan) = (
+            crate::produce::segment_key(1_000, "a"),
+            crate::produce::segment_key(1_000, "b"),
+        );
+        for k in [&committed, &orphan] {
+            let _ = store
+                .put(&Path::from(k.as_str()), PutPayload::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        let _ = index
+            .commit(SegmentCommit {
+                key: committed.clone(),
+                size: 1,
+                runs: vec![RunCommit {
+                    topic_id: t.id,
+                    partition: 0,
+                    records: 1,
+                    row_group_first: 0,
+                    row_group_count: 1,
+                    byte_start: 0,
+                    byte_end: 1,
+                    min_timestamp_ms: 0,
+                    max_timestamp_ms: 0,
+                }],
+                deadline_unix_ms: i64::MAX,
+                created_ms: 1_000,
+                state_writes: vec![],
+                idempotency: vec![],
+                producers: vec![],
+            })
+            .await
+            .unwrap();
+        let grace = Duration::from_secs(1);
+        let exists = |k: String| {
+            let store = store.clone();
+            async move { store.head(&Path::from(k.as_str())).await.is_ok() }
+        };
+        // Referenced: kept.
+        assert_eq!(
+            sweep_once(&store, index.as_ref(), grace, 10_000, false)
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(index.delete_topic("t").await.unwrap());
+        assert_eq!(
+            sweep_once(&store, index.as_ref(), grace, 10_000, false)
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(!exists(committed.clone()).await, "found through the index");
+        assert!(
+            exists(orphan.clone()).await,
+            "never committed: not in the index"
+        );
+        assert_eq!(index.object_totals().await.unwrap(), (0, 0), "forgotten");
+        assert_eq!(
+            sweep_once(&store, index.as_ref(), grace, 10_000, true)
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(!exists(orphan).await, "found by the listing");
+    }
 }

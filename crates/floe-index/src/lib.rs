@@ -534,6 +534,16 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<RunEntry>>;
     /// Whether any committed run refers to this segment object.
     async fn segment_referenced(&self, key: &str) -> Result<bool>;
+    /// Objects the index knows (RFC 0004: every committed segment and swapped-in partition
+    /// file is recorded with its size and creation time in the transaction that commits
+    /// it) that were created before `before_ms` and that no run refers to any more —
+    /// deletable once `before_ms` is at most the deletion boundary, since nothing created
+    /// before the boundary can be committed again. Oldest first, at most `limit`.
+    async fn unreferenced_objects(&self, before_ms: i64, limit: u32) -> Result<Vec<String>>;
+    /// Forget objects (after the sweeper deleted them).
+    async fn forget_objects(&self, keys: &[String]) -> Result<()>;
+    /// How many objects the index knows and their total size in bytes.
+    async fn object_totals(&self) -> Result<(u64, u64)>;
     /// Check the index is reachable.
     async fn ping(&self) -> Result<()>;
     /// Consumer state (groups and queues) is kept as opaque blobs changed by

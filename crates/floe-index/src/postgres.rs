@@ -67,6 +67,12 @@ CREATE TABLE IF NOT EXISTS floe_runs (
 ALTER TABLE floe_runs ADD COLUMN IF NOT EXISTS row_first INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE floe_runs ADD COLUMN IF NOT EXISTS row_count INTEGER;
 CREATE INDEX IF NOT EXISTS floe_runs_by_segment ON floe_runs (segment_key);
+CREATE TABLE IF NOT EXISTS floe_objects (
+    key TEXT PRIMARY KEY,
+    size BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS floe_objects_by_created ON floe_objects (created_ms);
 CREATE TABLE IF NOT EXISTS floe_consumer_state (
     kind TEXT NOT NULL,
     topic_id BIGINT NOT NULL,
@@ -412,16 +418,16 @@ impl PostgresIndex {
             c_mx.push(r.max_timestamp_ms);
             c_first.push(row.row_first as i32);
         }
-        if !c_t.is_empty() {
-            let _ = tx.execute(
-                "INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first)
-                 SELECT t, p, b, n, $11, $12, rf, rc, bs, be, mn, mx, fr
-                 FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::int[], $6::int[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $13::int[])
-                   AS u(t, p, b, n, rf, rc, bs, be, mn, mx, fr)",
-                &[&c_t, &c_p, &c_b, &c_n, &c_rf, &c_rc, &c_bs, &c_be, &c_mn, &c_mx, &seg.key, &(seg.size as i64), &c_first],
-            )
-            .await?;
-        }
+        // The object is recorded in the same statement as its runs (no extra round trip).
+        let _ = tx.execute(
+            "WITH o AS (INSERT INTO floe_objects (key, size, created_ms) VALUES ($11, $12, $14) ON CONFLICT (key) DO NOTHING)
+             INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first)
+             SELECT t, p, b, n, $11, $12, rf, rc, bs, be, mn, mx, fr
+             FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::int[], $6::int[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $13::int[])
+               AS u(t, p, b, n, rf, rc, bs, be, mn, mx, fr)",
+            &[&c_t, &c_p, &c_b, &c_n, &c_rf, &c_rc, &c_bs, &c_be, &c_mn, &c_mx, &seg.key, &(seg.size as i64), &c_first, &seg.created_ms],
+        )
+        .await?;
         let new_ends = &plan.ends;
         if !new_ends.is_empty() {
             let ut: Vec<i64> = new_ends.keys().map(|k| k.0).collect();
@@ -850,6 +856,45 @@ impl Index for PostgresIndex {
         .is_some())
     }
 
+    async fn unreferenced_objects(&self, before_ms: i64, limit: u32) -> Result<Vec<String>> {
+        let c = self.client().await?;
+        Ok(c.query(
+            "SELECT key FROM floe_objects o WHERE created_ms < $1
+               AND NOT EXISTS (SELECT 1 FROM floe_runs r WHERE r.segment_key = o.key)
+             ORDER BY created_ms LIMIT $2",
+            &[&before_ms, &i64::from(limit)],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+    }
+
+    async fn forget_objects(&self, keys: &[String]) -> Result<()> {
+        let c = self.client().await?;
+        let _ = c
+            .execute("DELETE FROM floe_objects WHERE key = ANY($1)", &[&keys])
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn object_totals(&self) -> Result<(u64, u64)> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0)::BIGINT FROM floe_objects",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        Ok((
+            to_u64(row.get(0), "objects")?,
+            to_u64(row.get(1), "object bytes")?,
+        ))
+    }
+
     async fn ping(&self) -> Result<()> {
         let c = self.client().await?;
         let _ = c.query_one("SELECT 1", &[]).await.map_err(pg)?;
@@ -979,6 +1024,13 @@ impl Index for PostgresIndex {
                 .await
                 .map_err(pg)?;
         }
+        let _ = tx
+            .execute(
+                "INSERT INTO floe_objects (key, size, created_ms) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+                &[&r.key, &size, &r.created_ms],
+            )
+            .await
+            .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(true)
     }

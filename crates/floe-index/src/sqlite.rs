@@ -54,6 +54,12 @@ CREATE TABLE IF NOT EXISTS runs (
     PRIMARY KEY (topic_id, partition, base_offset)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_by_segment ON runs (segment_key);
+CREATE TABLE IF NOT EXISTS objects (
+    key TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_by_created ON objects (created_ms);
 CREATE TABLE IF NOT EXISTS consumer_state (
     kind TEXT NOT NULL,
     topic_id INTEGER NOT NULL,
@@ -473,6 +479,9 @@ impl Index for SqliteIndex {
                     return Err(IndexError::IdempotencyLost(c.key.clone()));
                 }
             }
+            let _ = tx
+                .prepare_cached("INSERT OR IGNORE INTO objects (key, size, created_ms) VALUES (?1, ?2, ?3)")?
+                .execute(params![seg.key, seg.size, seg.created_ms])?;
             // Last step before the commit is durable: too late means roll back (the
             // transaction is dropped), so a stalled commit never lands after its deadline.
             check_deadline(seg.deadline_unix_ms, clock.now_ms())?;
@@ -573,6 +582,47 @@ impl Index for SqliteIndex {
         .await
     }
 
+    async fn unreferenced_objects(&self, before_ms: i64, limit: u32) -> Result<Vec<String>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT key FROM objects o WHERE created_ms < ?1
+                   AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.segment_key = o.key)
+                 ORDER BY created_ms LIMIT ?2",
+            )?;
+            let keys = st
+                .query_map(params![before_ms, limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn forget_objects(&self, keys: &[String]) -> Result<()> {
+        let keys = keys.to_vec();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut del = tx.prepare_cached("DELETE FROM objects WHERE key = ?1")?;
+                for k in &keys {
+                    let _ = del.execute([k])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn object_totals(&self) -> Result<(u64, u64)> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM objects")?
+                    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?,
+            )
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<()> {
         self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
@@ -659,6 +709,9 @@ impl Index for SqliteIndex {
                     ])?;
                 }
             }
+            let _ = tx
+                .prepare_cached("INSERT OR IGNORE INTO objects (key, size, created_ms) VALUES (?1, ?2, ?3)")?
+                .execute(params![r.key, r.size, r.created_ms])?;
             tx.commit()?;
             Ok(true)
         })

@@ -1081,6 +1081,61 @@ async fn a_cleaned_file_keeps_offsets_with_fewer_rows(i: Idx) {
     assert_eq!(i.runs_from(t.id, 0, 0, 1).await.unwrap()[0].rows, 2);
 }
 
+/// Objects are recorded with the commit that makes them live (RFC 0004), so the sweeper
+/// finds the deletable ones — created before a time, referenced by no run — with one query.
+async fn objects_are_recorded_and_found_once_unreferenced(i: Idx) {
+    let t = i.create_topic(new_topic("o1", 1)).await.unwrap();
+    let t2 = i.create_topic(new_topic("o2", 1)).await.unwrap();
+    let at = |key: &str, created_ms, runs| SegmentCommit {
+        created_ms,
+        size: 1000,
+        ..seg(key, runs)
+    };
+    let _ = i.commit(at("a", 10, vec![run(t.id, 0, 2)])).await.unwrap();
+    let _ = i.commit(at("b", 20, vec![run(t2.id, 0, 3)])).await.unwrap();
+    let _ = i.commit(at("c", 30, vec![run(t.id, 0, 1)])).await.unwrap();
+    assert_eq!(i.object_totals().await.unwrap(), (3, 3000));
+    assert!(
+        i.unreferenced_objects(i64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A deleted topic's object; a compaction's replaced objects.
+    assert!(i.delete_topic("o2").await.unwrap());
+    let swap = ReplaceRuns {
+        topic_id: t.id,
+        partition: 0,
+        old: vec![(0, 2, "a".into()), (2, 1, "c".into())],
+        key: "f".into(),
+        size: 500,
+        runs: vec![run(t.id, 0, 3)],
+        rows: vec![],
+        created_ms: 40,
+    };
+    assert!(i.replace_runs(swap).await.unwrap());
+    assert_eq!(i.object_totals().await.unwrap(), (4, 3500));
+    assert_eq!(
+        i.unreferenced_objects(i64::MAX, 10).await.unwrap(),
+        ["a", "b", "c"],
+        "oldest first"
+    );
+    assert_eq!(i.unreferenced_objects(25, 10).await.unwrap(), ["a", "b"]);
+    assert_eq!(i.unreferenced_objects(i64::MAX, 1).await.unwrap(), ["a"]);
+    i.forget_objects(&["a".into(), "b".into(), "nothing".into()])
+        .await
+        .unwrap();
+    assert_eq!(i.unreferenced_objects(i64::MAX, 10).await.unwrap(), ["c"]);
+    assert_eq!(i.object_totals().await.unwrap(), (2, 1500));
+    // A commit whose runs all belong to a deleted topic still records its object, which
+    // is unreferenced at once.
+    let _ = i.commit(at("d", 50, vec![run(t2.id, 0, 1)])).await.unwrap();
+    assert_eq!(
+        i.unreferenced_objects(i64::MAX, 10).await.unwrap(),
+        ["c", "d"]
+    );
+}
+
 fn preq(pid: i64, epoch: u32, topic_id: i64, b: &[(u32, i64, u32, u32, u32)]) -> ProducerAppend {
     ProducerAppend {
         producer_id: pid,
@@ -1307,6 +1362,11 @@ macro_rules! conformance {
         async fn a_cleaned_file_keeps_offsets_with_fewer_rows() {
             let (_g, i) = $open().await;
             super::a_cleaned_file_keeps_offsets_with_fewer_rows(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn objects_are_recorded_and_found_once_unreferenced() {
+            let (_g, i) = $open().await;
+            super::objects_are_recorded_and_found_once_unreferenced(i).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn producer_sequences_are_checked_in_the_commit() {
