@@ -788,3 +788,64 @@ fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A quiet partition (RFC 0004's second level): each trickle of records waits out
+/// `max_wait` and is compacted into a small file; the next trickle is merged with that
+/// file instead of adding another, so the partition keeps one small file, and its log
+/// never changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_partition_keeps_one_small_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(
+        dir.path(),
+        &[
+            "--linger-ms",
+            "5",
+            "--compaction-interval-ms",
+            "200",
+            "--compaction-min-age-ms",
+            "0",
+            "--compaction-max-wait-ms",
+            "0",
+            "--compaction-min-entries",
+            "2",
+            "--compaction-target-bytes",
+            "1000000",
+        ],
+    );
+    let c = agent.client();
+    let _ = c.create_topic("quiet", 1).await.unwrap();
+    let mut want = Vec::new();
+    for round in 0..4 {
+        for i in 0..3 {
+            let v = format!("{{\"round\": {round}, \"i\": {i}, \"amount\": 1}}");
+            let r = c
+                .produce(
+                    "quiet",
+                    vec![ProduceRecord {
+                        key: Some(format!("k{i}")),
+                        value: Some(v.clone()),
+                        ..Default::default()
+                    }],
+                )
+                .await
+                .unwrap();
+            want.push((r.offsets[0].offset, format!("k{i}"), v));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let files = c.topic_files("quiet", None, None, None).await.unwrap();
+            let entries = &files.partitions[0].entries;
+            if entries.iter().all(|e| e.layout == FileLayout::Partition) {
+                let keys: std::collections::BTreeSet<&str> =
+                    entries.iter().map(|e| e.key.as_str()).collect();
+                assert_eq!(keys.len(), 1, "round {round}: one file, merged: {keys:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round} not compacted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(log_of(&c, "quiet", 1).await, vec![want.clone()]);
+    }
+    assert!(agent.terminate().success());
+}

@@ -251,14 +251,21 @@ impl Compactor {
             .index
             .runs_from(t.id, p, from, ENTRIES_PER_PASS)
             .await?;
+        // Files of at least half the target stay; smaller ones (a quiet partition's) are
+        // merged with what waits after them.
+        let full_file = self.config.compaction.target_bytes / 2;
         let pieces: Vec<Piece> = entries
             .iter()
-            .map(|e| Piece {
-                base_offset: e.base_offset,
-                records: e.records,
-                bytes: e.byte_end.saturating_sub(e.byte_start),
-                compacted: is_partition_file_key(&e.segment_key),
-                max_timestamp_ms: e.max_timestamp_ms,
+            .map(|e| {
+                let file = is_partition_file_key(&e.segment_key);
+                Piece {
+                    base_offset: e.base_offset,
+                    records: e.records,
+                    bytes: e.byte_end.saturating_sub(e.byte_start),
+                    compacted: file && e.segment_size >= full_file,
+                    in_file: file && e.segment_size < full_file,
+                    max_timestamp_ms: e.max_timestamp_ms,
+                }
             })
             .collect();
         let first_open = pieces

@@ -12,8 +12,11 @@ pub struct Piece {
     pub records: u32,
     /// Bytes the entry's rows take in its object (compressed).
     pub bytes: u64,
-    /// Already in a partition file: never rewritten by this planner.
+    /// In a partition file of at least half the target size: never rewritten.
     pub compacted: bool,
+    /// In a smaller partition file (a quiet partition's, written after `max_wait_ms`):
+    /// merged with the entries that wait after it, never rewritten on its own.
+    pub in_file: bool,
     /// Newest record time in the entry.
     pub max_timestamp_ms: i64,
 }
@@ -37,8 +40,11 @@ pub struct Policy {
 /// The entries (a range of `pieces`, sorted by offset) to rewrite now, or `None`.
 ///
 /// The range is the first stretch of contiguous, not yet compacted, settled entries, cut
-/// at `target_bytes` / `max_records`. It is taken when full, or when it is old enough and
-/// has at least `min_pieces` entries; a single entry is never rewritten alone.
+/// at `target_bytes` / `max_records`. It is taken when full, or when its oldest entry not
+/// in a file has waited `max_wait_ms` and it has at least `min_pieces` entries; a single
+/// entry is never rewritten alone, nor a stretch of small files alone (so a quiet
+/// partition's small files are merged with what arrives next, once it has waited: a
+/// second level without rewriting a file more often than every `max_wait_ms`).
 pub fn plan(pieces: &[Piece], policy: &Policy, now_ms: i64) -> Option<Range<usize>> {
     let start = pieces.iter().position(|p| !p.compacted)?;
     let settled = now_ms.saturating_sub(policy.min_age_ms);
@@ -68,11 +74,12 @@ pub fn plan(pieces: &[Piece], policy: &Policy, now_ms: i64) -> Option<Range<usiz
         }
     }
     let count = end - start;
-    if count < 2 {
+    if count < 2 || pieces[start..end].iter().all(|p| p.in_file) {
         return None;
     }
     let oldest = pieces[start..end]
         .iter()
+        .filter(|p| !p.in_file)
         .map(|p| p.max_timestamp_ms)
         .min()
         .unwrap_or(i64::MAX);
@@ -325,6 +332,7 @@ mod tests {
                     records: 10,
                     bytes,
                     compacted,
+                    in_file: false,
                     max_timestamp_ms: ts,
                 };
                 at += 10;
@@ -375,6 +383,32 @@ mod tests {
     }
 
     #[test]
+    fn small_files_merge_with_what_waits_after_them() {
+        let now = 100_000;
+        let small = |mut p: Vec<Piece>, n: usize| {
+            for x in &mut p[..n] {
+                x.in_file = true;
+            }
+            p
+        };
+        // An old small file and two fresh entries: the entries have not waited.
+        let p = small(
+            pieces(&[(10, false, 1), (10, false, 90_000), (10, false, 90_000)]),
+            1,
+        );
+        assert_eq!(plan(&p, &POLICY, now), None);
+        // Once they have, the file is merged with them.
+        let p = small(pieces(&[(10, false, 1), (10, false, 2), (10, false, 3)]), 1);
+        assert_eq!(plan(&p, &POLICY, now), Some(0..3));
+        // Small files alone are never rewritten, however old.
+        let p = small(pieces(&[(10, false, 1), (10, false, 2), (10, false, 3)]), 3);
+        assert_eq!(plan(&p, &POLICY, now), None);
+        // Full: taken at once, small files included.
+        let p = small(pieces(&[(600, false, 1), (600, false, 99_000 - 6_000)]), 1);
+        assert_eq!(plan(&p, &POLICY, now), Some(0..2));
+    }
+
+    #[test]
     fn never_reaches_past_a_gap() {
         let mut p = pieces(&[(600, false, 0), (600, false, 0), (600, false, 0)]);
         p[1].base_offset += 1;
@@ -388,11 +422,16 @@ mod tests {
         #[test]
         fn plans_are_contiguous_settled_and_uncompacted(
             spec in proptest::collection::vec((0u64..800, any::<bool>(), 0i64..120_000), 0..20),
+            files in proptest::collection::vec(any::<bool>(), 20),
             now in 0i64..200_000,
         ) {
-            let p = pieces(&spec);
+            let mut p = pieces(&spec);
+            for (x, f) in p.iter_mut().zip(&files) {
+                x.in_file = *f && !x.compacted;
+            }
             if let Some(r) = plan(&p, &POLICY, now) {
                 prop_assert!(r.len() >= 2);
+                prop_assert!(p[r.clone()].iter().any(|x| !x.in_file), "not small files alone");
                 for (k, x) in p[r.clone()].iter().enumerate() {
                     prop_assert!(!x.compacted);
                     prop_assert!(x.max_timestamp_ms < now - POLICY.min_age_ms);
