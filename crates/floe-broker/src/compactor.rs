@@ -234,19 +234,16 @@ impl Compactor {
         start: u64,
     ) -> Result<Compacted, CompactError> {
         // Entries in partition files stay there: look from where the last pass found the
-        // first entry that is not, so a long compacted log does not hide its tail. A
-        // compacted topic's cleaning reads from the log's start.
+        // first entry that is not, so a long compacted log does not hide its tail. (A
+        // compacted topic's cleaning reads what lies before on its own.)
         let cleanup = crate::topics::cleanup_policy(t);
-        let from = if cleanup.compact {
-            start
-        } else {
-            self.cursors
-                .lock()
-                .ok()
-                .and_then(|c| c.get(&(t.id, p)).copied())
-                .unwrap_or(start)
-                .max(start)
-        };
+        let from = self
+            .cursors
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&(t.id, p)).copied())
+            .unwrap_or(start)
+            .max(start);
         let entries = self
             .index
             .runs_from(t.id, p, from, ENTRIES_PER_PASS)
@@ -285,7 +282,7 @@ impl Compactor {
             return Ok(Compacted::default());
         }
         let result = if cleanup.compact {
-            self.clean(t, p, &entries, range, now).await
+            self.clean(t, p, start, &entries, range, now).await
         } else {
             self.rewrite(t, p, &entries[range]).await
         };
@@ -319,6 +316,7 @@ impl Compactor {
         &self,
         t: &TopicMeta,
         p: u32,
+        start: u64,
         entries: &[RunEntry],
         dirty: std::ops::Range<usize>,
         now: i64,
@@ -329,15 +327,37 @@ impl Compactor {
                 .map(|e| e.byte_end.saturating_sub(e.byte_start))
                 .sum::<u64>()
         };
-        let whole = &entries[..dirty.end];
+        let waiting = &entries[dirty];
+        let Some(first) = waiting.first() else {
+            return Ok(Compacted::default());
+        };
+        // The log from its start up to the waiting entries (files already cleaned), read
+        // only as far as the window can reach.
+        let cap = c.target_bytes.saturating_mul(CLEAN_WINDOW_TARGETS);
+        let mut whole = Vec::new();
+        let mut at = start;
+        while at < first.base_offset && stored(&whole) <= cap {
+            let more = self.index.runs_from(t.id, p, at, 256).await?;
+            let before: Vec<RunEntry> = more
+                .into_iter()
+                .filter(|e| e.base_offset >= at && e.base_offset < first.base_offset)
+                .collect();
+            let Some(last) = before.last() else { break };
+            at = last.base_offset + u64::from(last.records);
+            whole.extend(before);
+        }
+        whole.extend_from_slice(waiting);
+        let from_start = whole.first().is_some_and(|e| e.base_offset == start);
         let contiguous = whole
             .windows(2)
             .all(|w| w[0].base_offset + u64::from(w[0].records) == w[1].base_offset);
         let mut windows = Vec::new();
-        if contiguous && stored(whole) <= c.target_bytes.saturating_mul(CLEAN_WINDOW_TARGETS) {
-            windows.push((whole, true));
+        if from_start && contiguous && stored(&whole) <= cap {
+            windows.push((whole.as_slice(), true));
         }
-        windows.push((&entries[dirty.clone()], false));
+        if windows.is_empty() || whole.len() > waiting.len() {
+            windows.push((waiting, false));
+        }
         for (window, from_start) in windows {
             let Some(keys) = self.key_map(t, p, window).await? else {
                 debug!(
@@ -355,7 +375,7 @@ impl Compactor {
         warn!(
             "a compacted partition's keys exceed --compaction-key-map-bytes even for the waiting entries; rewriting them without cleaning"
         );
-        self.rewrite(t, p, &entries[dirty]).await
+        self.rewrite(t, p, waiting).await
     }
 
     /// Pass one of a cleaning: the latest offset of each key in `window`, or `None` when
@@ -444,11 +464,13 @@ impl Compactor {
                 let mut done = self
                     .install(t, p, &window[group..=k], file, first_ts.take())
                     .await?;
-                done.dropped = std::mem::take(&mut dropped);
-                total.add(&done);
+                let left_out = std::mem::take(&mut dropped);
                 if done.lost > 0 {
+                    total.add(&done);
                     break;
                 }
+                done.dropped = left_out;
+                total.add(&done);
                 group = k + 1;
             }
         }
