@@ -9,6 +9,8 @@
 #    every partition has at most one entry left in flush segments, and reports input
 #    MiB/s (floe_compacted_input_bytes_total / time), object counts before/after.
 # 4. The same DuckDB query again, on the compacted layout.
+# POLICY=compact creates the topic with cleanup.policy=compact first: the compactor then
+# *cleans* (keeps the latest record of each of floe bench's 800 keys, "p<producer>-<i>").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/floe}
@@ -44,6 +46,9 @@ EOF
 }
 
 start --no-compaction
+if [ "${POLICY:-delete}" != delete ]; then
+  "$BIN" topics --url $URL create load --partitions "$PARTITIONS" --config "cleanup.policy=$POLICY" >/dev/null
+fi
 "$BIN" bench --url $URL --topic load --partitions "$PARTITIONS" --seconds "$SECONDS_LOAD" --no-consume | grep -E "produced|records/s" || true
 echo "before: $(objects segments) segment objects, $(bytes segments) bytes"
 query
@@ -55,6 +60,7 @@ while true; do
 import json, sys
 d = json.load(sys.stdin)
 print(sum(max(0, sum(1 for e in p['entries'] if e['layout'] == 'segment') - 1) for p in d['partitions']))")
+  [ "${POLICY:-delete}" != delete ] && [ "$left" = 0 ] && sleep 1  # a last cleaning may be under way
   [ "$left" = 0 ] && break
   sleep 0.2
 done
@@ -63,9 +69,10 @@ m=$(curl -sf $URL/metrics)
 in_bytes=$(echo "$m" | awk '/^floe_compacted_input_bytes_total/ {print $2}')
 recs=$(echo "$m" | awk '/^floe_compacted_records_total/ {print $2}')
 files=$(echo "$m" | awk '/^floe_compactions_total/ {print $2}')
+cleaned=$(echo "$m" | awk '/^floe_compaction_cleaned_records_total/ {print $2}')
 python3 -c "
 t = $t1 - $t0
-print(f'compactor: {int(float($recs))} records, {float($in_bytes)/2**20:.1f} MiB in, {int(float($files))} partition files in {t:.1f} s = {float($in_bytes)/2**20/t:.1f} MiB/s (input, compressed as stored)')"
+print(f'compactor: {int(float($recs))} records, {float($in_bytes)/2**20:.1f} MiB in, {int(float($files))} partition files in {t:.1f} s = {float($in_bytes)/2**20/t:.1f} MiB/s (input, compressed as stored); {int(float($cleaned or 0))} records cleaned away')"
 echo "agent peak RSS $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/$pid/status)"
 sleep 3  # not needed for the listing; lets the log settle
 echo "after: $(objects topics) partition files, $(bytes topics) bytes; $(objects segments) segment objects left (deleted by the sweeper after --orphan-grace-ms)"

@@ -9,10 +9,6 @@ use crate::Broker;
 use crate::compactor::is_partition_file_key;
 use crate::error::{BrokerError, BrokerResult};
 
-/// Entries listed per request at most, over all its partitions (the listing says where to
-/// continue: a partition's `to` short of the asked range).
-pub const MAX_FILE_ENTRIES: u32 = 10_000;
-
 /// How an object lays out its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -45,7 +41,7 @@ pub struct PartitionFiles {
     pub start_offset: u64,
     pub end_offset: u64,
     /// The entries cover `from..to` exactly (`to` < the requested end when the listing
-    /// was cut at [`MAX_FILE_ENTRIES`]: continue from `to`).
+    /// was cut at `Limits::max_file_entries`: continue from `to`).
     pub from: u64,
     pub to: u64,
     pub entries: Vec<FileEntry>,
@@ -82,8 +78,8 @@ impl Broker {
             .map_err(|e| BrokerError::index(&e))?;
         let mut out = Vec::new();
         // One budget for the whole answer, so a topic with many partitions cannot make it
-        // partitions x MAX_FILE_ENTRIES long.
-        let mut budget = MAX_FILE_ENTRIES;
+        // partitions x max_file_entries long.
+        let mut budget = self.config.limits.max_file_entries.max(1);
         for o in offsets
             .iter()
             .filter(|o| partition.is_none_or(|p| p == o.partition))

@@ -431,6 +431,38 @@ impl Client {
         .await
     }
 
+    /// [`Client::topic_files`] followed to the end: a partition whose listing the agent
+    /// cut at its `max_file_entries` is asked again from where it stopped, until it covers
+    /// the asked range. (Pages are listed one after another: an entry compaction swapped
+    /// out in between stays listed, and its object is readable until the sweeper deletes
+    /// it.)
+    pub async fn topic_files_complete(
+        &self,
+        name: &str,
+        partition: Option<u32>,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<TopicFiles> {
+        let mut files = self.topic_files(name, partition, from, to).await?;
+        for p in &mut files.partitions {
+            let end = to.unwrap_or(p.end_offset).min(p.end_offset);
+            while p.to < end {
+                let more = self
+                    .topic_files(name, Some(p.partition), Some(p.to), Some(end))
+                    .await?;
+                let Some(page) = more.partitions.into_iter().next() else {
+                    break;
+                };
+                if page.to <= p.to {
+                    break; // no progress (the log's start moved past it)
+                }
+                p.entries.extend(page.entries);
+                p.to = page.to;
+            }
+        }
+        Ok(files)
+    }
+
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let resp = self
             .http

@@ -41,6 +41,9 @@ pub struct Limits {
     /// Bounds for a consumer group member's session timeout.
     pub min_session_timeout_ms: u64,
     pub max_session_timeout_ms: u64,
+    /// Most index entries one files listing (`GET /v1/topics/{topic}/files`) returns, over
+    /// all its partitions; a longer log is listed in pages (continue from `to`).
+    pub max_file_entries: u32,
 }
 
 impl Default for Limits {
@@ -63,6 +66,7 @@ impl Default for Limits {
             max_group_members: 1_000,
             min_session_timeout_ms: 1_000,
             max_session_timeout_ms: 300_000,
+            max_file_entries: 10_000,
         }
     }
 }

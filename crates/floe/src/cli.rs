@@ -94,7 +94,7 @@ pub(crate) async fn topics(conn: &Conn, cmd: TopicsCmd) -> anyhow::Result<()> {
             to,
             duckdb,
         } => {
-            let files = c.topic_files(&name, partition, from, to).await?;
+            let files = c.topic_files_complete(&name, partition, from, to).await?;
             match duckdb {
                 Some(bucket) => floe_client::analytics::duckdb_sql(&files, &bucket),
                 None => serde_json::to_string_pretty(&files)?,

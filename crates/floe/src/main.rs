@@ -254,6 +254,9 @@ struct LimitArgs {
     min_session_timeout_ms: u64,
     #[arg(long, env = "FLOE_MAX_SESSION_TIMEOUT_MS", default_value_t = Limits::default().max_session_timeout_ms)]
     max_session_timeout_ms: u64,
+    /// Most index entries one files listing returns (longer logs are listed in pages).
+    #[arg(long, env = "FLOE_MAX_FILE_ENTRIES", default_value_t = Limits::default().max_file_entries)]
+    max_file_entries: u32,
 }
 
 impl ServeArgs {
@@ -321,6 +324,7 @@ impl ServeArgs {
                 max_group_members: l.max_group_members,
                 min_session_timeout_ms: l.min_session_timeout_ms,
                 max_session_timeout_ms: l.max_session_timeout_ms,
+                max_file_entries: l.max_file_entries,
             },
             max_deliveries: self.max_deliveries,
             dead_letter_retry: Duration::from_millis(self.dead_letter_retry_ms),

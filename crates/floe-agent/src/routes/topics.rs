@@ -104,7 +104,9 @@ pub(crate) async fn delete_topic(
 
 /// The objects (and rows in them) that make up a topic's committed log between two
 /// offsets: what a query engine must read to see exactly the log (no orphan, no deleted
-/// topic, no row taken out at commit). See the README's DuckDB example.
+/// topic, no row taken out at commit). At most `--max-file-entries` (10 000) entries per
+/// answer over all partitions: a partition whose `to` is short of the asked end continues
+/// with `from=to` (`floe topics files` does). See the README's DuckDB example.
 #[utoipa::path(get, path = "/v1/topics/{topic}/files",
     params(
         ("topic" = String, Path),
