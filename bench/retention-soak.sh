@@ -33,7 +33,7 @@ body=$(python3 -c "import json,sys; print(json.dumps({'records':[{'value':sys.ar
     sleep 0.1
   done ) &
 gen=$!
-echo "elapsed_s objects bucket_MiB start_offsets end_offsets"
+echo "elapsed_s objects bucket_MiB start_offsets end_offsets index_objects"
 end=$(( $(date +%s) + MINUTES * 60 ))
 t0=$(date +%s)
 while [ "$(date +%s)" -lt "$end" ]; do
@@ -41,5 +41,6 @@ while [ "$(date +%s)" -lt "$end" ]; do
   objs=$( { find "$dir/bucket/segments" "$dir/bucket/topics" -type f 2>/dev/null || true; } | wc -l)
   mib=$(du -sm "$dir/bucket" 2>/dev/null | cut -f1)
   offs=$(curl -sf "http://127.0.0.1:$PORT/v1/topics/soak" | python3 -c "import json,sys; d=json.load(sys.stdin); print(','.join(str(p['start_offset']) for p in d['partitions']), ','.join(str(p['end_offset']) for p in d['partitions']))")
-  echo "$(( $(date +%s) - t0 )) $objs $mib $offs"
+  tracked=$(curl -sf "http://127.0.0.1:$PORT/metrics" | awk '/^floe_bucket_objects / {print $2}')
+  echo "$(( $(date +%s) - t0 )) $objs $mib $offs ${tracked:-?}"
 done
