@@ -69,6 +69,51 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BucketCmd,
     },
+    /// The transactional outbox relay: an application's outbox table in PostgreSQL to
+    /// topics, exactly once, in per-aggregate order (RFC 0005).
+    Outbox {
+        #[command(subcommand)]
+        cmd: OutboxCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OutboxCmd {
+    /// Create the outbox table (if missing), its triggers and the relay's state.
+    Install {
+        /// PostgreSQL URL of the application's database.
+        #[arg(long, env = "FLOE_OUTBOX_DB")]
+        db: String,
+        #[arg(long, default_value = "outbox")]
+        table: String,
+        /// Hash ranges of aggregateid: the units relays lease (fixed at the first install).
+        #[arg(long, default_value_t = 16)]
+        ranges: u32,
+    },
+    /// Run a relay until interrupted (any number of relays may run; each range has one
+    /// holder at a time).
+    Run {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, env = "FLOE_OUTBOX_DB")]
+        db: String,
+        #[arg(long, default_value = "outbox")]
+        table: String,
+        /// Topic of a row; `{aggregatetype}` is replaced by the row's column.
+        #[arg(long, default_value = "{aggregatetype}")]
+        topic: String,
+        /// Rows per batch (one produce request per topic).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[arg(long, default_value_t = 10_000)]
+        lease_ms: u64,
+        /// Poll interval when no notification arrives.
+        #[arg(long, default_value_t = 1000)]
+        poll_ms: u64,
+        /// This relay's name in the leases (default: host and process id).
+        #[arg(long)]
+        relay_id: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -385,6 +430,45 @@ fn run() -> anyhow::Result<()> {
             Cmd::Group { conn, cmd } => cli::group(&conn, cmd).await,
             Cmd::Queue { conn, cmd } => cli::queue(&conn, cmd).await,
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Outbox {
+                cmd: OutboxCmd::Install { db, table, ranges },
+            } => {
+                floe_outbox::install_url(&db, &table, ranges)
+                    .await
+                    .context("installing the outbox")?;
+                println!("outbox table {table:?} ready ({ranges} ranges)");
+                Ok(())
+            }
+            Cmd::Outbox {
+                cmd:
+                    OutboxCmd::Run {
+                        conn,
+                        db,
+                        table,
+                        topic,
+                        batch,
+                        lease_ms,
+                        poll_ms,
+                        relay_id,
+                    },
+            } => {
+                let agent = floe_client::Client::new(&conn.url)?;
+                let config = floe_outbox::RelayConfig {
+                    table,
+                    topic_template: topic,
+                    batch: batch.max(1),
+                    lease: Duration::from_millis(lease_ms),
+                    poll: Duration::from_millis(poll_ms),
+                    relay_id: relay_id.unwrap_or_else(|| format!("relay-{}", std::process::id())),
+                };
+                let (stop, shutdown) = tokio::sync::watch::channel(false);
+                let _signal = tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    let _ = stop.send(true);
+                });
+                floe_outbox::run(&db, agent, config, shutdown).await?;
+                Ok(())
+            }
             Cmd::Bucket {
                 cmd: BucketCmd::Init { url },
             } => {
