@@ -97,6 +97,12 @@ pub fn topic_for(template: &str, aggregatetype: &str) -> String {
     template.replace("{aggregatetype}", aggregatetype)
 }
 
+/// The range of a row among `n`: the same expression in the index and in the relay's
+/// query, so the planner uses the index.
+fn range_expr(n: i64) -> String {
+    format!("((hashtext(aggregateid) & 2147483647) % {n})")
+}
+
 fn notify_channel(table: &str) -> String {
     format!("floe_outbox_{table}")
 }
@@ -171,6 +177,14 @@ pub async fn install(db: &tokio_postgres::Client, table: &str, ranges: u32) -> R
         )
         .await?;
     }
+    // A relay reads one range in (aggregateid, seq) order: an index on exactly that
+    // expression (the range count is fixed from the first install on).
+    let n = if n == 0 { i64::from(ranges) } else { n };
+    db.batch_execute(&format!(
+        "CREATE INDEX IF NOT EXISTS {table}_by_range ON {table} ({expr}, aggregateid, seq)",
+        expr = range_expr(n)
+    ))
+    .await?;
     Ok(())
 }
 
@@ -455,10 +469,11 @@ impl Relay {
             .query(
                 &format!(
                     "SELECT id::text, aggregatetype, aggregateid, type, payload::text FROM {t}
-                     WHERE (hashtext(aggregateid) & 2147483647) % $1 = $2
-                     ORDER BY aggregateid, seq LIMIT $3"
+                     WHERE {range} = $1
+                     ORDER BY {range}, aggregateid, seq LIMIT $2",
+                    range = range_expr(i64::from(n))
                 ),
-                &[&n, &r, &limit],
+                &[&r, &limit],
             )
             .await?
             .iter()
@@ -483,7 +498,7 @@ impl Relay {
             .db
             .query(
                 &format!(
-                    "SELECT id::text, aggregatetype, aggregateid, type, payload::text FROM {t} WHERE id::text = ANY($1)"
+                    "SELECT id::text, aggregatetype, aggregateid, type, payload::text FROM {t} WHERE id = ANY($1::text[]::uuid[])"
                 ),
                 &[&ids],
             )
@@ -637,7 +652,7 @@ impl Relay {
         }
         let _ = tx
             .execute(
-                &format!("DELETE FROM {t} WHERE id::text = ANY($1)"),
+                &format!("DELETE FROM {t} WHERE id = ANY($1::text[]::uuid[])"),
                 &[&ids],
             )
             .await?;
