@@ -202,3 +202,61 @@ async fn relays_killed_at_random_publish_every_committed_row_once_in_order() {
     );
     assert!(agent.terminate().success());
 }
+
+/// `floe serve --outbox-db`: the relay runs inside the agent, publishing through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_runs_inside_floe_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_pg_db().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args(["outbox", "install", "--db", &db, "--ranges", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent = AgentProc::start(dir.path(), &["--outbox-db", &db, "--linger-ms", "5"]);
+    let c = agent.client();
+    let _ = c.create_topic("invoice", 1).await.unwrap();
+    let mut client = pg(&db).await;
+    let tx = client.transaction().await.unwrap();
+    for n in 1..=3 {
+        let _ = floe_outbox::write_event(
+            &tx,
+            "outbox",
+            "invoice",
+            "inv-1",
+            "issued",
+            &serde_json::json!({ "n": n }),
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = read_all(&c, "invoice", 0).await;
+        if got.len() == 3 {
+            let ns: Vec<u64> = got
+                .iter()
+                .map(|r| {
+                    serde_json::from_str::<serde_json::Value>(r.value.as_deref().unwrap()).unwrap()
+                        ["n"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(ns, [1, 2, 3]);
+            break;
+        }
+        assert!(
+            got.len() < 3 && Instant::now() < deadline,
+            "{} records",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(agent.terminate().success());
+}

@@ -212,7 +212,13 @@ impl Compactor {
     /// Every partition of every topic, once: at most one partition file each.
     pub async fn pass(&self) -> Result<Compacted, CompactError> {
         let mut total = Compacted::default();
-        for t in self.index.list_topics().await? {
+        let topics = self.index.list_topics().await?;
+        // Forget the cursors of deleted topics (their ids never come back).
+        if let Ok(mut c) = self.cursors.lock() {
+            let live: std::collections::HashSet<i64> = topics.iter().map(|t| t.id).collect();
+            c.retain(|(id, _), _| live.contains(id));
+        }
+        for t in topics {
             for o in self.index.partition_offsets(t.id).await? {
                 let p = o.partition;
                 let done = self

@@ -141,6 +141,16 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "FLOE_LISTEN", default_value = "127.0.0.1:7070")]
     listen: String,
+    /// Also run the transactional outbox relay (as `floe outbox run`) against this
+    /// PostgreSQL database, publishing through this agent.
+    #[arg(long, env = "FLOE_OUTBOX_DB")]
+    outbox_db: Option<String>,
+    /// The outbox table (with --outbox-db).
+    #[arg(long, env = "FLOE_OUTBOX_TABLE", default_value = "outbox")]
+    outbox_table: String,
+    /// Topic of an outbox row (with --outbox-db); `{aggregatetype}` is replaced.
+    #[arg(long, env = "FLOE_OUTBOX_TOPIC", default_value = "{aggregatetype}")]
+    outbox_topic: String,
     /// Folder for the embedded default bucket and index.
     #[arg(long, env = "FLOE_DATA_DIR", default_value = "./floe-data")]
     data_dir: PathBuf,
@@ -379,14 +389,59 @@ impl ServeArgs {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let create = args.create_bucket;
+    let outbox = args
+        .outbox_db
+        .clone()
+        .map(|db| (db, args.outbox_table.clone(), args.outbox_topic.clone()));
     let config = args.config()?;
     bucket::ensure(&config.bucket, create).await?;
     let agent = floe_agent::Agent::start(config).await?;
     // Tests and scripts read this line to learn the port.
     println!("floe listening on http://{}", agent.addr);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay = match outbox {
+        Some((db, table, topic)) => {
+            let client = floe_client::Client::new(&format!("http://{}", agent.addr))?;
+            let config = floe_outbox::RelayConfig {
+                table,
+                topic_template: topic,
+                relay_id: format!("agent-{}-{}", agent.addr, std::process::id()),
+                ..floe_outbox::RelayConfig::default()
+            };
+            Some(tokio::spawn(relay_forever(db, client, config, stopped)))
+        }
+        None => None,
+    };
     wait_for_signal().await?;
+    let _ = stop.send(true);
+    if let Some(r) = relay {
+        let _ = r.await;
+    }
     agent.shutdown().await;
     Ok(())
+}
+
+/// The in-process outbox relay (`floe serve --outbox-db`): restarted a second after any
+/// failure (e.g. the database is down) until shutdown.
+async fn relay_forever(
+    db: String,
+    client: floe_client::Client,
+    config: floe_outbox::RelayConfig,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let r = floe_outbox::run(&db, client.clone(), config.clone(), stopped.clone()).await;
+        if *stopped.borrow() {
+            return;
+        }
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "outbox relay stopped; restarting in 1 s");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stopped.changed() => return,
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
