@@ -224,29 +224,25 @@ async fn compaction_keeps_the_log_and_duckdb_reads_exactly_it() {
     let agent = AgentProc::start(
         dir.path(),
         &[
-            "--compaction-interval-ms",
-            "200",
-            "--compaction-min-age-ms",
-            "0",
-            "--compaction-max-wait-ms",
-            "0",
-            "--compaction-min-entries",
-            "2",
-            "--compaction-target-bytes",
-            "4000",
-            "--compaction-row-group-bytes",
-            "1500",
-            "--commit-deadline-ms",
-            "1000",
-            "--orphan-grace-ms",
-            "2000",
-            "--sweep-interval-ms",
-            "300",
-            // No read cache: every consumer read goes to the bucket, so reads race the
-            // sweeper's deletions of replaced segments for real.
-            "--cache-bytes",
-            "8",
-        ],
+            &common::EAGER_COMPACTION[..],
+            &[
+                "--compaction-target-bytes",
+                "4000",
+                "--compaction-row-group-bytes",
+                "1500",
+                "--commit-deadline-ms",
+                "1000",
+                "--orphan-grace-ms",
+                "2000",
+                "--sweep-interval-ms",
+                "300",
+                // No read cache: every consumer read goes to the bucket, so reads race the
+                // sweeper's deletions of replaced segments for real.
+                "--cache-bytes",
+                "8",
+            ],
+        ]
+        .concat(),
     );
     let c = agent.client();
     let stop = Arc::new(AtomicBool::new(false));
@@ -623,29 +619,25 @@ async fn a_compacted_topic_keeps_the_latest_record_per_key() {
     let agent = AgentProc::start(
         dir.path(),
         &[
-            "--compaction-interval-ms",
-            "200",
-            "--compaction-min-age-ms",
-            "0",
-            "--compaction-max-wait-ms",
-            "0",
-            "--compaction-min-entries",
-            "2",
-            "--compaction-target-bytes",
-            "10000000",
-            "--compaction-row-group-bytes",
-            "1500",
-            "--default-retention-ms",
-            "1",
-            "--commit-deadline-ms",
-            "1000",
-            "--orphan-grace-ms",
-            "2000",
-            "--sweep-interval-ms",
-            "300",
-            "--cache-bytes",
-            "8",
-        ],
+            &common::EAGER_COMPACTION[..],
+            &[
+                "--compaction-target-bytes",
+                "10000000",
+                "--compaction-row-group-bytes",
+                "1500",
+                "--default-retention-ms",
+                "1",
+                "--commit-deadline-ms",
+                "1000",
+                "--orphan-grace-ms",
+                "2000",
+                "--sweep-interval-ms",
+                "300",
+                "--cache-bytes",
+                "8",
+            ],
+        ]
+        .concat(),
     );
     let c = agent.client();
     let stop = Arc::new(AtomicBool::new(false));
@@ -812,19 +804,10 @@ async fn a_quiet_partition_keeps_one_small_file() {
     let agent = AgentProc::start(
         dir.path(),
         &[
-            "--linger-ms",
-            "5",
-            "--compaction-interval-ms",
-            "200",
-            "--compaction-min-age-ms",
-            "0",
-            "--compaction-max-wait-ms",
-            "0",
-            "--compaction-min-entries",
-            "2",
-            "--compaction-target-bytes",
-            "1000000",
-        ],
+            &common::EAGER_COMPACTION[..],
+            &["--linger-ms", "5", "--compaction-target-bytes", "1000000"],
+        ]
+        .concat(),
     );
     let c = agent.client();
     let _ = c.create_topic("quiet", 1).await.unwrap();

@@ -35,6 +35,19 @@ fn relay(agent_url: &str, db: &str, id: &str, log: &std::path::Path) -> Child {
         .expect("start floe outbox run")
 }
 
+/// `floe outbox install` on `db`.
+fn install(db: &str, ranges: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args(["outbox", "install", "--db", db, "--ranges", ranges])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 async fn pg(db: &str) -> tokio_postgres::Client {
     let (c, conn) = tokio_postgres::connect(db, tokio_postgres::NoTls)
         .await
@@ -52,15 +65,7 @@ async fn relays_killed_at_random_publish_every_committed_row_once_in_order() {
         let _ = c.create_topic(t, 3).await.unwrap();
     }
     let db = fresh_pg_db().await;
-    let out = Command::new(env!("CARGO_BIN_EXE_floe"))
-        .args(["outbox", "install", "--db", &db, "--ranges", "8"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    install(&db, "8");
     // A business table next to the outbox, written in the same transactions.
     pg(&db)
         .await
@@ -208,15 +213,7 @@ async fn relays_killed_at_random_publish_every_committed_row_once_in_order() {
 async fn the_relay_runs_inside_floe_serve() {
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_pg_db().await;
-    let out = Command::new(env!("CARGO_BIN_EXE_floe"))
-        .args(["outbox", "install", "--db", &db, "--ranges", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    install(&db, "2");
     let agent = AgentProc::start(dir.path(), &["--outbox-db", &db, "--linger-ms", "5"]);
     let c = agent.client();
     let _ = c.create_topic("invoice", 1).await.unwrap();

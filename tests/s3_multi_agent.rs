@@ -254,10 +254,7 @@ async fn trial_on(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_one_of_three_agents_loses_no_acked_record() {
-    let trials: usize = std::env::var("FLOE_KILL_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let trials = common::kill_trials(3);
     let mut cl = Cluster::new(3).await;
     let _ = cl.client(0).create_topic("kill", 2).await.unwrap();
     let mut acked = BTreeMap::new();
@@ -383,10 +380,7 @@ async fn idempotent_trial(
 /// and each producer's records keep their send order within each partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_under_idempotent_producers_loses_nothing_and_duplicates_nothing() {
-    let trials: usize = std::env::var("FLOE_KILL_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let trials = common::kill_trials(10);
     let mut cl = Cluster::new(3).await;
     let _ = cl.client(0).create_topic("idem", 2).await.unwrap();
     let mut acked: Vec<Vec<(u32, u64, String)>> = Vec::new();
@@ -580,24 +574,14 @@ async fn until_every_object_is_referenced(cl: &Cluster) -> (usize, usize) {
 /// error or a changed record, and once quiet, the sweepers leave no unreferenced object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_compaction_on_three_agents_loses_nothing() {
-    let trials: usize = std::env::var("FLOE_KILL_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let trials = common::kill_trials(10);
     let mut cl = Cluster::with_flags(
         3,
         &[
-            "--compaction-interval-ms",
-            "250",
-            "--compaction-min-age-ms",
-            "0",
-            "--compaction-max-wait-ms",
-            "0",
-            "--compaction-min-entries",
-            "2",
-            "--compaction-target-bytes",
-            "20000",
-        ],
+            &common::EAGER_COMPACTION[..],
+            &["--compaction-target-bytes", "20000"],
+        ]
+        .concat(),
     )
     .await;
     let _ = cl.client(0).create_topic("kill", 2).await.unwrap();
@@ -659,24 +643,14 @@ async fn kill9_during_compaction_on_three_agents_loses_nothing() {
 /// see records of the log, in order; no unreferenced object is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_cleaning_of_a_compacted_topic_loses_no_latest_record() {
-    let trials: usize = std::env::var("FLOE_KILL_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let trials = common::kill_trials(10);
     let mut cl = Cluster::with_flags(
         3,
         &[
-            "--compaction-interval-ms",
-            "250",
-            "--compaction-min-age-ms",
-            "0",
-            "--compaction-max-wait-ms",
-            "0",
-            "--compaction-min-entries",
-            "2",
-            "--compaction-target-bytes",
-            "20000",
-        ],
+            &common::EAGER_COMPACTION[..],
+            &["--compaction-target-bytes", "20000"],
+        ]
+        .concat(),
     )
     .await;
     let _ = cl
@@ -815,26 +789,19 @@ async fn read_retained(c: &Client, p: u32) -> (u64, Vec<String>) {
 /// start moved) nor a gap; the sweepers leave no unreferenced object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_retention_and_compaction_loses_nothing_retained() {
-    let trials: usize = std::env::var("FLOE_KILL_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let trials = common::kill_trials(10);
     let mut cl = Cluster::with_flags(
         3,
         &[
-            "--compaction-interval-ms",
-            "250",
-            "--compaction-min-age-ms",
-            "0",
-            "--compaction-max-wait-ms",
-            "0",
-            "--compaction-min-entries",
-            "2",
-            "--compaction-target-bytes",
-            "20000",
-            "--default-retention-bytes",
-            "2000",
-        ],
+            &common::EAGER_COMPACTION[..],
+            &[
+                "--compaction-target-bytes",
+                "20000",
+                "--default-retention-bytes",
+                "2000",
+            ],
+        ]
+        .concat(),
     )
     .await;
     let _ = cl.client(0).create_topic("kill", 2).await.unwrap();

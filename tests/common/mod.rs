@@ -323,3 +323,26 @@ pub(crate) async fn long_poll_wake_time(
     assert_eq!(r.records[0].value.as_deref(), Some(value));
     woke
 }
+
+/// Flags for an agent whose compactor works at once (every 200 ms, nothing too young,
+/// nothing waits, two entries suffice); tests add the target and sizes they need.
+#[allow(dead_code)] // not every test binary compacts
+pub(crate) const EAGER_COMPACTION: [&str; 8] = [
+    "--compaction-interval-ms",
+    "200",
+    "--compaction-min-age-ms",
+    "0",
+    "--compaction-max-wait-ms",
+    "0",
+    "--compaction-min-entries",
+    "2",
+];
+
+/// `FLOE_KILL_TRIALS`, or `default` (the kill -9 tests' number of trials).
+#[allow(dead_code)]
+pub(crate) fn kill_trials(default: usize) -> usize {
+    std::env::var("FLOE_KILL_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
