@@ -4,6 +4,7 @@
 # RELAYS `floe outbox run` processes drain them into an embedded agent; prints rows/s from
 # the relays' start until the table is empty and every record is in the topic.
 #   bash bench/outbox.sh [BIN]     (BIN: a release floe; PostgreSQL on 127.0.0.1:5432)
+#   LATENCY_ROWS=2000 LATENCY_RATE=200 bash bench/outbox.sh ...   also measures commit -> visible
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/floe}
@@ -36,6 +37,11 @@ done
 while [ "$(psql -tA "$PG/$DB" -c 'SELECT COUNT(*) FROM outbox')" != 0 ]; do sleep 0.1; done
 t2=$(date +%s.%N)
 n=$(curl -sf http://127.0.0.1:$PORT/v1/topics/order | python3 -c "import json,sys; print(sum(p['end_offset'] for p in json.load(sys.stdin)['partitions']))")
+if [ -n "${LATENCY_ROWS:-}" ]; then
+  # Commit -> visible, one row per transaction at LATENCY_RATE/s, with the relays running.
+  "$BIN" topics --url http://127.0.0.1:$PORT create lat --partitions 1 >/dev/null
+  python3 bench/outbox-latency.py "$BIN" http://127.0.0.1:$PORT "$PG/$DB" "$LATENCY_ROWS" "${LATENCY_RATE:-200}"
+fi
 python3 -c "
 ins = $t1 - $t0; relay = $t2 - $t1
 print(f'insert: $ROWS rows over $AGGS aggregates in {ins:.1f} s = {$ROWS/ins:.0f} rows/s (one transaction, through the seq trigger)')

@@ -327,7 +327,10 @@ impl Relay {
                 return Ok(());
             }
             let mut published = 0usize;
-            for &r in &ranges {
+            // Only ranges with rows present are leased and read (one indexed query when
+            // idle); an unfinished batch's rows are present until it is finished.
+            let busy = self.busy_ranges(n).await?;
+            for &r in ranges.iter().filter(|r| busy.contains(r)) {
                 let Some(state) = self.lease(r).await? else {
                     continue;
                 };
@@ -349,6 +352,24 @@ impl Relay {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    /// The ranges (of `n`) that have rows.
+    async fn busy_ranges(&self, n: i32) -> Result<std::collections::HashSet<i32>> {
+        let t = &self.config.table;
+        Ok(self
+            .db
+            .query(
+                &format!(
+                    "SELECT DISTINCT {range}::integer FROM {t}",
+                    range = range_expr(i64::from(n))
+                ),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     /// Take or renew range `r`'s lease; its state when this relay holds it.
