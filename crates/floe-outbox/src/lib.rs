@@ -97,6 +97,35 @@ pub fn topic_for(template: &str, aggregatetype: &str) -> String {
     template.replace("{aggregatetype}", aggregatetype)
 }
 
+/// Bytes of record data per produce request at most (the agent's default body limit is
+/// 16 MiB; JSON escaping can double a payload).
+const REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Records per produce request at most (the agent's default is 10 000).
+const REQUEST_RECORDS: usize = 5000;
+
+/// Split a topic's rows into requests within [`REQUEST_BYTES`] and [`REQUEST_RECORDS`]
+/// (a row larger than that alone goes alone; the agent's record limit decides on it).
+fn chunks<'a>(rows: &'a [&'a Row]) -> Vec<&'a [&'a Row]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in rows.iter().enumerate() {
+        let size = r.payload.len()
+            + r.aggregateid.len()
+            + r.id.len()
+            + r.kind.len()
+            + r.aggregatetype.len();
+        if i > start && (bytes + size > REQUEST_BYTES || i - start >= REQUEST_RECORDS) {
+            out.push(&rows[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
+
 /// The range of a row among `n`: the same expression in the index and in the relay's
 /// query, so the planner uses the index.
 fn range_expr(n: i64) -> String {
@@ -549,8 +578,9 @@ impl Relay {
         Ok(p)
     }
 
-    /// One request per topic; each record goes to its key's partition and gets the next
-    /// sequence there.
+    /// Requests per topic of at most [`REQUEST_BYTES`] / [`REQUEST_RECORDS`] (well under
+    /// the agent's default body and request limits); each record goes to its key's
+    /// partition and gets the next sequence there.
     async fn plan(&mut self, rows: &[Row], seqs: &BTreeMap<String, i64>) -> Result<Intent> {
         let mut next = seqs.clone();
         let mut by_topic: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
@@ -563,27 +593,29 @@ impl Relay {
         let mut requests = Vec::new();
         for (topic, rows) in by_topic {
             let parts = self.partitions(&topic).await?;
-            let mut counts: BTreeMap<u32, i64> = BTreeMap::new();
-            for row in &rows {
-                *counts
-                    .entry(floe_core::partitioner::partition_for_key(
-                        row.aggregateid.as_bytes(),
-                        parts,
-                    ))
-                    .or_default() += 1;
+            for rows in chunks(&rows) {
+                let mut counts: BTreeMap<u32, i64> = BTreeMap::new();
+                for row in rows {
+                    *counts
+                        .entry(floe_core::partitioner::partition_for_key(
+                            row.aggregateid.as_bytes(),
+                            parts,
+                        ))
+                        .or_default() += 1;
+                }
+                let mut sequences = BTreeMap::new();
+                for (p, c) in counts {
+                    let k = format!("{topic}/{p}");
+                    let first = next.get(&k).copied().unwrap_or(0);
+                    let _ = sequences.insert(p, first);
+                    let _ = next.insert(k, first + c);
+                }
+                requests.push(Request {
+                    topic: topic.clone(),
+                    ids: rows.iter().map(|x| x.id.clone()).collect(),
+                    sequences,
+                });
             }
-            let mut sequences = BTreeMap::new();
-            for (p, c) in counts {
-                let k = format!("{topic}/{p}");
-                let first = next.get(&k).copied().unwrap_or(0);
-                let _ = sequences.insert(p, first);
-                let _ = next.insert(k, first + c);
-            }
-            requests.push(Request {
-                topic,
-                ids: rows.iter().map(|x| x.id.clone()).collect(),
-                sequences,
-            });
         }
         Ok(Intent { requests, next })
     }
@@ -694,5 +726,32 @@ mod tests {
             assert!(check_table(bad).is_err(), "{bad:?}");
         }
         assert_eq!(topic_for("events.{aggregatetype}", "order"), "events.order");
+    }
+
+    #[test]
+    fn requests_stay_within_their_limits() {
+        let row = |n: usize| Row {
+            id: "i".into(),
+            aggregatetype: String::new(),
+            aggregateid: String::new(),
+            kind: String::new(),
+            payload: "x".repeat(n),
+        };
+        let big: Vec<Row> = (0..10).map(|_| row(REQUEST_BYTES / 3)).collect();
+        let refs: Vec<&Row> = big.iter().collect();
+        let sizes: Vec<usize> = chunks(&refs).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [2, 2, 2, 2, 2]);
+        let many: Vec<Row> = (0..12_000).map(|_| row(1)).collect();
+        let refs: Vec<&Row> = many.iter().collect();
+        let sizes: Vec<usize> = chunks(&refs).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [5000, 5000, 2000]);
+        let huge = [row(REQUEST_BYTES * 2)];
+        let refs: Vec<&Row> = huge.iter().collect();
+        assert_eq!(
+            chunks(&refs).len(),
+            1,
+            "a row larger than the limit goes alone"
+        );
+        assert!(chunks(&[]).is_empty());
     }
 }
