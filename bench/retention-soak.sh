@@ -39,8 +39,9 @@ t0=$(date +%s)
 while [ "$(date +%s)" -lt "$end" ]; do
   sleep "$SAMPLE"
   objs=$( { find "$dir/bucket/segments" "$dir/bucket/topics" -type f 2>/dev/null || true; } | wc -l)
-  mib=$(du -sm "$dir/bucket" 2>/dev/null | cut -f1)
-  offs=$(curl -sf "http://127.0.0.1:$PORT/v1/topics/soak" | python3 -c "import json,sys; d=json.load(sys.stdin); print(','.join(str(p['start_offset']) for p in d['partitions']), ','.join(str(p['end_offset']) for p in d['partitions']))")
-  tracked=$(curl -sf "http://127.0.0.1:$PORT/metrics" | awk '/^floe_bucket_objects / {print $2}')
+  mib=$(du -sm "$dir/bucket" 2>/dev/null | cut -f1 || true)
+  # A sample that fails (a slow answer under load) prints "?" instead of ending the soak.
+  offs=$(curl -sf -m 10 "http://127.0.0.1:$PORT/v1/topics/soak" | python3 -c "import json,sys; d=json.load(sys.stdin); print(','.join(str(p['start_offset']) for p in d['partitions']), ','.join(str(p['end_offset']) for p in d['partitions']))" 2>/dev/null || echo "? ?")
+  tracked=$(curl -sf -m 10 "http://127.0.0.1:$PORT/metrics" | awk '/^floe_bucket_objects / {print $2}' || true)
   echo "$(( $(date +%s) - t0 )) $objs $mib $offs ${tracked:-?}"
 done
