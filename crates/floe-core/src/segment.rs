@@ -924,6 +924,45 @@ mod tests {
         }
     }
 
+    /// `records` encoded alone as one run of ("t", `partition`): the segment, its footer
+    /// and the run's layout.
+    fn one_run(records: &[Record], partition: u32) -> (Bytes, Arc<ParquetMetaData>, RunLayout) {
+        let (bytes, lay) = encode_segment(
+            &[RunRef {
+                topic: "t",
+                partition,
+                records,
+            }],
+            EncodeOptions::default(),
+        )
+        .unwrap();
+        let Footer::Parsed(meta) = parse_footer(&bytes).unwrap() else {
+            panic!()
+        };
+        (bytes, meta, lay[0])
+    }
+
+    /// The run of [`one_run`], decoded whole as an index entry at offset 0 would read it.
+    fn decode_whole(
+        bytes: &Bytes,
+        meta: &Arc<ParquetMetaData>,
+        lay: &RunLayout,
+        partition: u32,
+    ) -> DecodedRun {
+        let loc = RunLocation {
+            topic: "t",
+            partition,
+            records: lay.records,
+            row_group_first: 0,
+            row_group_count: lay.row_group_count,
+            byte_start: lay.byte_start,
+            base_offset: 0,
+            span: u64::from(lay.records),
+        };
+        let data = bytes.slice(lay.byte_start as usize..lay.byte_end as usize);
+        decode_run(meta, bytes.len() as u64, &loc, data).unwrap()
+    }
+
     fn roundtrip(runs: &[RunRef<'_>], opts: EncodeOptions) {
         let (bytes, layouts) = encode_segment(runs, opts).unwrap();
         // Read the footer the way the agent does: from a short suffix first.
@@ -1015,29 +1054,18 @@ mod tests {
     #[test]
     fn decode_rejects_wrong_partition() {
         let a: Vec<Record> = (0..10).map(rec).collect();
-        let (bytes, lay) = encode_segment(
-            &[RunRef {
-                topic: "t",
-                partition: 1,
-                records: &a,
-            }],
-            EncodeOptions::default(),
-        )
-        .unwrap();
-        let Footer::Parsed(meta) = parse_footer(&bytes).unwrap() else {
-            panic!()
-        };
+        let (bytes, meta, lay) = one_run(&a, 1);
         let loc = RunLocation {
             topic: "t",
             partition: 2,
             records: 10,
             row_group_first: 0,
             row_group_count: 1,
-            byte_start: lay[0].byte_start,
+            byte_start: lay.byte_start,
             base_offset: 0,
             span: 10,
         };
-        let data = bytes.slice(lay[0].byte_start as usize..lay[0].byte_end as usize);
+        let data = bytes.slice(lay.byte_start as usize..lay.byte_end as usize);
         assert!(matches!(
             decode_run(&meta, bytes.len() as u64, &loc, data),
             Err(SegmentError::Corrupt(_))
@@ -1074,30 +1102,8 @@ mod tests {
     #[test]
     fn partition_file_roundtrips_with_absolute_offsets() {
         let a: Vec<Record> = (0..5000).map(rec).collect();
-        let (bytes, lay) = encode_segment(
-            &[RunRef {
-                topic: "t",
-                partition: 2,
-                records: &a,
-            }],
-            EncodeOptions::default(),
-        )
-        .unwrap();
-        let Footer::Parsed(meta) = parse_footer(&bytes).unwrap() else {
-            panic!()
-        };
-        let loc = RunLocation {
-            topic: "t",
-            partition: 2,
-            records: 5000,
-            row_group_first: 0,
-            row_group_count: lay[0].row_group_count,
-            byte_start: lay[0].byte_start,
-            base_offset: 0,
-            span: 5000,
-        };
-        let data = bytes.slice(lay[0].byte_start as usize..lay[0].byte_end as usize);
-        let run = decode_run(&meta, bytes.len() as u64, &loc, data).unwrap();
+        let (bytes, meta, lay) = one_run(&a, 2);
+        let run = decode_whole(&bytes, &meta, &lay, 2);
         // Rows 100..5000 of the run are offsets 5100..10000.
         let batches = run.fetch_batches(5_100, 100, 5000).unwrap();
         for (rows, rg_bytes, groups) in [(250, usize::MAX, 20), (100_000, 2_000, 0)] {
@@ -1184,30 +1190,8 @@ mod tests {
     #[test]
     fn a_partition_file_with_gaps_keeps_each_rows_offset() {
         let a: Vec<Record> = (0..100).map(rec).collect();
-        let (bytes, lay) = encode_segment(
-            &[RunRef {
-                topic: "t",
-                partition: 0,
-                records: &a,
-            }],
-            EncodeOptions::default(),
-        )
-        .unwrap();
-        let Footer::Parsed(meta) = parse_footer(&bytes).unwrap() else {
-            panic!()
-        };
-        let loc = RunLocation {
-            topic: "t",
-            partition: 0,
-            records: 100,
-            row_group_first: 0,
-            row_group_count: lay[0].row_group_count,
-            byte_start: lay[0].byte_start,
-            base_offset: 0,
-            span: 100,
-        };
-        let data = bytes.slice(lay[0].byte_start as usize..lay[0].byte_end as usize);
-        let run = decode_run(&meta, bytes.len() as u64, &loc, data).unwrap();
+        let (bytes, meta, lay) = one_run(&a, 0);
+        let run = decode_whole(&bytes, &meta, &lay, 0);
         assert_eq!(
             run.absolute_offset(3),
             None,
