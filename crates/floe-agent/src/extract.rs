@@ -61,6 +61,13 @@ impl RequestBody for CommitRequest {
 }
 impl RequestBody for ReceiveRequest {}
 impl RequestBody for SettleRequest {}
+impl RequestBody for floe_api::BeginTransactionRequest {}
+impl RequestBody for floe_api::CommitTransactionRequest {
+    const OBJECT_ARRAYS: &'static [&'static str] = &["offsets"];
+}
+impl RequestBody for floe_api::PrepareHalfRequest {
+    const OBJECT_ARRAYS: &'static [&'static str] = &["records"];
+}
 
 impl<S: Send + Sync, T: RequestBody> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;

@@ -9,7 +9,7 @@ use floe_broker::Broker;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::routes::{groups, ops, queues, records, stream, topics};
+use crate::routes::{groups, ops, queues, records, stream, topics, txns};
 
 pub fn router(broker: Broker) -> Router {
     let limit = broker.config.limits.max_body_bytes;
@@ -29,6 +29,31 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/topics/{topic}/records", post(records::produce))
         .route("/v1/topics/{topic}/files", get(topics::topic_files))
         .route("/v1/producers", post(records::init_producer))
+        .route(
+            "/v1/producers/{producer_id}/transactions",
+            post(txns::begin),
+        )
+        .route(
+            "/v1/producers/{producer_id}/transactions/{epoch}/commit",
+            post(txns::commit),
+        )
+        .route(
+            "/v1/producers/{producer_id}/transactions/{epoch}/abort",
+            post(txns::abort),
+        )
+        .route("/v1/transactions", get(txns::list))
+        .route(
+            "/v1/topics/{topic}/half-messages",
+            post(txns::prepare_half),
+        )
+        .route(
+            "/v1/half-messages/{handle}/commit",
+            post(txns::commit_half),
+        )
+        .route(
+            "/v1/half-messages/{handle}/rollback",
+            post(txns::rollback_half),
+        )
         .route(
             "/v1/topics/{topic}/partitions/{partition}/records",
             get(records::fetch),

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 pub use error::ApiError;
-pub use floe_broker::config::CompactionConfig;
+pub use floe_broker::config::{CompactionConfig, TxnConfig};
 pub use floe_broker::{AgentConfig, faults, store};
 
 #[derive(Debug, thiserror::Error)]

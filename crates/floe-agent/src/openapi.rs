@@ -20,6 +20,11 @@ use floe_api::{
     ReceiveResponse, RecordOffset, ResetPolicy, SettleFailure, SettleRequest, SettleResponse,
     TopicDescription, TopicFiles, TopicInfo, TopicList, TopicSummary,
 };
+use floe_api::{
+    BeginTransactionRequest, CheckOutcome, CheckRequest, CheckResponse, CommitTransactionRequest,
+    HalfMessage, PrepareHalfRequest, TransactionDescription, TransactionEnd, TransactionInfo,
+    TransactionList, TransactionOffsets, TransactionPartition, TransactionState,
+};
 use floe_broker::Broker;
 use floe_broker::groups::DEFAULT_SESSION_TIMEOUT_MS;
 use floe_broker::queues::MAX_REASON_LEN;
@@ -28,13 +33,13 @@ use floe_core::name::MAX_TOPIC_NAME_LEN;
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
-use crate::routes::{groups, ops, queues, records, stream, topics};
+use crate::routes::{groups, ops, queues, records, stream, topics, txns};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Floe",
-        description = "Floe agent HTTP API: topics, produce, fetch (long-poll), SSE tail, consumer groups (pub/sub) and share groups (queues)."
+        description = "Floe agent HTTP API: topics, produce, fetch (long-poll), SSE tail, consumer groups (pub/sub) and share groups (queues), transactions and half-messages."
     ),
     paths(
         ops::healthz,
@@ -61,6 +66,13 @@ use crate::routes::{groups, ops, queues, records, stream, topics};
         queues::reject,
         queues::extend,
         queues::describe_queue,
+        txns::begin,
+        txns::commit,
+        txns::abort,
+        txns::list,
+        txns::prepare_half,
+        txns::commit_half,
+        txns::rollback_half,
         ops::metrics,
         openapi_json
     ),
@@ -103,7 +115,21 @@ use crate::routes::{groups, ops, queues, records, stream, topics};
         SettleResponse,
         QueuePartitionState,
         QueueDescription,
-        Encoding
+        Encoding,
+        BeginTransactionRequest,
+        TransactionInfo,
+        TransactionOffsets,
+        CommitTransactionRequest,
+        TransactionState,
+        TransactionEnd,
+        TransactionPartition,
+        TransactionDescription,
+        TransactionList,
+        PrepareHalfRequest,
+        HalfMessage,
+        CheckOutcome,
+        CheckRequest,
+        CheckResponse
     ))
 )]
 pub struct ApiDoc;
@@ -323,6 +349,34 @@ pub fn document(limits: &Limits) -> Value {
              "properties": {"visibility_timeout_ms": {"type": "integer", "minimum": 1}}}
         ]});
     }
+    prop(
+        &mut doc,
+        "BeginTransactionRequest",
+        "timeout_ms",
+        json!({"type": ["integer", "null"], "minimum": 1, "maximum": limits.max_transaction_timeout_ms}),
+    );
+    prop(
+        &mut doc,
+        "BeginTransactionRequest",
+        "epoch",
+        json!({"maximum": u32::MAX}),
+    );
+    let s = "TransactionOffsets";
+    prop(&mut doc, s, "topic", name.clone());
+    prop(&mut doc, s, "group", name.clone());
+    prop(&mut doc, s, "member_id", name.clone());
+    prop(
+        &mut doc,
+        "PrepareHalfRequest",
+        "records",
+        json!({"minItems": 1, "maxItems": limits.max_records_per_request}),
+    );
+    prop(
+        &mut doc,
+        "PrepareHalfRequest",
+        "check_url",
+        json!({"pattern": "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$", "maxLength": 2048}),
+    );
     constrain_operations(&mut doc, &name);
     doc
 }
@@ -365,6 +419,22 @@ fn constrain_operations(doc: &mut Value, name: &Value) {
                             "minimum": 0,
                             "maximum": u32::MAX
                         })),
+                        "producer_id" => Some(json!({"type": "integer", "format": "int64"})),
+                        "epoch" => Some(json!({
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": u32::MAX
+                        })),
+                        "handle" => Some(json!({
+                            "type": "string",
+                            "pattern": "^-?[0-9]{1,18}[.][0-9]{1,9}$"
+                        })),
+                        "isolation" => Some(json!({
+                            "type": "string",
+                            "enum": ["read_committed", "read_uncommitted"]
+                        })),
+                        "state" => Some(json!({"type": "string", "enum": ["open", "all"]})),
+                        "Producer-Transactional" => Some(json!({"type": "string", "enum": ["true", "false"]})),
                         "Producer-Sequences" => Some(json!({
                             "type": "string",
                             "pattern": "^[0-9]{1,9}=[0-9]{1,18}(?:,[0-9]{1,9}=[0-9]{1,18})*$"

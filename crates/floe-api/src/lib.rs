@@ -64,6 +64,9 @@ pub struct PartitionInfo {
     pub start_offset: u64,
     /// Next offset to be assigned.
     pub end_offset: u64,
+    /// Below this no offset belongs to an open transaction: `read_committed` readers
+    /// (the default) stop here. Equal to `end_offset` when no transaction is open.
+    pub stable_offset: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -225,6 +228,157 @@ pub struct FetchResponse {
     pub next_offset: u64,
     /// Next offset to be assigned in this partition (the log end).
     pub end_offset: u64,
+    /// Below this no offset belongs to an open transaction (a `read_committed` fetch,
+    /// the default, reads only below it).
+    pub stable_offset: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// Transactions and half-messages (RFC 0005)
+// ---------------------------------------------------------------------------------------
+
+/// Begin a transaction of a producer session (`POST /v1/producers/{id}/transactions`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BeginTransactionRequest {
+    /// The session's current epoch (from `POST /v1/producers` or the previous
+    /// transaction).
+    pub epoch: u32,
+    /// Abort the transaction this long after it began unless it ended (default: the
+    /// agent's `--transaction-timeout-ms`, 60 s; at most `--max-transaction-timeout-ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A begun transaction: produce with `Producer-Epoch: epoch` (sequences from 0) and
+/// `Producer-Transactional: true`, then commit or abort naming this epoch.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct TransactionInfo {
+    pub producer_id: i64,
+    /// The transaction's epoch: it names the transaction.
+    pub epoch: u32,
+    /// When the engine aborts it (Unix ms) unless it ended.
+    pub deadline_ms: i64,
+}
+
+/// Group offsets committed by a transaction (consume-transform-produce): applied only if
+/// the transaction commits, fenced by the group (member, generation, ownership).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionOffsets {
+    pub topic: String,
+    pub group: String,
+    pub member_id: String,
+    pub generation: u64,
+    pub offsets: Vec<CommitOffset>,
+}
+
+/// Commit a transaction.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommitTransactionRequest {
+    #[serde(default)]
+    pub offsets: Vec<TransactionOffsets>,
+}
+
+/// The state of a transaction or half-message.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionState {
+    Open,
+    Committed,
+    Aborted,
+}
+
+/// The answer to a commit or abort (also a half-message's commit or rollback).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct TransactionEnd {
+    pub producer_id: i64,
+    pub epoch: u32,
+    pub state: TransactionState,
+    /// It had ended this way before (a repeated request): nothing changed now.
+    pub repeated: bool,
+}
+
+/// A partition an open transaction wrote.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct TransactionPartition {
+    pub topic: String,
+    pub partition: u32,
+    /// Its first offset there: the partition's stable offset is at most this.
+    pub first_offset: u64,
+    pub records: u64,
+}
+
+/// A transaction as the index holds it (`GET /v1/transactions`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct TransactionDescription {
+    pub producer_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer_name: Option<String>,
+    pub epoch: u32,
+    pub state: TransactionState,
+    pub started_ms: i64,
+    pub deadline_ms: i64,
+    /// A half-message's check-back URL, and the checks made so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_url: Option<String>,
+    pub checks: u32,
+    #[serde(default)]
+    pub partitions: Vec<TransactionPartition>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TransactionList {
+    pub transactions: Vec<TransactionDescription>,
+}
+
+/// Prepare a half-message (`POST /v1/topics/{topic}/half-messages`): the records are
+/// stored invisible to consumers until committed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareHalfRequest {
+    pub records: Vec<ProduceRecord>,
+    /// Called (`POST {"handle", "producer_id", "epoch", "check"}`, answer `{"outcome":
+    /// "commit" | "rollback" | "unknown"}`) when neither commit nor rollback came in time.
+    pub check_url: String,
+}
+
+/// A prepared half-message.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HalfMessage {
+    /// `<producer_id>.<epoch>`: commit or roll back with it.
+    pub handle: String,
+    pub producer_id: i64,
+    pub epoch: u32,
+    /// Where its records are (not visible to consumers until committed).
+    pub offsets: Vec<RecordOffset>,
+}
+
+/// A check-back call's answer.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckOutcome {
+    Commit,
+    Rollback,
+    Unknown,
+}
+
+/// The body of a check-back call the broker makes to the producer's `check_url`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckRequest {
+    pub handle: String,
+    pub producer_id: i64,
+    pub epoch: u32,
+    /// 1 for the first check-back.
+    pub check: u32,
+}
+
+/// What the producer's `check_url` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckResponse {
+    pub outcome: CheckOutcome,
 }
 
 // ---------------------------------------------------------------------------------------

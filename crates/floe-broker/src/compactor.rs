@@ -250,10 +250,15 @@ impl Compactor {
             .and_then(|c| c.get(&(t.id, p)).copied())
             .unwrap_or(start)
             .max(start);
-        let entries = self
+        let mut entries = self
             .index
             .runs_from(t.id, p, from, ENTRIES_PER_PASS)
             .await?;
+        // Records of open transactions stay in their segments until the transaction ends
+        // (an abort turns their entries into holes, which needs them dense; RFC 0005).
+        if let Some((_, stable)) = self.index.log_ends(t.id, p).await? {
+            entries.retain(|e| e.base_offset + u64::from(e.records) <= stable);
+        }
         // Files of at least half the target stay; smaller ones (a quiet partition's) are
         // merged with what waits after them.
         let full_file = self.config.compaction.target_bytes / 2;
@@ -490,9 +495,12 @@ impl Compactor {
         p: u32,
         entries: &[RunEntry],
     ) -> Result<Compacted, CompactError> {
+        if entries.iter().all(|e| e.rows == 0) {
+            return Ok(Compacted::default()); // only holes: nothing to write
+        }
         let mut w = self.writer(t, p)?;
         let mut first_ts = None;
-        for e in entries {
+        for e in entries.iter().filter(|e| e.rows > 0) {
             let run = self.reader.decode_entry(t, p, e).await?;
             let from = e.row_first as usize;
             for b in run.fetch_batches(e.base_offset, from, from + e.rows as usize)? {

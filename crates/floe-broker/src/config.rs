@@ -129,6 +129,7 @@ pub struct AgentConfig {
     /// How long a producer session's sequence state is kept without a produce (RFC 0003
     /// part 2); after it, the producer is unknown and must start a new session.
     pub producer_ttl: Duration,
+    pub transactions: TxnConfig,
     pub compaction: CompactionConfig,
     /// Retention for topics that set none (`retention_ms` / `retention.bytes`): applied by
     /// the sweeper at each pass, so changing it affects existing topics too. Keep it the
@@ -230,6 +231,7 @@ impl Default for AgentConfig {
             store_timeout: Duration::from_secs(10),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             producer_ttl: Duration::from_secs(24 * 3600),
+            transactions: TxnConfig::default(),
             compaction: CompactionConfig::default(),
             default_retention_ms: None,
             default_retention_bytes: None,
@@ -237,8 +239,56 @@ impl Default for AgentConfig {
     }
 }
 
+/// Transactions and half-messages (RFC 0005).
+#[derive(Debug, Clone)]
+pub struct TxnConfig {
+    /// A transaction begun without a timeout is aborted this long after it began.
+    pub default_timeout: Duration,
+    /// How often an agent looks for transactions past their deadline.
+    pub check_interval: Duration,
+    /// A half-message's first check-back comes this long after it was prepared
+    /// (RocketMQ: 6 s).
+    pub half_first_check: Duration,
+    /// Then every this long (RocketMQ: 30 s)...
+    pub half_check_interval: Duration,
+    /// ...at most this many times (RocketMQ: 15); then `half_default` applies.
+    pub half_max_checks: u32,
+    /// What happens to a half-message whose producer never answered: commit or
+    /// rollback (the default).
+    pub half_default_commit: bool,
+    /// Budget of one check-back call.
+    pub half_check_timeout: Duration,
+    /// Topic that records half-messages ended by the default (created on first use).
+    pub half_audit_topic: String,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        Self {
+            default_timeout: Duration::from_secs(60),
+            check_interval: Duration::from_secs(1),
+            half_first_check: Duration::from_secs(6),
+            half_check_interval: Duration::from_secs(30),
+            half_max_checks: 15,
+            half_default_commit: false,
+            half_check_timeout: Duration::from_secs(3),
+            half_audit_topic: "floe-half-audit".into(),
+        }
+    }
+}
+
 impl AgentConfig {
     pub fn validate(&self) -> Result<(), String> {
+        let t = &self.transactions;
+        if t.default_timeout.is_zero()
+            || self.limits.max_transaction_timeout_ms < t.default_timeout.as_millis() as u64
+            || t.check_interval.is_zero()
+            || t.half_first_check.is_zero()
+            || t.half_check_interval.is_zero()
+            || t.half_check_timeout.is_zero()
+        {
+            return Err("transaction timeouts and intervals must be > 0, and the maximum transaction timeout at least the default".into());
+        }
         if self.orphan_grace < self.commit_deadline * 2 {
             return Err(format!(
                 "orphan grace ({:?}) must be at least twice the commit deadline ({:?}), or the sweeper could delete a segment that is about to be committed",

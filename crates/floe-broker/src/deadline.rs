@@ -224,6 +224,38 @@ impl Index for DeadlineIndex {
         self.within("end_offset", self.inner.end_offset(topic_id, partition))
             .await
     }
+    async fn log_ends(
+        &self,
+        topic_id: i64,
+        partition: u32,
+    ) -> floe_index::Result<Option<(u64, u64)>> {
+        self.within("log_ends", self.inner.log_ends(topic_id, partition))
+            .await
+    }
+    async fn begin_txn(&self, b: floe_index::BeginTxn) -> floe_index::Result<u32> {
+        self.within("begin_txn", self.inner.begin_txn(b)).await
+    }
+    async fn end_txn(&self, e: floe_index::EndTxn) -> floe_index::Result<floe_index::TxnEnded> {
+        self.within("end_txn", self.inner.end_txn(e)).await
+    }
+    async fn transactions(&self, open_only: bool) -> floe_index::Result<Vec<floe_index::TxnInfo>> {
+        self.within("transactions", self.inner.transactions(open_only))
+            .await
+    }
+    async fn claim_check(
+        &self,
+        producer_id: i64,
+        epoch: u32,
+        checks: u32,
+        next_deadline_ms: i64,
+    ) -> floe_index::Result<bool> {
+        self.within(
+            "claim_check",
+            self.inner
+                .claim_check(producer_id, epoch, checks, next_deadline_ms),
+        )
+        .await
+    }
     async fn commit_segment(&self, seg: SegmentCommit) -> floe_index::Result<Committed> {
         let left_ms = seg.deadline_unix_ms.saturating_sub(self.clock.now_ms());
         let budget = Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)).min(self.timeout)

@@ -107,8 +107,35 @@ impl BrokerError {
                 ),
             ),
             IndexError::IdempotencyLost(_) => Self::unavailable("idempotency_lost", e.to_string()),
+            IndexError::Txn(t) => Self::txn(t),
             _ => Self::unavailable("index_unavailable", format!("metadata index error: {e}")),
         }
+    }
+}
+
+impl BrokerError {
+    /// A refused transaction request (RFC 0005): nothing changed.
+    pub fn txn(t: &floe_index::TxnError) -> Self {
+        use floe_index::TxnError as T;
+        let code = match t {
+            T::UnknownProducer(_) => "unknown_producer",
+            T::Fenced { .. } => "producer_fenced",
+            T::AlreadyOpen { .. } => "transaction_open",
+            T::Unknown { .. } => {
+                return Self::new(
+                    ErrorKind::NotFound,
+                    "transaction_not_found",
+                    format!("{t}; nothing changed"),
+                );
+            }
+            T::Ended { state, .. } => match state {
+                floe_core::txn::TxnState::Committed => "transaction_committed",
+                floe_core::txn::TxnState::Aborted => "transaction_aborted",
+                floe_core::txn::TxnState::Open => "transaction_open",
+            },
+            T::Offsets(_) => "transaction_offsets_fenced",
+        };
+        Self::conflict(code, format!("{t}; nothing changed"))
     }
 }
 

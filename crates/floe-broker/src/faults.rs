@@ -75,6 +75,38 @@ impl Index for FaultIndex {
         wait_while(&self.hanging).await;
         self.inner.end_offset(topic_id, partition).await
     }
+    async fn log_ends(
+        &self,
+        topic_id: i64,
+        partition: u32,
+    ) -> floe_index::Result<Option<(u64, u64)>> {
+        wait_while(&self.hanging).await;
+        self.inner.log_ends(topic_id, partition).await
+    }
+    async fn begin_txn(&self, b: floe_index::BeginTxn) -> floe_index::Result<u32> {
+        wait_while(&self.hanging).await;
+        self.inner.begin_txn(b).await
+    }
+    async fn end_txn(&self, e: floe_index::EndTxn) -> floe_index::Result<floe_index::TxnEnded> {
+        wait_while(&self.hanging).await;
+        self.inner.end_txn(e).await
+    }
+    async fn transactions(&self, open_only: bool) -> floe_index::Result<Vec<floe_index::TxnInfo>> {
+        wait_while(&self.hanging).await;
+        self.inner.transactions(open_only).await
+    }
+    async fn claim_check(
+        &self,
+        producer_id: i64,
+        epoch: u32,
+        checks: u32,
+        next_deadline_ms: i64,
+    ) -> floe_index::Result<bool> {
+        wait_while(&self.hanging).await;
+        self.inner
+            .claim_check(producer_id, epoch, checks, next_deadline_ms)
+            .await
+    }
     async fn commit_segment(&self, seg: SegmentCommit) -> floe_index::Result<Committed> {
         wait_while(&self.hanging).await;
         let out = self.inner.commit_segment(seg).await?;

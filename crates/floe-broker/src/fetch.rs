@@ -119,9 +119,10 @@ impl Reader {
         Ok(whole.slice(range.start as usize..range.end as usize))
     }
 
-    /// Up to `max_records` records from `offset`, stopping before `max_bytes` is passed
-    /// (but always at least one record, so one large record cannot stall a consumer).
-    /// Returns the records and the next offset to fetch.
+    /// Up to `max_records` records from `offset` and below `upto` (the partition's stable
+    /// offset for `read_committed` readers, RFC 0005), stopping before `max_bytes` is
+    /// passed (but always at least one record, so one large record cannot stall a
+    /// consumer). Returns the records and the next offset to fetch.
     ///
     /// An object that vanished between the index lookup and the GET (compaction swapped
     /// its entries and the sweeper deleted it, RFC 0004) makes the read look the index up
@@ -131,13 +132,14 @@ impl Reader {
         topic: &TopicMeta,
         partition: u32,
         offset: u64,
+        upto: u64,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Fetched, BrokerError> {
         let mut attempt = 1;
         loop {
             match self
-                .read_once(topic, partition, offset, max_records, max_bytes)
+                .read_once(topic, partition, offset, upto, max_records, max_bytes)
                 .await
             {
                 Err(e) if e.code == SEGMENT_MISSING && attempt < READ_ATTEMPTS => attempt += 1,
@@ -151,6 +153,7 @@ impl Reader {
         topic: &TopicMeta,
         partition: u32,
         offset: u64,
+        upto: u64,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Fetched, BrokerError> {
@@ -173,7 +176,7 @@ impl Reader {
         let mut bytes = 0usize;
         for entry in &entries {
             let end = entry.base_offset + u64::from(entry.records);
-            if out.count >= max_records {
+            if out.count >= max_records || out.next >= upto {
                 break;
             }
             if end <= out.next {
@@ -181,6 +184,11 @@ impl Reader {
             }
             if entry.base_offset > out.next {
                 break; // a gap in the index: nothing past it is served
+            }
+            if entry.rows == 0 {
+                // A hole (an aborted transaction's records, RFC 0005): offsets, no rows.
+                out.next = end.min(upto);
+                continue;
             }
             let run = self.run(topic, partition, entry).await?;
             // The entry serves rows `skip..rows_end` of its run. Dense rows sit at their
@@ -190,7 +198,15 @@ impl Reader {
             let rows_end = skip + entry.rows as usize;
             let from = run.position_of(out.next, entry.base_offset, skip);
             let mut to = from;
+            let mut held = false;
             while to < rows_end && out.count < max_records {
+                let at = run
+                    .absolute_offset(to)
+                    .unwrap_or(entry.base_offset + (to - skip) as u64);
+                if at >= upto {
+                    held = true;
+                    break;
+                }
                 let v = run.get(to).ok_or_else(|| corrupt(entry, "row missing"))?;
                 let size = v.size();
                 if out.count > 0 && bytes + size > max_bytes {
@@ -208,6 +224,12 @@ impl Reader {
                     to,
                 });
             }
+            if held {
+                // The rest is not stable yet: continue at the stable offset (any offset
+                // between here and there has no row).
+                out.next = upto;
+                break;
+            }
             if to < rows_end {
                 // Stopped inside the entry: continue at its first row not taken.
                 out.next = run
@@ -215,7 +237,7 @@ impl Reader {
                     .unwrap_or(entry.base_offset + (to - skip) as u64);
                 break;
             }
-            out.next = end;
+            out.next = end.min(upto);
         }
         self.metrics.records_fetched.inc_by(out.count as u64);
         self.metrics.bytes_fetched.inc_by(bytes as u64);

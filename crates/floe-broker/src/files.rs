@@ -85,7 +85,8 @@ impl Broker {
             .filter(|o| partition.is_none_or(|p| p == o.partition))
         {
             let lo = from.unwrap_or(o.start_offset).max(o.start_offset);
-            let hi = to.unwrap_or(o.end_offset).min(o.end_offset);
+            // Committed data only (RFC 0005): records of open transactions are not listed.
+            let hi = to.unwrap_or(o.stable_offset).min(o.stable_offset);
             let mut listing = PartitionFiles {
                 partition: o.partition,
                 start_offset: o.start_offset,
@@ -104,6 +105,9 @@ impl Broker {
                 let (slices, next) = plan_fetch(&runs, lo, want);
                 for s in slices {
                     let r = &runs[s.run];
+                    if r.rows == 0 {
+                        continue; // a hole: an aborted transaction's records
+                    }
                     listing.entries.push(FileEntry {
                         partition: o.partition,
                         key: r.segment_key.clone(),

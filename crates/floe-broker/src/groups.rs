@@ -120,7 +120,7 @@ fn group_key(topic: &TopicMeta, group: &str) -> StateKey {
     }
 }
 
-fn group_err(e: GroupError) -> BrokerError {
+pub(crate) fn group_err(e: GroupError) -> BrokerError {
     let code = match e {
         GroupError::UnknownMember(_) => "unknown_member",
         GroupError::StaleGeneration { .. } => "stale_generation",
@@ -346,6 +346,22 @@ impl Broker {
     /// Commit offsets (the next offset to read per partition). Fenced: only a member of the
     /// current generation may commit, and only for partitions it owns (409 otherwise).
     pub async fn commit(&self, topic: &str, group: &str, req: CommitRequest) -> BrokerResult<()> {
+        let c = self.offset_commit(topic, group, req).await?;
+        match self.index.commit_offsets(c).await {
+            Ok(()) => Ok(()),
+            Err(IndexError::Fenced(e)) => Err(group_err(e)),
+            Err(e) => Err(BrokerError::index(&e)),
+        }
+    }
+
+    /// A validated offset commit (partitions exist, offsets within the log), to apply
+    /// now or with a transaction (RFC 0005).
+    pub(crate) async fn offset_commit(
+        &self,
+        topic: &str,
+        group: &str,
+        req: CommitRequest,
+    ) -> BrokerResult<OffsetCommit> {
         let s = self;
         let (topic, group) = s.topic_and_group(topic, group).await?;
         if req.offsets.len() > topic.partitions as usize {
@@ -385,34 +401,17 @@ impl Broker {
             }
             offsets.push((partition, offset));
         }
-        s.commit_offsets(&topic, &group, req.member_id, req.generation, offsets)
-            .await
-    }
-
-    /// Offsets as rows of their own, fenced in the index transaction by the group's state
-    /// (member, generation, ownership, after expiring members past their session); the
-    /// group's state blob is not rewritten.
-    async fn commit_offsets(
-        &self,
-        topic: &TopicMeta,
-        group: &str,
-        member: String,
-        generation: u64,
-        offsets: Vec<(u32, u64)>,
-    ) -> BrokerResult<()> {
-        let c = OffsetCommit {
-            group: group_key(topic, group),
-            member,
-            generation,
+        // Offsets as rows of their own, fenced in the index transaction by the group's
+        // state (member, generation, ownership, after expiring members past their
+        // session); the group's state blob is not rewritten.
+        Ok(OffsetCommit {
+            group: group_key(&topic, &group),
+            member: req.member_id,
+            generation: req.generation,
             offsets,
-            now_ms: self.clock.now_ms(),
+            now_ms: s.clock.now_ms(),
             partitions: topic.partitions,
-        };
-        match self.index.commit_offsets(c).await {
-            Ok(()) => Ok(()),
-            Err(IndexError::Fenced(e)) => Err(group_err(e)),
-            Err(e) => Err(BrokerError::index(&e)),
-        }
+        })
     }
 
     /// A group's committed offsets: the rows, over the offsets kept in the state blob by
@@ -514,10 +513,18 @@ impl Broker {
         })
         .await?;
         if !auto.is_empty() {
-            match s
-                .commit_offsets(&topic, &group, member.clone(), generation, auto)
-                .await
-            {
+            let c = OffsetCommit {
+                group: group_key(&topic, &group),
+                member: member.clone(),
+                generation,
+                offsets: auto,
+                now_ms: s.clock.now_ms(),
+                partitions: topic.partitions,
+            };
+            match s.index.commit_offsets(c).await.map_err(|e| match e {
+                IndexError::Fenced(g) => group_err(g),
+                other => BrokerError::index(&other),
+            }) {
                 Ok(()) => {}
                 // The group moved on since the heartbeat: the cursor no longer applies.
                 Err(e) if e.kind == ErrorKind::Conflict => {
@@ -554,9 +561,10 @@ impl Broker {
                 .partition_offsets(topic.id)
                 .await
                 .map_err(|e| BrokerError::index(&e))?;
+            // Members read committed data only (RFC 0005): up to each stable offset.
             let ends: BTreeMap<u32, (u64, u64)> = offsets
                 .iter()
-                .map(|o| (o.partition, (o.start_offset, o.end_offset)))
+                .map(|o| (o.partition, (o.start_offset, o.stable_offset)))
                 .collect();
             let pos = positions.get_or_insert_with(|| {
                 assigned
@@ -597,7 +605,7 @@ impl Broker {
                     let end = ends.get(&p).map_or(0, |e| e.1);
                     let fetched = if from < end && left_records > 0 && left_bytes > 0 {
                         s.reader
-                            .read(&topic, p, from, left_records, left_bytes)
+                            .read(&topic, p, from, end, left_records, left_bytes)
                             .await?
                     } else {
                         Fetched::empty(from)

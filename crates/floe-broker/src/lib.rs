@@ -37,6 +37,7 @@ pub mod state;
 pub mod store;
 pub mod sweeper;
 pub mod topics;
+pub mod txns;
 
 use std::sync::Arc;
 
@@ -63,6 +64,8 @@ pub struct Broker {
     pub shutdown: watch::Receiver<bool>,
     /// The engine's wall clock (controlled in tests).
     pub clock: floe_core::clock::SharedClock,
+    /// Outgoing calls: half-messages' check-backs (RFC 0005 §3).
+    pub http: reqwest::Client,
 }
 
 /// The engine's background jobs: the produce buffer, the commit watcher, the sweeper.
@@ -72,6 +75,7 @@ pub struct BrokerTasks {
     sweeper: tokio::task::JoinHandle<()>,
     watcher: tokio::task::JoinHandle<()>,
     compactor: tokio::task::JoinHandle<()>,
+    keeper: tokio::task::JoinHandle<()>,
 }
 
 impl BrokerTasks {
@@ -82,6 +86,7 @@ impl BrokerTasks {
         let _ = self.sweeper.await;
         let _ = self.watcher.await;
         let _ = self.compactor.await;
+        let _ = self.keeper.await;
     }
 }
 
@@ -175,9 +180,14 @@ impl Broker {
             notifier,
             producer,
             reader,
-            shutdown,
+            shutdown: shutdown.clone(),
             clock,
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .build()
+                .map_err(|e| StartError::Config(format!("http client: {e}")))?,
         };
+        let keeper = tokio::spawn(txns::keep(broker.clone(), shutdown));
         Ok((
             broker,
             BrokerTasks {
@@ -185,6 +195,7 @@ impl Broker {
                 sweeper,
                 watcher,
                 compactor,
+                keeper,
             },
         ))
     }

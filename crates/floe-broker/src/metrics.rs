@@ -39,6 +39,12 @@ pub struct Metrics {
     pub producer_refusals: IntCounterVec,
     /// Producer sessions started (`POST /v1/producers`).
     pub producers_initialised: IntCounter,
+    /// Transactions ended (RFC 0005), by outcome and by who ended them.
+    pub transactions_ended: IntCounterVec,
+    /// Open transactions, as the last check found them.
+    pub transactions_open: IntGauge,
+    /// Half-message check-backs, by answer (commit, rollback, unknown, failed).
+    pub half_checks: IntCounterVec,
     /// Deduplication state in the index, read on every scrape: idempotency keys and
     /// producer sequence states.
     pub idempotency_keys_stored: IntGauge,
@@ -109,6 +115,22 @@ impl Metrics {
             &["reason"],
         )?;
         r.register(Box::new(producer_refusals.clone()))?;
+        let transactions_ended = IntCounterVec::new(
+            prometheus::Opts::new(
+                "floe_transactions_ended_total",
+                "Transactions ended, by outcome (committed, aborted) and by (producer, timeout, check_back, default, reinit)",
+            ),
+            &["outcome", "by"],
+        )?;
+        r.register(Box::new(transactions_ended.clone()))?;
+        let half_checks = IntCounterVec::new(
+            prometheus::Opts::new(
+                "floe_half_message_checks_total",
+                "Half-message check-backs by answer (commit, rollback, unknown, failed)",
+            ),
+            &["answer"],
+        )?;
+        r.register(Box::new(half_checks.clone()))?;
         let memory_budget = IntGaugeVec::new(
             prometheus::Opts::new(
                 "floe_memory_budget_bytes",
@@ -121,6 +143,8 @@ impl Metrics {
             "out_of_order_sequence",
             "producer_fenced",
             "unknown_producer",
+            "transaction_not_open",
+            "transaction_open",
         ] {
             let _ = producer_refusals.with_label_values(&[reason]);
         }
@@ -239,6 +263,13 @@ impl Metrics {
                 "Producer-session requests answered with the offsets of their first commit (duplicates suppressed)",
             )?,
             producer_refusals,
+            transactions_ended,
+            half_checks,
+            transactions_open: gauge(
+                &r,
+                "floe_transactions_open",
+                "Open transactions (and half-messages) in the index, as the last check found them",
+            )?,
             memory_budget,
             idempotency_keys_stored: gauge(
                 &r,

@@ -74,6 +74,8 @@ pub struct ProducerStamp {
     pub producer_id: i64,
     pub epoch: u32,
     pub sequences: std::collections::BTreeMap<u32, i64>,
+    /// The request belongs to the open transaction of this epoch (RFC 0005).
+    pub transactional: bool,
 }
 
 /// When a produce request must be answered: the same instant on the runtime's clock (for
@@ -563,6 +565,20 @@ fn refusal_error(stamp: &ProducerStamp, r: &Refusal) -> BrokerError {
                 stamp.epoch
             ),
         ),
+        Refusal::TransactionNotOpen => BrokerError::conflict(
+            "transaction_not_open",
+            format!(
+                "producer {id} epoch {} has no open transaction (never begun, committed, aborted or timed out); nothing was written",
+                stamp.epoch
+            ),
+        ),
+        Refusal::TransactionOpen => BrokerError::conflict(
+            "transaction_open",
+            format!(
+                "producer {id} epoch {} has an open transaction: send Producer-Transactional: true, or end the transaction first; nothing was written",
+                stamp.epoch
+            ),
+        ),
         Refusal::UnknownProducer => BrokerError::conflict(
             "unknown_producer",
             format!(
@@ -618,6 +634,7 @@ async fn flush_one(
                     producers.push(ProducerAppend {
                         producer_id: stamp.producer_id,
                         epoch: stamp.epoch,
+                        transactional: stamp.transactional,
                         batches,
                     });
                     Some((producers.len() - 1, stamp.clone(), partitions))

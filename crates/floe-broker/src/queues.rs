@@ -147,7 +147,7 @@ async fn next_key_hashes(
         .limits
         .max_in_flight_per_partition
         .saturating_sub(next - start)
-        .min(po.end_offset.saturating_sub(next));
+        .min(po.stable_offset.saturating_sub(next));
     let n = usize::try_from(room)
         .unwrap_or(usize::MAX)
         .min(want.max(100) * 4);
@@ -161,6 +161,7 @@ async fn next_key_hashes(
             topic,
             po.partition,
             next,
+            po.stable_offset,
             n,
             s.config.limits.max_fetch_bytes,
         )
@@ -304,7 +305,12 @@ async fn load_records(
                 continue;
             }
             let from = run[0].0;
-            match s.reader.read(topic, *p, from, run.len(), usize::MAX).await {
+            // Acquired offsets were below the stable offset (RFC 0005): no bound needed.
+            match s
+                .reader
+                .read(topic, *p, from, u64::MAX, run.len(), usize::MAX)
+                .await
+            {
                 Ok(f) => {
                     let mut read = f.iter().peekable();
                     let mut done = 0;
@@ -522,7 +528,7 @@ async fn dead_letter_records<'j>(
     for run in contiguous(&offsets) {
         let f = s
             .reader
-            .read(topic, partition, run[0].0, run.len(), usize::MAX)
+            .read(topic, partition, run[0].0, u64::MAX, run.len(), usize::MAX)
             .await?;
         for ((offset, v), (_, count)) in f.iter().zip(run.iter()) {
             let Some(job) = by_offset.get(&offset).copied() else {
@@ -677,7 +683,8 @@ impl Broker {
                         let a = st.acquire(
                             now,
                             want,
-                            po.end_offset,
+                            // Only committed data is handed out (RFC 0005).
+                            po.stable_offset,
                             window,
                             &consumer,
                             visibility,

@@ -68,6 +68,18 @@ pub struct FetchRequest {
     pub max_bytes: Option<u64>,
     /// Long-poll time at the end of the log, capped by `max_wait_ms`.
     pub wait_ms: u64,
+    pub isolation: Isolation,
+}
+
+/// What a fetch may see (RFC 0005).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// Only records below the stable offset: no record of an open transaction (aborted
+    /// records are never served to anyone).
+    #[default]
+    ReadCommitted,
+    /// Also records of open transactions, up to the end of the log.
+    ReadUncommitted,
 }
 
 /// What a fetch read: the records (borrowed from cached runs), the next offset to read
@@ -77,6 +89,8 @@ pub struct FetchResult {
     pub records: Fetched,
     pub next_offset: u64,
     pub end_offset: u64,
+    /// Below this no offset belongs to an open transaction (RFC 0005).
+    pub stable_offset: u64,
 }
 
 /// `max_records` of a fetch: default 500, at least 1, capped by the agent's limit.
@@ -385,10 +399,14 @@ impl Broker {
         }
     }
 
-    /// The end offset of a partition, read from the index.
-    pub(crate) async fn end_offset(&self, topic: &TopicMeta, partition: u32) -> BrokerResult<u64> {
+    /// The (end, stable) offsets of a partition, read from the index.
+    pub(crate) async fn log_ends(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+    ) -> BrokerResult<(u64, u64)> {
         self.index
-            .end_offset(topic.id, partition)
+            .log_ends(topic.id, partition)
             .await
             .map_err(|e| BrokerError::index(&e))?
             .ok_or_else(|| BrokerError::topic_not_found(&topic.name))
@@ -412,11 +430,15 @@ impl Broker {
         // Subscribe before reading the end offset so a commit in between is not missed.
         let mut commits = self.notifier.subscribe(topic.id, partition);
         let mut shutdown = self.shutdown.clone();
-        let mut end = self.end_offset(&topic, partition).await?;
+        let readable = |(end, stable): (u64, u64)| match req.isolation {
+            Isolation::ReadCommitted => stable,
+            Isolation::ReadUncommitted => end,
+        };
+        let (mut end, mut stable) = self.log_ends(&topic, partition).await?;
         if req.offset > end {
             return Err(BrokerError::out_of_range(req.offset, partition, end));
         }
-        while req.offset == end && tokio::time::Instant::now() < deadline {
+        while req.offset >= readable((end, stable)) && tokio::time::Instant::now() < deadline {
             // Woken by a commit notification (this agent's, or another's via the index);
             // the periodic re-check is the safety net should a notification be lost.
             let recheck = tokio::time::Instant::now() + self.config.poll_interval;
@@ -425,23 +447,26 @@ impl Broker {
                 () = tokio::time::sleep_until(recheck.min(deadline)) => {}
                 _ = shutdown.wait_for(|v| *v) => break,
             }
-            end = self.end_offset(&topic, partition).await?;
+            (end, stable) = self.log_ends(&topic, partition).await?;
         }
-        if req.offset == end {
+        let upto = readable((end, stable));
+        if req.offset >= upto {
             return Ok(FetchResult {
-                records: Fetched::empty(end),
-                next_offset: end,
+                records: Fetched::empty(req.offset),
+                next_offset: req.offset,
                 end_offset: end,
+                stable_offset: stable,
             });
         }
         let records = self
             .reader
-            .read(&topic, partition, req.offset, max_records, max_bytes)
+            .read(&topic, partition, req.offset, upto, max_records, max_bytes)
             .await?;
         Ok(FetchResult {
             next_offset: records.next,
             records,
             end_offset: end,
+            stable_offset: stable,
         })
     }
 
@@ -454,8 +479,8 @@ impl Broker {
     ) -> BrokerResult<Tail> {
         let topic = self.existing_topic(topic).await?;
         let partition = partition_of(&topic, partition)?;
-        let end = self.end_offset(&topic, partition).await?;
-        let offset = from.unwrap_or(end);
+        let (end, stable) = self.log_ends(&topic, partition).await?;
+        let offset = from.unwrap_or(stable);
         if offset > end {
             return Err(BrokerError::out_of_range(offset, partition, end));
         }
@@ -487,14 +512,16 @@ impl Tail {
     pub async fn next_batch(&mut self) -> BrokerResult<Option<Fetched>> {
         let b = &self.broker;
         let mut commits = b.notifier.subscribe(self.topic.id, self.partition);
-        let end = b.end_offset(&self.topic, self.partition).await?;
-        if self.offset < end {
+        // A tail reads committed data only (RFC 0005).
+        let (_, stable) = b.log_ends(&self.topic, self.partition).await?;
+        if self.offset < stable {
             let f = b
                 .reader
                 .read(
                     &self.topic,
                     self.partition,
                     self.offset,
+                    stable,
                     TAIL_BATCH_RECORDS,
                     TAIL_BATCH_BYTES,
                 )

@@ -11,6 +11,10 @@ use floe_api::{
     ProduceResponse, ProducerSessionInfo, QueueDescription, ReceiveRequest, ReceiveResponse,
     SettleRequest, SettleResponse, TopicDescription, TopicFiles, TopicInfo, TopicList,
 };
+pub use floe_api::{
+    BeginTransactionRequest, CommitTransactionRequest, HalfMessage, PrepareHalfRequest,
+    TransactionEnd, TransactionInfo, TransactionList, TransactionOffsets,
+};
 use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +108,9 @@ pub struct IdempotentProducer {
     round_robin: u32,
     retry: RetryPolicy,
     stats: ProducerStats,
+    /// The session's epoch is an open transaction (RFC 0005): requests carry
+    /// `Producer-Transactional: true`.
+    in_transaction: bool,
 }
 
 /// What an [`IdempotentProducer`] went through.
@@ -138,7 +145,84 @@ impl IdempotentProducer {
             round_robin: 0,
             retry: RetryPolicy::default(),
             stats: ProducerStats::default(),
+            in_transaction: false,
         }
+    }
+
+    /// Begin a transaction (RFC 0005): the session moves to the transaction's epoch and
+    /// its sequences start again at 0; every [`IdempotentProducer::send`] until
+    /// [`IdempotentProducer::commit`] or [`IdempotentProducer::abort`] belongs to it. A
+    /// named producer whose previous process left a transaction open aborts it by
+    /// starting its session.
+    pub async fn begin(&mut self, timeout_ms: Option<u64>) -> Result<TransactionInfo> {
+        let session = match self.session {
+            Some(s) => s,
+            None => {
+                let s = self.client().init_producer(self.name.as_deref()).await?;
+                self.session = Some(s);
+                s
+            }
+        };
+        let t = self
+            .client()
+            .begin_transaction(session.producer_id, session.epoch, timeout_ms)
+            .await?;
+        self.session = Some(ProducerSessionInfo {
+            producer_id: t.producer_id,
+            epoch: t.epoch,
+        });
+        self.next.clear();
+        self.in_transaction = true;
+        Ok(t)
+    }
+
+    /// Commit the open transaction, with group offsets to commit atomically with it
+    /// (consume-transform-produce). A lost answer may be retried: a repeated commit
+    /// answers the same.
+    pub async fn commit(&mut self, offsets: Vec<TransactionOffsets>) -> Result<TransactionEnd> {
+        self.end(Some(offsets)).await
+    }
+
+    /// Abort the open transaction: none of its records is ever served.
+    pub async fn abort(&mut self) -> Result<TransactionEnd> {
+        self.end(None).await
+    }
+
+    async fn end(&mut self, offsets: Option<Vec<TransactionOffsets>>) -> Result<TransactionEnd> {
+        let Some(s) = self.session.filter(|_| self.in_transaction) else {
+            return Err(ClientError::Unexpected {
+                status: 0,
+                body: "no open transaction: call begin first".into(),
+            });
+        };
+        let mut attempt = 1;
+        loop {
+            let r = match &offsets {
+                Some(o) => {
+                    self.client()
+                        .commit_transaction(s.producer_id, s.epoch, o.clone())
+                        .await
+                }
+                None => self.client().abort_transaction(s.producer_id, s.epoch).await,
+            };
+            match r {
+                Err(e) if e.is_retryable() && attempt < self.retry.attempts.max(1) => {
+                    self.current = (self.current + 1) % self.clients.len();
+                    tokio::time::sleep(self.retry.backoff).await;
+                    attempt += 1;
+                }
+                Err(e) if e.code() == Some("transaction_offsets_fenced") => return Err(e),
+                other => {
+                    self.in_transaction = false;
+                    return other;
+                }
+            }
+        }
+    }
+
+    /// Whether a transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
     }
 
     pub fn stats(&self) -> ProducerStats {
@@ -227,14 +311,26 @@ impl IdempotentProducer {
             let result = match &prepared {
                 Some(p) => {
                     self.client()
-                        .produce_sequenced(topic, p.records.clone(), p.session, &p.sequences)
+                        .produce_session(
+                            topic,
+                            p.records.clone(),
+                            p.session,
+                            &p.sequences,
+                            self.in_transaction,
+                        )
                         .await
                 }
                 None => match self.prepare(topic, records.clone()).await {
                     Ok(p) => {
                         let r = self
                             .client()
-                            .produce_sequenced(topic, p.records.clone(), p.session, &p.sequences)
+                            .produce_session(
+                                topic,
+                                p.records.clone(),
+                                p.session,
+                                &p.sequences,
+                                self.in_transaction,
+                            )
                             .await;
                         prepared = Some(p);
                         r
@@ -266,8 +362,10 @@ impl IdempotentProducer {
                         && (e.is_retryable() || e.code() == Some("unknown_producer"))
                     {
                         // Outcome unknown (or the session expired): sequences may be out of
-                        // step with the agent's, so the next request starts a new session.
+                        // step with the agent's, so the next request starts a new session
+                        // (a named producer's open transaction is then aborted).
                         self.session = None;
+                        self.in_transaction = false;
                     }
                     return Err(e);
                 }
@@ -281,15 +379,22 @@ fn with_session(
     req: reqwest::RequestBuilder,
     session: ProducerSessionInfo,
     sequences: &BTreeMap<u32, i64>,
+    transactional: bool,
 ) -> reqwest::RequestBuilder {
     let seqs = sequences
         .iter()
         .map(|(p, s)| format!("{p}={s}"))
         .collect::<Vec<_>>()
         .join(",");
-    req.header("producer-id", session.producer_id.to_string())
+    let req = req
+        .header("producer-id", session.producer_id.to_string())
         .header("producer-epoch", session.epoch.to_string())
-        .header("producer-sequences", seqs)
+        .header("producer-sequences", seqs);
+    if transactional {
+        req.header("producer-transactional", "true")
+    } else {
+        req
+    }
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -305,6 +410,9 @@ pub struct FetchOptions {
     pub max_records: Option<u64>,
     pub max_bytes: Option<u64>,
     pub wait_ms: Option<u64>,
+    /// Also read records of open transactions (`isolation=read_uncommitted`); by default
+    /// a fetch stops at the partition's stable offset.
+    pub read_uncommitted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -517,12 +625,128 @@ impl Client {
         session: ProducerSessionInfo,
         sequences: &BTreeMap<u32, i64>,
     ) -> Result<(ProduceResponse, bool)> {
+        self.produce_session(topic, records, session, sequences, false)
+            .await
+    }
+
+    /// [`Client::produce_sequenced`], inside the session's open transaction when
+    /// `transactional` (RFC 0005).
+    pub async fn produce_session(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+        session: ProducerSessionInfo,
+        sequences: &BTreeMap<u32, i64>,
+        transactional: bool,
+    ) -> Result<(ProduceResponse, bool)> {
         let req = self
             .http
             .post(format!("{}/v1/topics/{topic}/records", self.base))
             .timeout(SEND_TIMEOUT)
             .json(&ProduceRequest { records });
-        Self::decode_replayed(with_session(req, session, sequences).send().await?).await
+        Self::decode_replayed(
+            with_session(req, session, sequences, transactional)
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Begin a transaction of the session `(producer_id, epoch)`; it is the session's
+    /// next epoch (RFC 0005).
+    pub async fn begin_transaction(
+        &self,
+        producer_id: i64,
+        epoch: u32,
+        timeout_ms: Option<u64>,
+    ) -> Result<TransactionInfo> {
+        Self::decode(
+            self.http
+                .post(format!("{}/v1/producers/{producer_id}/transactions", self.base))
+                .json(&BeginTransactionRequest { epoch, timeout_ms })
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Commit a transaction (with group offsets committed atomically with it).
+    pub async fn commit_transaction(
+        &self,
+        producer_id: i64,
+        epoch: u32,
+        offsets: Vec<TransactionOffsets>,
+    ) -> Result<TransactionEnd> {
+        Self::decode(
+            self.http
+                .post(format!(
+                    "{}/v1/producers/{producer_id}/transactions/{epoch}/commit",
+                    self.base
+                ))
+                .json(&CommitTransactionRequest { offsets })
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Abort a transaction.
+    pub async fn abort_transaction(&self, producer_id: i64, epoch: u32) -> Result<TransactionEnd> {
+        Self::decode(
+            self.http
+                .post(format!(
+                    "{}/v1/producers/{producer_id}/transactions/{epoch}/abort",
+                    self.base
+                ))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Open transactions (and half-messages), or all remembered ones.
+    pub async fn transactions(&self, all: bool) -> Result<TransactionList> {
+        let state = if all { "all" } else { "open" };
+        Self::decode(
+            self.http
+                .get(format!("{}/v1/transactions?state={state}", self.base))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Prepare a half-message (RFC 0005 §3): stored, invisible until committed;
+    /// `check_url` is asked if neither commit nor rollback comes in time.
+    pub async fn prepare_half(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+        check_url: &str,
+    ) -> Result<HalfMessage> {
+        Self::decode(
+            self.http
+                .post(format!("{}/v1/topics/{topic}/half-messages", self.base))
+                .json(&PrepareHalfRequest {
+                    records,
+                    check_url: check_url.to_string(),
+                })
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Commit (`true`) or roll back a half-message by its handle.
+    pub async fn end_half(&self, handle: &str, commit: bool) -> Result<TransactionEnd> {
+        let verb = if commit { "commit" } else { "rollback" };
+        Self::decode(
+            self.http
+                .post(format!("{}/v1/half-messages/{handle}/{verb}", self.base))
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// A produce answer and whether it replays an earlier commit (`Idempotent-Replayed`).
@@ -566,7 +790,12 @@ impl Client {
             .post(format!("{}/v1/topics/{topic}/records", self.base))
             .header("content-type", "application/json")
             .body(body);
-        Self::decode(with_session(req, session, sequences).send().await?).await
+        Self::decode(
+            with_session(req, session, sequences, false)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// Produce a pre-serialized JSON body (`{"records": [...]}`).
@@ -617,6 +846,9 @@ impl Client {
             if let Some(v) = v {
                 url.push_str(&format!("&{k}={v}"));
             }
+        }
+        if opts.read_uncommitted {
+            url.push_str("&isolation=read_uncommitted");
         }
         url
     }

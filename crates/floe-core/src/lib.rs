@@ -17,6 +17,7 @@ pub mod record;
 pub mod segment;
 pub mod share;
 pub mod stored;
+pub mod txn;
 
 pub use limits::Limits;
 pub use name::{NameError, TopicName};

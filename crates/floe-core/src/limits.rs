@@ -44,6 +44,9 @@ pub struct Limits {
     /// Most index entries one files listing (`GET /v1/topics/{topic}/files`) returns, over
     /// all its partitions; a longer log is listed in pages (continue from `to`).
     pub max_file_entries: u32,
+    /// The longest timeout a transaction may ask for (RFC 0005): an open transaction holds
+    /// back `read_committed` readers of every partition it wrote.
+    pub max_transaction_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -67,6 +70,7 @@ impl Default for Limits {
             min_session_timeout_ms: 1_000,
             max_session_timeout_ms: 300_000,
             max_file_entries: 10_000,
+            max_transaction_timeout_ms: 15 * 60 * 1000,
         }
     }
 }

@@ -130,6 +130,12 @@ pub enum Refusal {
     },
     /// The producer id is unknown (never created, or expired after its idle time).
     UnknownProducer,
+    /// A transactional request (RFC 0005), but the producer's epoch has no open
+    /// transaction (never begun, or already committed, aborted or timed out).
+    TransactionNotOpen,
+    /// A plain request from an epoch whose transaction is open: it must be marked
+    /// transactional (or the transaction ended first).
+    TransactionOpen,
 }
 
 /// Combine per-batch checks `(partition, first_seq, check)` into the request's verdict.

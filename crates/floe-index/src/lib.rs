@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use floe_core::log::RunSpan;
 
-pub use plan::{Committed, Plan, ProducerAppend, ProducerBatch, RunRow, SeqKey, plan_commit};
+pub use plan::{
+    Committed, Plan, ProducerAppend, ProducerBatch, RunRow, SeqKey, TxnBatch, plan_commit,
+};
 pub use postgres::PostgresIndex;
 pub use sqlite::SqliteIndex;
 
@@ -63,6 +65,90 @@ pub enum IndexError {
         "segment created at {created_ms} is older than the deletion boundary {boundary_ms}; nothing committed"
     )]
     SegmentTooOld { created_ms: i64, boundary_ms: i64 },
+    /// A transaction request was refused (RFC 0005): nothing changed.
+    #[error("{0}")]
+    Txn(TxnError),
+}
+
+/// Why a transaction request was refused (nothing changed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxnError {
+    #[error("producer {0} is unknown (never initialised, or expired)")]
+    UnknownProducer(i64),
+    #[error("producer {producer_id} epoch {epoch} is fenced: its current epoch is {current}")]
+    Fenced {
+        producer_id: i64,
+        epoch: u32,
+        current: u32,
+    },
+    #[error(
+        "producer {producer_id} has an open transaction (epoch {epoch}); commit or abort it first"
+    )]
+    AlreadyOpen { producer_id: i64, epoch: u32 },
+    #[error("producer {producer_id} has no transaction at epoch {epoch}")]
+    Unknown { producer_id: i64, epoch: u32 },
+    #[error("the transaction (producer {producer_id}, epoch {epoch}) is already {}", state.as_str())]
+    Ended {
+        producer_id: i64,
+        epoch: u32,
+        state: floe_core::txn::TxnState,
+    },
+    /// An offset commit inside the transaction was refused by its group's fence: the
+    /// transaction stays open (abort it).
+    #[error("the transaction's offset commit is refused: {0}")]
+    Offsets(floe_core::group::GroupError),
+}
+
+/// Begin a transaction of a producer session (RFC 0005): the session's epoch must be the
+/// producer's current one and have no open transaction; the transaction gets the next
+/// epoch.
+#[derive(Debug, Clone)]
+pub struct BeginTxn {
+    pub producer_id: i64,
+    pub epoch: u32,
+    pub now_ms: i64,
+    /// When the engine aborts it (or, with `check_url`, first asks the producer).
+    pub deadline_ms: i64,
+    /// A half-message's check-back URL (RFC 0005 §3).
+    pub check_url: Option<String>,
+}
+
+/// End a transaction: commit (applying `offsets` through their groups' fences in the same
+/// index transaction) or abort.
+#[derive(Debug, Clone)]
+pub struct EndTxn {
+    pub producer_id: i64,
+    pub epoch: u32,
+    pub outcome: floe_core::txn::Outcome,
+    pub offsets: Vec<OffsetCommit>,
+    pub now_ms: i64,
+}
+
+/// What an end did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnEnded {
+    /// It had already ended this way: nothing changed now.
+    pub repeated: bool,
+    /// (topic id, partition, end offset) of each partition whose stable offset may have
+    /// moved (readers to wake).
+    pub partitions: Vec<(i64, u32, u64)>,
+}
+
+/// A transaction as the index holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnInfo {
+    pub producer_id: i64,
+    pub name: Option<String>,
+    pub epoch: u32,
+    pub state: floe_core::txn::TxnState,
+    pub started_ms: i64,
+    pub deadline_ms: i64,
+    pub check_url: Option<String>,
+    /// Check-backs made so far (half-messages).
+    pub checks: u32,
+    /// (topic id, partition, first offset, records written) per partition it wrote, while
+    /// open.
+    pub partitions: Vec<(i64, u32, u64, u64)>,
 }
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
@@ -95,6 +181,9 @@ pub struct PartitionOffsets {
     pub partition: u32,
     pub start_offset: u64,
     pub end_offset: u64,
+    /// Below this, no offset belongs to an open transaction (RFC 0005): `read_committed`
+    /// readers stop here. Equal to `end_offset` when no transaction is open.
+    pub stable_offset: u64,
 }
 
 /// One run of a segment to commit.
@@ -507,6 +596,30 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     async fn partition_offsets(&self, topic_id: i64) -> Result<Vec<PartitionOffsets>>;
     /// Next offset to be assigned, or `None` when the partition does not exist.
     async fn end_offset(&self, topic_id: i64, partition: u32) -> Result<Option<u64>>;
+    /// (end offset, stable offset) of a partition (RFC 0005), or `None` when it does not
+    /// exist.
+    async fn log_ends(&self, topic_id: i64, partition: u32) -> Result<Option<(u64, u64)>>;
+    /// Begin a transaction (RFC 0005): returns its epoch. [`IndexError::Txn`] when refused.
+    async fn begin_txn(&self, b: BeginTxn) -> Result<u32>;
+    /// End a transaction, in one index transaction: the named epoch's transaction must be
+    /// open (a repeated end of the same outcome answers `repeated`; the other outcome is
+    /// refused). A commit applies its offsets through their groups' fences; an abort
+    /// turns the entries of its batches into holes. Either releases the stable offsets it
+    /// held.
+    async fn end_txn(&self, e: EndTxn) -> Result<TxnEnded>;
+    /// Transactions, oldest first: the open ones, or (`open_only == false`) also ended
+    /// ones still remembered.
+    async fn transactions(&self, open_only: bool) -> Result<Vec<TxnInfo>>;
+    /// Count a check-back of an open half-message and move its deadline to
+    /// `next_deadline_ms`, if it is still open at `epoch` with `checks` made: false when
+    /// another agent got there first (RFC 0005 §3: one agent checks at a time).
+    async fn claim_check(
+        &self,
+        producer_id: i64,
+        epoch: u32,
+        checks: u32,
+        next_deadline_ms: i64,
+    ) -> Result<bool>;
     /// Commit the runs of one segment: per run its outcome and the rows producer verdicts
     /// took out of it, and the verdict of each producer request ([`plan_commit`]).
     async fn commit_segment(&self, seg: SegmentCommit) -> Result<Committed>;

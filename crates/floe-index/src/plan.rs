@@ -4,7 +4,7 @@
 //! duplicate or refused batch is taken out of its run — its rows stay in the object,
 //! unreferenced — and the rest of the segment commits around it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use floe_core::producer::{self, Batch, Refusal, RequestCheck, SeqState};
 
@@ -29,6 +29,21 @@ pub struct ProducerAppend {
     pub producer_id: i64,
     pub epoch: u32,
     pub batches: Vec<ProducerBatch>,
+    /// The request belongs to the producer's open transaction (RFC 0005): refused unless
+    /// the producer's current epoch has one open; a request without it is refused while
+    /// one is.
+    pub transactional: bool,
+}
+
+/// A batch a transaction wrote: `records` offsets from `base_offset` (RFC 0005).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnBatch {
+    pub producer_id: i64,
+    pub epoch: u32,
+    pub topic_id: i64,
+    pub partition: u32,
+    pub base_offset: u64,
+    pub records: u32,
 }
 
 /// (producer, topic, partition): the key of a sequence state.
@@ -56,6 +71,11 @@ pub struct Plan {
     pub verdicts: Vec<RequestCheck>,
     /// Sequence states to store.
     pub seqs: BTreeMap<SeqKey, SeqState>,
+    /// Batches of open transactions appended now, to record.
+    pub txn_batches: Vec<TxnBatch>,
+    /// Per partition, the first offset a transaction wrote now: the partition's stable
+    /// offset is held there unless an older open transaction holds it lower.
+    pub holds: BTreeMap<(i64, u32), u64>,
 }
 
 /// What a commit returns: per-run outcomes, the rows taken out of each run, and the
@@ -69,13 +89,15 @@ pub struct Committed {
 
 /// Plan a commit. `ends` has an entry for every partition that exists (runs of others are
 /// `TopicGone`); `epochs` the current epoch of every known producer; `seqs` the stored
-/// states of the (producer, topic, partition) the batches name.
+/// states of the (producer, topic, partition) the batches name; `open_txns` the producers
+/// whose current epoch has an open transaction.
 pub fn plan_commit(
     runs: &[RunCommit],
     producers: &[ProducerAppend],
     ends: &HashMap<(i64, u32), u64>,
     epochs: &HashMap<i64, u32>,
     seqs: &HashMap<SeqKey, SeqState>,
+    open_txns: &HashSet<i64>,
 ) -> Result<Plan> {
     // Each run's base: the partition's end, then after the earlier runs of the same
     // partition in this commit (rows they lose to producer verdicts are accounted below,
@@ -97,6 +119,8 @@ pub fn plan_commit(
         ));
     }
     let mut working: HashMap<SeqKey, SeqState> = HashMap::new();
+    let mut txn_batches = Vec::new();
+    let mut holds: BTreeMap<(i64, u32), u64> = BTreeMap::new();
     let mut verdicts = Vec::with_capacity(producers.len());
     for req in producers {
         let mut checks = Vec::with_capacity(req.batches.len());
@@ -107,6 +131,20 @@ pub fn plan_commit(
             verdicts.push(RequestCheck::Refused(Refusal::UnknownProducer));
             continue;
         };
+        // A transaction is an epoch: only its own epoch may write in it (another epoch
+        // is fenced below), and only while it is open.
+        let open = open_txns.contains(&req.producer_id);
+        if req.epoch == current && req.transactional != open {
+            for b in &req.batches {
+                exclude(&mut excluded, runs, b)?;
+            }
+            verdicts.push(RequestCheck::Refused(if req.transactional {
+                Refusal::TransactionNotOpen
+            } else {
+                Refusal::TransactionOpen
+            }));
+            continue;
+        }
         for b in &req.batches {
             let key = (req.producer_id, b.topic_id, b.partition);
             let state = working.get(&key).or_else(|| seqs.get(&key));
@@ -150,6 +188,18 @@ pub fn plan_commit(
                     base,
                 );
                 let _ = working.insert(key, next);
+                if req.transactional {
+                    txn_batches.push(TxnBatch {
+                        producer_id: req.producer_id,
+                        epoch: req.epoch,
+                        topic_id: b.topic_id,
+                        partition: b.partition,
+                        base_offset: base,
+                        records: b.count,
+                    });
+                    let hold = holds.entry((b.topic_id, b.partition)).or_insert(base);
+                    *hold = (*hold).min(base);
+                }
             }
         } else {
             for b in &req.batches {
@@ -210,6 +260,8 @@ pub fn plan_commit(
         ends: new_ends,
         verdicts,
         seqs,
+        txn_batches,
+        holds,
     })
 }
 
@@ -260,7 +312,65 @@ mod tests {
                     count,
                 })
                 .collect(),
+            transactional: false,
         }
+    }
+
+    /// Transactional requests write only while their epoch's transaction is open, plain
+    /// ones only while none is; appended transactional batches are recorded and hold the
+    /// stable offset at their first offset.
+    #[test]
+    fn transactional_requests_need_their_open_transaction() {
+        let runs = [run(1, 0, 2), run(1, 1, 2), run(1, 2, 2)];
+        let ends = HashMap::from([((1, 0), 0u64), ((1, 1), 10), ((1, 2), 20)]);
+        let epochs = HashMap::from([(7, 3u32), (8, 1u32)]);
+        let open = HashSet::from([7]);
+        let txn = |mut r: ProducerAppend| {
+            r.transactional = true;
+            r
+        };
+        let producers = [
+            txn(req(7, 3, &[(0, 0, 0, 0, 2)])),
+            req(7, 3, &[(1, 0, 1, 0, 2)]),
+            txn(req(8, 1, &[(2, 0, 2, 0, 2)])),
+            req(8, 1, &[(1, 0, 1, 0, 1)]),
+        ];
+        // (Request 3 shares run 1 with request 1; give it its own rows.)
+        let mut producers = producers.to_vec();
+        producers[3].batches[0].pos = 1;
+        producers[3].batches[0].count = 1;
+        producers[1].batches[0].count = 1;
+        let plan = plan_commit(&runs, &producers, &ends, &epochs, &HashMap::new(), &open).unwrap();
+        assert_eq!(plan.verdicts[0], RequestCheck::Append);
+        assert_eq!(
+            plan.verdicts[1],
+            RequestCheck::Refused(Refusal::TransactionOpen)
+        );
+        assert_eq!(
+            plan.verdicts[2],
+            RequestCheck::Refused(Refusal::TransactionNotOpen)
+        );
+        assert_eq!(plan.verdicts[3], RequestCheck::Append);
+        assert_eq!(
+            plan.txn_batches,
+            vec![TxnBatch {
+                producer_id: 7,
+                epoch: 3,
+                topic_id: 1,
+                partition: 0,
+                base_offset: 0,
+                records: 2
+            }]
+        );
+        assert_eq!(plan.holds, BTreeMap::from([((1, 0), 0)]));
+        // An older epoch is fenced whatever it claims.
+        let stale = [txn(req(7, 2, &[(0, 0, 0, 0, 2)]))];
+        let plan = plan_commit(&runs, &stale, &ends, &epochs, &HashMap::new(), &open).unwrap();
+        assert_eq!(
+            plan.verdicts[0],
+            RequestCheck::Refused(Refusal::Fenced { current: 3 })
+        );
+        assert!(plan.txn_batches.is_empty() && plan.holds.is_empty());
     }
 
     /// One segment, one run of 9 rows: producer 7's batch (rows 0..3), a retry of it in
@@ -275,7 +385,7 @@ mod tests {
             req(7, 0, &[(0, 0, 0, 3, 3)]),
             req(8, 2, &[(0, 5, 0, 6, 2)]),
         ];
-        let plan = plan_commit(&runs, &producers, &ends, &epochs, &HashMap::new()).unwrap();
+        let plan = plan_commit(&runs, &producers, &ends, &epochs, &HashMap::new(), &HashSet::new()).unwrap();
         assert_eq!(plan.verdicts[0], RequestCheck::Append);
         assert_eq!(plan.verdicts[1], RequestCheck::Duplicate(vec![100]));
         assert_eq!(
@@ -319,7 +429,7 @@ mod tests {
             req(7, 2, &[(1, 0, 1, 0, 1)]),
             req(7, 3, &[(1, 0, 1, 1, 1)]),
         ];
-        let plan = plan_commit(&runs, &producers, &ends, &epochs, &HashMap::new()).unwrap();
+        let plan = plan_commit(&runs, &producers, &ends, &epochs, &HashMap::new(), &HashSet::new()).unwrap();
         assert_eq!(
             plan.verdicts[0],
             RequestCheck::Refused(Refusal::UnknownProducer)
@@ -348,7 +458,7 @@ mod tests {
     fn plain_commits_are_unchanged_and_two_runs_of_a_partition_follow_each_other() {
         let runs = [run(1, 0, 2), run(1, 0, 3), run(2, 0, 1)];
         let ends = HashMap::from([((1, 0), 5u64)]);
-        let plan = plan_commit(&runs, &[], &ends, &HashMap::new(), &HashMap::new()).unwrap();
+        let plan = plan_commit(&runs, &[], &ends, &HashMap::new(), &HashMap::new(), &HashSet::new()).unwrap();
         assert_eq!(
             plan.outcomes,
             vec![

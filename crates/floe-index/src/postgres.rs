@@ -5,7 +5,7 @@
 //! never deadlock; serialization failures and deadlocks are retried anyway. Each commit
 //! sends `NOTIFY floe_commits` (delivered after commit) so long-polls on other agents wake.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,8 +18,13 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tracing::{Instrument, info_span, warn};
 
+use floe_core::txn::{
+    EndVerdict, EntryPiece, Outcome, TxnState, end_verdict, punch, stable_offset,
+};
+
 use crate::replay;
 use crate::{
+    BeginTxn, EndTxn, TxnEnded, TxnError, TxnInfo,
     CommitSink, Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic,
     OffsetCommit, PartitionOffsets, ReplaceRuns, Result, Retention, RetentionRun, RunEntry,
     SegmentCommit, SeqKey, StateKey, StateKind, TopicMeta, Versioned, check_deadline,
@@ -123,6 +128,29 @@ CREATE TABLE IF NOT EXISTS floe_producer_seqs (
     PRIMARY KEY (producer_id, topic_id, partition)
 );
 CREATE INDEX IF NOT EXISTS floe_producer_seqs_by_touch ON floe_producer_seqs (touched_ms);
+ALTER TABLE floe_partitions ADD COLUMN IF NOT EXISTS stable_hold BIGINT;
+CREATE TABLE IF NOT EXISTS floe_txns (
+    producer_id BIGINT NOT NULL,
+    epoch INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    started_ms BIGINT NOT NULL,
+    deadline_ms BIGINT NOT NULL,
+    ended_ms BIGINT,
+    check_url TEXT,
+    checks INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (producer_id, epoch)
+);
+CREATE INDEX IF NOT EXISTS floe_txns_by_state ON floe_txns (state, started_ms);
+CREATE TABLE IF NOT EXISTS floe_txn_batches (
+    producer_id BIGINT NOT NULL,
+    epoch INTEGER NOT NULL,
+    topic_id BIGINT NOT NULL,
+    partition INTEGER NOT NULL,
+    base_offset BIGINT NOT NULL,
+    records INTEGER NOT NULL,
+    PRIMARY KEY (producer_id, epoch, topic_id, partition, base_offset)
+);
+CREATE INDEX IF NOT EXISTS floe_txn_batches_by_partition ON floe_txn_batches (topic_id, partition, base_offset);
 ";
 
 pub struct PostgresIndex {
@@ -280,6 +308,123 @@ impl PostgresIndex {
         self.pool.get().await.map_err(pool_err)
     }
 
+    async fn conn(&self) -> std::result::Result<deadpool_postgres::Object, CommitError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(b) => CommitError::Pg(b),
+            other => CommitError::Pool(other.to_string()),
+        })
+    }
+
+    async fn try_end_txn(&self, e: &EndTxn) -> std::result::Result<TxnEnded, CommitError> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await?;
+        let out = end_txn_in(&tx, e).await?;
+        if !out.repeated {
+            tx.commit().await?;
+        }
+        Ok(out)
+    }
+
+    async fn try_init_producer(
+        &self,
+        name: Option<&str>,
+        now_ms: i64,
+    ) -> std::result::Result<(i64, u32), CommitError> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await?;
+        // Re-initialising a name aborts its open transaction (fencing the zombie) in the
+        // same index transaction that bumps the epoch (RFC 0005).
+        if let Some(r) = tx
+            .query_opt(
+                "SELECT t.producer_id, t.epoch FROM floe_producers p JOIN floe_txns t ON t.producer_id = p.id AND t.epoch = p.epoch
+                 WHERE p.name = $1 AND t.state = 'open'",
+                &[&name],
+            )
+            .await?
+        {
+            let end = EndTxn {
+                producer_id: r.get(0),
+                epoch: r.get::<_, i32>(1) as u32,
+                outcome: Outcome::Abort,
+                offsets: Vec::new(),
+                now_ms,
+            };
+            // Partitions, then the producer row, then the transaction row (lock order).
+            let parts = txn_partitions(&tx, end.producer_id, end.epoch).await?;
+            lock_partitions(&tx, &parts).await?;
+            let _ = tx
+                .query("SELECT 1 FROM floe_producers WHERE id = $1 FOR UPDATE", &[&end.producer_id])
+                .await?;
+            match end_txn_in(&tx, &end).await {
+                Ok(_) | Err(CommitError::Index(IndexError::Txn(_))) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        let r = tx
+            .query_one(
+                "INSERT INTO floe_producers (name, epoch, touched_ms) VALUES ($1, 0, $2)
+                 ON CONFLICT (name) DO UPDATE SET epoch = floe_producers.epoch + 1, touched_ms = EXCLUDED.touched_ms
+                 RETURNING id, epoch",
+                &[&name, &now_ms],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok((r.get(0), r.get::<_, i32>(1) as u32))
+    }
+
+    async fn try_begin_txn(&self, b: &BeginTxn) -> std::result::Result<u32, CommitError> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await?;
+        let Some(r) = tx
+            .query_opt(
+                "SELECT epoch FROM floe_producers WHERE id = $1 FOR UPDATE",
+                &[&b.producer_id],
+            )
+            .await?
+        else {
+            return Err(txn_err(TxnError::UnknownProducer(b.producer_id)));
+        };
+        let current = r.get::<_, i32>(0) as u32;
+        if current != b.epoch {
+            return Err(txn_err(TxnError::Fenced {
+                producer_id: b.producer_id,
+                epoch: b.epoch,
+                current,
+            }));
+        }
+        if tx
+            .query_opt(
+                "SELECT 1 FROM floe_txns WHERE producer_id = $1 AND epoch = $2 AND state = 'open'",
+                &[&b.producer_id, &(current as i32)],
+            )
+            .await?
+            .is_some()
+        {
+            return Err(txn_err(TxnError::AlreadyOpen {
+                producer_id: b.producer_id,
+                epoch: current,
+            }));
+        }
+        let epoch = current
+            .checked_add(1)
+            .filter(|e| *e <= i32::MAX as u32)
+            .ok_or_else(|| CommitError::Index(IndexError::Corrupt("producer epoch overflow".into())))?;
+        let _ = tx
+            .execute(
+                "UPDATE floe_producers SET epoch = $2, touched_ms = $3 WHERE id = $1",
+                &[&b.producer_id, &(epoch as i32), &b.now_ms],
+            )
+            .await?;
+        let _ = tx
+            .execute(
+                "INSERT INTO floe_txns (producer_id, epoch, state, started_ms, deadline_ms, check_url, checks) VALUES ($1, $2, 'open', $3, $4, $5, 0)",
+                &[&b.producer_id, &(epoch as i32), &b.now_ms, &b.deadline_ms, &b.check_url],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(epoch)
+    }
+
     async fn try_commit(&self, seg: &SegmentCommit) -> std::result::Result<Committed, CommitError> {
         let mut c = self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(b) => CommitError::Pg(b),
@@ -377,8 +522,57 @@ impl PostgresIndex {
                 );
             }
         }
-        let plan = plan_commit(&seg.runs, &seg.producers, &ends, &epochs, &seqs)
+        // Open transactions of those producers' current epochs (FOR SHARE: an end waits
+        // for this commit, or this commit sees it ended). Lock order everywhere:
+        // partitions, producers, transactions.
+        let mut open_txns = HashSet::new();
+        if !epochs.is_empty() {
+            let (ids, eps): (Vec<i64>, Vec<i32>) =
+                epochs.iter().map(|(id, e)| (*id, *e as i32)).unzip();
+            for r in tx
+                .query(
+                    "SELECT t.producer_id FROM floe_txns t JOIN UNNEST($1::bigint[], $2::int[]) AS k(p, e)
+                       ON t.producer_id = k.p AND t.epoch = k.e
+                     WHERE t.state = 'open' ORDER BY t.producer_id FOR SHARE OF t",
+                    &[&ids, &eps],
+                )
+                .await?
+            {
+                let _ = open_txns.insert(r.get::<_, i64>(0));
+            }
+        }
+        let plan = plan_commit(&seg.runs, &seg.producers, &ends, &epochs, &seqs, &open_txns)
             .map_err(CommitError::Index)?;
+        if !plan.txn_batches.is_empty() {
+            let (mut b_p, mut b_e, mut b_t, mut b_n, mut b_b, mut b_r) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            for b in &plan.txn_batches {
+                b_p.push(b.producer_id);
+                b_e.push(b.epoch as i32);
+                b_t.push(b.topic_id);
+                b_n.push(b.partition as i32);
+                b_b.push(b.base_offset as i64);
+                b_r.push(b.records as i32);
+            }
+            let _ = tx
+                .execute(
+                    "INSERT INTO floe_txn_batches (producer_id, epoch, topic_id, partition, base_offset, records)
+                     SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::bigint[], $6::int[])",
+                    &[&b_p, &b_e, &b_t, &b_n, &b_b, &b_r],
+                )
+                .await?;
+            let ht: Vec<i64> = plan.holds.keys().map(|k| k.0).collect();
+            let hp: Vec<i32> = plan.holds.keys().map(|k| k.1 as i32).collect();
+            let hh: Vec<i64> = plan.holds.values().map(|v| *v as i64).collect();
+            let _ = tx
+                .execute(
+                    "UPDATE floe_partitions p SET stable_hold = LEAST(COALESCE(p.stable_hold, u.h), u.h)
+                     FROM UNNEST($1::bigint[], $2::int[], $3::bigint[]) AS u(t, p, h)
+                     WHERE p.topic_id = u.t AND p.partition = u.p",
+                    &[&ht, &hp, &hh],
+                )
+                .await?;
+        }
         let (
             mut c_t,
             mut c_p,
@@ -537,6 +731,262 @@ async fn cas_state<C: deadpool_postgres::GenericClient>(
         }
     };
     Ok(n == 1)
+}
+
+fn txn_err(e: TxnError) -> CommitError {
+    CommitError::Index(IndexError::Txn(e))
+}
+
+fn parse_state(s: &str) -> std::result::Result<TxnState, CommitError> {
+    TxnState::parse(s)
+        .ok_or_else(|| CommitError::Index(IndexError::Corrupt(format!("transaction state {s:?}"))))
+}
+
+/// Lock partition rows in (topic, partition) order, as commits do.
+async fn lock_partitions(
+    tx: &deadpool_postgres::Transaction<'_>,
+    keys: &[(i64, u32)],
+) -> std::result::Result<(), CommitError> {
+    let mut keys = keys.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
+    let tids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+    let parts: Vec<i32> = keys.iter().map(|k| k.1 as i32).collect();
+    let _ = tx
+        .query(
+            "SELECT 1 FROM floe_partitions p
+             JOIN UNNEST($1::bigint[], $2::int[]) AS k(t, p) ON p.topic_id = k.t AND p.partition = k.p
+             ORDER BY p.topic_id, p.partition FOR UPDATE OF p",
+            &[&tids, &parts],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn txn_partitions(
+    tx: &deadpool_postgres::Transaction<'_>,
+    pid: i64,
+    epoch: u32,
+) -> std::result::Result<Vec<(i64, u32)>, CommitError> {
+    Ok(tx
+        .query(
+            "SELECT DISTINCT topic_id, partition FROM floe_txn_batches WHERE producer_id = $1 AND epoch = $2",
+            &[&pid, &(epoch as i32)],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get::<_, i64>(0), r.get::<_, i32>(1) as u32))
+        .collect())
+}
+
+/// End a transaction inside `tx` (RFC 0005), locking partitions (those it wrote), then
+/// the transaction row — the order commits use, which hold the transaction row shared
+/// while they add batches to it.
+async fn end_txn_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    e: &EndTxn,
+) -> std::result::Result<TxnEnded, CommitError> {
+    let (pid, epoch) = (e.producer_id, e.epoch);
+    let mut locked = txn_partitions(tx, pid, epoch).await?;
+    lock_partitions(tx, &locked).await?;
+    let stored = tx
+        .query_opt(
+            "SELECT state FROM floe_txns WHERE producer_id = $1 AND epoch = $2 FOR UPDATE",
+            &[&pid, &(epoch as i32)],
+        )
+        .await?
+        .map(|r| parse_state(r.get(0)))
+        .transpose()?;
+    match end_verdict(stored, e.outcome) {
+        EndVerdict::Unknown => {
+            return Err(txn_err(TxnError::Unknown {
+                producer_id: pid,
+                epoch,
+            }));
+        }
+        EndVerdict::Conflict(state) => {
+            return Err(txn_err(TxnError::Ended {
+                producer_id: pid,
+                epoch,
+                state,
+            }));
+        }
+        EndVerdict::AlreadyDone => {
+            return Ok(TxnEnded {
+                repeated: true,
+                partitions: Vec::new(),
+            });
+        }
+        EndVerdict::Apply => {}
+    }
+    // Final now (commits adding batches hold the row shared); lock any partition a
+    // commit added since the first read (rare; out of order, so a deadlock is possible
+    // and retried).
+    let now_parts = txn_partitions(tx, pid, epoch).await?;
+    let extra: Vec<(i64, u32)> = now_parts
+        .iter()
+        .filter(|k| !locked.contains(k))
+        .copied()
+        .collect();
+    if !extra.is_empty() {
+        lock_partitions(tx, &extra).await?;
+        locked.extend(extra);
+    }
+    match e.outcome {
+        Outcome::Commit => {
+            for oc in &e.offsets {
+                let k = &oc.group;
+                let blob: Option<Vec<u8>> = tx
+                    .query_opt(
+                        "SELECT data FROM floe_consumer_state WHERE kind = $1 AND topic_id = $2 AND grp = $3 AND partition = $4 FOR SHARE",
+                        &[&k.kind.as_str(), &k.topic_id, &k.group, &(k.partition as i32)],
+                    )
+                    .await?
+                    .map(|r| r.get(0));
+                match fence(blob.as_deref(), oc) {
+                    Ok(()) => {}
+                    Err(IndexError::Fenced(g)) => return Err(txn_err(TxnError::Offsets(g))),
+                    Err(other) => return Err(CommitError::Index(other)),
+                }
+                for (p, o) in &oc.offsets {
+                    let _ = tx
+                        .execute(
+                            "INSERT INTO floe_group_offsets (topic_id, grp, partition, next_offset) VALUES ($1, $2, $3, $4)
+                             ON CONFLICT (topic_id, grp, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+                            &[&k.topic_id, &k.group, &(*p as i32), &(*o as i64)],
+                        )
+                        .await?;
+                }
+            }
+        }
+        Outcome::Abort => {
+            let batches = tx
+                .query(
+                    "SELECT topic_id, partition, base_offset, records FROM floe_txn_batches WHERE producer_id = $1 AND epoch = $2 ORDER BY topic_id, partition, base_offset",
+                    &[&pid, &(epoch as i32)],
+                )
+                .await?;
+            for b in batches {
+                punch_hole(
+                    tx,
+                    b.get(0),
+                    b.get::<_, i32>(1) as u32,
+                    b.get::<_, i64>(2) as u64,
+                    b.get::<_, i32>(3) as u32,
+                )
+                .await?;
+            }
+        }
+    }
+    let _ = tx
+        .execute(
+            "UPDATE floe_txns SET state = $3, ended_ms = $4 WHERE producer_id = $1 AND epoch = $2",
+            &[&pid, &(epoch as i32), &e.outcome.state().as_str(), &e.now_ms],
+        )
+        .await?;
+    let _ = tx
+        .execute(
+            "DELETE FROM floe_txn_batches WHERE producer_id = $1 AND epoch = $2",
+            &[&pid, &(epoch as i32)],
+        )
+        .await?;
+    let mut partitions = Vec::with_capacity(now_parts.len());
+    let mut ends = BTreeMap::new();
+    for (t, p) in now_parts {
+        if let Some(r) = tx
+            .query_opt(
+                "UPDATE floe_partitions SET stable_hold = (SELECT MIN(base_offset) FROM floe_txn_batches WHERE topic_id = $1 AND partition = $2)
+                 WHERE topic_id = $1 AND partition = $2 RETURNING next_offset",
+                &[&t, &(p as i32)],
+            )
+            .await?
+        {
+            let end = r.get::<_, i64>(0) as u64;
+            partitions.push((t, p, end));
+            let _ = ends.insert((t, p), end);
+        }
+    }
+    // Readers on other agents wake as on a commit.
+    for payload in notify_payloads(&ends) {
+        let _ = tx
+            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .await?;
+    }
+    Ok(TxnEnded {
+        repeated: false,
+        partitions,
+    })
+}
+
+/// Turn the aborted batch `base..base + n` of a partition into a hole
+/// (`floe_core::txn::punch`); an entry already dropped by retention is left.
+async fn punch_hole(
+    tx: &deadpool_postgres::Transaction<'_>,
+    t: i64,
+    p: u32,
+    base: u64,
+    n: u32,
+) -> std::result::Result<(), CommitError> {
+    let Some(r) = tx
+        .query_opt(
+            "SELECT base_offset, records, row_first, row_count, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts
+             FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset <= $3 ORDER BY base_offset DESC LIMIT 1",
+            &[&t, &(p as i32), &(base as i64)],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let eb = r.get::<_, i64>(0) as u64;
+    let records = r.get::<_, i32>(1) as u32;
+    if eb + u64::from(records) <= base {
+        return Ok(()); // dropped by retention
+    }
+    let entry = EntryPiece {
+        base_offset: eb,
+        records,
+        row_first: r.get::<_, i32>(2) as u32,
+        rows: r.get::<_, Option<i32>>(3).map_or(records, |v| v as u32),
+    };
+    let pieces = punch(entry, base, n).map_err(|err| {
+        CommitError::Index(IndexError::Corrupt(format!(
+            "aborting ({t}, {p}) {base}+{n}: {err}"
+        )))
+    })?;
+    let _ = tx
+        .execute(
+            "DELETE FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset = $3",
+            &[&t, &(p as i32), &(eb as i64)],
+        )
+        .await?;
+    let key: String = r.get(4);
+    for x in pieces {
+        let rows = (x.rows != x.records).then_some(x.rows as i32);
+        let _ = tx
+            .execute(
+                "INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first, row_count)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                &[
+                    &t, &(p as i32), &(x.base_offset as i64), &(x.records as i32), &key,
+                    &r.get::<_, i64>(5), &r.get::<_, i32>(6), &r.get::<_, i32>(7), &r.get::<_, i64>(8),
+                    &r.get::<_, i64>(9), &r.get::<_, i64>(10), &r.get::<_, i64>(11), &(x.row_first as i32), &rows,
+                ],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn retryable(e: &CommitError) -> bool {
+    matches!(e, CommitError::Pg(e) if matches!(e.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED))
+}
+
+fn final_err(e: CommitError) -> IndexError {
+    match e {
+        CommitError::Pg(e) => pg(e),
+        CommitError::Index(e) => e,
+        CommitError::Pool(e) => IndexError::Postgres(format!("connection pool: {e}")),
+    }
 }
 
 enum CommitError {
@@ -713,7 +1163,7 @@ impl Index for PostgresIndex {
     async fn partition_offsets(&self, topic_id: i64) -> Result<Vec<PartitionOffsets>> {
         let c = self.client().await?;
         let rows = c
-            .query("SELECT partition, start_offset, next_offset FROM floe_partitions WHERE topic_id = $1 ORDER BY partition", &[&topic_id])
+            .query("SELECT partition, start_offset, next_offset, LEAST(COALESCE(stable_hold, next_offset), next_offset) FROM floe_partitions WHERE topic_id = $1 ORDER BY partition", &[&topic_id])
             .await
             .map_err(pg)?;
         rows.iter()
@@ -722,6 +1172,7 @@ impl Index for PostgresIndex {
                     partition: to_u32(r.get(0), "partition")?,
                     start_offset: to_u64(r.get(1), "start_offset")?,
                     end_offset: to_u64(r.get(2), "next_offset")?,
+                    stable_offset: to_u64(r.get(3), "stable_offset")?,
                 })
             })
             .collect()
@@ -761,17 +1212,131 @@ impl Index for PostgresIndex {
     }
 
     async fn init_producer(&self, name: Option<&str>, now_ms: i64) -> Result<(i64, u32)> {
+        let mut attempt = 0;
+        loop {
+            match self.try_init_producer(name, now_ms).await {
+                Err(e) if retryable(&e) && attempt + 1 < COMMIT_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                    attempt += 1;
+                }
+                other => return other.map_err(final_err),
+            }
+        }
+    }
+
+    async fn log_ends(&self, topic_id: i64, partition: u32) -> Result<Option<(u64, u64)>> {
         let c = self.client().await?;
-        let r = c
-            .query_one(
-                "INSERT INTO floe_producers (name, epoch, touched_ms) VALUES ($1, 0, $2)
-                 ON CONFLICT (name) DO UPDATE SET epoch = floe_producers.epoch + 1, touched_ms = EXCLUDED.touched_ms
-                 RETURNING id, epoch",
-                &[&name, &now_ms],
+        let row = c
+            .query_opt(
+                "SELECT next_offset, stable_hold FROM floe_partitions WHERE topic_id = $1 AND partition = $2",
+                &[&topic_id, &(partition as i32)],
             )
             .await
             .map_err(pg)?;
-        Ok((r.get(0), to_u32(r.get(1), "epoch")?))
+        row.map(|r| {
+            let end = to_u64(r.get(0), "next_offset")?;
+            let hold = r
+                .get::<_, Option<i64>>(1)
+                .map(|h| to_u64(h, "stable_hold"))
+                .transpose()?;
+            Ok((end, stable_offset(end, hold)))
+        })
+        .transpose()
+    }
+
+    async fn begin_txn(&self, b: BeginTxn) -> Result<u32> {
+        let mut attempt = 0;
+        loop {
+            match self.try_begin_txn(&b).await {
+                Err(e) if retryable(&e) && attempt + 1 < COMMIT_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                    attempt += 1;
+                }
+                other => return other.map_err(final_err),
+            }
+        }
+    }
+
+    async fn end_txn(&self, e: EndTxn) -> Result<TxnEnded> {
+        let mut attempt = 0;
+        loop {
+            match self.try_end_txn(&e).await {
+                Err(err) if retryable(&err) && attempt + 1 < COMMIT_ATTEMPTS => {
+                    warn!(attempt, "transaction end conflict; retrying");
+                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                    attempt += 1;
+                }
+                other => return other.map_err(final_err),
+            }
+        }
+    }
+
+    async fn transactions(&self, open_only: bool) -> Result<Vec<TxnInfo>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT t.producer_id, p.name, t.epoch, t.state, t.started_ms, t.deadline_ms, t.check_url, t.checks
+                 FROM floe_txns t LEFT JOIN floe_producers p ON p.id = t.producer_id
+                 WHERE NOT $1 OR t.state = 'open' ORDER BY t.started_ms, t.producer_id LIMIT 10000",
+                &[&open_only],
+            )
+            .await
+            .map_err(pg)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (producer_id, epoch): (i64, i32) = (r.get(0), r.get(2));
+            let state: String = r.get(3);
+            let parts = c
+                .query(
+                    "SELECT topic_id, partition, MIN(base_offset), SUM(records)::bigint FROM floe_txn_batches
+                     WHERE producer_id = $1 AND epoch = $2 GROUP BY topic_id, partition ORDER BY topic_id, partition",
+                    &[&producer_id, &epoch],
+                )
+                .await
+                .map_err(pg)?;
+            out.push(TxnInfo {
+                producer_id,
+                name: r.get(1),
+                epoch: to_u32(epoch, "epoch")?,
+                state: TxnState::parse(&state)
+                    .ok_or_else(|| IndexError::Corrupt(format!("transaction state {state:?}")))?,
+                started_ms: r.get(4),
+                deadline_ms: r.get(5),
+                check_url: r.get(6),
+                checks: to_u32(r.get(7), "checks")?,
+                partitions: parts
+                    .iter()
+                    .map(|q| {
+                        Ok((
+                            q.get::<_, i64>(0),
+                            to_u32(q.get(1), "partition")?,
+                            to_u64(q.get(2), "base_offset")?,
+                            to_u64(q.get(3), "records")?,
+                        ))
+                    })
+                    .collect::<Result<_>>()?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn claim_check(
+        &self,
+        producer_id: i64,
+        epoch: u32,
+        checks: u32,
+        next_deadline_ms: i64,
+    ) -> Result<bool> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE floe_txns SET checks = checks + 1, deadline_ms = $4
+                 WHERE producer_id = $1 AND epoch = $2 AND state = 'open' AND checks = $3",
+                &[&producer_id, &(epoch as i32), &(checks as i32), &next_deadline_ms],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(n == 1)
     }
 
     async fn dedup_state_counts(&self) -> Result<(u64, u64)> {
@@ -798,8 +1363,16 @@ impl Index for PostgresIndex {
             .map_err(pg)?;
         let _ = tx
             .execute(
+                "DELETE FROM floe_txns WHERE state <> 'open' AND ended_ms < $1",
+                &[&cutoff_ms],
+            )
+            .await
+            .map_err(pg)?;
+        let _ = tx
+            .execute(
                 "DELETE FROM floe_producers p WHERE touched_ms < $1
-                 AND NOT EXISTS (SELECT 1 FROM floe_producer_seqs s WHERE s.producer_id = p.id)",
+                 AND NOT EXISTS (SELECT 1 FROM floe_producer_seqs s WHERE s.producer_id = p.id)
+                 AND NOT EXISTS (SELECT 1 FROM floe_txns t WHERE t.producer_id = p.id AND t.state = 'open')",
                 &[&cutoff_ms],
             )
             .await

@@ -2,7 +2,7 @@
 //! reader connection serves lookups (WAL mode lets it read while a commit is running).
 //! `synchronous=FULL` makes every commit durable before it returns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -12,9 +12,13 @@ use floe_core::idempotency;
 use floe_core::producer::SeqState;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use floe_core::txn::{
+    EndVerdict, EntryPiece, Outcome, TxnState, end_verdict, punch, stable_offset,
+};
+
 use crate::replay;
 use crate::{
-    Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
+    BeginTxn, EndTxn, TxnEnded, TxnError, TxnInfo, Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
     PartitionOffsets, ReplaceRuns, Result, Retention, RetentionRun, RunEntry, SegmentCommit,
     SeqKey, StateKey, StateKind, TopicMeta, Versioned, check_deadline, completion_answer,
     decode_config, encode_config, fence, plan_commit,
@@ -110,6 +114,28 @@ CREATE TABLE IF NOT EXISTS producer_seqs (
     PRIMARY KEY (producer_id, topic_id, partition)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS producer_seqs_by_touch ON producer_seqs (touched_ms);
+CREATE TABLE IF NOT EXISTS txns (
+    producer_id INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    check_url TEXT,
+    checks INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (producer_id, epoch)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS txns_by_state ON txns (state, started_ms);
+CREATE TABLE IF NOT EXISTS txn_batches (
+    producer_id INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    base_offset INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    PRIMARY KEY (producer_id, epoch, topic_id, partition, base_offset)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS txn_batches_by_partition ON txn_batches (topic_id, partition, base_offset);
 ";
 
 /// Columns added after the first release, for index files created before them.
@@ -126,6 +152,154 @@ fn migrate(c: &Connection) -> Result<()> {
         .exists([])?;
     if !has_row_count {
         c.execute_batch("ALTER TABLE runs ADD COLUMN row_count INTEGER")?;
+    }
+    // NULL: no open transaction holds the partition's stable offset (RFC 0005).
+    let has_hold: bool = c
+        .prepare("SELECT 1 FROM pragma_table_info('partitions') WHERE name = 'stable_hold'")?
+        .exists([])?;
+    if !has_hold {
+        c.execute_batch("ALTER TABLE partitions ADD COLUMN stable_hold INTEGER")?;
+    }
+    Ok(())
+}
+
+fn txn_err(e: TxnError) -> IndexError {
+    IndexError::Txn(e)
+}
+
+/// End a transaction inside `tx` (RFC 0005): the verdict, then the offsets (commit) or
+/// the holes (abort), then the holds it released.
+fn end_txn_in(tx: &rusqlite::Transaction<'_>, e: &EndTxn) -> Result<TxnEnded> {
+    let (pid, epoch) = (e.producer_id, e.epoch);
+    let stored: Option<String> = tx
+        .prepare_cached("SELECT state FROM txns WHERE producer_id = ?1 AND epoch = ?2")?
+        .query_row(params![pid, epoch], |r| r.get(0))
+        .optional()?;
+    let stored = stored
+        .map(|s| {
+            TxnState::parse(&s)
+                .ok_or_else(|| IndexError::Corrupt(format!("transaction state {s:?}")))
+        })
+        .transpose()?;
+    match end_verdict(stored, e.outcome) {
+        EndVerdict::Unknown => {
+            return Err(txn_err(TxnError::Unknown {
+                producer_id: pid,
+                epoch,
+            }));
+        }
+        EndVerdict::Conflict(state) => {
+            return Err(txn_err(TxnError::Ended {
+                producer_id: pid,
+                epoch,
+                state,
+            }));
+        }
+        EndVerdict::AlreadyDone => {
+            return Ok(TxnEnded {
+                repeated: true,
+                partitions: Vec::new(),
+            });
+        }
+        EndVerdict::Apply => {}
+    }
+    let batches: Vec<(i64, u32, u64, u32)> = tx
+        .prepare_cached("SELECT topic_id, partition, base_offset, records FROM txn_batches WHERE producer_id = ?1 AND epoch = ?2 ORDER BY topic_id, partition, base_offset")?
+        .query_map(params![pid, epoch], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    match e.outcome {
+        Outcome::Commit => {
+            for oc in &e.offsets {
+                let k = &oc.group;
+                let blob: Option<Vec<u8>> = tx
+                    .prepare_cached("SELECT data FROM consumer_state WHERE kind = ?1 AND topic_id = ?2 AND grp = ?3 AND partition = ?4")?
+                    .query_row(params![k.kind.as_str(), k.topic_id, k.group, k.partition], |r| r.get(0))
+                    .optional()?;
+                match fence(blob.as_deref(), oc) {
+                    Ok(()) => {}
+                    Err(IndexError::Fenced(g)) => return Err(txn_err(TxnError::Offsets(g))),
+                    Err(other) => return Err(other),
+                }
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO group_offsets (topic_id, grp, partition, next_offset) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (topic_id, grp, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                )?;
+                for (p, o) in &oc.offsets {
+                    let _ = st.execute(params![k.topic_id, k.group, p, o])?;
+                }
+            }
+        }
+        Outcome::Abort => {
+            for &(t, p, base, n) in &batches {
+                punch_hole(tx, t, p, base, n)?;
+            }
+        }
+    }
+    let _ = tx
+        .prepare_cached("UPDATE txns SET state = ?3, ended_ms = ?4 WHERE producer_id = ?1 AND epoch = ?2")?
+        .execute(params![pid, epoch, e.outcome.state().as_str(), e.now_ms])?;
+    let _ = tx
+        .prepare_cached("DELETE FROM txn_batches WHERE producer_id = ?1 AND epoch = ?2")?
+        .execute(params![pid, epoch])?;
+    let mut touched: Vec<(i64, u32)> = batches.iter().map(|b| (b.0, b.1)).collect();
+    touched.dedup();
+    let mut partitions = Vec::with_capacity(touched.len());
+    for (t, p) in touched {
+        let end: Option<u64> = tx
+            .prepare_cached(
+                "UPDATE partitions SET stable_hold = (SELECT MIN(base_offset) FROM txn_batches WHERE topic_id = ?1 AND partition = ?2)
+                 WHERE topic_id = ?1 AND partition = ?2 RETURNING next_offset",
+            )?
+            .query_row(params![t, p], |r| r.get(0))
+            .optional()?;
+        if let Some(end) = end {
+            partitions.push((t, p, end));
+        }
+    }
+    Ok(TxnEnded {
+        repeated: false,
+        partitions,
+    })
+}
+
+/// Turn the aborted batch `base..base + n` of a partition into a hole: the entry holding
+/// it is split (`floe_core::txn::punch`). An entry already dropped by retention is left.
+fn punch_hole(tx: &rusqlite::Transaction<'_>, t: i64, p: u32, base: u64, n: u32) -> Result<()> {
+    type Row = (u64, u32, u32, Option<u32>, String, u64, u32, u32, u64, u64, i64, i64);
+    let row: Option<Row> = tx
+        .prepare_cached(
+            "SELECT base_offset, records, row_first, row_count, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts
+             FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3 ORDER BY base_offset DESC LIMIT 1",
+        )?
+        .query_row(params![t, p, base], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?))
+        })
+        .optional()?;
+    let Some((eb, records, row_first, row_count, key, size, rgf, rgc, bs, be, mn, mx)) = row else {
+        return Ok(());
+    };
+    if eb + u64::from(records) <= base {
+        return Ok(()); // dropped by retention
+    }
+    let entry = EntryPiece {
+        base_offset: eb,
+        records,
+        row_first,
+        rows: row_count.unwrap_or(records),
+    };
+    let pieces = punch(entry, base, n)
+        .map_err(|err| IndexError::Corrupt(format!("aborting ({t}, {p}) {base}+{n}: {err}")))?;
+    let _ = tx
+        .prepare_cached("DELETE FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset = ?3")?
+        .execute(params![t, p, eb])?;
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first, row_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?;
+    for x in pieces {
+        let _ = ins.execute(params![
+            t, p, x.base_offset, x.records, key, size, rgf, rgc, bs, be, mn, mx, x.row_first,
+            (x.rows != x.records).then_some(x.rows)
+        ])?;
     }
     Ok(())
 }
@@ -356,9 +530,9 @@ impl Index for SqliteIndex {
 
     async fn partition_offsets(&self, topic_id: i64) -> Result<Vec<PartitionOffsets>> {
         self.read(move |c| {
-            let mut st = c.prepare_cached("SELECT partition, start_offset, next_offset FROM partitions WHERE topic_id = ?1 ORDER BY partition")?;
+            let mut st = c.prepare_cached("SELECT partition, start_offset, next_offset, MIN(COALESCE(stable_hold, next_offset), next_offset) FROM partitions WHERE topic_id = ?1 ORDER BY partition")?;
             let rows = st
-                .query_map([topic_id], |r| Ok(PartitionOffsets { partition: r.get(0)?, start_offset: r.get(1)?, end_offset: r.get(2)? }))?
+                .query_map([topic_id], |r| Ok(PartitionOffsets { partition: r.get(0)?, start_offset: r.get(1)?, end_offset: r.get(2)?, stable_offset: r.get(3)? }))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
@@ -373,6 +547,108 @@ impl Index for SqliteIndex {
             Ok(st
                 .query_row(params![topic_id, partition], |r| r.get(0))
                 .optional()?)
+        })
+        .await
+    }
+
+    async fn log_ends(&self, topic_id: i64, partition: u32) -> Result<Option<(u64, u64)>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT next_offset, stable_hold FROM partitions WHERE topic_id = ?1 AND partition = ?2",
+            )?;
+            Ok(st
+                .query_row(params![topic_id, partition], |r| {
+                    let end: u64 = r.get(0)?;
+                    Ok((end, stable_offset(end, r.get(1)?)))
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn begin_txn(&self, b: BeginTxn) -> Result<u32> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let current: Option<u32> = tx
+                .prepare_cached("SELECT epoch FROM producers WHERE id = ?1")?
+                .query_row([b.producer_id], |r| r.get(0))
+                .optional()?;
+            let Some(current) = current else {
+                return Err(txn_err(TxnError::UnknownProducer(b.producer_id)));
+            };
+            if current != b.epoch {
+                return Err(txn_err(TxnError::Fenced { producer_id: b.producer_id, epoch: b.epoch, current }));
+            }
+            if tx
+                .prepare_cached("SELECT 1 FROM txns WHERE producer_id = ?1 AND epoch = ?2 AND state = 'open'")?
+                .exists(params![b.producer_id, current])?
+            {
+                return Err(txn_err(TxnError::AlreadyOpen { producer_id: b.producer_id, epoch: current }));
+            }
+            let epoch = current.checked_add(1).ok_or_else(|| IndexError::Corrupt("producer epoch overflow".into()))?;
+            let _ = tx
+                .prepare_cached("UPDATE producers SET epoch = ?2, touched_ms = ?3 WHERE id = ?1")?
+                .execute(params![b.producer_id, epoch, b.now_ms])?;
+            let _ = tx
+                .prepare_cached("INSERT INTO txns (producer_id, epoch, state, started_ms, deadline_ms, check_url, checks) VALUES (?1, ?2, 'open', ?3, ?4, ?5, 0)")?
+                .execute(params![b.producer_id, epoch, b.now_ms, b.deadline_ms, b.check_url])?;
+            tx.commit()?;
+            Ok(epoch)
+        })
+        .await
+    }
+
+    async fn end_txn(&self, e: EndTxn) -> Result<TxnEnded> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let out = end_txn_in(&tx, &e)?;
+            if !out.repeated {
+                tx.commit()?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn transactions(&self, open_only: bool) -> Result<Vec<TxnInfo>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT t.producer_id, p.name, t.epoch, t.state, t.started_ms, t.deadline_ms, t.check_url, t.checks
+                 FROM txns t LEFT JOIN producers p ON p.id = t.producer_id
+                 WHERE ?1 = 0 OR t.state = 'open' ORDER BY t.started_ms, t.producer_id LIMIT 10000",
+            )?;
+            let rows: Vec<(i64, Option<String>, u32, String, i64, i64, Option<String>, u32)> = st
+                .query_map([i64::from(open_only)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut parts = c.prepare_cached(
+                "SELECT topic_id, partition, MIN(base_offset), SUM(records) FROM txn_batches WHERE producer_id = ?1 AND epoch = ?2
+                 GROUP BY topic_id, partition ORDER BY topic_id, partition",
+            )?;
+            rows.into_iter()
+                .map(|(producer_id, name, epoch, state, started_ms, deadline_ms, check_url, checks)| {
+                    let state = TxnState::parse(&state)
+                        .ok_or_else(|| IndexError::Corrupt(format!("transaction state {state:?}")))?;
+                    let partitions = parts
+                        .query_map(params![producer_id, epoch], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    Ok(TxnInfo { producer_id, name, epoch, state, started_ms, deadline_ms, check_url, checks, partitions })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn claim_check(&self, producer_id: i64, epoch: u32, checks: u32, next_deadline_ms: i64) -> Result<bool> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE txns SET checks = checks + 1, deadline_ms = ?4
+                     WHERE producer_id = ?1 AND epoch = ?2 AND state = 'open' AND checks = ?3",
+                )?
+                .execute(params![producer_id, epoch, checks, next_deadline_ms])?;
+            Ok(n == 1)
         })
         .await
     }
@@ -430,7 +706,26 @@ impl Index for SqliteIndex {
                     }
                 }
             }
-            let plan = plan_commit(&seg.runs, &seg.producers, &ends, &epochs, &seqs)?;
+            let mut open_txns = HashSet::new();
+            {
+                let mut st = tx.prepare_cached("SELECT 1 FROM txns WHERE producer_id = ?1 AND epoch = ?2 AND state = 'open'")?;
+                for (pid, e) in &epochs {
+                    if st.exists(params![pid, e])? {
+                        let _ = open_txns.insert(*pid);
+                    }
+                }
+            }
+            let plan = plan_commit(&seg.runs, &seg.producers, &ends, &epochs, &seqs, &open_txns)?;
+            {
+                let mut ins = tx.prepare_cached("INSERT INTO txn_batches (producer_id, epoch, topic_id, partition, base_offset, records) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+                for b in &plan.txn_batches {
+                    let _ = ins.execute(params![b.producer_id, b.epoch, b.topic_id, b.partition, b.base_offset, b.records])?;
+                }
+                let mut hold = tx.prepare_cached("UPDATE partitions SET stable_hold = MIN(COALESCE(stable_hold, ?3), ?3) WHERE topic_id = ?1 AND partition = ?2")?;
+                for ((t, p), h) in &plan.holds {
+                    let _ = hold.execute(params![t, p, h])?;
+                }
+            }
             {
                 let mut ins = tx.prepare_cached(
                     "INSERT INTO runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -498,13 +793,27 @@ impl Index for SqliteIndex {
     async fn init_producer(&self, name: Option<&str>, now_ms: i64) -> Result<(i64, u32)> {
         let name = name.map(str::to_string);
         self.write(move |c| {
-            let row = c
+            let tx = c.transaction()?;
+            // Re-initialising a name aborts its open transaction (fencing the zombie) in
+            // the same index transaction that bumps the epoch (RFC 0005).
+            let open: Option<(i64, u32)> = tx
+                .prepare_cached(
+                    "SELECT t.producer_id, t.epoch FROM producers p JOIN txns t ON t.producer_id = p.id AND t.epoch = p.epoch
+                     WHERE p.name = ?1 AND t.state = 'open'",
+                )?
+                .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((producer_id, epoch)) = open {
+                let _ = end_txn_in(&tx, &EndTxn { producer_id, epoch, outcome: Outcome::Abort, offsets: Vec::new(), now_ms })?;
+            }
+            let row = tx
                 .prepare_cached(
                     "INSERT INTO producers (name, epoch, touched_ms) VALUES (?1, 0, ?2)
                      ON CONFLICT (name) DO UPDATE SET epoch = epoch + 1, touched_ms = excluded.touched_ms
                      RETURNING id, epoch",
                 )?
                 .query_row(params![name, now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            tx.commit()?;
             Ok(row)
         })
         .await
@@ -527,8 +836,13 @@ impl Index for SqliteIndex {
                 [cutoff_ms],
             )?;
             let _ = tx.execute(
+                "DELETE FROM txns WHERE state <> 'open' AND ended_ms < ?1",
+                [cutoff_ms],
+            )?;
+            let _ = tx.execute(
                 "DELETE FROM producers WHERE touched_ms < ?1
-                 AND NOT EXISTS (SELECT 1 FROM producer_seqs s WHERE s.producer_id = producers.id)",
+                 AND NOT EXISTS (SELECT 1 FROM producer_seqs s WHERE s.producer_id = producers.id)
+                 AND NOT EXISTS (SELECT 1 FROM txns t WHERE t.producer_id = producers.id AND t.state = 'open')",
                 [cutoff_ms],
             )?;
             tx.commit()?;

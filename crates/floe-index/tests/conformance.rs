@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use floe_core::group::{GroupError, GroupState, Member};
 use floe_core::producer::{Refusal, RequestCheck};
+use floe_core::txn::{Outcome, TxnState};
 use floe_index::{
-    IdempotencyBegin, IdempotencyCompletion, IdempotencyVerdict, Index, IndexError, NewTopic,
+    BeginTxn, EndTxn, TxnError, IdempotencyBegin, IdempotencyCompletion, IdempotencyVerdict, Index, IndexError, NewTopic,
     OffsetCommit, ProducerAppend, ProducerBatch, ReplaceRuns, RunCommit, RunOutcome, SegmentCommit,
     StateKey, StateKind, StateWrite,
 };
@@ -1151,7 +1152,222 @@ fn preq(pid: i64, epoch: u32, topic_id: i64, b: &[(u32, i64, u32, u32, u32)]) ->
                 count,
             })
             .collect(),
+        transactional: false,
     }
+}
+
+fn txn_req(pid: i64, epoch: u32, topic_id: i64, b: &[(u32, i64, u32, u32, u32)]) -> ProducerAppend {
+    ProducerAppend {
+        transactional: true,
+        ..preq(pid, epoch, topic_id, b)
+    }
+}
+
+fn begin(pid: i64, epoch: u32, now: i64) -> BeginTxn {
+    BeginTxn {
+        producer_id: pid,
+        epoch,
+        now_ms: now,
+        deadline_ms: now + 60_000,
+        check_url: None,
+    }
+}
+
+fn end(pid: i64, epoch: u32, outcome: Outcome) -> EndTxn {
+    EndTxn {
+        producer_id: pid,
+        epoch,
+        outcome,
+        offsets: Vec::new(),
+        now_ms: 100,
+    }
+}
+
+/// (base, records, rows) of every entry of a partition.
+async fn entries(i: &Idx, t: i64, p: u32) -> Vec<(u64, u32, u32)> {
+    i.runs_from(t, p, 0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.base_offset, e.records, e.rows))
+        .collect()
+}
+
+fn txn_refusal(r: floe_index::Result<impl std::fmt::Debug>) -> TxnError {
+    match r {
+        Err(IndexError::Txn(e)) => e,
+        other => panic!("expected a transaction refusal, got {other:?}"),
+    }
+}
+
+/// Transactions (RFC 0005): each is an epoch; its records hold the stable offset while it
+/// is open; a commit releases them, an abort turns them into holes (offsets kept, rows no
+/// longer served) around other producers' records; an end naming another epoch never
+/// ends the current one; repeated ends answer the same, the other outcome is refused;
+/// re-initialising the name aborts the open transaction.
+async fn transactions_hold_the_stable_offset_and_aborts_leave_holes(i: Idx) {
+    let t = i.create_topic(new_topic("tx", 2)).await.unwrap();
+    let (pid, e0) = i.init_producer(Some("txn-app"), 10).await.unwrap();
+    // Refusals: unknown producer, stale epoch.
+    assert_eq!(
+        txn_refusal(i.begin_txn(begin(424_242, 0, 10)).await),
+        TxnError::UnknownProducer(424_242)
+    );
+    assert!(matches!(
+        txn_refusal(i.begin_txn(begin(pid, e0 + 7, 10)).await),
+        TxnError::Fenced { .. }
+    ));
+    let e1 = i.begin_txn(begin(pid, e0, 10)).await.unwrap();
+    assert_eq!(e1, e0 + 1, "a transaction is the next epoch");
+    assert_eq!(
+        txn_refusal(i.begin_txn(begin(pid, e1, 11)).await),
+        TxnError::AlreadyOpen {
+            producer_id: pid,
+            epoch: e1
+        }
+    );
+    // A plain record, then the transaction's 3 records, then a plain one, in one run of
+    // partition 0; the transaction's 2 records in partition 1.
+    let mut s = seg("t1", vec![run(t.id, 0, 5), run(t.id, 1, 2)]);
+    s.producers = vec![txn_req(pid, e1, t.id, &[(0, 0, 0, 1, 3), (1, 0, 1, 0, 2)])];
+    let c = i.commit_segment(s).await.unwrap();
+    assert_eq!(c.producers, vec![RequestCheck::Append]);
+    assert_eq!(i.log_ends(t.id, 0).await.unwrap(), Some((5, 1)));
+    assert_eq!(i.log_ends(t.id, 1).await.unwrap(), Some((2, 0)));
+    let po = i.partition_offsets(t.id).await.unwrap();
+    assert_eq!((po[0].end_offset, po[0].stable_offset), (5, 1));
+    // A plain request of the open epoch is refused; so is a transactional one of an epoch
+    // without an open transaction (another producer).
+    let (other, oe) = i.init_producer(None, 10).await.unwrap();
+    let mut s = seg("t2", vec![run(t.id, 0, 2)]);
+    s.producers = vec![
+        preq(pid, e1, t.id, &[(0, 3, 0, 0, 1)]),
+        txn_req(other, oe, t.id, &[(0, 0, 0, 1, 1)]),
+    ];
+    let c = i.commit_segment(s).await.unwrap();
+    assert_eq!(
+        c.producers,
+        vec![
+            RequestCheck::Refused(Refusal::TransactionOpen),
+            RequestCheck::Refused(Refusal::TransactionNotOpen)
+        ]
+    );
+    let open = i.transactions(true).await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].name.as_deref(), Some("txn-app"));
+    assert_eq!(open[0].partitions, vec![(t.id, 0, 1, 3), (t.id, 1, 0, 2)]);
+    // An end naming an older epoch is not this transaction.
+    assert!(matches!(
+        txn_refusal(i.end_txn(end(pid, e0, Outcome::Commit)).await),
+        TxnError::Unknown { .. }
+    ));
+    assert_eq!(i.log_ends(t.id, 0).await.unwrap(), Some((5, 1)));
+    // Abort: holes where its records were, the rest served as before.
+    let ended = i.end_txn(end(pid, e1, Outcome::Abort)).await.unwrap();
+    assert!(!ended.repeated);
+    let mut parts = ended.partitions.clone();
+    parts.sort_unstable();
+    assert_eq!(parts, vec![(t.id, 0, 5), (t.id, 1, 2)]);
+    assert_eq!(i.log_ends(t.id, 0).await.unwrap(), Some((5, 5)));
+    assert_eq!(i.log_ends(t.id, 1).await.unwrap(), Some((2, 2)));
+    assert_eq!(
+        entries(&i, t.id, 0).await,
+        vec![(0, 1, 1), (1, 3, 0), (4, 1, 1)]
+    );
+    assert_eq!(entries(&i, t.id, 1).await, vec![(0, 2, 0)]);
+    let rows = i.runs_from(t.id, 0, 4, 10).await.unwrap();
+    assert_eq!(rows[0].row_first, 4, "the row after the hole keeps its place");
+    // Repeated abort: same answer; commit after abort: refused.
+    assert!(i.end_txn(end(pid, e1, Outcome::Abort)).await.unwrap().repeated);
+    assert!(matches!(
+        txn_refusal(i.end_txn(end(pid, e1, Outcome::Commit)).await),
+        TxnError::Ended {
+            state: TxnState::Aborted,
+            ..
+        }
+    ));
+    // The next transaction commits: records stay, the stable offset moves to the end.
+    let e2 = i.begin_txn(begin(pid, e1, 20)).await.unwrap();
+    let mut s = seg("t3", vec![run(t.id, 0, 2)]);
+    s.producers = vec![txn_req(pid, e2, t.id, &[(0, 0, 0, 0, 2)])];
+    assert_eq!(
+        i.commit_segment(s).await.unwrap().producers,
+        vec![RequestCheck::Append]
+    );
+    // Two open transactions in one partition: the older holds the stable offset.
+    let (pid_b, eb0) = i.init_producer(Some("txn-b"), 10).await.unwrap();
+    let eb = i.begin_txn(begin(pid_b, eb0, 21)).await.unwrap();
+    let mut s = seg("t4", vec![run(t.id, 0, 1)]);
+    s.producers = vec![txn_req(pid_b, eb, t.id, &[(0, 0, 0, 0, 1)])];
+    let _ = i.commit_segment(s).await.unwrap();
+    assert_eq!(i.log_ends(t.id, 0).await.unwrap(), Some((8, 5)));
+    let c = i.end_txn(end(pid, e2, Outcome::Commit)).await.unwrap();
+    assert!(!c.repeated);
+    assert_eq!(i.log_ends(t.id, 0).await.unwrap(), Some((8, 7)));
+    assert!(i.end_txn(end(pid, e2, Outcome::Commit)).await.unwrap().repeated);
+    assert!(matches!(
+        txn_refusal(i.end_txn(end(pid, e2, Outcome::Abort)).await),
+        TxnError::Ended {
+            state: TxnState::Committed,
+            ..
+        }
+    ));
+    assert_eq!(entries(&i, t.id, 0).await[3..], [(5, 2, 2), (7, 1, 1)]);
+    // Re-initialising "txn-b" aborts its open transaction (the zombie is fenced).
+    let (again, eb_new) = i.init_producer(Some("txn-b"), 30).await.unwrap();
+    assert_eq!(again, pid_b);
+    assert!(eb_new > eb);
+    assert_eq!(i.log_ends(t.id, 0).await.unwrap(), Some((8, 8)));
+    assert_eq!(entries(&i, t.id, 0).await[4..], [(7, 1, 0)]);
+    assert!(i.transactions(true).await.unwrap().is_empty());
+    let all = i.transactions(false).await.unwrap();
+    assert_eq!(
+        all.iter().map(|x| x.state).collect::<Vec<_>>(),
+        vec![TxnState::Aborted, TxnState::Committed, TxnState::Aborted]
+    );
+    // A check-back claim is counted once per `checks` value.
+    let (pid_h, eh0) = i.init_producer(None, 40).await.unwrap();
+    let eh = i
+        .begin_txn(BeginTxn {
+            check_url: Some("http://127.0.0.1:1/check".into()),
+            ..begin(pid_h, eh0, 40)
+        })
+        .await
+        .unwrap();
+    assert!(i.claim_check(pid_h, eh, 0, 500).await.unwrap());
+    assert!(!i.claim_check(pid_h, eh, 0, 500).await.unwrap(), "claimed twice");
+    let h = i.transactions(true).await.unwrap();
+    assert_eq!((h[0].checks, h[0].deadline_ms), (1, 500));
+}
+
+/// A commit fenced by its group aborts nothing: the transaction stays open; offsets land
+/// only with a commit.
+async fn transactional_offsets_commit_with_the_transaction(i: Idx) {
+    let t = i.create_topic(new_topic("txo", 2)).await.unwrap();
+    let key = group_key(t.id, "g");
+    let g = group_of(&["m1"], 0, 2);
+    assert!(
+        i.store_state(&key, None, floe_core::stored::encode(&g).unwrap())
+            .await
+            .unwrap()
+    );
+    let (pid, e0) = i.init_producer(Some("ctp"), 10).await.unwrap();
+    let e1 = i.begin_txn(begin(pid, e0, 10)).await.unwrap();
+    let mut bad = end(pid, e1, Outcome::Commit);
+    bad.offsets = vec![offset_commit(t.id, &g, "intruder", vec![(0, 5)], 100)];
+    assert!(matches!(
+        txn_refusal(i.end_txn(bad).await),
+        TxnError::Offsets(_)
+    ));
+    assert!(i.group_offsets(t.id, "g").await.unwrap().is_empty());
+    assert_eq!(i.transactions(true).await.unwrap().len(), 1);
+    let mut good = end(pid, e1, Outcome::Commit);
+    good.offsets = vec![offset_commit(t.id, &g, "m1", vec![(0, 5), (1, 7)], 100)];
+    let _ = i.end_txn(good).await.unwrap();
+    assert_eq!(
+        i.group_offsets(t.id, "g").await.unwrap(),
+        BTreeMap::from([(0, 5), (1, 7)])
+    );
 }
 
 /// Producer sessions (RFC 0003 part 2): sequences are checked in the commit, each request
@@ -1377,6 +1593,16 @@ macro_rules! conformance {
         async fn concurrent_retries_of_a_batch_append_once() {
             let (_g, i) = $open().await;
             super::concurrent_retries_of_a_batch_append_once(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn transactions_hold_the_stable_offset_and_aborts_leave_holes() {
+            let (_g, i) = $open().await;
+            super::transactions_hold_the_stable_offset_and_aborts_leave_holes(i).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn transactional_offsets_commit_with_the_transaction() {
+            let (_g, i) = $open().await;
+            super::transactional_offsets_commit_with_the_transaction(i).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_cas_loses_no_update() {

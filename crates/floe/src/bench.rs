@@ -167,6 +167,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
                         max_records: Some(5000),
                         max_bytes: Some(8 << 20),
                         wait_ms: Some(500),
+                        ..FetchOptions::default()
                     };
                     let (sent, next) = if arrow {
                         let Ok((recs, next, _)) = c.fetch_arrow(&topic, p, offset, opts).await

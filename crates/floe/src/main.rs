@@ -203,6 +203,31 @@ struct ServeArgs {
     /// unknown and starts a new session; a retry older than this may duplicate).
     #[arg(long, env = "FLOE_PRODUCER_TTL_MS", default_value_t = 24 * 3600 * 1000)]
     producer_ttl_ms: u64,
+    /// A transaction begun without a timeout is aborted this long after it began.
+    #[arg(long, env = "FLOE_TRANSACTION_TIMEOUT_MS", default_value_t = 60_000)]
+    transaction_timeout_ms: u64,
+    /// How often the agent looks for transactions past their deadline (and half-messages
+    /// due a check-back).
+    #[arg(long, env = "FLOE_TRANSACTION_CHECK_INTERVAL_MS", default_value_t = 1_000)]
+    transaction_check_interval_ms: u64,
+    /// A half-message's first check-back comes this long after it was prepared.
+    #[arg(long, env = "FLOE_HALF_FIRST_CHECK_MS", default_value_t = 6_000)]
+    half_first_check_ms: u64,
+    /// Then every this long...
+    #[arg(long, env = "FLOE_HALF_CHECK_INTERVAL_MS", default_value_t = 30_000)]
+    half_check_interval_ms: u64,
+    /// ...at most this many times; then --half-default applies.
+    #[arg(long, env = "FLOE_HALF_MAX_CHECKS", default_value_t = 15)]
+    half_max_checks: u32,
+    /// What happens to a half-message nobody answered for: rollback or commit.
+    #[arg(long, env = "FLOE_HALF_DEFAULT", default_value = "rollback", value_parser = ["rollback", "commit"])]
+    half_default: String,
+    /// Budget of one check-back call.
+    #[arg(long, env = "FLOE_HALF_CHECK_TIMEOUT_MS", default_value_t = 3_000)]
+    half_check_timeout_ms: u64,
+    /// Topic recording half-messages the default ended (created on first use).
+    #[arg(long, env = "FLOE_HALF_AUDIT_TOPIC", default_value = "floe-half-audit")]
+    half_audit_topic: String,
     /// Sweeper deletes unreferenced segments older than this.
     #[arg(long, env = "FLOE_ORPHAN_GRACE_MS", default_value_t = 600_000)]
     orphan_grace_ms: u64,
@@ -312,6 +337,10 @@ struct LimitArgs {
     /// Most index entries one files listing returns (longer logs are listed in pages).
     #[arg(long, env = "FLOE_MAX_FILE_ENTRIES", default_value_t = Limits::default().max_file_entries)]
     max_file_entries: u32,
+    /// The longest timeout a transaction may ask for (an open transaction holds back
+    /// read_committed readers of every partition it wrote).
+    #[arg(long, env = "FLOE_MAX_TRANSACTION_TIMEOUT_MS", default_value_t = Limits::default().max_transaction_timeout_ms)]
+    max_transaction_timeout_ms: u64,
 }
 
 impl ServeArgs {
@@ -355,6 +384,16 @@ impl ServeArgs {
             store_timeout: Duration::from_millis(self.store_timeout_ms),
             idempotency_ttl: Duration::from_millis(self.idempotency_ttl_ms),
             producer_ttl: Duration::from_millis(self.producer_ttl_ms),
+            transactions: floe_agent::TxnConfig {
+                default_timeout: Duration::from_millis(self.transaction_timeout_ms),
+                check_interval: Duration::from_millis(self.transaction_check_interval_ms),
+                half_first_check: Duration::from_millis(self.half_first_check_ms),
+                half_check_interval: Duration::from_millis(self.half_check_interval_ms),
+                half_max_checks: self.half_max_checks,
+                half_default_commit: self.half_default == "commit",
+                half_check_timeout: Duration::from_millis(self.half_check_timeout_ms),
+                half_audit_topic: self.half_audit_topic,
+            },
             orphan_grace: Duration::from_millis(self.orphan_grace_ms),
             sweep_interval: Duration::from_millis(self.sweep_interval_ms),
             cache_bytes: self.cache_bytes,
@@ -380,6 +419,7 @@ impl ServeArgs {
                 min_session_timeout_ms: l.min_session_timeout_ms,
                 max_session_timeout_ms: l.max_session_timeout_ms,
                 max_file_entries: l.max_file_entries,
+                max_transaction_timeout_ms: l.max_transaction_timeout_ms,
             },
             max_deliveries: self.max_deliveries,
             dead_letter_retry: Duration::from_millis(self.dead_letter_retry_ms),

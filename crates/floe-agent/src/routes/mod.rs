@@ -8,3 +8,4 @@ pub(crate) mod queues;
 pub(crate) mod records;
 pub(crate) mod stream;
 pub(crate) mod topics;
+pub(crate) mod txns;

@@ -14,7 +14,7 @@ use floe_api::{
 };
 use floe_broker::Broker;
 use floe_broker::produce::ProducerStamp;
-use floe_broker::records::{FetchRequest, too_many_records};
+use floe_broker::records::{FetchRequest, Isolation, too_many_records};
 use floe_core::ipc::{ARROW_STREAM, IncomingRecord, IpcError};
 
 use crate::error::{ApiError, ApiResult};
@@ -47,7 +47,7 @@ fn decode_field(
 }
 
 /// The records of a JSON produce body, values and keys decoded.
-fn decode_json(req: ProduceRequest) -> ApiResult<Vec<IncomingRecord>> {
+pub(crate) fn decode_json(req: ProduceRequest) -> ApiResult<Vec<IncomingRecord>> {
     req.records
         .into_iter()
         .enumerate()
@@ -79,6 +79,7 @@ fn decode_json(req: ProduceRequest) -> ApiResult<Vec<IncomingRecord>> {
         ("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to retry (1–255 visible ASCII characters, per topic): a request whose key already completed gets the original offsets back (response header `Idempotent-Replayed: true`) and writes nothing. Keys are remembered for the agent's idempotency TTL (default 24 h)."),
         ("Producer-Id" = Option<i64>, Header, description = "Producer session (from POST /v1/producers); with Producer-Epoch and Producer-Sequences. Not together with Idempotency-Key."),
         ("Producer-Epoch" = Option<u32>, Header, description = "The session's epoch; an older epoch of the same producer is refused with 409 producer_fenced."),
+        ("Producer-Transactional" = Option<bool>, Header, description = "true: the request belongs to the open transaction of its Producer-Epoch (POST /v1/producers/{id}/transactions); refused with 409 transaction_not_open when there is none. A plain request from an epoch with an open transaction is refused with 409 transaction_open."),
         ("Producer-Sequences" = Option<String>, Header, description = "`partition=sequence` pairs separated by commas, one per partition the request writes: the sequence of the request's first record in that partition (0 for a new session, then the previous sequence plus the previous batch's record count). Every record needs a key or a partition. A retry resends the same request with the same sequences and gets the first commit's offsets (`Idempotent-Replayed: true`); a gap is 409 out_of_order_sequence.")),
     request_body(content(
         (ProduceRequest = "application/json"),
@@ -87,7 +88,7 @@ fn decode_json(req: ProduceRequest) -> ApiResult<Vec<IncomingRecord>> {
     (status = 200, body = ProduceResponse),
     (status = 400, description = "invalid_json, invalid_record, invalid_partition, invalid_base64, invalid_idempotency_key, invalid_producer, invalid_sequences, key_required (a compacted topic), invalid_request", body = ErrorBody),
     (status = 404, description = "topic_not_found", body = ErrorBody),
-    (status = 409, description = "idempotency_key_in_flight: a request with this Idempotency-Key is still being processed (retry); out_of_order_sequence, producer_fenced, unknown_producer: refused by the producer session's checks (nothing written)", body = ErrorBody),
+    (status = 409, description = "idempotency_key_in_flight: a request with this Idempotency-Key is still being processed (retry); out_of_order_sequence, producer_fenced, unknown_producer, transaction_not_open, transaction_open: refused by the producer session's checks (nothing written)", body = ErrorBody),
     (status = 413, description = "record_too_large, request_too_large", body = ErrorBody),
     (status = 422, description = "idempotency_key_reused: the Idempotency-Key was used for a different request", body = ErrorBody),
     (status = 503, description = "store_unavailable, index_unavailable, overloaded (with Retry-After)", body = ErrorBody)))]
@@ -157,6 +158,7 @@ pub(crate) async fn produce(
 pub(crate) const PRODUCER_ID: &str = "producer-id";
 pub(crate) const PRODUCER_EPOCH: &str = "producer-epoch";
 pub(crate) const PRODUCER_SEQUENCES: &str = "producer-sequences";
+pub(crate) const PRODUCER_TRANSACTIONAL: &str = "producer-transactional";
 
 fn invalid_producer(m: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_producer", m)
@@ -177,8 +179,17 @@ fn producer_stamp(h: &axum::http::HeaderMap) -> ApiResult<Option<ProducerStamp>>
         get(PRODUCER_EPOCH)?,
         get(PRODUCER_SEQUENCES)?,
     );
+    let transactional = match get(PRODUCER_TRANSACTIONAL)?.map(str::trim) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(invalid_producer(format!(
+                "Producer-Transactional must be true or false, got {other:?}"
+            )));
+        }
+    };
     let (id, epoch, seqs) = match (id, epoch, seqs) {
-        (None, None, None) => return Ok(None),
+        (None, None, None) if !transactional => return Ok(None),
         (Some(i), Some(e), Some(s)) => (i, e, s),
         _ => {
             return Err(invalid_producer(
@@ -217,6 +228,7 @@ fn producer_stamp(h: &axum::http::HeaderMap) -> ApiResult<Option<ProducerStamp>>
         producer_id,
         epoch,
         sequences,
+        transactional,
     }))
 }
 
@@ -269,6 +281,20 @@ fn parse_fetch_params(q: Option<&str>) -> ApiResult<(FetchRequest, Encoding)> {
             "max_records" => p.max_records = Some(num("max_records")?),
             "max_bytes" => p.max_bytes = Some(num("max_bytes")?),
             "wait_ms" => p.wait_ms = num("wait_ms")?,
+            "isolation" => {
+                p.isolation = match v {
+                    "read_committed" => Isolation::ReadCommitted,
+                    "read_uncommitted" => Isolation::ReadUncommitted,
+                    other => {
+                        return Err(ApiError::bad_request(
+                            "invalid_parameter",
+                            format!(
+                                "isolation must be read_committed or read_uncommitted, got {other:?}"
+                            ),
+                        ));
+                    }
+                };
+            }
             "encoding" => {
                 encoding = v
                     .parse()
@@ -289,6 +315,7 @@ fn parse_fetch_params(q: Option<&str>) -> ApiResult<(FetchRequest, Encoding)> {
         ("max_records" = Option<u64>, Query, description = "Default 500, capped by the agent's max_fetch_records"),
         ("max_bytes" = Option<u64>, Query, description = "Default 1 MiB, capped by max_fetch_bytes; at least one record is returned"),
         ("wait_ms" = Option<u64>, Query, description = "Long-poll time when at the end of the log; capped by max_wait_ms"),
+        ("isolation" = Option<String>, Query, description = "read_committed (default): only records below the partition's stable offset — never a record of an open transaction; read_uncommitted: up to the end of the log, open transactions included. Aborted records are served to no one.", example = "read_committed"),
         ("encoding" = Option<floe_api::Encoding>, Query, description = "auto (default): UTF-8 values/keys as `value`/`key`, other bytes as `value_b64`/`key_b64`; base64: always `value_b64`/`key_b64`")),
     responses(
         (status = 200, description = "JSON, or with `Accept: application/vnd.apache.arrow.stream` an Arrow IPC stream (offset, timestamp, key, value, headers) with Floe-Next-Offset / Floe-End-Offset headers", body = FetchResponse),
@@ -318,6 +345,7 @@ pub(crate) async fn fetch(
         },
         next_offset: f.next_offset,
         end_offset: f.end_offset,
+        stable_offset: f.stable_offset,
     };
     Ok(Json(body).into_response())
 }
@@ -328,6 +356,7 @@ struct FetchBody<'a> {
     records: RecordsJson<'a>,
     next_offset: u64,
     end_offset: u64,
+    stable_offset: u64,
 }
 
 #[cfg(test)]

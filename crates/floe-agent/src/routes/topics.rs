@@ -81,6 +81,7 @@ pub(crate) async fn describe_topic(
                 partition: p.partition,
                 start_offset: p.start_offset,
                 end_offset: p.end_offset,
+                stable_offset: p.stable_offset,
             })
             .collect(),
         retention_ms: d.topic.retention_ms,
