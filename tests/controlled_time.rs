@@ -3,8 +3,13 @@
 //! agent's injected `Clock`, so these tests move time instead of sleeping through it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use common::CheckServer;
 
 use floe_agent::{Agent, AgentConfig};
 use floe_api::{JoinGroupRequest, ProduceRecord, ReceiveRequest, SettleRequest};
@@ -482,4 +487,242 @@ async fn idle_producer_sessions_expire_after_their_ttl_of_clock_time() {
     }
     let got = c.fetch("ttl", 0, 0, FetchOptions::default()).await.unwrap();
     assert_eq!(got.records.len(), 1, "nothing written twice");
+}
+
+/// Transactions (RFC 0005) with a fast keeper: the engine's clock decides deadlines.
+fn txn_config(max_checks: u32) -> AgentConfig {
+    AgentConfig {
+        transactions: floe_agent::TxnConfig {
+            check_interval: Duration::from_millis(30),
+            half_max_checks: max_checks,
+            ..floe_agent::TxnConfig::default()
+        },
+        ..AgentConfig::default()
+    }
+}
+
+fn values(rs: &[floe_api::FetchedRecord]) -> Vec<String> {
+    rs.iter().filter_map(|r| r.value.clone()).collect()
+}
+
+/// Wait (real time, up to 5 s) until `f` holds.
+async fn eventually<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) -> bool {
+    for _ in 0..250 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A producer that never ends its transaction holds `read_committed` readers for at most
+/// its timeout: then the engine aborts it, a waiting reader moves on past the hole, and
+/// the late commit is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_transaction_is_aborted_and_readers_move_on() {
+    let h = harness(txn_config(15)).await;
+    let c = &h.client;
+    let _ = c.create_topic("t", 1).await.unwrap();
+    let _ = c.produce("t", vec![rec("a")]).await.unwrap();
+    let s = c.init_producer(Some("stuck")).await.unwrap();
+    let t = c
+        .begin_transaction(s.producer_id, s.epoch, Some(5_000))
+        .await
+        .unwrap();
+    let session = floe_api::ProducerSessionInfo {
+        producer_id: t.producer_id,
+        epoch: t.epoch,
+    };
+    let seq = BTreeMap::from([(0u32, 0i64)]);
+    let _ = c
+        .produce_session(
+            "t",
+            vec![ProduceRecord {
+                partition: Some(0),
+                ..rec("x")
+            }],
+            session,
+            &seq,
+            true,
+        )
+        .await
+        .unwrap();
+    let _ = c.produce("t", vec![rec("b")]).await.unwrap();
+    let opts = |wait| FetchOptions {
+        wait_ms: Some(wait),
+        ..FetchOptions::default()
+    };
+    let f = c.fetch("t", 0, 0, opts(0)).await.unwrap();
+    assert_eq!(values(&f.records), ["a"]);
+    // A reader long-polls at the stable offset.
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move { c.fetch("t", 0, 1, opts(20_000)).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "held while the transaction is open");
+    assert_eq!(c.transactions(false).await.unwrap().transactions.len(), 1);
+    h.clock.advance_ms(4_999);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "not before its timeout");
+    h.clock.advance_ms(2);
+    let f = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the reader moves on once the transaction times out")
+        .unwrap();
+    assert_eq!(values(&f.records), ["b"]);
+    assert_eq!(f.records[0].offset, 2, "x's offset is a hole");
+    let late = c
+        .commit_transaction(t.producer_id, t.epoch, Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Some("transaction_aborted"));
+    let m = c
+        .metric("floe_transactions_ended_total{by=\"timeout\",outcome=\"aborted\"}")
+        .await
+        .unwrap();
+    assert_eq!(m, 1.0);
+    h.agent.shutdown().await;
+}
+
+/// Half-messages (RFC 0005 §3): invisible until committed; commit and rollback are
+/// idempotent and exclusive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_messages_commit_and_rollback() {
+    let h = harness(txn_config(15)).await;
+    let c = &h.client;
+    let _ = c.create_topic("h", 2).await.unwrap();
+    let check = "http://127.0.0.1:9/never-called";
+    let keyed = |k: &str, v: &str| ProduceRecord {
+        key: Some(k.into()),
+        ..rec(v)
+    };
+    let m1 = c
+        .prepare_half("h", vec![keyed("k1", "m1-a"), keyed("k2", "m1-b")], check)
+        .await
+        .unwrap();
+    let m2 = c.prepare_half("h", vec![rec("m2")], check).await.unwrap();
+    let visible = |c: Client| async move {
+        let mut out = Vec::new();
+        for p in 0..2 {
+            out.extend(values(
+                &c.fetch("h", p, 0, FetchOptions::default())
+                    .await
+                    .unwrap()
+                    .records,
+            ));
+        }
+        out.sort();
+        out
+    };
+    assert!(visible(c.clone()).await.is_empty(), "invisible until committed");
+    let done = c.end_half(&m1.handle, true).await.unwrap();
+    assert_eq!(done.state, floe_api::TransactionState::Committed);
+    assert!(c.end_half(&m1.handle, true).await.unwrap().repeated);
+    assert_eq!(
+        c.end_half(&m1.handle, false).await.unwrap_err().code(),
+        Some("transaction_committed")
+    );
+    let rb = c.end_half(&m2.handle, false).await.unwrap();
+    assert_eq!(rb.state, floe_api::TransactionState::Aborted);
+    assert!(c.end_half(&m2.handle, false).await.unwrap().repeated);
+    assert_eq!(
+        c.end_half(&m2.handle, true).await.unwrap_err().code(),
+        Some("transaction_aborted")
+    );
+    assert_eq!(visible(c.clone()).await, ["m1-a", "m1-b"]);
+    assert_eq!(
+        c.end_half("12.x", true).await.unwrap_err().code(),
+        Some("invalid_handle")
+    );
+    assert_eq!(
+        c.end_half("999999.3", true).await.unwrap_err().code(),
+        Some("transaction_not_found")
+    );
+    assert_eq!(
+        c.prepare_half("h", vec![rec("x")], "ftp://nope")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("invalid_check_url")
+    );
+    h.agent.shutdown().await;
+}
+
+/// Check-backs: none before the first check time; the producer's answer decides
+/// (commit, rollback, or unknown → asked again after the interval); an endpoint that
+/// never answers gets the configured number of checks, then the default (rollback)
+/// applies and an audit record says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_message_check_backs_decide_or_the_default_applies() {
+    let h = harness(txn_config(3)).await;
+    let c = &h.client;
+    let _ = c.create_topic("hc", 1).await.unwrap();
+    let commit = CheckServer::start(vec![Some("commit")]).await;
+    let rollback = CheckServer::start(vec![Some("rollback")]).await;
+    let later = CheckServer::start(vec![Some("unknown"), Some("commit")]).await;
+    let down = CheckServer::start(vec![None]).await;
+    let a = c.prepare_half("hc", vec![rec("a")], &commit.url).await.unwrap();
+    let b = c.prepare_half("hc", vec![rec("b")], &rollback.url).await.unwrap();
+    let l = c.prepare_half("hc", vec![rec("l")], &later.url).await.unwrap();
+    let d = c.prepare_half("hc", vec![rec("d")], &down.url).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(commit.calls().is_empty(), "no check before 6 s of clock time");
+    h.clock.advance_ms(6_001);
+    let all_once = || async {
+        commit.calls().len() == 1
+            && rollback.calls().len() == 1
+            && later.calls().len() == 1
+            && down.calls().len() == 1
+    };
+    assert!(eventually(all_once).await, "every half-message checked once");
+    let call = &commit.calls()[0];
+    assert_eq!(call["handle"], a.handle.as_str());
+    assert_eq!(call["check"], 1);
+    let stable = |c: Client| async move {
+        values(&c.fetch("hc", 0, 0, FetchOptions::default()).await.unwrap().records)
+    };
+    assert!(
+        eventually(|| async { stable(c.clone()).await == ["a"] }).await,
+        "the commit answer made `a` visible, nothing else yet"
+    );
+    assert_eq!(
+        c.end_half(&b.handle, true).await.unwrap_err().code(),
+        Some("transaction_aborted"),
+        "rolled back by its check-back"
+    );
+    // 30 s later: `later` answers commit; `down` fails again.
+    h.clock.advance_ms(30_001);
+    assert!(eventually(|| async { later.calls().len() == 2 && down.calls().len() == 2 }).await);
+    assert!(eventually(|| async { stable(c.clone()).await == ["a", "l"] }).await);
+    assert_eq!(later.calls()[1]["check"], 2);
+    // `down`: third check, then (after another interval) the default.
+    h.clock.advance_ms(30_001);
+    assert!(eventually(|| async { down.calls().len() == 3 }).await);
+    h.clock.advance_ms(30_001);
+    let audit = || async {
+        c.fetch("floe-half-audit", 0, 0, FetchOptions::default())
+            .await
+            .map(|f| f.records)
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(|| async { audit().await.len() == 1 }).await,
+        "an audit record once the default applied"
+    );
+    let rec0 = &audit().await[0];
+    let v: serde_json::Value = serde_json::from_str(rec0.value.as_deref().unwrap()).unwrap();
+    assert_eq!(v["handle"], d.handle.as_str());
+    assert_eq!(v["outcome"], "aborted");
+    assert_eq!(v["checks"], 3);
+    assert_eq!(down.calls().len(), 3, "no check beyond the maximum");
+    assert_eq!(
+        c.end_half(&d.handle, true).await.unwrap_err().code(),
+        Some("transaction_aborted")
+    );
+    assert_eq!(stable(c.clone()).await, ["a", "l"]);
+    assert!(c.transactions(false).await.unwrap().transactions.is_empty());
+    let _ = l;
+    h.agent.shutdown().await;
 }

@@ -159,6 +159,35 @@ async fn consumer_groups_across_two_agents() {
     common::scenarios::rebalance_under_load_skips_nothing(&cs).await;
 }
 
+/// Transactions across three agents (RFC 0005): the steps of one transaction go through
+/// different agents; read_committed consumers of every kind on any agent; the delayed-end
+/// anomaly; consume-transform-produce with killed workers; each half-message check-back
+/// made by exactly one agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_across_three_agents() {
+    let cl = Cluster::with_flags(
+        3,
+        &[
+            "--poll-interval-ms",
+            "300",
+            "--transaction-check-interval-ms",
+            "100",
+            "--half-first-check-ms",
+            "300",
+            "--half-check-interval-ms",
+            "300",
+            "--half-max-checks",
+            "4",
+        ],
+    )
+    .await;
+    let cs = [cl.client(0), cl.client(1), cl.client(2)];
+    common::txn::transactions_are_atomic_and_aborts_reach_no_consumer(&cs).await;
+    common::txn::a_delayed_end_cannot_end_the_next_transaction(&cs).await;
+    common::txn::consume_transform_produce_survives_killed_members(&cs, 3).await;
+    common::txn::check_backs_once_across_agents(&cs).await;
+}
+
 /// Queues across two agents: competing consumers on both agents, redelivery of records a
 /// consumer on one agent died holding to a consumer on the other, dead-lettering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

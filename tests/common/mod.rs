@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use floe_client::Client;
 
 pub(crate) mod scenarios;
+pub(crate) mod txn;
 
 pub(crate) struct AgentProc {
     pub child: Child,
@@ -147,7 +148,7 @@ pub(crate) async fn read_all(
             .unwrap();
         out.extend(r.records);
         offset = r.next_offset;
-        if offset >= r.end_offset {
+        if offset >= r.stable_offset {
             return out;
         }
     }
@@ -345,4 +346,91 @@ pub(crate) fn kill_trials(default: usize) -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
+}
+
+/// A half-message producer's check-back endpoint (RFC 0005 §3): a minimal HTTP/1.1 server
+/// on an ephemeral port that answers each `POST` with the next scripted outcome
+/// (`"commit"`, `"rollback"`, `"unknown"`; `None`: HTTP 500) — the last one repeats — and
+/// records every call's JSON body.
+pub(crate) struct CheckServer {
+    pub url: String,
+    pub calls: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CheckServer {
+    pub(crate) async fn start(script: Vec<Option<&'static str>>) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/check", listener.local_addr().unwrap());
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, script) = (seen.clone(), script.clone());
+                let _ = tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // Read headers, then the body by Content-Length.
+                    let (head_end, len) = loop {
+                        let Ok(n) = sock.read(&mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (i + 4, len);
+                        }
+                    };
+                    while buf.len() < head_end + len {
+                        let Ok(n) = sock.read(&mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&buf[head_end..head_end + len])
+                            .unwrap_or(serde_json::Value::Null);
+                    let answer = {
+                        let mut c = seen.lock().unwrap();
+                        c.push(body);
+                        let i = (c.len() - 1).min(script.len().saturating_sub(1));
+                        script.get(i).copied().flatten()
+                    };
+                    let resp = match answer {
+                        Some(o) => {
+                            let b = format!("{{\"outcome\":\"{o}\"}}");
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                                b.len()
+                            )
+                        }
+                        None => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string(),
+                    };
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        Self { url, calls, task }
+    }
+
+    pub(crate) fn calls(&self) -> Vec<serde_json::Value> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Drop for CheckServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -285,7 +285,7 @@ pub(crate) async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
             d.partitions
                 .iter()
                 .find(|p| p.partition == a.partition)
-                .map(|p| p.end_offset)
+                .map(|p| p.stable_offset)
                 .context("no such partition")?
         }
     };
@@ -306,7 +306,8 @@ pub(crate) async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
             print_record(a.json, rec, rec.value_bytes())?;
         }
         offset = r.next_offset;
-        if !a.follow && offset >= r.end_offset {
+        // Read committed: the end is the stable offset (RFC 0005).
+        if !a.follow && offset >= r.stable_offset {
             return Ok(());
         }
     }
