@@ -616,7 +616,10 @@ async fn half_messages_commit_and_rollback() {
         out.sort();
         out
     };
-    assert!(visible(c.clone()).await.is_empty(), "invisible until committed");
+    assert!(
+        visible(c.clone()).await.is_empty(),
+        "invisible until committed"
+    );
     let done = c.end_half(&m1.handle, true).await.unwrap();
     assert_eq!(done.state, floe_api::TransactionState::Committed);
     assert!(c.end_half(&m1.handle, true).await.unwrap().repeated);
@@ -663,12 +666,27 @@ async fn half_message_check_backs_decide_or_the_default_applies() {
     let rollback = CheckServer::start(vec![Some("rollback")]).await;
     let later = CheckServer::start(vec![Some("unknown"), Some("commit")]).await;
     let down = CheckServer::start(vec![None]).await;
-    let a = c.prepare_half("hc", vec![rec("a")], &commit.url).await.unwrap();
-    let b = c.prepare_half("hc", vec![rec("b")], &rollback.url).await.unwrap();
-    let l = c.prepare_half("hc", vec![rec("l")], &later.url).await.unwrap();
-    let d = c.prepare_half("hc", vec![rec("d")], &down.url).await.unwrap();
+    let a = c
+        .prepare_half("hc", vec![rec("a")], &commit.url)
+        .await
+        .unwrap();
+    let b = c
+        .prepare_half("hc", vec![rec("b")], &rollback.url)
+        .await
+        .unwrap();
+    let l = c
+        .prepare_half("hc", vec![rec("l")], &later.url)
+        .await
+        .unwrap();
+    let d = c
+        .prepare_half("hc", vec![rec("d")], &down.url)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(commit.calls().is_empty(), "no check before 6 s of clock time");
+    assert!(
+        commit.calls().is_empty(),
+        "no check before 6 s of clock time"
+    );
     h.clock.advance_ms(6_001);
     let all_once = || async {
         commit.calls().len() == 1
@@ -676,12 +694,20 @@ async fn half_message_check_backs_decide_or_the_default_applies() {
             && later.calls().len() == 1
             && down.calls().len() == 1
     };
-    assert!(eventually(all_once).await, "every half-message checked once");
+    assert!(
+        eventually(all_once).await,
+        "every half-message checked once"
+    );
     let call = &commit.calls()[0];
     assert_eq!(call["handle"], a.handle.as_str());
     assert_eq!(call["check"], 1);
     let stable = |c: Client| async move {
-        values(&c.fetch("hc", 0, 0, FetchOptions::default()).await.unwrap().records)
+        values(
+            &c.fetch("hc", 0, 0, FetchOptions::default())
+                .await
+                .unwrap()
+                .records,
+        )
     };
     assert!(
         eventually(|| async { stable(c.clone()).await == ["a"] }).await,

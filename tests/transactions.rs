@@ -100,6 +100,7 @@ async fn an_agent_killed_between_prepare_and_end_loses_nothing() {
     }
     assert_eq!(got, ["by-check", "by-producer"]);
     assert_eq!(commit.calls().len(), 1, "checked once, after the restart");
+    assert_eq!(commit.calls()[0]["handle"], m1.handle.as_str());
     assert_eq!(
         c.commit_transaction(t.producer_id, t.epoch, Vec::new())
             .await

@@ -371,12 +371,14 @@ impl CheckServer {
                     return;
                 };
                 let (seen, script) = (seen.clone(), script.clone());
-                let _ = tokio::spawn(async move {
+                drop(tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     // Read headers, then the body by Content-Length.
                     let (head_end, len) = loop {
-                        let Ok(n) = sock.read(&mut chunk).await else { return };
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
                         if n == 0 {
                             return;
                         }
@@ -392,7 +394,9 @@ impl CheckServer {
                         }
                     };
                     while buf.len() < head_end + len {
-                        let Ok(n) = sock.read(&mut chunk).await else { return };
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
                         if n == 0 {
                             return;
                         }
@@ -418,7 +422,7 @@ impl CheckServer {
                         None => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string(),
                     };
                     let _ = sock.write_all(resp.as_bytes()).await;
-                });
+                }));
             }
         });
         Self { url, calls, task }

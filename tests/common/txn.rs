@@ -70,7 +70,10 @@ struct Sse {
 
 impl Sse {
     async fn open(c: &Client, topic: &str, p: u32) -> Self {
-        let url = format!("{}/v1/topics/{topic}/partitions/{p}/stream?offset=0", c.base());
+        let url = format!(
+            "{}/v1/topics/{topic}/partitions/{p}/stream?offset=0",
+            c.base()
+        );
         let resp = reqwest::Client::new().get(url).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -145,14 +148,23 @@ pub(crate) async fn transactions_are_atomic_and_aborts_reach_no_consumer(cs: &[C
         .await
         .unwrap();
     let _ = pick(cs, 2)
-        .produce_session("orders", vec![to(1, "t1-b")], session, &BTreeMap::from([(1, 0)]), true)
+        .produce_session(
+            "orders",
+            vec![to(1, "t1-b")],
+            session,
+            &BTreeMap::from([(1, 0)]),
+            true,
+        )
         .await
         .unwrap();
     let _ = pick(cs, 0)
         .produce_session("audit", vec![to(0, "t1-c")], session, &seq0, true)
         .await
         .unwrap();
-    let _ = admin.produce("orders", vec![to(0, "plain-2")]).await.unwrap();
+    let _ = admin
+        .produce("orders", vec![to(0, "plain-2")])
+        .await
+        .unwrap();
     // Held back: read_committed stops at the transaction's first offset.
     let f = fetch(&pick(cs, 2), "orders", 0, 0, false).await;
     assert_eq!(values(&f.records), ["plain-0"]);
@@ -229,8 +241,14 @@ pub(crate) async fn transactions_are_atomic_and_aborts_reach_no_consumer(cs: &[C
     let f = fetch(&admin, "orders", 0, 0, false).await;
     assert_eq!(values(&f.records), ["plain-0", "t1-a", "plain-2"]);
     assert_eq!(f.stable_offset, f.end_offset);
-    assert_eq!(values(&fetch(&admin, "orders", 1, 0, false).await.records), ["plain-1", "t1-b"]);
-    assert_eq!(values(&fetch(&admin, "audit", 0, 0, false).await.records), ["t1-c"]);
+    assert_eq!(
+        values(&fetch(&admin, "orders", 1, 0, false).await.records),
+        ["plain-1", "t1-b"]
+    );
+    assert_eq!(
+        values(&fetch(&admin, "audit", 0, 0, false).await.records),
+        ["t1-c"]
+    );
     assert_eq!(sse.wait_for(3).await, ["plain-0", "t1-a", "plain-2"]);
     // The next transaction aborts: its records reach nobody.
     let session2 = ProducerSessionInfo {
@@ -246,20 +264,32 @@ pub(crate) async fn transactions_are_atomic_and_aborts_reach_no_consumer(cs: &[C
         epoch: t2.epoch,
     };
     let _ = pick(cs, 0)
-        .produce_session("orders", vec![to(0, "t2-a"), to(0, "t2-a2")], s2, &seq0, true)
+        .produce_session(
+            "orders",
+            vec![to(0, "t2-a"), to(0, "t2-a2")],
+            s2,
+            &seq0,
+            true,
+        )
         .await
         .unwrap();
     let _ = pick(cs, 1)
         .produce_session("audit", vec![to(0, "t2-c")], s2, &seq0, true)
         .await
         .unwrap();
-    let _ = admin.produce("orders", vec![to(0, "plain-3")]).await.unwrap();
+    let _ = admin
+        .produce("orders", vec![to(0, "plain-3")])
+        .await
+        .unwrap();
     let ab = pick(cs, 2)
         .abort_transaction(s2.producer_id, s2.epoch)
         .await
         .unwrap();
     assert_eq!(ab.state, floe_api::TransactionState::Aborted);
-    let _ = admin.produce("orders", vec![to(0, "plain-4")]).await.unwrap();
+    let _ = admin
+        .produce("orders", vec![to(0, "plain-4")])
+        .await
+        .unwrap();
     for uncommitted in [false, true] {
         let f = fetch(&pick(cs, 1), "orders", 0, 0, uncommitted).await;
         assert_eq!(
@@ -296,10 +326,12 @@ pub(crate) async fn transactions_are_atomic_and_aborts_reach_no_consumer(cs: &[C
     }
     assert_eq!(
         queue_seen,
-        ["plain-0", "plain-1", "plain-2", "plain-3", "plain-4", "t1-a", "t1-b"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<BTreeSet<_>>()
+        [
+            "plain-0", "plain-1", "plain-2", "plain-3", "plain-4", "t1-a", "t1-b"
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<BTreeSet<_>>()
     );
     assert_eq!(
         sse.wait_for(5).await,
@@ -314,7 +346,14 @@ pub(crate) async fn transactions_are_atomic_and_aborts_reach_no_consumer(cs: &[C
             floe_api::TransactionState::Aborted
         ]
     );
-    assert!(admin.transactions(false).await.unwrap().transactions.is_empty());
+    assert!(
+        admin
+            .transactions(false)
+            .await
+            .unwrap()
+            .transactions
+            .is_empty()
+    );
 }
 
 /// The Jepsen anomaly (Bufstream/Kafka before KIP-890): a delayed commit or abort of an
@@ -364,7 +403,13 @@ pub(crate) async fn a_delayed_end_cannot_end_the_next_transaction(cs: &[Client])
     assert_eq!(code(late), "transaction_aborted");
     // A held-back produce of t1: fenced.
     let late = pick(cs, 2)
-        .produce_session("jepsen", vec![to(0, "t1-late")], s1, &BTreeMap::from([(0, 1)]), true)
+        .produce_session(
+            "jepsen",
+            vec![to(0, "t1-late")],
+            s1,
+            &BTreeMap::from([(0, 1)]),
+            true,
+        )
         .await
         .unwrap_err();
     assert_eq!(code(late), "producer_fenced");
@@ -390,7 +435,11 @@ pub(crate) async fn a_delayed_end_cannot_end_the_next_transaction(cs: &[Client])
             .repeated
     );
     assert_eq!(
-        code(c.abort_transaction(s2.producer_id, s2.epoch).await.unwrap_err()),
+        code(
+            c.abort_transaction(s2.producer_id, s2.epoch)
+                .await
+                .unwrap_err()
+        ),
         "transaction_committed"
     );
     let f = fetch(&c, "jepsen", 0, 0, false).await;
@@ -398,15 +447,27 @@ pub(crate) async fn a_delayed_end_cannot_end_the_next_transaction(cs: &[Client])
     // Plain produce from the old epoch: fenced; from the current epoch without the
     // transaction flag while none is open: fine; a transactional one: not open.
     let plain = c
-        .produce_session("jepsen", vec![to(0, "after")], s2, &BTreeMap::from([(0, 1)]), false)
+        .produce_session(
+            "jepsen",
+            vec![to(0, "after")],
+            s2,
+            &BTreeMap::from([(0, 1)]),
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(plain.0.offsets[0].offset, 2);
     assert_eq!(
         code(
-            c.produce_session("jepsen", vec![to(0, "x")], s2, &BTreeMap::from([(0, 2)]), true)
-                .await
-                .unwrap_err()
+            c.produce_session(
+                "jepsen",
+                vec![to(0, "x")],
+                s2,
+                &BTreeMap::from([(0, 2)]),
+                true
+            )
+            .await
+            .unwrap_err()
         ),
         "transaction_not_open"
     );
@@ -483,7 +544,11 @@ pub(crate) async fn consume_transform_produce_survives_killed_members(cs: &[Clie
         let mut producer = IdempotentProducer::new(w.clone(), Some("ctp-worker"));
         let mut cursor = None;
         let mut idle = 0;
-        let mut die_after = if killed < kills { 1 + round % 3 } else { usize::MAX };
+        let mut die_after = if killed < kills {
+            1 + round % 3
+        } else {
+            usize::MAX
+        };
         loop {
             let f = match w
                 .group_fetch(
@@ -571,7 +636,9 @@ pub(crate) async fn consume_transform_produce_survives_killed_members(cs: &[Clie
         break;
     }
     assert_eq!(killed, kills);
-    println!("consume-transform-produce: {killed} workers killed mid-transaction, {fenced} commits fenced by a rebalance and aborted");
+    println!(
+        "consume-transform-produce: {killed} workers killed mid-transaction, {fenced} commits fenced by a rebalance and aborted"
+    );
     // Exactly once in the output, per partition in input order.
     for p in 0..2u32 {
         let got = values(&super::read_all(&c, "ctp-out", p).await);

@@ -42,14 +42,8 @@ pub fn router(broker: Broker) -> Router {
             post(txns::abort),
         )
         .route("/v1/transactions", get(txns::list))
-        .route(
-            "/v1/topics/{topic}/half-messages",
-            post(txns::prepare_half),
-        )
-        .route(
-            "/v1/half-messages/{handle}/commit",
-            post(txns::commit_half),
-        )
+        .route("/v1/topics/{topic}/half-messages", post(txns::prepare_half))
+        .route("/v1/half-messages/{handle}/commit", post(txns::commit_half))
         .route(
             "/v1/half-messages/{handle}/rollback",
             post(txns::rollback_half),

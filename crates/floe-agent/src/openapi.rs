@@ -434,7 +434,9 @@ fn constrain_operations(doc: &mut Value, name: &Value) {
                             "enum": ["read_committed", "read_uncommitted"]
                         })),
                         "state" => Some(json!({"type": "string", "enum": ["open", "all"]})),
-                        "Producer-Transactional" => Some(json!({"type": "string", "enum": ["true", "false"]})),
+                        "Producer-Transactional" => {
+                            Some(json!({"type": "string", "enum": ["true", "false"]}))
+                        }
                         "Producer-Sequences" => Some(json!({
                             "type": "string",
                             "pattern": "^[0-9]{1,9}=[0-9]{1,18}(?:,[0-9]{1,9}=[0-9]{1,18})*$"

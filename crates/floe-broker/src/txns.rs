@@ -120,7 +120,8 @@ impl Broker {
         check_url: Option<String>,
     ) -> BrokerResult<Begun> {
         let now = self.clock.now_ms();
-        let deadline_ms = now.saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
+        let deadline_ms =
+            now.saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
         let epoch = self
             .index
             .begin_txn(BeginTxn {
@@ -203,7 +204,13 @@ impl Broker {
                 .transactions_ended
                 .with_label_values(&[state.as_str(), by])
                 .inc();
-            info!(producer_id, epoch, state = state.as_str(), by, "transaction ended");
+            info!(
+                producer_id,
+                epoch,
+                state = state.as_str(),
+                by,
+                "transaction ended"
+            );
         }
         Ok(Ended {
             state: outcome.state(),
@@ -316,7 +323,13 @@ impl Broker {
             Err(e) => {
                 // Nothing of it is visible; end it now rather than at its first check.
                 let _ = self
-                    .end(begun.producer_id, begun.epoch, Outcome::Abort, Vec::new(), "producer")
+                    .end(
+                        begun.producer_id,
+                        begun.epoch,
+                        Outcome::Abort,
+                        Vec::new(),
+                        "producer",
+                    )
                     .await;
                 Err(e)
             }
@@ -339,7 +352,13 @@ impl Broker {
         for t in open.into_iter().filter(|t| t.deadline_ms < now) {
             let r = match &t.check_url {
                 None => self
-                    .end(t.producer_id, t.epoch, Outcome::Abort, Vec::new(), "timeout")
+                    .end(
+                        t.producer_id,
+                        t.epoch,
+                        Outcome::Abort,
+                        Vec::new(),
+                        "timeout",
+                    )
                     .await
                     .map(Some),
                 Some(url) => self.check_back(&t, url).await,
@@ -351,7 +370,9 @@ impl Broker {
                 Err(e) if e.code.starts_with("transaction_") => {
                     debug!(code = e.code, "transaction already ended");
                 }
-                Err(e) => warn!(producer_id = t.producer_id, epoch = t.epoch, error = %e, "ending an expired transaction failed"),
+                Err(e) => {
+                    warn!(producer_id = t.producer_id, epoch = t.epoch, error = %e, "ending an expired transaction failed")
+                }
             }
         }
         Ok(ended)
@@ -382,9 +403,8 @@ impl Broker {
             }
             return Ok(Some(e));
         }
-        let next = now.saturating_add(
-            i64::try_from(c.half_check_interval.as_millis()).unwrap_or(i64::MAX),
-        );
+        let next = now
+            .saturating_add(i64::try_from(c.half_check_interval.as_millis()).unwrap_or(i64::MAX));
         if !self
             .index
             .claim_check(t.producer_id, t.epoch, t.checks, next)
@@ -494,4 +514,3 @@ pub async fn keep(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<boo
         }
     }
 }
-

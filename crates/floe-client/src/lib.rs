@@ -203,7 +203,11 @@ impl IdempotentProducer {
                         .commit_transaction(s.producer_id, s.epoch, o.clone())
                         .await
                 }
-                None => self.client().abort_transaction(s.producer_id, s.epoch).await,
+                None => {
+                    self.client()
+                        .abort_transaction(s.producer_id, s.epoch)
+                        .await
+                }
             };
             match r {
                 Err(e) if e.is_retryable() && attempt < self.retry.attempts.max(1) => {
@@ -662,7 +666,10 @@ impl Client {
     ) -> Result<TransactionInfo> {
         Self::decode(
             self.http
-                .post(format!("{}/v1/producers/{producer_id}/transactions", self.base))
+                .post(format!(
+                    "{}/v1/producers/{producer_id}/transactions",
+                    self.base
+                ))
                 .json(&BeginTransactionRequest { epoch, timeout_ms })
                 .send()
                 .await?,
@@ -790,12 +797,7 @@ impl Client {
             .post(format!("{}/v1/topics/{topic}/records", self.base))
             .header("content-type", "application/json")
             .body(body);
-        Self::decode(
-            with_session(req, session, sequences, false)
-                .send()
-                .await?,
-        )
-        .await
+        Self::decode(with_session(req, session, sequences, false).send().await?).await
     }
 
     /// Produce a pre-serialized JSON body (`{"records": [...]}`).

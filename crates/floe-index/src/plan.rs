@@ -385,7 +385,15 @@ mod tests {
             req(7, 0, &[(0, 0, 0, 3, 3)]),
             req(8, 2, &[(0, 5, 0, 6, 2)]),
         ];
-        let plan = plan_commit(&runs, &producers, &ends, &epochs, &HashMap::new(), &HashSet::new()).unwrap();
+        let plan = plan_commit(
+            &runs,
+            &producers,
+            &ends,
+            &epochs,
+            &HashMap::new(),
+            &HashSet::new(),
+        )
+        .unwrap();
         assert_eq!(plan.verdicts[0], RequestCheck::Append);
         assert_eq!(plan.verdicts[1], RequestCheck::Duplicate(vec![100]));
         assert_eq!(
@@ -429,7 +437,15 @@ mod tests {
             req(7, 2, &[(1, 0, 1, 0, 1)]),
             req(7, 3, &[(1, 0, 1, 1, 1)]),
         ];
-        let plan = plan_commit(&runs, &producers, &ends, &epochs, &HashMap::new(), &HashSet::new()).unwrap();
+        let plan = plan_commit(
+            &runs,
+            &producers,
+            &ends,
+            &epochs,
+            &HashMap::new(),
+            &HashSet::new(),
+        )
+        .unwrap();
         assert_eq!(
             plan.verdicts[0],
             RequestCheck::Refused(Refusal::UnknownProducer)
@@ -458,7 +474,15 @@ mod tests {
     fn plain_commits_are_unchanged_and_two_runs_of_a_partition_follow_each_other() {
         let runs = [run(1, 0, 2), run(1, 0, 3), run(2, 0, 1)];
         let ends = HashMap::from([((1, 0), 5u64)]);
-        let plan = plan_commit(&runs, &[], &ends, &HashMap::new(), &HashMap::new(), &HashSet::new()).unwrap();
+        let plan = plan_commit(
+            &runs,
+            &[],
+            &ends,
+            &HashMap::new(),
+            &HashMap::new(),
+            &HashSet::new(),
+        )
+        .unwrap();
         assert_eq!(
             plan.outcomes,
             vec![

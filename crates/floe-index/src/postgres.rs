@@ -24,11 +24,11 @@ use floe_core::txn::{
 
 use crate::replay;
 use crate::{
-    BeginTxn, EndTxn, TxnEnded, TxnError, TxnInfo,
-    CommitSink, Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic,
-    OffsetCommit, PartitionOffsets, ReplaceRuns, Result, Retention, RetentionRun, RunEntry,
-    SegmentCommit, SeqKey, StateKey, StateKind, TopicMeta, Versioned, check_deadline,
-    completion_answer, decode_config, encode_config, fence, plan_commit,
+    BeginTxn, CommitSink, Committed, EndTxn, IdempotencyBegin, IdempotencyVerdict, Index,
+    IndexError, NewTopic, OffsetCommit, PartitionOffsets, ReplaceRuns, Result, Retention,
+    RetentionRun, RunEntry, SegmentCommit, SeqKey, StateKey, StateKind, TopicMeta, TxnEnded,
+    TxnError, TxnInfo, Versioned, check_deadline, completion_answer, decode_config, encode_config,
+    fence, plan_commit,
 };
 
 /// NOTIFY channel for commits; payload `topic_id:partition:end_offset` entries joined by `,`.
@@ -408,7 +408,9 @@ impl PostgresIndex {
         let epoch = current
             .checked_add(1)
             .filter(|e| *e <= i32::MAX as u32)
-            .ok_or_else(|| CommitError::Index(IndexError::Corrupt("producer epoch overflow".into())))?;
+            .ok_or_else(|| {
+                CommitError::Index(IndexError::Corrupt("producer epoch overflow".into()))
+            })?;
         let _ = tx
             .execute(
                 "UPDATE floe_producers SET epoch = $2, touched_ms = $3 WHERE id = $1",
@@ -881,7 +883,12 @@ async fn end_txn_in(
     let _ = tx
         .execute(
             "UPDATE floe_txns SET state = $3, ended_ms = $4 WHERE producer_id = $1 AND epoch = $2",
-            &[&pid, &(epoch as i32), &e.outcome.state().as_str(), &e.now_ms],
+            &[
+                &pid,
+                &(epoch as i32),
+                &e.outcome.state().as_str(),
+                &e.now_ms,
+            ],
         )
         .await?;
     let _ = tx
@@ -1332,7 +1339,12 @@ impl Index for PostgresIndex {
             .execute(
                 "UPDATE floe_txns SET checks = checks + 1, deadline_ms = $4
                  WHERE producer_id = $1 AND epoch = $2 AND state = 'open' AND checks = $3",
-                &[&producer_id, &(epoch as i32), &(checks as i32), &next_deadline_ms],
+                &[
+                    &producer_id,
+                    &(epoch as i32),
+                    &(checks as i32),
+                    &next_deadline_ms,
+                ],
             )
             .await
             .map_err(pg)?;

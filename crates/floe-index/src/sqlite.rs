@@ -18,10 +18,10 @@ use floe_core::txn::{
 
 use crate::replay;
 use crate::{
-    BeginTxn, EndTxn, TxnEnded, TxnError, TxnInfo, Committed, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic, OffsetCommit,
-    PartitionOffsets, ReplaceRuns, Result, Retention, RetentionRun, RunEntry, SegmentCommit,
-    SeqKey, StateKey, StateKind, TopicMeta, Versioned, check_deadline, completion_answer,
-    decode_config, encode_config, fence, plan_commit,
+    BeginTxn, Committed, EndTxn, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic,
+    OffsetCommit, PartitionOffsets, ReplaceRuns, Result, Retention, RetentionRun, RunEntry,
+    SegmentCommit, SeqKey, StateKey, StateKind, TopicMeta, TxnEnded, TxnError, TxnInfo, Versioned,
+    check_deadline, completion_answer, decode_config, encode_config, fence, plan_commit,
 };
 
 const SCHEMA: &str = "
@@ -236,7 +236,9 @@ fn end_txn_in(tx: &rusqlite::Transaction<'_>, e: &EndTxn) -> Result<TxnEnded> {
         }
     }
     let _ = tx
-        .prepare_cached("UPDATE txns SET state = ?3, ended_ms = ?4 WHERE producer_id = ?1 AND epoch = ?2")?
+        .prepare_cached(
+            "UPDATE txns SET state = ?3, ended_ms = ?4 WHERE producer_id = ?1 AND epoch = ?2",
+        )?
         .execute(params![pid, epoch, e.outcome.state().as_str(), e.now_ms])?;
     let _ = tx
         .prepare_cached("DELETE FROM txn_batches WHERE producer_id = ?1 AND epoch = ?2")?
@@ -265,7 +267,20 @@ fn end_txn_in(tx: &rusqlite::Transaction<'_>, e: &EndTxn) -> Result<TxnEnded> {
 /// Turn the aborted batch `base..base + n` of a partition into a hole: the entry holding
 /// it is split (`floe_core::txn::punch`). An entry already dropped by retention is left.
 fn punch_hole(tx: &rusqlite::Transaction<'_>, t: i64, p: u32, base: u64, n: u32) -> Result<()> {
-    type Row = (u64, u32, u32, Option<u32>, String, u64, u32, u32, u64, u64, i64, i64);
+    type Row = (
+        u64,
+        u32,
+        u32,
+        Option<u32>,
+        String,
+        u64,
+        u32,
+        u32,
+        u64,
+        u64,
+        i64,
+        i64,
+    );
     let row: Option<Row> = tx
         .prepare_cached(
             "SELECT base_offset, records, row_first, row_count, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts
@@ -290,14 +305,28 @@ fn punch_hole(tx: &rusqlite::Transaction<'_>, t: i64, p: u32, base: u64, n: u32)
     let pieces = punch(entry, base, n)
         .map_err(|err| IndexError::Corrupt(format!("aborting ({t}, {p}) {base}+{n}: {err}")))?;
     let _ = tx
-        .prepare_cached("DELETE FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset = ?3")?
+        .prepare_cached(
+            "DELETE FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset = ?3",
+        )?
         .execute(params![t, p, eb])?;
     let mut ins = tx.prepare_cached(
         "INSERT INTO runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first, row_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?;
     for x in pieces {
         let _ = ins.execute(params![
-            t, p, x.base_offset, x.records, key, size, rgf, rgc, bs, be, mn, mx, x.row_first,
+            t,
+            p,
+            x.base_offset,
+            x.records,
+            key,
+            size,
+            rgf,
+            rgc,
+            bs,
+            be,
+            mn,
+            mx,
+            x.row_first,
             (x.rows != x.records).then_some(x.rows)
         ])?;
     }
@@ -640,7 +669,13 @@ impl Index for SqliteIndex {
         .await
     }
 
-    async fn claim_check(&self, producer_id: i64, epoch: u32, checks: u32, next_deadline_ms: i64) -> Result<bool> {
+    async fn claim_check(
+        &self,
+        producer_id: i64,
+        epoch: u32,
+        checks: u32,
+        next_deadline_ms: i64,
+    ) -> Result<bool> {
         self.write(move |c| {
             let n = c
                 .prepare_cached(

@@ -12,9 +12,9 @@ use floe_core::group::{GroupError, GroupState, Member};
 use floe_core::producer::{Refusal, RequestCheck};
 use floe_core::txn::{Outcome, TxnState};
 use floe_index::{
-    BeginTxn, EndTxn, TxnError, IdempotencyBegin, IdempotencyCompletion, IdempotencyVerdict, Index, IndexError, NewTopic,
-    OffsetCommit, ProducerAppend, ProducerBatch, ReplaceRuns, RunCommit, RunOutcome, SegmentCommit,
-    StateKey, StateKind, StateWrite,
+    BeginTxn, EndTxn, IdempotencyBegin, IdempotencyCompletion, IdempotencyVerdict, Index,
+    IndexError, NewTopic, OffsetCommit, ProducerAppend, ProducerBatch, ReplaceRuns, RunCommit,
+    RunOutcome, SegmentCommit, StateKey, StateKind, StateWrite, TxnError,
 };
 
 type Idx = Arc<dyn Index>;
@@ -1276,9 +1276,17 @@ async fn transactions_hold_the_stable_offset_and_aborts_leave_holes(i: Idx) {
     );
     assert_eq!(entries(&i, t.id, 1).await, vec![(0, 2, 0)]);
     let rows = i.runs_from(t.id, 0, 4, 10).await.unwrap();
-    assert_eq!(rows[0].row_first, 4, "the row after the hole keeps its place");
+    assert_eq!(
+        rows[0].row_first, 4,
+        "the row after the hole keeps its place"
+    );
     // Repeated abort: same answer; commit after abort: refused.
-    assert!(i.end_txn(end(pid, e1, Outcome::Abort)).await.unwrap().repeated);
+    assert!(
+        i.end_txn(end(pid, e1, Outcome::Abort))
+            .await
+            .unwrap()
+            .repeated
+    );
     assert!(matches!(
         txn_refusal(i.end_txn(end(pid, e1, Outcome::Commit)).await),
         TxnError::Ended {
@@ -1304,7 +1312,12 @@ async fn transactions_hold_the_stable_offset_and_aborts_leave_holes(i: Idx) {
     let c = i.end_txn(end(pid, e2, Outcome::Commit)).await.unwrap();
     assert!(!c.repeated);
     assert_eq!(i.log_ends(t.id, 0).await.unwrap(), Some((8, 7)));
-    assert!(i.end_txn(end(pid, e2, Outcome::Commit)).await.unwrap().repeated);
+    assert!(
+        i.end_txn(end(pid, e2, Outcome::Commit))
+            .await
+            .unwrap()
+            .repeated
+    );
     assert!(matches!(
         txn_refusal(i.end_txn(end(pid, e2, Outcome::Abort)).await),
         TxnError::Ended {
@@ -1335,7 +1348,10 @@ async fn transactions_hold_the_stable_offset_and_aborts_leave_holes(i: Idx) {
         .await
         .unwrap();
     assert!(i.claim_check(pid_h, eh, 0, 500).await.unwrap());
-    assert!(!i.claim_check(pid_h, eh, 0, 500).await.unwrap(), "claimed twice");
+    assert!(
+        !i.claim_check(pid_h, eh, 0, 500).await.unwrap(),
+        "claimed twice"
+    );
     let h = i.transactions(true).await.unwrap();
     assert_eq!((h[0].checks, h[0].deadline_ms), (1, 500));
 }

@@ -208,7 +208,11 @@ struct ServeArgs {
     transaction_timeout_ms: u64,
     /// How often the agent looks for transactions past their deadline (and half-messages
     /// due a check-back).
-    #[arg(long, env = "FLOE_TRANSACTION_CHECK_INTERVAL_MS", default_value_t = 1_000)]
+    #[arg(
+        long,
+        env = "FLOE_TRANSACTION_CHECK_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
     transaction_check_interval_ms: u64,
     /// A half-message's first check-back comes this long after it was prepared.
     #[arg(long, env = "FLOE_HALF_FIRST_CHECK_MS", default_value_t = 6_000)]

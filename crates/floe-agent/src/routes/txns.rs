@@ -137,9 +137,7 @@ pub(crate) async fn abort(
 ) -> ApiResult<Json<TransactionEnd>> {
     let Path((raw_id, raw_epoch)) = p.map_err(path_err)?;
     let (id, e) = (producer_id(&raw_id)?, epoch(&raw_epoch)?);
-    let r = b
-        .end_transaction(id, e, Outcome::Abort, Vec::new())
-        .await?;
+    let r = b.end_transaction(id, e, Outcome::Abort, Vec::new()).await?;
     Ok(ended(id, e, r))
 }
 
@@ -157,7 +155,12 @@ pub(crate) async fn list(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<TransactionList>> {
     let mut open_only = true;
-    for pair in q.as_deref().unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+    for pair in q
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+    {
         match pair.split_once('=').unwrap_or((pair, "")) {
             ("state", "open") => open_only = true,
             ("state", "all") => open_only = false,
@@ -186,12 +189,14 @@ pub(crate) async fn list(
                 partitions: t
                     .partitions
                     .into_iter()
-                    .map(|(topic, partition, first_offset, records)| TransactionPartition {
-                        topic,
-                        partition,
-                        first_offset,
-                        records,
-                    })
+                    .map(
+                        |(topic, partition, first_offset, records)| TransactionPartition {
+                            topic,
+                            partition,
+                            first_offset,
+                            records,
+                        },
+                    )
                     .collect(),
             })
             .collect(),
