@@ -792,12 +792,31 @@ impl Client {
         session: ProducerSessionInfo,
         sequences: &BTreeMap<u32, i64>,
     ) -> Result<ProduceResponse> {
+        self.produce_raw_session(topic, body, session, sequences, false)
+            .await
+    }
+
+    /// [`Client::produce_raw_sequenced`], inside the session's open transaction when
+    /// `transactional`.
+    pub async fn produce_raw_session(
+        &self,
+        topic: &str,
+        body: bytes::Bytes,
+        session: ProducerSessionInfo,
+        sequences: &BTreeMap<u32, i64>,
+        transactional: bool,
+    ) -> Result<ProduceResponse> {
         let req = self
             .http
             .post(format!("{}/v1/topics/{topic}/records", self.base))
             .header("content-type", "application/json")
             .body(body);
-        Self::decode(with_session(req, session, sequences, false).send().await?).await
+        Self::decode(
+            with_session(req, session, sequences, transactional)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// Produce a pre-serialized JSON body (`{"records": [...]}`).

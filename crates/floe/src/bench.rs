@@ -52,6 +52,13 @@ pub(crate) struct BenchArgs {
     /// partition, checked in the commit (JSON only).
     #[arg(long)]
     idempotent: bool,
+    /// Producers write in transactions (RFC 0005) of `--transaction-requests` requests
+    /// each: begin, produce, commit. Counted as produced at commit; consumers read
+    /// committed data only, so end-to-end latency includes the transaction (JSON only).
+    #[arg(long, conflicts_with = "idempotent")]
+    transactional: bool,
+    #[arg(long, default_value_t = 10)]
+    transaction_requests: usize,
     /// Queue benchmark instead: preload `--records` records, then `--consumers` competing
     /// consumers receive (batches of `--batch`) and ack until all are acked; then, as the
     /// side-by-side baseline, a consumer group with as many members reads and commits the
@@ -139,6 +146,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let puts_before = total_puts(&clients).await?;
     let value = Arc::new(printable_value(a.record_bytes));
     let produce_lat = Arc::new(Mutex::new(hist()?));
+    let commit_lat = Arc::new(Mutex::new(hist()?));
     let e2e_lat = Arc::new(Mutex::new(hist()?));
     let produced = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -217,16 +225,22 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
             errors.clone(),
         );
         let batch = a.batch;
-        let idempotent = a.idempotent && !arrow;
+        let transactional = a.transactional && !arrow;
+        let idempotent = (a.idempotent || transactional) && !arrow;
+        let per_txn = a.transaction_requests.max(1);
+        let commit_lat = commit_lat.clone();
         producers.push(tokio::spawn(async move {
             let mut local = hist()?;
+            let mut commits = hist()?;
             // Producer session: the body's keys are the same every request, so each
             // partition's share of a request (and so each sequence step) is fixed.
-            let session = if idempotent {
+            let mut session = if idempotent {
                 Some(c.init_producer(None).await?)
             } else {
                 None
             };
+            let mut in_txn = 0usize;
+            let mut pending = 0u64;
             let mut per_partition: std::collections::BTreeMap<u32, i64> = Default::default();
             for k in 0..batch {
                 let key = format!("p{i}-{k}");
@@ -240,12 +254,21 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
             let mut next: std::collections::BTreeMap<u32, i64> =
                 per_partition.keys().map(|p| (*p, 0)).collect();
             while Instant::now() < end {
+                if let (true, 0, Some(s)) = (transactional, in_txn, session) {
+                    // A transaction is the session's next epoch; sequences start at 0.
+                    let t = c.begin_transaction(s.producer_id, s.epoch, None).await?;
+                    session = Some(floe_api::ProducerSessionInfo {
+                        producer_id: t.producer_id,
+                        epoch: t.epoch,
+                    });
+                    next.values_mut().for_each(|v| *v = 0);
+                }
                 let t0 = Instant::now();
                 let sent = if arrow {
                     c.produce_arrow(&topic, arrow_body(&value, batch, i, partitions)?)
                         .await
                 } else if let Some(s) = session {
-                    c.produce_raw_sequenced(&topic, body(&value, batch, i), s, &next)
+                    c.produce_raw_session(&topic, body(&value, batch, i), s, &next, transactional)
                         .await
                 } else {
                     c.produce_raw(&topic, body(&value, batch, i)).await
@@ -258,14 +281,39 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
                             }
                         }
                         let _ = local.record(t0.elapsed().as_micros().max(1) as u64).ok();
-                        let _ = produced.fetch_add(r.offsets.len() as u64, Ordering::Relaxed);
+                        if transactional {
+                            pending += r.offsets.len() as u64;
+                            in_txn += 1;
+                        } else {
+                            let _ = produced.fetch_add(r.offsets.len() as u64, Ordering::Relaxed);
+                        }
                     }
                     Err(_) => {
                         let _ = errors.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
+                if let (true, Some(s)) = (transactional && in_txn > 0, session)
+                    && (in_txn >= per_txn || Instant::now() >= end)
+                {
+                    let t1 = Instant::now();
+                    match c
+                        .commit_transaction(s.producer_id, s.epoch, Vec::new())
+                        .await
+                    {
+                        Ok(_) => {
+                            let _ = commits.record(t1.elapsed().as_micros().max(1) as u64).ok();
+                            let _ = produced.fetch_add(pending, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            let _ = errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    in_txn = 0;
+                    pending = 0;
+                }
             }
+            let _ = commit_lat.lock().await.add(&commits).ok();
             let _ = lat.lock().await.add(&local).ok();
             anyhow::Ok(())
         }));
@@ -306,6 +354,17 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         ms(pl.value_at_quantile(0.99)),
         ms(pl.max())
     );
+    if a.transactional {
+        let cl = commit_lat.lock().await;
+        println!(
+            "commit ms     p50 {:.1}  p99 {:.1}  max {:.1}  ({} transactions of up to {} requests)",
+            ms(cl.value_at_quantile(0.5)),
+            ms(cl.value_at_quantile(0.99)),
+            ms(cl.max()),
+            cl.len(),
+            a.transaction_requests.max(1)
+        );
+    }
     if !a.no_consume {
         let got = consumed.load(Ordering::Relaxed);
         println!(

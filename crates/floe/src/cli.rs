@@ -130,6 +130,14 @@ pub(crate) struct ProduceArgs {
     /// Producer name: a new run with the same name fences an older one still running.
     #[arg(long)]
     producer_name: Option<String>,
+    /// Produce every line in one transaction (RFC 0005): consumers see all of them at once
+    /// or, if the run fails or is interrupted, none (the transaction is aborted, or times
+    /// out).
+    #[arg(long)]
+    transactional: bool,
+    /// With --transactional: the transaction's timeout.
+    #[arg(long, requires = "transactional")]
+    transaction_timeout_ms: Option<u64>,
 }
 
 pub(crate) async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
@@ -145,6 +153,13 @@ pub(crate) async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
             attempts: a.attempts.max(1),
             ..floe_client::RetryPolicy::default()
         });
+    if a.transactional {
+        let t = producer.begin(a.transaction_timeout_ms).await?;
+        eprintln!(
+            "transaction begun: producer {} epoch {}",
+            t.producer_id, t.epoch
+        );
+    }
     let mut batch = Vec::new();
     let mut total = 0usize;
     let mut lines = reader.lines();
@@ -160,7 +175,16 @@ pub(crate) async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
             });
         }
         if !batch.is_empty() && (end || batch.len() >= a.batch.max(1)) {
-            let r = producer.send(&a.topic, std::mem::take(&mut batch)).await?;
+            let r = match producer.send(&a.topic, std::mem::take(&mut batch)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if producer.in_transaction() {
+                        let _ = producer.abort().await;
+                        eprintln!("transaction aborted: nothing of it is visible");
+                    }
+                    return Err(e.into());
+                }
+            };
             for o in &r.offsets {
                 eprintln!("partition {} offset {}", o.partition, o.offset);
             }
@@ -170,7 +194,86 @@ pub(crate) async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
             break;
         }
     }
+    if a.transactional {
+        let _ = producer.commit(Vec::new()).await?;
+        eprintln!("transaction committed");
+    }
     eprintln!("produced {total} records");
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TxnCmd {
+    /// List open transactions and half-messages (with --all, also ended ones still
+    /// remembered) and the partitions they hold back.
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Abort a transaction (an operator releasing a stuck one before its timeout).
+    Abort { producer_id: i64, epoch: u32 },
+}
+
+pub(crate) async fn transactions(conn: &Conn, cmd: TxnCmd) -> anyhow::Result<()> {
+    let c = Client::new(&conn.url)?;
+    let out = match cmd {
+        TxnCmd::List { all } => serde_json::to_string_pretty(&c.transactions(all).await?)?,
+        TxnCmd::Abort { producer_id, epoch } => {
+            serde_json::to_string_pretty(&c.abort_transaction(producer_id, epoch).await?)?
+        }
+    };
+    println!("{out}");
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum HalfCmd {
+    /// Prepare a half-message: the values (one record each) are stored, invisible until
+    /// committed; prints the handle. If neither commit nor rollback comes in time, the
+    /// agent asks --check-url.
+    Prepare {
+        topic: String,
+        /// `POST {"handle", ...}` answered `{"outcome": "commit"|"rollback"|"unknown"}`.
+        #[arg(long)]
+        check_url: String,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(required = true)]
+        values: Vec<String>,
+    },
+    /// Commit a half-message: its records become visible.
+    Commit { handle: String },
+    /// Roll a half-message back: its records are never served.
+    Rollback { handle: String },
+}
+
+pub(crate) async fn half(conn: &Conn, cmd: HalfCmd) -> anyhow::Result<()> {
+    let c = Client::new(&conn.url)?;
+    let out = match cmd {
+        HalfCmd::Prepare {
+            topic,
+            check_url,
+            key,
+            values,
+        } => {
+            let records = values
+                .into_iter()
+                .map(|v| ProduceRecord {
+                    key: key.clone(),
+                    value: Some(v),
+                    ..ProduceRecord::default()
+                })
+                .collect();
+            serde_json::to_string_pretty(&c.prepare_half(&topic, records, &check_url).await?)?
+        }
+        HalfCmd::Commit { handle } => {
+            serde_json::to_string_pretty(&c.end_half(&handle, true).await?)?
+        }
+        HalfCmd::Rollback { handle } => {
+            serde_json::to_string_pretty(&c.end_half(&handle, false).await?)?
+        }
+    };
+    println!("{out}");
     Ok(())
 }
 

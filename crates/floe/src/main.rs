@@ -60,6 +60,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::QueueCmd,
     },
+    /// Transactions (RFC 0005): list open ones, abort one.
+    Transactions {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: cli::TxnCmd,
+    },
+    /// Half-messages (RocketMQ-style transactional messages): prepare, commit, rollback.
+    Half {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: cli::HalfCmd,
+    },
     /// Produce + consume load against a running agent; prints throughput and latencies.
     Bench(bench::BenchArgs),
     /// Print the OpenAPI document of the HTTP API.
@@ -528,6 +542,8 @@ fn run() -> anyhow::Result<()> {
             Cmd::Consume(a) => cli::consume(a).await,
             Cmd::Group { conn, cmd } => cli::group(&conn, cmd).await,
             Cmd::Queue { conn, cmd } => cli::queue(&conn, cmd).await,
+            Cmd::Transactions { conn, cmd } => cli::transactions(&conn, cmd).await,
+            Cmd::Half { conn, cmd } => cli::half(&conn, cmd).await,
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Outbox {
                 cmd: OutboxCmd::Install { db, table, ranges },
