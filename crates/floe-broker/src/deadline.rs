@@ -242,6 +242,17 @@ impl Index for DeadlineIndex {
         self.within("transactions", self.inner.transactions(open_only))
             .await
     }
+    async fn due_transactions(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> floe_index::Result<(u64, Vec<floe_index::TxnInfo>)> {
+        self.within(
+            "due_transactions",
+            self.inner.due_transactions(now_ms, limit),
+        )
+        .await
+    }
     async fn claim_check(
         &self,
         producer_id: i64,

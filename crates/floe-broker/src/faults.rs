@@ -95,6 +95,14 @@ impl Index for FaultIndex {
         wait_while(&self.hanging).await;
         self.inner.transactions(open_only).await
     }
+    async fn due_transactions(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> floe_index::Result<(u64, Vec<floe_index::TxnInfo>)> {
+        wait_while(&self.hanging).await;
+        self.inner.due_transactions(now_ms, limit).await
+    }
     async fn claim_check(
         &self,
         producer_id: i64,

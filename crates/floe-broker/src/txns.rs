@@ -74,6 +74,9 @@ pub fn parse_half_handle(s: &str) -> BrokerResult<(i64, u32)> {
         })
 }
 
+/// Expired transactions handled per keeper pass (the rest wait for the next pass).
+const DUE_PER_PASS: u32 = 1000;
+
 /// The longest check-back URL accepted.
 const MAX_CHECK_URL: usize = 2048;
 
@@ -339,17 +342,17 @@ impl Broker {
     /// One pass of the keeper: abort transactions past their deadline; ask half-messages'
     /// producers (one agent per check, claimed in the index). Returns how many ended.
     pub async fn check_transactions(&self) -> BrokerResult<usize> {
-        let open = self
+        let now = self.clock.now_ms();
+        let (open, due) = self
             .index
-            .transactions(true)
+            .due_transactions(now, DUE_PER_PASS)
             .await
             .map_err(|e| BrokerError::index(&e))?;
         self.metrics
             .transactions_open
-            .set(i64::try_from(open.len()).unwrap_or(i64::MAX));
-        let now = self.clock.now_ms();
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
         let mut ended = 0;
-        for t in open.into_iter().filter(|t| t.deadline_ms < now) {
+        for t in due {
             let r = match &t.check_url {
                 None => self
                     .end(

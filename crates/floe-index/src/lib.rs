@@ -610,6 +610,10 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     /// Transactions, oldest first: the open ones, or (`open_only == false`) also ended
     /// ones still remembered.
     async fn transactions(&self, open_only: bool) -> Result<Vec<TxnInfo>>;
+    /// Open transactions whose deadline is before `now_ms` (earliest first, at most
+    /// `limit`, without their partitions), and how many transactions are open: what the
+    /// keeper needs, in two indexed queries whatever the number of open transactions.
+    async fn due_transactions(&self, now_ms: i64, limit: u32) -> Result<(u64, Vec<TxnInfo>)>;
     /// Count a check-back of an open half-message and move its deadline to
     /// `next_deadline_ms`, if it is still open at `epoch` with `checks` made: false when
     /// another agent got there first (RFC 0005 §3: one agent checks at a time).

@@ -140,7 +140,7 @@ CREATE TABLE IF NOT EXISTS floe_txns (
     checks INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (producer_id, epoch)
 );
-CREATE INDEX IF NOT EXISTS floe_txns_by_state ON floe_txns (state, started_ms);
+CREATE INDEX IF NOT EXISTS floe_txns_by_deadline ON floe_txns (state, deadline_ms);
 CREATE TABLE IF NOT EXISTS floe_txn_batches (
     producer_id BIGINT NOT NULL,
     epoch INTEGER NOT NULL,
@@ -1325,6 +1325,40 @@ impl Index for PostgresIndex {
             });
         }
         Ok(out)
+    }
+
+    async fn due_transactions(&self, now_ms: i64, limit: u32) -> Result<(u64, Vec<TxnInfo>)> {
+        let c = self.client().await?;
+        let open: i64 = c
+            .query_one("SELECT COUNT(*) FROM floe_txns WHERE state = 'open'", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        let rows = c
+            .query(
+                "SELECT producer_id, epoch, started_ms, deadline_ms, check_url, checks FROM floe_txns
+                 WHERE state = 'open' AND deadline_ms < $1 ORDER BY deadline_ms LIMIT $2",
+                &[&now_ms, &i64::from(limit)],
+            )
+            .await
+            .map_err(pg)?;
+        let due = rows
+            .iter()
+            .map(|r| {
+                Ok(TxnInfo {
+                    producer_id: r.get(0),
+                    name: None,
+                    epoch: to_u32(r.get(1), "epoch")?,
+                    state: TxnState::Open,
+                    started_ms: r.get(2),
+                    deadline_ms: r.get(3),
+                    check_url: r.get(4),
+                    checks: to_u32(r.get(5), "checks")?,
+                    partitions: Vec::new(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((to_u64(open, "count")?, due))
     }
 
     async fn claim_check(

@@ -125,7 +125,7 @@ CREATE TABLE IF NOT EXISTS txns (
     checks INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (producer_id, epoch)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS txns_by_state ON txns (state, started_ms);
+CREATE INDEX IF NOT EXISTS txns_by_deadline ON txns (state, deadline_ms);
 CREATE TABLE IF NOT EXISTS txn_batches (
     producer_id INTEGER NOT NULL,
     epoch INTEGER NOT NULL,
@@ -665,6 +665,35 @@ impl Index for SqliteIndex {
                     Ok(TxnInfo { producer_id, name, epoch, state, started_ms, deadline_ms, check_url, checks, partitions })
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn due_transactions(&self, now_ms: i64, limit: u32) -> Result<(u64, Vec<TxnInfo>)> {
+        self.read(move |c| {
+            let open: i64 = c
+                .prepare_cached("SELECT COUNT(*) FROM txns WHERE state = 'open'")?
+                .query_row([], |r| r.get(0))?;
+            let mut st = c.prepare_cached(
+                "SELECT producer_id, epoch, started_ms, deadline_ms, check_url, checks FROM txns
+                 WHERE state = 'open' AND deadline_ms < ?1 ORDER BY deadline_ms LIMIT ?2",
+            )?;
+            let due = st
+                .query_map(params![now_ms, limit], |r| {
+                    Ok(TxnInfo {
+                        producer_id: r.get(0)?,
+                        name: None,
+                        epoch: r.get(1)?,
+                        state: TxnState::Open,
+                        started_ms: r.get(2)?,
+                        deadline_ms: r.get(3)?,
+                        check_url: r.get(4)?,
+                        checks: r.get(5)?,
+                        partitions: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((open.max(0) as u64, due))
         })
         .await
     }

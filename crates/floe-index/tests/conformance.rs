@@ -1347,6 +1347,15 @@ async fn transactions_hold_the_stable_offset_and_aborts_leave_holes(i: Idx) {
         })
         .await
         .unwrap();
+    let (open, due) = i.due_transactions(60_040, 10).await.unwrap();
+    assert_eq!(open, 1);
+    assert!(due.is_empty(), "not due at its deadline");
+    let (_, due) = i.due_transactions(60_041, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        due[0].check_url.as_deref(),
+        Some("http://127.0.0.1:1/check")
+    );
     assert!(i.claim_check(pid_h, eh, 0, 500).await.unwrap());
     assert!(
         !i.claim_check(pid_h, eh, 0, 500).await.unwrap(),
