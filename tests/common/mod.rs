@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use floe_client::Client;
 
+pub(crate) mod outbox;
 pub(crate) mod scenarios;
 pub(crate) mod txn;
 

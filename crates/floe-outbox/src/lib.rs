@@ -19,22 +19,31 @@
 //!   reorders an aggregate's rows); a paused relay whose lease was taken is fenced by the
 //!   lease check in its delete transaction and by its producer sequences.
 //! - **Wake-up.** An insert trigger `NOTIFY`s; the relay `LISTEN`s and polls as a fallback.
+//! - **SQLite** (`sqlite://PATH`, [`sqlite`]): the same relay over an SQLite file, where
+//!   one writer at a time makes `seq` (the rowid) commit-ordered; one range, polling.
 
-use std::collections::{BTreeMap, HashMap};
+mod pg;
+pub mod sqlite;
+
+pub use pg::{install, write_event};
+pub use sqlite::write_event_sqlite;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use floe_api::{ProduceRecord, ProducerSessionInfo};
 use floe_client::{Client, ClientError};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::NoTls;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("floe: {0}")]
     Floe(#[from] ClientError),
     #[error("{0}")]
@@ -126,129 +135,6 @@ fn chunks<'a>(rows: &'a [&'a Row]) -> Vec<&'a [&'a Row]> {
     out
 }
 
-/// The range of a row among `n`: the same expression in the index and in the relay's
-/// query, so the planner uses the index.
-fn range_expr(n: i64) -> String {
-    format!("((hashtext(aggregateid) & 2147483647) % {n})")
-}
-
-fn notify_channel(table: &str) -> String {
-    format!("floe_outbox_{table}")
-}
-
-/// Milliseconds on the database's clock (leases use one clock for every relay).
-const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
-
-/// Create the outbox table (if missing), its ordering trigger and wake-up trigger, and
-/// the relay's state with `ranges` hash ranges of `aggregateid`. Idempotent; the number
-/// of ranges is fixed by the first install.
-pub async fn install(db: &tokio_postgres::Client, table: &str, ranges: u32) -> Result<()> {
-    check_table(table)?;
-    if !(1..=1024).contains(&ranges) {
-        return Err(OutboxError::Invalid(format!(
-            "ranges must be between 1 and 1024, got {ranges}"
-        )));
-    }
-    let ch = notify_channel(table);
-    db.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {table} (
-            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-            aggregatetype text NOT NULL,
-            aggregateid text NOT NULL,
-            type text NOT NULL,
-            payload jsonb NOT NULL,
-            seq bigint NOT NULL DEFAULT 0
-         );
-         CREATE INDEX IF NOT EXISTS {table}_by_aggregate ON {table} (aggregateid, seq);
-         CREATE OR REPLACE FUNCTION {table}_floe_seq() RETURNS trigger LANGUAGE plpgsql AS $f$
-         BEGIN
-           -- One writer per aggregate at a time, to the end of its transaction: rows of
-           -- an aggregate commit in seq order.
-           PERFORM pg_advisory_xact_lock(hashtext('floe_outbox.{table}'), hashtext(NEW.aggregateid));
-           SELECT COALESCE(MAX(seq), 0) + 1 INTO NEW.seq FROM {table} WHERE aggregateid = NEW.aggregateid;
-           RETURN NEW;
-         END $f$;
-         DROP TRIGGER IF EXISTS {table}_floe_seq ON {table};
-         CREATE TRIGGER {table}_floe_seq BEFORE INSERT ON {table}
-           FOR EACH ROW EXECUTE FUNCTION {table}_floe_seq();
-         CREATE OR REPLACE FUNCTION {table}_floe_notify() RETURNS trigger LANGUAGE plpgsql AS $f$
-         BEGIN
-           PERFORM pg_notify('{ch}', '');
-           RETURN NULL;
-         END $f$;
-         DROP TRIGGER IF EXISTS {table}_floe_notify ON {table};
-         CREATE TRIGGER {table}_floe_notify AFTER INSERT ON {table}
-           FOR EACH STATEMENT EXECUTE FUNCTION {table}_floe_notify();
-         CREATE TABLE IF NOT EXISTS floe_outbox_relay (
-            tbl text NOT NULL,
-            range integer NOT NULL,
-            owner text NOT NULL DEFAULT '',
-            lease_until bigint NOT NULL DEFAULT 0,
-            producer_id bigint,
-            epoch integer,
-            seqs text NOT NULL DEFAULT '{{}}',
-            intent text,
-            PRIMARY KEY (tbl, range)
-         );"
-    ))
-    .await?;
-    let n: i64 = db
-        .query_one(
-            "SELECT COUNT(*) FROM floe_outbox_relay WHERE tbl = $1",
-            &[&table],
-        )
-        .await?
-        .get(0);
-    if n == 0 {
-        let _ = db.execute(
-            "INSERT INTO floe_outbox_relay (tbl, range) SELECT $1, r FROM generate_series(0, $2 - 1) r ON CONFLICT DO NOTHING",
-            &[&table, &(ranges as i32)],
-        )
-        .await?;
-    }
-    // A relay reads one range in (aggregateid, seq) order: an index on exactly that
-    // expression (the range count is fixed from the first install on).
-    let n = if n == 0 { i64::from(ranges) } else { n };
-    db.batch_execute(&format!(
-        "CREATE INDEX IF NOT EXISTS {table}_by_range ON {table} ({expr}, aggregateid, seq)",
-        expr = range_expr(n)
-    ))
-    .await?;
-    Ok(())
-}
-
-/// [`install`] on a fresh connection to `db_url`.
-pub async fn install_url(db_url: &str, table: &str, ranges: u32) -> Result<()> {
-    let (db, conn) = tokio_postgres::connect(db_url, NoTls).await?;
-    let driver = tokio::spawn(conn);
-    let r = install(&db, table, ranges).await;
-    drop(db);
-    let _ = driver.await;
-    r
-}
-
-/// Write one outbox row in the caller's own transaction (with its business rows): it is
-/// published if and only if that transaction commits. Returns the row's id.
-pub async fn write_event(
-    tx: &tokio_postgres::Transaction<'_>,
-    table: &str,
-    aggregatetype: &str,
-    aggregateid: &str,
-    event_type: &str,
-    payload: &serde_json::Value,
-) -> Result<String> {
-    check_table(table)?;
-    let row = tx
-        .query_one(
-            &format!(
-                "INSERT INTO {table} (aggregatetype, aggregateid, type, payload) VALUES ($1, $2, $3, $4::text::jsonb) RETURNING id::text"
-            ),
-            &[&aggregatetype, &aggregateid, &event_type, &payload.to_string()],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
 /// One produce request of a batch: the rows (by id, in `(aggregateid, seq)` order) that go
 /// to `topic`, and the first sequence of the request in each partition it writes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -268,7 +154,7 @@ struct Intent {
 
 /// What a range's state row holds.
 #[derive(Debug, Clone)]
-struct RangeState {
+pub(crate) struct RangeState {
     session: Option<ProducerSessionInfo>,
     seqs: BTreeMap<String, i64>,
     intent: Option<Intent>,
@@ -276,7 +162,7 @@ struct RangeState {
 
 /// A row read from the outbox.
 #[derive(Debug, Clone)]
-struct Row {
+pub(crate) struct Row {
     id: String,
     aggregatetype: String,
     aggregateid: String,
@@ -284,8 +170,80 @@ struct Row {
     payload: String,
 }
 
+/// What a relay changes in a range's state row, only while it holds the lease.
+#[derive(Debug, Clone)]
+pub(crate) enum Update {
+    /// A new producer session: sequences start again, no intent.
+    NewSession(ProducerSessionInfo),
+    /// The session is no longer accepted: the next pass starts a new one.
+    DropSession,
+    /// The batch about to be published (JSON of [`Intent`]).
+    Intent(String),
+}
+
+/// The outbox database, as the relay uses it (PostgreSQL or SQLite). Every call that
+/// changes relay state checks the lease (`owner`, not expired) in the same statement or
+/// transaction, and answers `false` when it is lost.
+#[async_trait::async_trait]
+pub(crate) trait Db: Send + Sync {
+    /// The hash ranges of the table (fixed at install).
+    async fn ranges(&self, table: &str) -> Result<Vec<i32>>;
+    /// The ranges (of `n`) that have rows.
+    async fn busy_ranges(&self, table: &str, n: i32) -> Result<HashSet<i32>>;
+    /// Take or renew range `r`'s lease; its state when this relay holds it.
+    async fn lease(
+        &self,
+        table: &str,
+        r: i32,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Option<RangeState>>;
+    async fn update(&self, table: &str, r: i32, owner: &str, u: Update) -> Result<bool>;
+    /// The next rows of range `r` of `n`, per aggregate in commit order.
+    async fn read(&self, table: &str, r: i32, n: i32, limit: i64) -> Result<Vec<Row>>;
+    async fn rows_by_id(&self, table: &str, ids: &[String]) -> Result<HashMap<String, Row>>;
+    /// Delete the published rows, store the sequences (`next`, JSON) and clear the
+    /// intent, in one transaction; `false` (nothing changed) when the lease is lost.
+    async fn finish(
+        &self,
+        table: &str,
+        r: i32,
+        owner: &str,
+        ids: &[String],
+        next: &str,
+    ) -> Result<bool>;
+}
+
+/// Decode a range's state row: (producer id, epoch, seqs JSON, intent JSON).
+pub(crate) fn range_state(
+    producer_id: Option<i64>,
+    epoch: Option<i64>,
+    seqs: &str,
+    intent: Option<&str>,
+) -> Result<RangeState> {
+    let session = match (producer_id, epoch) {
+        (Some(producer_id), Some(epoch)) => Some(ProducerSessionInfo {
+            producer_id,
+            epoch: u32::try_from(epoch).map_err(|_| OutboxError::Corrupt("epoch".into()))?,
+        }),
+        _ => None,
+    };
+    let seqs =
+        serde_json::from_str(seqs).map_err(|e| OutboxError::Corrupt(format!("seqs: {e}")))?;
+    let intent = intent
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| OutboxError::Corrupt(format!("intent: {e}")))?;
+    Ok(RangeState {
+        session,
+        seqs,
+        intent,
+    })
+}
+
 /// The relay: takes the leases it can, publishes each held range's rows, waits for a
-/// notification or the poll interval, until `shutdown`.
+/// notification (PostgreSQL) or the poll interval, until `shutdown`. `db_url` is
+/// `postgres://…` or `sqlite://PATH`.
 pub async fn run(
     db_url: &str,
     agent: Client,
@@ -293,28 +251,20 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     check_table(&config.table)?;
-    let (db, conn) = tokio_postgres::connect(db_url, NoTls).await?;
-    // Notifications wake the loop; the connection is driven here.
     let wake = std::sync::Arc::new(Notify::new());
-    let w = wake.clone();
-    let driver = tokio::spawn(async move {
-        let mut conn = conn;
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(_)) => w.notify_one(),
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(error = %e, "outbox database connection ended");
-                    break;
-                }
-            }
-        }
-    });
-    db.batch_execute(&format!("LISTEN {}", notify_channel(&config.table)))
-        .await?;
+    if let Some(path) = db_url.strip_prefix("sqlite://") {
+        let db = sqlite::SqliteDb::open(path).await?;
+        let relay = Relay {
+            db: Box::new(db),
+            agent,
+            config,
+            partitions: HashMap::new(),
+        };
+        return relay.serve(&wake, &mut shutdown).await;
+    }
+    let (db, driver) = pg::PgDb::connect(db_url, &config.table, wake.clone()).await?;
     let relay = Relay {
-        db,
+        db: Box::new(db),
         agent,
         config,
         partitions: HashMap::new(),
@@ -324,8 +274,22 @@ pub async fn run(
     result
 }
 
+/// Create the outbox table and the relay's state (see [`pg::install`] and
+/// [`sqlite::install`]) in the database at `db_url` (`postgres://…` or `sqlite://PATH`).
+pub async fn install_url(db_url: &str, table: &str, ranges: u32) -> Result<()> {
+    if let Some(path) = db_url.strip_prefix("sqlite://") {
+        return sqlite::install(path, table).await;
+    }
+    let (db, conn) = tokio_postgres::connect(db_url, NoTls).await?;
+    let driver = tokio::spawn(conn);
+    let r = pg::install(&db, table, ranges).await;
+    drop(db);
+    let _ = driver.await;
+    r
+}
+
 struct Relay {
-    db: tokio_postgres::Client,
+    db: Box<dyn Db>,
     agent: Client,
     config: RelayConfig,
     partitions: HashMap<String, u32>,
@@ -333,24 +297,16 @@ struct Relay {
 
 impl Relay {
     async fn serve(mut self, wake: &Notify, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
-        let ranges: Vec<i32> = self
-            .db
-            .query(
-                "SELECT range FROM floe_outbox_relay WHERE tbl = $1 ORDER BY range",
-                &[&self.config.table],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let table = self.config.table.clone();
+        let ranges = self.db.ranges(&table).await?;
         if ranges.is_empty() {
             return Err(OutboxError::Invalid(format!(
-                "no relay state for table {:?}: run `floe outbox install` first",
-                self.config.table
+                "no relay state for table {table:?}: run `floe outbox install` first"
             )));
         }
         let n = ranges.len() as i32;
-        info!(table = %self.config.table, ranges = n, relay = %self.config.relay_id, "outbox relay running");
+        info!(table = %table, ranges = n, relay = %self.config.relay_id, "outbox relay running");
+        let lease_ms = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX / 4);
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -358,9 +314,13 @@ impl Relay {
             let mut published = 0usize;
             // Only ranges with rows present are leased and read (one indexed query when
             // idle); an unfinished batch's rows are present until it is finished.
-            let busy = self.busy_ranges(n).await?;
+            let busy = self.db.busy_ranges(&table, n).await?;
             for &r in ranges.iter().filter(|r| busy.contains(r)) {
-                let Some(state) = self.lease(r).await? else {
+                let Some(state) = self
+                    .db
+                    .lease(&table, r, &self.config.relay_id, lease_ms)
+                    .await?
+                else {
                     continue;
                 };
                 match self
@@ -383,60 +343,18 @@ impl Relay {
         }
     }
 
-    /// The ranges (of `n`) that have rows.
-    async fn busy_ranges(&self, n: i32) -> Result<std::collections::HashSet<i32>> {
-        let t = &self.config.table;
-        Ok(self
+    /// Change range `r`'s state while this relay holds its lease.
+    async fn guarded(&self, r: i32, u: Update) -> Result<()> {
+        if !self
             .db
-            .query(
-                &format!(
-                    "SELECT DISTINCT {range}::integer FROM {t}",
-                    range = range_expr(i64::from(n))
-                ),
-                &[],
-            )
+            .update(&self.config.table, r, &self.config.relay_id, u)
             .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
-    }
-
-    /// Take or renew range `r`'s lease; its state when this relay holds it.
-    async fn lease(&self, r: i32) -> Result<Option<RangeState>> {
-        let lease_ms = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX / 4);
-        let row = self
-            .db
-            .query_opt(
-                &format!(
-                    "UPDATE floe_outbox_relay SET owner = $3, lease_until = {NOW_MS} + $4
-                     WHERE tbl = $1 AND range = $2 AND (owner = $3 OR lease_until < {NOW_MS})
-                     RETURNING producer_id, epoch, seqs, intent"
-                ),
-                &[&self.config.table, &r, &self.config.relay_id, &lease_ms],
-            )
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let session = match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i32>>(1)) {
-            (Some(producer_id), Some(epoch)) => Some(ProducerSessionInfo {
-                producer_id,
-                epoch: u32::try_from(epoch).map_err(|_| OutboxError::Corrupt("epoch".into()))?,
-            }),
-            _ => None,
-        };
-        let seqs = serde_json::from_str(row.get::<_, &str>(2))
-            .map_err(|e| OutboxError::Corrupt(format!("seqs: {e}")))?;
-        let intent = row
-            .get::<_, Option<&str>>(3)
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| OutboxError::Corrupt(format!("intent: {e}")))?;
-        Ok(Some(RangeState {
-            session,
-            seqs,
-            intent,
-        }))
+        {
+            return Err(OutboxError::Invalid(format!(
+                "lease of range {r} lost; another relay goes on"
+            )));
+        }
+        Ok(())
     }
 
     /// Publish range `r`: an unfinished intent first (exactly the same requests), then
@@ -451,12 +369,7 @@ impl Relay {
                     .await?;
                 // A new session starts at sequence 0; an unfinished batch of the old one is
                 // simply read again (its rows are still there).
-                self.guarded(
-                    r,
-                    "UPDATE floe_outbox_relay SET producer_id = $4, epoch = $5, seqs = '{}', intent = NULL WHERE tbl = $1 AND range = $2 AND owner = $3",
-                    &[&s.producer_id, &(s.epoch as i32)],
-                )
-                .await?;
+                self.guarded(r, Update::NewSession(s)).await?;
                 st.seqs.clear();
                 st.intent = None;
                 s
@@ -468,104 +381,25 @@ impl Relay {
                 requests = intent.requests.len(),
                 "republishing an unfinished batch"
             );
-            let rows = self.rows_by_id(&intent).await?;
+            let rows = self
+                .db
+                .rows_by_id(&self.config.table, &intent_ids(&intent))
+                .await?;
             self.publish(r, &intent, &rows, session).await?;
             return self.finish(r, &intent).await;
         }
-        let rows = self.read(r, n).await?;
+        let limit = i64::try_from(self.config.batch).unwrap_or(1000);
+        let rows = self.db.read(&self.config.table, r, n, limit).await?;
         if rows.is_empty() {
             return Ok(0);
         }
         let intent = self.plan(&rows, &st.seqs).await?;
         let json =
             serde_json::to_string(&intent).map_err(|e| OutboxError::Corrupt(e.to_string()))?;
-        self.guarded(
-            r,
-            "UPDATE floe_outbox_relay SET intent = $4 WHERE tbl = $1 AND range = $2 AND owner = $3",
-            &[&json],
-        )
-        .await?;
+        self.guarded(r, Update::Intent(json)).await?;
         let by_id: HashMap<String, Row> = rows.into_iter().map(|x| (x.id.clone(), x)).collect();
         self.publish(r, &intent, &by_id, session).await?;
         self.finish(r, &intent).await
-    }
-
-    /// Run `sql` (parameters: table, range, owner, then `more`) only while this relay
-    /// still holds the lease.
-    async fn guarded(
-        &self,
-        r: i32,
-        sql: &str,
-        more: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<()> {
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            vec![&self.config.table, &r, &self.config.relay_id];
-        params.extend_from_slice(more);
-        let sql = format!("{sql} AND lease_until > {NOW_MS}");
-        if self.db.execute(&sql, &params).await? != 1 {
-            return Err(OutboxError::Invalid(format!(
-                "lease of range {r} lost; another relay goes on"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The next rows of range `r` of `n`, per aggregate in `seq` order.
-    async fn read(&self, r: i32, n: i32) -> Result<Vec<Row>> {
-        let t = &self.config.table;
-        let limit = i64::try_from(self.config.batch).unwrap_or(1000);
-        Ok(self
-            .db
-            .query(
-                &format!(
-                    "SELECT id::text, aggregatetype, aggregateid, type, payload::text FROM {t}
-                     WHERE {range} = $1
-                     ORDER BY {range}, aggregateid, seq LIMIT $2",
-                    range = range_expr(i64::from(n))
-                ),
-                &[&r, &limit],
-            )
-            .await?
-            .iter()
-            .map(|x| Row {
-                id: x.get(0),
-                aggregatetype: x.get(1),
-                aggregateid: x.get(2),
-                kind: x.get(3),
-                payload: x.get(4),
-            })
-            .collect())
-    }
-
-    async fn rows_by_id(&self, intent: &Intent) -> Result<HashMap<String, Row>> {
-        let ids: Vec<&str> = intent
-            .requests
-            .iter()
-            .flat_map(|q| q.ids.iter().map(String::as_str))
-            .collect();
-        let t = &self.config.table;
-        let rows = self
-            .db
-            .query(
-                &format!(
-                    "SELECT id::text, aggregatetype, aggregateid, type, payload::text FROM {t} WHERE id = ANY($1::text[]::uuid[])"
-                ),
-                &[&ids],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|x| {
-                let row = Row {
-                    id: x.get(0),
-                    aggregatetype: x.get(1),
-                    aggregateid: x.get(2),
-                    kind: x.get(3),
-                    payload: x.get(4),
-                };
-                (row.id.clone(), row)
-            })
-            .collect())
     }
 
     async fn partitions(&mut self, topic: &str) -> Result<u32> {
@@ -660,12 +494,7 @@ impl Relay {
             let (_, replayed) = match sent {
                 Err(e) if matches!(e.code(), Some("producer_fenced" | "unknown_producer")) => {
                     warn!(range = r, error = %e, "producer session lost: a new one is started and the batch sent again (it may be written twice)");
-                    self.guarded(
-                        r,
-                        "UPDATE floe_outbox_relay SET producer_id = NULL, epoch = NULL WHERE tbl = $1 AND range = $2 AND owner = $3",
-                        &[],
-                    )
-                    .await?;
+                    self.guarded(r, Update::DropSession).await?;
                     return Err(e.into());
                 }
                 other => other?,
@@ -680,38 +509,28 @@ impl Relay {
     /// Delete the published rows, store the sequences and clear the intent — in one
     /// transaction, only while this relay holds the lease.
     async fn finish(&mut self, r: i32, intent: &Intent) -> Result<usize> {
-        let ids: Vec<&str> = intent
-            .requests
-            .iter()
-            .flat_map(|q| q.ids.iter().map(String::as_str))
-            .collect();
+        let ids = intent_ids(intent);
         let next =
             serde_json::to_string(&intent.next).map_err(|e| OutboxError::Corrupt(e.to_string()))?;
-        let t = self.config.table.clone();
-        let tx = self.db.transaction().await?;
-        let held = tx
-            .execute(
-                &format!(
-                    "UPDATE floe_outbox_relay SET intent = NULL, seqs = $4
-                     WHERE tbl = $1 AND range = $2 AND owner = $3 AND lease_until > {NOW_MS}"
-                ),
-                &[&t, &r, &self.config.relay_id, &next],
-            )
-            .await?;
-        if held != 1 {
+        if !self
+            .db
+            .finish(&self.config.table, r, &self.config.relay_id, &ids, &next)
+            .await?
+        {
             return Err(OutboxError::Invalid(format!(
                 "lease of range {r} lost before the batch was finished; its new holder republishes it"
             )));
         }
-        let _ = tx
-            .execute(
-                &format!("DELETE FROM {t} WHERE id = ANY($1::text[]::uuid[])"),
-                &[&ids],
-            )
-            .await?;
-        tx.commit().await?;
         Ok(ids.len())
     }
+}
+
+fn intent_ids(intent: &Intent) -> Vec<String> {
+    intent
+        .requests
+        .iter()
+        .flat_map(|q| q.ids.iter().cloned())
+        .collect()
 }
 
 #[cfg(test)]

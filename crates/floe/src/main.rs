@@ -83,8 +83,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BucketCmd,
     },
-    /// The transactional outbox relay: an application's outbox table in PostgreSQL to
-    /// topics, exactly once, in per-aggregate order (RFC 0005).
+    /// The transactional outbox relay: an application's outbox table in PostgreSQL or
+    /// SQLite to topics, exactly once, in per-aggregate order (RFC 0005).
     Outbox {
         #[command(subcommand)]
         cmd: OutboxCmd,
@@ -95,12 +95,13 @@ enum Cmd {
 enum OutboxCmd {
     /// Create the outbox table (if missing), its triggers and the relay's state.
     Install {
-        /// PostgreSQL URL of the application's database.
+        /// The application's database: postgres://… or sqlite://PATH (an SQLite file).
         #[arg(long, env = "FLOE_OUTBOX_DB")]
         db: String,
         #[arg(long, default_value = "outbox")]
         table: String,
-        /// Hash ranges of aggregateid: the units relays lease (fixed at the first install).
+        /// Hash ranges of aggregateid: the units relays lease (fixed at the first install;
+        /// SQLite has one).
         #[arg(long, default_value_t = 16)]
         ranges: u32,
     },
@@ -156,7 +157,7 @@ struct ServeArgs {
     #[arg(long, env = "FLOE_LISTEN", default_value = "127.0.0.1:7070")]
     listen: String,
     /// Also run the transactional outbox relay (as `floe outbox run`) against this
-    /// PostgreSQL database, publishing through this agent.
+    /// database (postgres://… or sqlite://PATH), publishing through this agent.
     #[arg(long, env = "FLOE_OUTBOX_DB")]
     outbox_db: Option<String>,
     /// The outbox table (with --outbox-db).
