@@ -134,6 +134,30 @@ pub struct TxnEnded {
     pub partitions: Vec<(i64, u32, u64)>,
 }
 
+/// What an end request does, from the transaction's stored state (both backends, inside
+/// their transaction): `Ok(None)` end it now; `Ok(Some(_))` it already ended this way (a
+/// repeated end: nothing changes); `Err` refused.
+pub fn end_answer(
+    stored: Option<floe_core::txn::TxnState>,
+    e: &EndTxn,
+) -> Result<Option<TxnEnded>> {
+    use floe_core::txn::EndVerdict;
+    let (producer_id, epoch) = (e.producer_id, e.epoch);
+    match floe_core::txn::end_verdict(stored, e.outcome) {
+        EndVerdict::Apply => Ok(None),
+        EndVerdict::AlreadyDone => Ok(Some(TxnEnded {
+            repeated: true,
+            partitions: Vec::new(),
+        })),
+        EndVerdict::Unknown => Err(IndexError::Txn(TxnError::Unknown { producer_id, epoch })),
+        EndVerdict::Conflict(state) => Err(IndexError::Txn(TxnError::Ended {
+            producer_id,
+            epoch,
+            state,
+        })),
+    }
+}
+
 /// A transaction as the index holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnInfo {

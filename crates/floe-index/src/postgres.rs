@@ -18,10 +18,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tracing::{Instrument, info_span, warn};
 
-use floe_core::txn::{
-    EndVerdict, EntryPiece, Outcome, TxnState, end_verdict, punch, stable_offset,
-};
+use floe_core::txn::{EntryPiece, Outcome, TxnState, punch, stable_offset};
 
+use crate::end_answer;
 use crate::replay;
 use crate::{
     BeginTxn, CommitSink, Committed, EndTxn, IdempotencyBegin, IdempotencyVerdict, Index,
@@ -799,27 +798,8 @@ async fn end_txn_in(
         .await?
         .map(|r| parse_state(r.get(0)))
         .transpose()?;
-    match end_verdict(stored, e.outcome) {
-        EndVerdict::Unknown => {
-            return Err(txn_err(TxnError::Unknown {
-                producer_id: pid,
-                epoch,
-            }));
-        }
-        EndVerdict::Conflict(state) => {
-            return Err(txn_err(TxnError::Ended {
-                producer_id: pid,
-                epoch,
-                state,
-            }));
-        }
-        EndVerdict::AlreadyDone => {
-            return Ok(TxnEnded {
-                repeated: true,
-                partitions: Vec::new(),
-            });
-        }
-        EndVerdict::Apply => {}
+    if let Some(repeated) = end_answer(stored, e).map_err(CommitError::Index)? {
+        return Ok(repeated);
     }
     // Final now (commits adding batches hold the row shared); lock any partition a
     // commit added since the first read (rare; out of order, so a deadlock is possible

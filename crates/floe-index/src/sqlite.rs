@@ -12,10 +12,9 @@ use floe_core::idempotency;
 use floe_core::producer::SeqState;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use floe_core::txn::{
-    EndVerdict, EntryPiece, Outcome, TxnState, end_verdict, punch, stable_offset,
-};
+use floe_core::txn::{EntryPiece, Outcome, TxnState, punch, stable_offset};
 
+use crate::end_answer;
 use crate::replay;
 use crate::{
     BeginTxn, Committed, EndTxn, IdempotencyBegin, IdempotencyVerdict, Index, IndexError, NewTopic,
@@ -181,27 +180,8 @@ fn end_txn_in(tx: &rusqlite::Transaction<'_>, e: &EndTxn) -> Result<TxnEnded> {
                 .ok_or_else(|| IndexError::Corrupt(format!("transaction state {s:?}")))
         })
         .transpose()?;
-    match end_verdict(stored, e.outcome) {
-        EndVerdict::Unknown => {
-            return Err(txn_err(TxnError::Unknown {
-                producer_id: pid,
-                epoch,
-            }));
-        }
-        EndVerdict::Conflict(state) => {
-            return Err(txn_err(TxnError::Ended {
-                producer_id: pid,
-                epoch,
-                state,
-            }));
-        }
-        EndVerdict::AlreadyDone => {
-            return Ok(TxnEnded {
-                repeated: true,
-                partitions: Vec::new(),
-            });
-        }
-        EndVerdict::Apply => {}
+    if let Some(repeated) = end_answer(stored, e)? {
+        return Ok(repeated);
     }
     let batches: Vec<(i64, u32, u64, u32)> = tx
         .prepare_cached("SELECT topic_id, partition, base_offset, records FROM txn_batches WHERE producer_id = ?1 AND epoch = ?2 ORDER BY topic_id, partition, base_offset")?
