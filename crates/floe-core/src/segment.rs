@@ -262,6 +262,11 @@ pub fn encode_segment(
         rg_spans.push((first, writer.flushed_row_groups().len()));
     }
     let meta = writer.close()?;
+    // The buffer was sized for the uncompressed records; compressed output is often a
+    // fraction of that. Callers cache these bytes weighed by their length (the writer's
+    // segment cache), so give back the rest: otherwise a cached 1 MiB segment can pin an
+    // 8 MiB allocation.
+    out.shrink_to_fit();
     let bytes = Bytes::from(out);
     let mut layouts = Vec::with_capacity(runs.len());
     for (run, (first, end)) in runs.iter().zip(rg_spans) {
@@ -1048,6 +1053,44 @@ mod tests {
         assert!(
             lay[0].byte_end <= lay[1].byte_start,
             "runs must not overlap"
+        );
+    }
+
+    /// Compressible records encode to a fraction of their size; the bytes handed back
+    /// (and cached by the writing agent, weighed by length) hold no more than that.
+    #[test]
+    fn encoded_bytes_hold_no_spare_capacity() {
+        let big: Vec<Record> = (0..2000)
+            .map(|i| Record {
+                timestamp_ms: i,
+                key: None,
+                value: Bytes::from(vec![b'x'; 1024]),
+                headers: Vec::new(),
+            })
+            .collect();
+        let runs = [RunRef {
+            topic: "t",
+            partition: 0,
+            records: &big,
+        }];
+        let (bytes, _) = encode_segment(
+            &runs,
+            EncodeOptions {
+                compression: Compression::Lz4,
+                max_rows_per_row_group: 16 * 1024,
+            },
+        )
+        .unwrap();
+        let len = bytes.len();
+        assert!(
+            len < 2000 * 1024 / 4,
+            "compressible values compress ({len} B)"
+        );
+        let owned = bytes.try_into_mut().expect("the only handle");
+        assert!(
+            owned.capacity() <= len + len / 8 + 64,
+            "{} B allocated for {len} B",
+            owned.capacity()
         );
     }
 
