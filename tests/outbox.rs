@@ -8,10 +8,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
-use common::outbox::{check_published, install, kill_relays_until_drained, txn_rows};
-use common::{AgentProc, fresh_pg_db, read_all};
+use common::outbox::{
+    check_published, install, kill_relays_until_drained, three_invoices_arrive_in_order, txn_rows,
+};
+use common::{AgentProc, fresh_pg_db};
 
 const WRITERS: usize = 4;
 const TXNS_PER_WRITER: usize = 500;
@@ -131,28 +132,6 @@ async fn the_relay_runs_inside_floe_serve() {
         .unwrap();
     }
     tx.commit().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = read_all(&c, "invoice", 0).await;
-        if got.len() == 3 {
-            let ns: Vec<u64> = got
-                .iter()
-                .map(|r| {
-                    serde_json::from_str::<serde_json::Value>(r.value.as_deref().unwrap()).unwrap()
-                        ["n"]
-                        .as_u64()
-                        .unwrap()
-                })
-                .collect();
-            assert_eq!(ns, [1, 2, 3]);
-            break;
-        }
-        assert!(
-            got.len() < 3 && Instant::now() < deadline,
-            "{} records",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    three_invoices_arrive_in_order(&c).await;
     assert!(agent.terminate().success());
 }

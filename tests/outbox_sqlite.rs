@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::AgentProc;
-use common::outbox::{check_published, install, kill_relays_until_drained, txn_rows};
+use common::outbox::{
+    check_published, install, kill_relays_until_drained, three_invoices_arrive_in_order, txn_rows,
+};
 
 const WRITERS: usize = 4;
 const TXNS_PER_WRITER: usize = 300;
@@ -126,26 +128,6 @@ async fn the_sqlite_relay_runs_inside_floe_serve() {
         .unwrap();
     }
     tx.commit().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = common::read_all(&c, "invoice", 0).await;
-        let ns: Vec<u64> = got
-            .iter()
-            .map(|r| {
-                serde_json::from_str::<serde_json::Value>(r.value.as_deref().unwrap()).unwrap()["n"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
-        if ns.len() == 3 {
-            assert_eq!(ns, [1, 2, 3]);
-            break;
-        }
-        assert!(
-            ns.len() < 3 && std::time::Instant::now() < deadline,
-            "{ns:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    three_invoices_arrive_in_order(&c).await;
     assert!(agent.terminate().success());
 }

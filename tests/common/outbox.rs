@@ -160,3 +160,26 @@ pub(crate) fn txn_rows(w: usize, t: usize, rows: usize) -> Vec<(&'static str, St
         })
         .collect()
 }
+
+/// Wait (up to 30 s) until topic `invoice` partition 0 holds exactly three records whose
+/// payloads count `{"n": 1}`, 2, 3 — in that order.
+pub(crate) async fn three_invoices_arrive_in_order(c: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ns: Vec<u64> = read_all(c, "invoice", 0)
+            .await
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<serde_json::Value>(r.value.as_deref().unwrap()).unwrap()["n"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        if ns.len() == 3 {
+            assert_eq!(ns, [1, 2, 3]);
+            return;
+        }
+        assert!(ns.len() < 3 && Instant::now() < deadline, "{ns:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
