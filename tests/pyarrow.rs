@@ -69,8 +69,8 @@ async fn pyarrow_reads_segments_as_written() {
         serde_json::json!({"0": 25, "1": 25})
     );
     assert_eq!(
-        report["row_groups"], 2,
-        "one row group per (topic, partition) run"
+        report["row_groups"], 1,
+        "the runs of a flush share row groups (RFC 0002, amendment)"
     );
     let values: Vec<String> = report["values"]
         .as_array()

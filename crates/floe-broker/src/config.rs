@@ -98,8 +98,9 @@ pub struct AgentConfig {
     /// Sweeper: delete unreferenced segment objects older than this.
     pub orphan_grace: Duration,
     pub sweep_interval: Duration,
-    /// All read caches together, in bytes: decoded runs 5/8, whole small segment objects
-    /// 2/8, Parquet footers 1/8 ([`MemoryBudget`]).
+    /// All read caches together, in bytes: with the SQLite index its page caches
+    /// (`floe_index::SQLITE_CACHE_BYTES`) first; of the rest, decoded row groups 5/8, whole
+    /// small segment objects 2/8, Parquet footers 1/8 ([`MemoryBudget`]).
     pub cache_bytes: u64,
     /// Long-polls re-read the end offset at least this often (safety net for lost
     /// notifications from other agents).
@@ -158,6 +159,14 @@ pub struct MemoryBudget {
     /// The compactor: the partition file it writes (`target_bytes`, plus one row group
     /// over) and one decoded input entry (at most a flush, 2 × `flush_bytes`).
     pub compaction: u64,
+    /// Of `compaction`: the decoded input row groups the compactor keeps (2 ×
+    /// `flush_bytes`; the runs of one flush segment share row groups and are compacted
+    /// partition after partition).
+    pub compaction_inputs: u64,
+    /// The embedded (SQLite) index's page caches (`floe_index::SQLITE_CACHE_BYTES`: 16
+    /// MiB for the writer, 2 MiB for the reader), taken out of `cache_bytes`; 0 on
+    /// PostgreSQL.
+    pub index_cache: u64,
 }
 
 impl MemoryBudget {
@@ -168,9 +177,11 @@ impl MemoryBudget {
             + self.produce_buffer
             + self.flushes
             + self.compaction
+            + self.index_cache
     }
-    pub fn parts(&self) -> [(&'static str, u64); 6] {
+    pub fn parts(&self) -> [(&'static str, u64); 7] {
         [
+            ("index_cache", self.index_cache),
             ("compaction", self.compaction),
             ("run_cache", self.run_cache),
             ("object_cache", self.object_cache),
@@ -184,7 +195,14 @@ impl MemoryBudget {
 impl AgentConfig {
     /// The memory this configuration allows the bounded parts to hold.
     pub fn memory_budget(&self) -> MemoryBudget {
-        let c = self.cache_bytes;
+        // The embedded index's page caches are read caches too: they come out of
+        // `cache_bytes`.
+        let index_cache = if self.index.starts_with("sqlite:") {
+            floe_index::SQLITE_CACHE_BYTES
+        } else {
+            0
+        };
+        let c = self.cache_bytes.saturating_sub(index_cache);
         MemoryBudget {
             run_cache: c / 8 * 5,
             object_cache: c / 8 * 2,
@@ -199,6 +217,12 @@ impl AgentConfig {
             } else {
                 0
             },
+            compaction_inputs: if self.compaction.enabled {
+                2 * self.flush_bytes as u64
+            } else {
+                0
+            },
+            index_cache,
         }
     }
 }
@@ -360,13 +384,14 @@ mod tests {
     use super::*;
 
     /// The default configuration's bounded parts stay within 512 MiB (the agent's RSS
-    /// goal, issue #9): caches 256 MiB, produce buffer 128 MiB, flushes 64 MiB,
-    /// compaction 32 + 4 + 16 + 8 MiB (file, row group, two inputs, key map).
+    /// goal, issue #9): read caches 256 MiB (the SQLite index's page caches included),
+    /// produce buffer 128 MiB, flushes 64 MiB, compaction 32 + 4 + 16 + 8 MiB (file, row
+    /// group, two inputs, key map).
     #[test]
     fn default_memory_budget_accounts_for_every_part() {
         let b = AgentConfig::default().memory_budget();
         assert_eq!(
-            b.run_cache + b.object_cache + b.footer_cache,
+            b.run_cache + b.object_cache + b.footer_cache + b.index_cache,
             AgentConfig::default().cache_bytes
         );
         assert_eq!(b.parts().iter().map(|(_, n)| n).sum::<u64>(), b.total());

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use floe_core::segment::{DecodedRun, Footer, RecordView, RunLocation, decode_run, parse_footer};
+use floe_core::segment::{
+    DecodedGroup, DecodedRun, Footer, RecordView, RunLocation, decode_group, parse_footer,
+};
 use floe_index::{Index, RunEntry, TopicMeta};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -28,7 +30,12 @@ pub struct Reader {
     index: Arc<dyn Index>,
     metrics: Metrics,
     footers: moka::future::Cache<String, Arc<ParquetMetaData>>,
-    runs: moka::future::Cache<(String, u32), Arc<DecodedRun>>,
+    /// Decoded row groups, keyed by (segment, first row group, row groups): every run in
+    /// them is served from one decode.
+    runs: moka::future::Cache<GroupKey, Arc<DecodedGroup>>,
+    /// The same for the compactor's reads of cold data, so they do not evict what
+    /// consumers read; sized by the compactor's share of the memory budget.
+    cold: moka::future::Cache<GroupKey, Arc<DecodedGroup>>,
     /// Whole segment objects (those up to `whole_object_max` bytes): one GET serves the
     /// footer and every run of a segment. The agent that wrote a segment puts it here
     /// itself, so its own readers never GET it.
@@ -43,6 +50,8 @@ impl std::fmt::Debug for Reader {
             .finish()
     }
 }
+
+type GroupKey = (String, u32, u32);
 
 fn weight(bytes: usize) -> u32 {
     u32::try_from(bytes.max(1)).unwrap_or(u32::MAX)
@@ -62,7 +71,11 @@ impl Reader {
             .build();
         let runs = moka::future::Cache::builder()
             .max_capacity(budget.run_cache + 1)
-            .weigher(|_k: &(String, u32), v: &Arc<DecodedRun>| weight(v.memory_size()))
+            .weigher(|_k: &GroupKey, v: &Arc<DecodedGroup>| weight(v.memory_size()))
+            .build();
+        let cold = moka::future::Cache::builder()
+            .max_capacity(budget.compaction_inputs + 1)
+            .weigher(|_k: &GroupKey, v: &Arc<DecodedGroup>| weight(v.memory_size()))
             .build();
         let objects = moka::future::Cache::builder()
             .max_capacity(budget.object_cache + 1)
@@ -74,6 +87,7 @@ impl Reader {
             metrics,
             footers,
             runs,
+            cold,
             objects,
             whole_object_max: config.flush_bytes as u64 * 2,
         }
@@ -250,26 +264,58 @@ impl Reader {
         partition: u32,
         e: &RunEntry,
     ) -> Result<Arc<DecodedRun>, BrokerError> {
-        let key = (e.segment_key.clone(), e.row_group_first);
-        if let Some(r) = self.runs.get(&key).await {
+        let key = (e.segment_key.clone(), e.row_group_first, e.row_group_count);
+        let group = if let Some(g) = self.runs.get(&key).await {
             self.metrics.cache.with_label_values(&["hit"]).inc();
-            return Ok(r);
-        }
-        self.metrics.cache.with_label_values(&["miss"]).inc();
-        self.runs
-            .try_get_with(key, self.decode_entry(topic, partition, e))
-            .await
-            .map_err(|err: Arc<BrokerError>| (*err).clone())
+            g
+        } else {
+            self.metrics.cache.with_label_values(&["miss"]).inc();
+            self.runs
+                .try_get_with(key, self.decode(topic, partition, e))
+                .await
+                .map_err(|err: Arc<BrokerError>| (*err).clone())?
+        };
+        Self::pick(&group, topic, partition, e)
     }
 
-    /// Read and decode one index entry's run, without keeping it in the run cache (the
-    /// compactor reads cold data through this).
+    /// Read and decode one index entry's run for the compactor: through its own small
+    /// cache (the runs of one flush segment share row groups, and the compactor reads
+    /// them partition after partition), not the consumers' run cache.
     pub async fn decode_entry(
         &self,
         topic: &TopicMeta,
         partition: u32,
         e: &RunEntry,
     ) -> Result<Arc<DecodedRun>, BrokerError> {
+        let key = (e.segment_key.clone(), e.row_group_first, e.row_group_count);
+        let group = self
+            .cold
+            .try_get_with(key, self.decode(topic, partition, e))
+            .await
+            .map_err(|err: Arc<BrokerError>| (*err).clone())?;
+        Self::pick(&group, topic, partition, e)
+    }
+
+    /// The entry's run inside its decoded row groups, checked to hold the entry's rows.
+    fn pick(
+        group: &Arc<DecodedGroup>,
+        topic: &TopicMeta,
+        partition: u32,
+        e: &RunEntry,
+    ) -> Result<Arc<DecodedRun>, BrokerError> {
+        group
+            .run(&topic.name, partition, e.row_first + e.rows)
+            .map(Arc::new)
+            .map_err(|err| corrupt(e, &err.to_string()))
+    }
+
+    /// Read and decode the row groups of an index entry.
+    async fn decode(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+        e: &RunEntry,
+    ) -> Result<Arc<DecodedGroup>, BrokerError> {
         let meta = self.footer(e).await?;
         let data = self.read_range(e, e.byte_start..e.byte_end).await?;
         let loc_topic = topic.name.clone();
@@ -293,7 +339,7 @@ impl Reader {
                 base_offset,
                 span,
             };
-            decode_run(&meta, size, &loc, data)
+            decode_group(&meta, size, &loc, data)
         })
         .await
         .map_err(|err| BrokerError::unavailable("decode_failed", err.to_string()))?

@@ -119,6 +119,7 @@ impl Broker {
             produce_buffer_mib = budget.produce_buffer >> 20,
             flushes_mib = budget.flushes >> 20,
             compaction_mib = budget.compaction >> 20,
+            index_cache_mib = budget.index_cache >> 20,
             "memory budget"
         );
         let store: Arc<dyn ObjectStore> = Arc::new(store::InstrumentedStore::new(

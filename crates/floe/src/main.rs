@@ -252,7 +252,8 @@ struct ServeArgs {
     orphan_grace_ms: u64,
     #[arg(long, env = "FLOE_SWEEP_INTERVAL_MS", default_value_t = 60_000)]
     sweep_interval_ms: u64,
-    /// All read caches together (decoded runs 5/8, whole small segments 2/8, footers 1/8);
+    /// All read caches together (with the SQLite index: its 18 MiB of page caches first;
+    /// the rest: decoded row groups 5/8, whole small segments 2/8, footers 1/8);
     /// the agent logs and exports its whole memory budget at start.
     #[arg(long, env = "FLOE_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
     cache_bytes: u64,
