@@ -28,6 +28,7 @@ for rep in $(seq 1 "$REPS"); do
   echo "=== rep $rep: embedded (local folder + SQLite), linger ${LINGER} ms"
   start 7170 --data-dir "$dir/embedded"
   "$FLOE" bench --url http://127.0.0.1:7170 --seconds "$SECS" "${ARGS[@]}"
+  python3 bench/flush_breakdown.py http://127.0.0.1:7170 || true
   cleanup; pids=()
   db=floe_bench_$(date +%s%N)
   psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db" >/dev/null
@@ -36,6 +37,8 @@ for rep in $(seq 1 "$REPS"); do
     start 717$i --data-dir "$dir/a$i" --agent-id a$i --bucket "s3://$FLOE_TEST_BUCKET/bench-$db" --index "postgres://postgres@127.0.0.1/$db"
   done
   "$FLOE" bench --url http://127.0.0.1:7171 --also http://127.0.0.1:7172,http://127.0.0.1:7173 --seconds "$SECS" "${ARGS[@]}"
+  # Where each agent's flush time went (encode, PUT, PostgreSQL commit; runs per commit).
+  python3 bench/flush_breakdown.py http://127.0.0.1:7171 http://127.0.0.1:7172 http://127.0.0.1:7173 || true
   cleanup; pids=()
   rm -rf "$dir"
 done

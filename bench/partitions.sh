@@ -22,6 +22,7 @@ run() {
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/readyz >/dev/null && break; sleep 0.1; done
   local out; out=$("$BIN" bench --url http://127.0.0.1:$PORT --partitions "$parts" --seconds "$SECONDS_LOAD" --no-consume | grep produced)
   local segs; segs=$(curl -sf http://127.0.0.1:$PORT/metrics | awk '/^floe_segments_written_total/ {print $2}')
+  python3 bench/flush_breakdown.py http://127.0.0.1:$PORT 2>/dev/null | sed "s|^|  partitions=$parts flush breakdown: |" || true
   local rss; rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$pid/status)
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
   rm -rf "$dir"

@@ -23,6 +23,12 @@ pub struct Metrics {
     pub flush_bytes: Histogram,
     pub flush_seconds: Histogram,
     pub produce_seconds: Histogram,
+    /// Per flush: encoding the segment, its PUT, and its index commit (issue #9: where the
+    /// flush time goes), and the runs (index rows) one commit carries.
+    pub encode_seconds: Histogram,
+    pub put_seconds: Histogram,
+    pub commit_seconds: Histogram,
+    pub commit_runs: Histogram,
     /// Queue records handed out / settled by action / dead-lettered.
     pub queue_delivered: IntCounter,
     pub queue_settled: IntCounterVec,
@@ -229,7 +235,31 @@ impl Metrics {
                 &r,
                 "floe_produce_seconds",
                 "Produce request latency (receipt to ack)",
+                secs.clone(),
+            )?,
+            encode_seconds: histogram(
+                &r,
+                "floe_flush_encode_seconds",
+                "Segment encoding time per flush",
+                secs.clone(),
+            )?,
+            put_seconds: histogram(
+                &r,
+                "floe_flush_put_seconds",
+                "Segment PUT time per flush",
+                secs.clone(),
+            )?,
+            commit_seconds: histogram(
+                &r,
+                "floe_flush_commit_seconds",
+                "Index commit time per flush (the call, waiting for nothing else)",
                 secs,
+            )?,
+            commit_runs: histogram(
+                &r,
+                "floe_flush_commit_runs",
+                "Runs (index rows) per flush commit",
+                exponential_buckets(1.0, 2.0, 14)?,
             )?,
             queue_delivered: counter(
                 &r,

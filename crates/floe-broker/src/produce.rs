@@ -730,6 +730,7 @@ async fn write_and_commit(
         compression: ctx.config.compression,
         max_rows_per_row_group: ctx.config.rows_per_row_group,
     };
+    let encode_started = Instant::now();
     let (runs, encoded) = tokio::task::spawn_blocking(move || {
         let refs: Vec<RunRef<'_>> = runs
             .iter()
@@ -752,6 +753,9 @@ async fn write_and_commit(
     let (bytes, layouts) = encoded.map_err(|e| {
         BrokerError::unavailable("encode_failed", format!("segment encoding failed: {e}"))
     })?;
+    ctx.metrics
+        .encode_seconds
+        .observe(encode_started.elapsed().as_secs_f64());
     let size = bytes.len() as u64;
     let created_ms = ctx.clock.now_ms();
     let key = segment_key(created_ms, &ctx.config.agent_id);
@@ -772,6 +776,9 @@ async fn write_and_commit(
         .map_err(|e| {
             BrokerError::unavailable("store_unavailable", format!("writing segment failed: {e}"))
         })?;
+    ctx.metrics
+        .put_seconds
+        .observe(put_started.elapsed().as_secs_f64());
     // Readers on this agent will not need to GET what it just wrote.
     ctx.reader.insert_written(&key, bytes).await;
     debug!(
@@ -812,6 +819,7 @@ async fn write_and_commit(
         idempotency,
         producers,
     };
+    let (commit_started, commit_runs) = (Instant::now(), commit.runs.len());
     let committed = ctx.index.commit_segment(commit).await.map_err(|e| match e {
         IndexError::Timeout { .. } => BrokerError::unavailable(
             "commit_outcome_unknown",
@@ -819,6 +827,10 @@ async fn write_and_commit(
         ),
         other => BrokerError::index(&other),
     })?;
+    ctx.metrics
+        .commit_seconds
+        .observe(commit_started.elapsed().as_secs_f64());
+    ctx.metrics.commit_runs.observe(commit_runs as f64);
     if committed.runs.len() != runs.len() || committed.excluded.len() != runs.len() {
         return Err(BrokerError::unavailable(
             "index_unavailable",
