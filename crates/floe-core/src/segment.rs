@@ -1,9 +1,10 @@
 //! The segment format: one immutable Parquet object per flush.
 //!
 //! A segment holds every record of one flush, grouped into *runs*: the records of one
-//! (topic, partition) in arrival order. The runs follow one another in shared row groups
-//! (cut every `max_rows_per_row_group` rows), so a flush touching many partitions costs one
-//! set of column chunks; a run's layout names the row groups its rows lie in. A reader
+//! (topic, partition) in arrival order. A large run (64 KiB or more) gets row groups of its
+//! own; small runs follow one another in shared row groups (cut every
+//! `max_rows_per_row_group` rows), so a flush touching many partitions costs one set of
+//! column chunks; a run's layout names the row groups its rows lie in. A reader
 //! decodes those row groups once ([`decode_group`]) and serves every run inside from them
 //! ([`DecodedGroup::run`]). Segments written with one row group per run (before RFC 0002's
 //! amendment) read the same way.
@@ -36,7 +37,6 @@ use parquet::basic::{Compression as PqCompression, ZstdLevel};
 use parquet::file::metadata::{FooterTail, KeyValue, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{ChunkReader, Length};
-use parquet::schema::types::ColumnPath;
 
 use crate::record::Record;
 
@@ -170,7 +170,11 @@ pub fn schema() -> SchemaRef {
 }
 
 /// Rows per decoded batch.
-const DECODE_BATCH_ROWS: usize = 1024;
+const DECODE_BATCH_ROWS: usize = 8 * 1024;
+/// A run at least this large (record bytes) gets row groups of its own; smaller runs
+/// share them. A row group costs ~2 KB of column-chunk metadata and page headers, small
+/// next to 64 KiB; with 1 000 partitions most runs are one or two records.
+const OWN_GROUP_BYTES: usize = 64 * 1024;
 
 /// Record bytes per batch handed to the Parquet writer (a larger run goes alone).
 const BATCH_BYTES: usize = 1024 * 1024;
@@ -241,10 +245,11 @@ fn pq_compression(c: Compression) -> Result<PqCompression, SegmentError> {
     })
 }
 
-/// Encode runs into one Parquet object. The runs share row groups, run after run (row
-/// groups are cut every `max_rows_per_row_group` rows, wherever that falls): a flush that
-/// touches many partitions costs one set of column chunks, not one per partition. A run's
-/// layout names the row groups its rows lie in and their byte range.
+/// Encode runs into one Parquet object. A run of at least `OWN_GROUP_BYTES` gets row
+/// groups of its own; smaller runs share row groups, run after run (cut every
+/// `max_rows_per_row_group` rows, wherever that falls): a flush that touches many
+/// partitions with a few records each costs one set of column chunks, not one per
+/// partition. A run's layout names the row groups its rows lie in and their byte range.
 pub fn encode_segment(
     runs: &[RunRef<'_>],
     opts: EncodeOptions,
@@ -254,9 +259,6 @@ pub fn encode_segment(
     let props = WriterProperties::builder()
         .set_compression(compression)
         .set_max_row_group_row_count(Some(max_rows))
-        // Values are rarely repeated: a dictionary costs a hash per value and is then
-        // thrown away. Keys, topics and headers keep theirs.
-        .set_column_dictionary_enabled(ColumnPath::from("value"), false)
         .set_key_value_metadata(Some(vec![KeyValue::new(
             "floe.segment.version".to_string(),
             FORMAT_VERSION.to_string(),
@@ -280,19 +282,36 @@ pub fn encode_segment(
         .sum();
     let mut out = Vec::with_capacity(total_bytes + 4096);
     let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
-    // Runs go to the writer in batches of about `BATCH_BYTES` (many small runs together,
-    // a large run alone), not as one flush-sized batch: the Arrow buffers built here stay
-    // small, and so does what the allocator keeps of them.
-    let mut from = 0;
-    while from < runs.len() {
-        let mut to = from;
-        let mut bytes = 0usize;
-        while to < runs.len() && (to == from || bytes < BATCH_BYTES) {
-            bytes += runs[to].records.iter().map(Record::size).sum::<usize>();
-            to += 1;
+    // A run of `OWN_GROUP_BYTES` or more gets row groups of its own (a reader decodes
+    // just it); smaller runs share the row group in progress, written in batches of about
+    // `BATCH_BYTES` so the Arrow buffers built here stay small.
+    let mut small: Vec<RunRef<'_>> = Vec::new();
+    let mut small_bytes = 0usize;
+    for run in runs {
+        let size: usize = run.records.iter().map(Record::size).sum();
+        if size >= OWN_GROUP_BYTES {
+            if !small.is_empty() {
+                writer.write(&flush_batch(&small)?)?;
+                small.clear();
+                small_bytes = 0;
+            }
+            if writer.in_progress_rows() > 0 {
+                writer.flush()?;
+            }
+            writer.write(&flush_batch(std::slice::from_ref(run))?)?;
+            writer.flush()?;
+        } else {
+            small.push(*run);
+            small_bytes += size;
+            if small_bytes >= BATCH_BYTES {
+                writer.write(&flush_batch(&small)?)?;
+                small.clear();
+                small_bytes = 0;
+            }
         }
-        writer.write(&flush_batch(&runs[from..to])?)?;
-        from = to;
+    }
+    if !small.is_empty() {
+        writer.write(&flush_batch(&small)?)?;
     }
     let meta = writer.close()?;
     // The buffer was sized for the uncompressed records; compressed output is often a
@@ -933,10 +952,8 @@ pub fn decode_group(
         data,
         file_len,
     };
-    // Decoded in batches of `DECODE_BATCH_ROWS` rather than one per row group: a row
-    // group holds a whole flush, and flush-sized buffers raised the agent's peak RSS
-    // under `floe bench` at 64 producers (3 runs: 769-789 MiB with 64 Ki-row batches,
-    // 663-685 MiB with 1 Ki-row batches).
+    // Decoded in batches of `DECODE_BATCH_ROWS`: a shared row group can hold a whole
+    // flush of small runs, and flush-sized buffers raised the agent's peak RSS.
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, arm)
         .with_row_groups((first..end).collect())
         .with_batch_size(DECODE_BATCH_ROWS)
@@ -1276,15 +1293,16 @@ mod tests {
         );
     }
 
-    /// Runs longer than a decoded batch: stretches continue across batch boundaries.
+    /// Runs longer than a decoded batch: stretches continue across batch boundaries; large
+    /// runs get row groups of their own.
     #[test]
     fn runs_span_decoded_batches() {
-        let a: Vec<Record> = (0..1500).map(rec).collect();
+        let a: Vec<Record> = (0..17_000).map(rec).collect();
         let runs = [
             RunRef {
                 topic: "t",
                 partition: 0,
-                records: &a[..700],
+                records: &a[..7000],
             },
             RunRef {
                 topic: "t",
@@ -1297,8 +1315,16 @@ mod tests {
                 records: &a[..1],
             },
         ];
-        const { assert!(700 < DECODE_BATCH_ROWS && 2200 > 2 * DECODE_BATCH_ROWS) };
+        const { assert!(7000 < DECODE_BATCH_ROWS && 17_000 > 2 * DECODE_BATCH_ROWS) };
         roundtrip(&runs, EncodeOptions::default());
+        // The two large runs (> 64 KiB) get row groups of their own (the second cut at
+        // 16 Ki rows); the one-record run starts the next.
+        let (_, lay) = encode_segment(&runs, EncodeOptions::default()).unwrap();
+        let groups: Vec<(u32, u32)> = lay
+            .iter()
+            .map(|l| (l.row_group_first, l.row_group_count))
+            .collect();
+        assert_eq!(groups, [(0, 1), (1, 2), (3, 1)]);
     }
 
     /// Issue #9: a flush touching many partitions costs one set of column chunks, not one
