@@ -7,6 +7,8 @@
 # repetitions; prints every run and the medians.
 #   bash bench/peers.sh                      # 8 producers, batch 100, 200 000 x 1 KiB
 #   PRODUCERS="8 64" REPS=3 bash bench/peers.sh
+#   FLOE_BEFORE=/tmp/floe-old BROKERS="floe-before floe nats redis rabbitmq" bash bench/peers.sh
+#                                            # a previous floe build in the same run
 # Needs a release build of floe (cargo build --release -p floe) and the three peers running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,10 +34,10 @@ cleanup() {
 trap cleanup EXIT
 redis-cli config set appendonly yes >/dev/null
 redis-cli config set appendfsync always >/dev/null
-start_floe() {
+start_floe() { # binary
   local dir; dir=$(mktemp -d)
   # shellcheck disable=SC2086
-  "$FLOE" serve --listen 127.0.0.1:7191 --data-dir "$dir" $FLOE_ARGS >/tmp/floe-peers.log 2>&1 &
+  "$1" serve --listen 127.0.0.1:7191 --data-dir "$dir" $FLOE_ARGS >/tmp/floe-peers.log 2>&1 &
   floe_pid=$!
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:7191/readyz >/dev/null && return 0; sleep 0.1; done
   echo "floe did not start" >&2; exit 1
@@ -43,19 +45,21 @@ start_floe() {
 stop_floe() { kill "$floe_pid" 2>/dev/null; wait "$floe_pid" 2>/dev/null || true; floe_pid=; }
 pid_of() {
   case $1 in
-    floe) echo "$floe_pid" ;;
+    floe|floe-before) echo "$floe_pid" ;;
     nats) pgrep -x nats-server | head -1 ;;
     redis) pgrep -x redis-server | head -1 ;;
     rabbitmq) pgrep -f 'beam.smp.*rabbit' | head -1 ;;
   esac
 }
 run() { # broker mode producers [extra args]
-  local b=$1 mode=$2 p=$3 url=()
+  local b=$1 mode=$2 p=$3 url=() kind=$1 bin=$FLOE
   shift 3
-  [ "$b" = floe ] && { start_floe; url=(--url http://127.0.0.1:7191); }
-  "$PEERS" --broker "$b" --mode "$mode" --producers "$p" --records "$RECORDS" \
-    --rate "$RATE" --seconds "$SECS" --broker-pid "$(pid_of "$b")" "${url[@]}" "$@" | tee -a "$out"
-  [ "$b" = floe ] && stop_floe
+  [ "$b" = floe-before ] && { kind=floe; bin=${FLOE_BEFORE:?set FLOE_BEFORE}; }
+  [ "$kind" = floe ] && { start_floe "$bin"; url=(--url http://127.0.0.1:7191); }
+  "$PEERS" --broker "$kind" --mode "$mode" --producers "$p" --records "$RECORDS" \
+    --rate "$RATE" --seconds "$SECS" --broker-pid "$(pid_of "$b")" "${url[@]}" "$@" |
+    { if [ "$b" = floe-before ]; then sed 's/broker=Floe/broker=FloeBefore/'; else cat; fi; } | tee -a "$out"
+  [ "$kind" = floe ] && stop_floe
   return 0
 }
 for rep in $(seq 1 "$REPS"); do
