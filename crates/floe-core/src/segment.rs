@@ -997,6 +997,11 @@ fn col<T: 'static>(b: &RecordBatch, i: usize) -> Result<&T, SegmentError> {
         .ok_or_else(|| SegmentError::Corrupt(format!("column {i} has an unexpected type")))
 }
 
+/// Columns 0-2 of a segment batch: topic, partition, run position or offset.
+fn key_cols(b: &RecordBatch) -> Result<(&StringArray, &Int32Array, &Int64Array), SegmentError> {
+    Ok((col(b, 0)?, col(b, 1)?, col(b, 2)?))
+}
+
 /// The stretch of rows of one (topic, partition) being read.
 #[derive(Debug)]
 struct Stretch {
@@ -1038,9 +1043,7 @@ fn stretches(
     cur: &mut Option<Stretch>,
     runs: &mut HashMap<(Box<str>, u32), RunSpan>,
 ) -> Result<(), SegmentError> {
-    let topic = col::<StringArray>(b, 0)?;
-    let part = col::<Int32Array>(b, 1)?;
-    let off = col::<Int64Array>(b, 2)?;
+    let (topic, part, off) = key_cols(b)?;
     for i in 0..b.num_rows() {
         let (t, o) = (topic.value(i), off.value(i));
         let p = u32::try_from(part.value(i)).map_err(|_| {
@@ -1086,9 +1089,7 @@ fn check_partition_rows(
     range: &Range<i64>,
     cur: &mut Option<Stretch>,
 ) -> Result<(), SegmentError> {
-    let topic = col::<StringArray>(b, 0)?;
-    let part = col::<Int32Array>(b, 1)?;
-    let off = col::<Int64Array>(b, 2)?;
+    let (topic, part, off) = key_cols(b)?;
     for i in 0..b.num_rows() {
         let o = off.value(i);
         let last = cur.as_ref().map(|s| s.last);
