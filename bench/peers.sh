@@ -23,19 +23,23 @@ FLOE_ARGS=${FLOE_ARGS:-}
 cargo build -q --release --manifest-path bench/peers/Cargo.toml
 PEERS=bench/peers/target/release/floe-peers
 out=$(mktemp)
-floe_pid=
+floe_pid= floe_dirs=()
 aof=$(redis-cli config get appendonly | tail -1)
 fsync=$(redis-cli config get appendfsync | tail -1)
 cleanup() {
   [ -n "$floe_pid" ] && kill "$floe_pid" 2>/dev/null; wait 2>/dev/null || true
   redis-cli config set appendfsync "$fsync" >/dev/null || true
   redis-cli config set appendonly "$aof" >/dev/null || true
+  # Floe's data folders go at the end: deleting one between runs slowed the next run.
+  [ ${#floe_dirs[@]} -gt 0 ] && rm -rf "${floe_dirs[@]}"
+  return 0
 }
 trap cleanup EXIT
 redis-cli config set appendonly yes >/dev/null
 redis-cli config set appendfsync always >/dev/null
 start_floe() { # binary
-  local dir; dir=$(mktemp -d)
+  local dir; dir=$(mktemp -d); floe_dirs+=("$dir")
+  sync; sleep 1
   # shellcheck disable=SC2086
   "$1" serve --listen 127.0.0.1:7191 --data-dir "$dir" $FLOE_ARGS >/tmp/floe-peers.log 2>&1 &
   floe_pid=$!
@@ -63,7 +67,9 @@ run() { # broker mode producers [extra args]
   return 0
 }
 for rep in $(seq 1 "$REPS"); do
-  for b in $BROKERS; do
+  # Even repetitions run the brokers in reverse order.
+  order=$BROKERS; [ $((rep % 2)) = 0 ] && order=$(tr ' ' '\n' <<<"$BROKERS" | tac | tr '\n' ' ')
+  for b in $order; do
     for p in $PRODUCERS; do run "$b" throughput "$p"; done
     run "$b" latency 8
     # Floe also with Arrow IPC produce bodies (FLOE_ARROW=0 to skip).

@@ -18,7 +18,7 @@ pub use plan::{
     Committed, Plan, ProducerAppend, ProducerBatch, RunRow, SeqKey, TxnBatch, plan_commit,
 };
 pub use postgres::PostgresIndex;
-pub use sqlite::{SQLITE_CACHE_BYTES, SqliteIndex};
+pub use sqlite::{RECENT_RUNS_LIMIT, SQLITE_CACHE_BYTES, SqliteIndex};
 
 /// Receives (topic_id, partition, end_offset) for commits made by any agent.
 pub type CommitSink = std::sync::Arc<dyn Fn(i64, u32, u64) + Send + Sync>;

@@ -57,6 +57,28 @@ CREATE TABLE IF NOT EXISTS runs (
     PRIMARY KEY (topic_id, partition, base_offset)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_by_segment ON runs (segment_key);
+-- Entries of recent commits (issue #9): a commit appends its entries here, in commit order,
+-- so a flush touching hundreds of partitions writes a few pages instead of one leaf of
+-- `runs` per partition; every `recent_limit` rows they move to `runs` in one go
+-- (`merge_recent`). Same columns as `runs`; readers look at both in one snapshot.
+CREATE TABLE IF NOT EXISTS runs_recent (
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    base_offset INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    segment_key TEXT NOT NULL,
+    segment_size INTEGER NOT NULL,
+    rg_first INTEGER NOT NULL,
+    rg_count INTEGER NOT NULL,
+    byte_start INTEGER NOT NULL,
+    byte_end INTEGER NOT NULL,
+    min_ts INTEGER NOT NULL,
+    max_ts INTEGER NOT NULL,
+    row_first INTEGER NOT NULL DEFAULT 0,
+    row_count INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_recent_by_partition ON runs_recent (topic_id, partition, base_offset);
+CREATE INDEX IF NOT EXISTS runs_recent_by_segment ON runs_recent (segment_key);
 CREATE TABLE IF NOT EXISTS objects (
     key TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -211,6 +233,7 @@ fn end_txn_in(tx: &rusqlite::Transaction<'_>, e: &EndTxn) -> Result<TxnEnded> {
         }
         Outcome::Abort => {
             for &(t, p, base, n) in &batches {
+                merge_recent_of(tx, t, Some(p))?;
                 punch_hole(tx, t, p, base, n)?;
             }
         }
@@ -242,6 +265,53 @@ fn end_txn_in(tx: &rusqlite::Transaction<'_>, e: &EndTxn) -> Result<TxnEnded> {
         repeated: false,
         partitions,
     })
+}
+
+const RUN_COLS: &str = "topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first, row_count";
+
+/// Move every entry of `runs_recent` into `runs`, inside `tx` (a commit does when the table
+/// reaches its limit). Writes that read, rewrite or delete a partition's entries
+/// (retention, compaction, aborts, topic deletion) first move that partition's or topic's
+/// entries ([`merge_recent_of`]), so they work on `runs` alone; `runs_recent` only ever
+/// holds entries appended by commits since: per partition, offsets above all of `runs`.
+fn merge_recent(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let pending: Option<i64> = tx
+        .prepare_cached("SELECT MAX(rowid) FROM runs_recent")?
+        .query_row([], |r| r.get(0))?;
+    if pending.is_none() {
+        return Ok(());
+    }
+    let _ = tx
+        .prepare_cached(&format!(
+            "INSERT INTO runs ({RUN_COLS}) SELECT {RUN_COLS} FROM runs_recent ORDER BY topic_id, partition, base_offset"
+        ))?
+        .execute([])?;
+    let _ = tx.prepare_cached("DELETE FROM runs_recent")?.execute([])?;
+    Ok(())
+}
+
+/// [`merge_recent`] for one topic (`partition` None) or one partition: the entries of
+/// the others stay where they are, so a compaction of one partition does not undo the
+/// batching of all the others.
+fn merge_recent_of(
+    tx: &rusqlite::Transaction<'_>,
+    topic_id: i64,
+    partition: Option<u32>,
+) -> Result<()> {
+    // Two statement shapes, so that both use `runs_recent_by_partition`.
+    let (scope, p) = match partition {
+        Some(p) => ("topic_id = ?1 AND partition = ?2", i64::from(p)),
+        None => ("topic_id = ?1 AND ?2 = ?2", 0),
+    };
+    let _ = tx
+        .prepare_cached(&format!(
+            "INSERT INTO runs ({RUN_COLS}) SELECT {RUN_COLS} FROM runs_recent WHERE {scope} ORDER BY topic_id, partition, base_offset"
+        ))?
+        .execute(params![topic_id, p])?;
+    let _ = tx
+        .prepare_cached(&format!("DELETE FROM runs_recent WHERE {scope}"))?
+        .execute(params![topic_id, p])?;
+    Ok(())
 }
 
 /// Turn the aborted batch `base..base + n` of a partition into a hole: the entry holding
@@ -317,6 +387,7 @@ fn punch_hole(tx: &rusqlite::Transaction<'_>, t: i64, p: u32, base: u64, n: u32)
 /// start offset (`Retention::new_start`, pure), then its runs below it dropped.
 fn retain(c: &mut Connection, topic_id: i64, rule: Retention) -> Result<Vec<(u32, u64)>> {
     let tx = c.transaction()?;
+    merge_recent_of(&tx, topic_id, None)?;
     let parts: Vec<(u32, u64, u64)> = tx
         .prepare_cached("SELECT partition, start_offset, next_offset FROM partitions WHERE topic_id = ?1 ORDER BY partition")?
         .query_map([topic_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -366,7 +437,13 @@ pub struct SqliteIndex {
     reader: Arc<Mutex<Connection>>,
     /// Commit deadlines are checked against this clock (same process as the agent).
     clock: SharedClock,
+    /// Entries `runs_recent` may hold before a commit moves them to `runs`.
+    recent_limit: u32,
 }
+
+/// Default for [`SqliteIndex::with_recent_limit`]: at 1 000 partitions a flush carries
+/// ~300 entries, so they move to `runs` about every 25 commits.
+pub const RECENT_RUNS_LIMIT: u32 = 8192;
 
 /// Page caches of the SQLite index's two connections (writer, reader); part of the
 /// agent's memory budget (`index_cache`).
@@ -417,10 +494,20 @@ impl SqliteIndex {
                 writer: Arc::new(Mutex::new(w)),
                 reader: Arc::new(Mutex::new(r)),
                 clock,
+                recent_limit: RECENT_RUNS_LIMIT,
             })
         })
         .await
         .map_err(|e| IndexError::Task(e.to_string()))?
+    }
+
+    /// How many entries of recent commits `runs_recent` holds before a commit moves them
+    /// to `runs` (at least 1: 1 moves them at every commit). Tests run the conformance
+    /// suite with small limits so that both tables and the move are exercised.
+    #[must_use]
+    pub fn with_recent_limit(mut self, limit: u32) -> Self {
+        self.recent_limit = limit.max(1);
+        self
     }
 
     async fn with<T: Send + 'static>(
@@ -540,6 +627,7 @@ impl Index for SqliteIndex {
                 .optional()?;
             let Some(id) = id else { return Ok(false) };
             let _ = tx.execute("DELETE FROM runs WHERE topic_id = ?1", [id])?;
+            let _ = tx.execute("DELETE FROM runs_recent WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM partitions WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM consumer_state WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM group_offsets WHERE topic_id = ?1", [id])?;
@@ -713,6 +801,7 @@ impl Index for SqliteIndex {
 
     async fn commit_segment(&self, seg: SegmentCommit) -> Result<Committed> {
         let clock = self.clock.clone();
+        let recent_limit = i64::from(self.recent_limit);
         self.write(move |c| {
             let tx = c.transaction()?;
             if !seg.runs.is_empty() {
@@ -786,7 +875,7 @@ impl Index for SqliteIndex {
             }
             {
                 let mut ins = tx.prepare_cached(
-                    "INSERT INTO runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    "INSERT INTO runs_recent (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )?;
                 for row in &plan.rows {
                     let r = &seg.runs[row.run];
@@ -835,6 +924,12 @@ impl Index for SqliteIndex {
             let _ = tx
                 .prepare_cached("INSERT OR IGNORE INTO objects (key, size, created_ms) VALUES (?1, ?2, ?3)")?
                 .execute(params![seg.key, seg.size, seg.created_ms])?;
+            let pending: i64 = tx
+                .prepare_cached("SELECT COALESCE(MAX(rowid), 0) FROM runs_recent")?
+                .query_row([], |r| r.get(0))?;
+            if pending >= recent_limit {
+                merge_recent(&tx)?;
+            }
             // Last step before the commit is durable: too late means roll back (the
             // transaction is dropped), so a stalled commit never lands after its deadline.
             check_deadline(seg.deadline_unix_ms, clock.now_ms())?;
@@ -917,14 +1012,26 @@ impl Index for SqliteIndex {
         limit: u32,
     ) -> Result<Vec<RunEntry>> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records) FROM runs
-                 WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= COALESCE(
-                    (SELECT MAX(base_offset) FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)
-                 ORDER BY base_offset LIMIT ?4",
-            )?;
-            let rows = st
-                .query_map(params![topic_id, partition, offset, limit], |r| {
+            // One read transaction: both tables from one snapshot, so a move from
+            // `runs_recent` to `runs` between two statements cannot hide an entry.
+            let tx = c.transaction()?;
+            let mut floor = 0u64;
+            for table in ["runs", "runs_recent"] {
+                let f: Option<u64> = tx
+                    .prepare_cached(&format!(
+                        "SELECT MAX(base_offset) FROM {table} WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3"
+                    ))?
+                    .query_row(params![topic_id, partition, offset], |r| r.get(0))?;
+                floor = floor.max(f.unwrap_or(0));
+            }
+            let mut rows = Vec::new();
+            for table in ["runs", "runs_recent"] {
+                let mut st = tx.prepare_cached(&format!(
+                    "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records) FROM {table}
+                     WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= ?3
+                     ORDER BY base_offset LIMIT ?4"
+                ))?;
+                let found = st.query_map(params![topic_id, partition, floor, limit], |r| {
                     Ok(RunEntry {
                         base_offset: r.get(0)?,
                         records: r.get(1)?,
@@ -938,8 +1045,13 @@ impl Index for SqliteIndex {
                         max_timestamp_ms: r.get(9)?,
                         rows: r.get(10)?,
                     })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                })?;
+                for e in found {
+                    rows.push(e?);
+                }
+            }
+            rows.sort_by_key(|e| e.base_offset);
+            rows.truncate(limit as usize);
             Ok(rows)
         })
         .await
@@ -948,7 +1060,10 @@ impl Index for SqliteIndex {
     async fn segment_referenced(&self, key: &str) -> Result<bool> {
         let key = key.to_string();
         self.read(move |c| {
-            let mut st = c.prepare_cached("SELECT 1 FROM runs WHERE segment_key = ?1 LIMIT 1")?;
+            let mut st = c.prepare_cached(
+                "SELECT 1 FROM runs WHERE segment_key = ?1
+                 UNION ALL SELECT 1 FROM runs_recent WHERE segment_key = ?1 LIMIT 1",
+            )?;
             Ok(st.query_row([key], |_| Ok(())).optional()?.is_some())
         })
         .await
@@ -959,6 +1074,7 @@ impl Index for SqliteIndex {
             let mut st = c.prepare_cached(
                 "SELECT key FROM objects o WHERE created_ms < ?1
                    AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.segment_key = o.key)
+                   AND NOT EXISTS (SELECT 1 FROM runs_recent r WHERE r.segment_key = o.key)
                  ORDER BY created_ms LIMIT ?2",
             )?;
             let keys = st
@@ -1055,6 +1171,7 @@ impl Index for SqliteIndex {
                     boundary_ms: boundary,
                 });
             }
+            merge_recent_of(&tx, r.topic_id, Some(r.partition))?;
             let (first, end) = match (r.old.first(), entries.last()) {
                 (Some(f), Some(l)) => (f.0, l.0 + u64::from(l.1)),
                 _ => return Ok(false),
@@ -1279,4 +1396,101 @@ fn cas_state(c: &Connection, key: &StateKey, expected: Option<i64>, data: &[u8])
             .execute(params![k, t, g, p, data, v])?,
     };
     Ok(changed == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(topic_id: i64, partition: u32, records: u32) -> crate::RunCommit {
+        crate::RunCommit {
+            topic_id,
+            partition,
+            records,
+            row_group_first: 0,
+            row_group_count: 1,
+            byte_start: 4,
+            byte_end: 100,
+            min_timestamp_ms: 0,
+            max_timestamp_ms: 0,
+        }
+    }
+
+    fn recent_rows(ix: &SqliteIndex, partition: u32) -> i64 {
+        lock(&ix.reader)
+            .query_row(
+                "SELECT COUNT(*) FROM runs_recent WHERE partition = ?1",
+                [partition],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// A commit appends to `runs_recent`; compacting one partition moves only that
+    /// partition's recent entries to `runs` (the others keep their batching); a commit
+    /// that reaches the limit moves all of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recent_entries_move_per_partition_or_all_at_the_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let ix = SqliteIndex::open(&d.path().join("i.db"))
+            .await
+            .unwrap()
+            .with_recent_limit(8);
+        let t = ix
+            .create_topic(NewTopic {
+                name: "t".into(),
+                partitions: 2,
+                retention_ms: None,
+                config: BTreeMap::new(),
+                created_ms: 1,
+                max_topics: 10,
+            })
+            .await
+            .unwrap();
+        let commit = |n: u32| SegmentCommit {
+            key: format!("s{n}"),
+            size: 100,
+            runs: vec![entry(t.id, 0, 2), entry(t.id, 1, 2)],
+            deadline_unix_ms: i64::MAX,
+            created_ms: 0,
+            state_writes: Vec::new(),
+            idempotency: Vec::new(),
+            producers: Vec::new(),
+        };
+        for n in 0..3 {
+            let _ = ix.commit_segment(commit(n)).await.unwrap();
+        }
+        assert_eq!((recent_rows(&ix, 0), recent_rows(&ix, 1)), (3, 3));
+        // Compact partition 0's entries 0..6 into one.
+        let swapped = ix
+            .replace_runs(ReplaceRuns {
+                topic_id: t.id,
+                partition: 0,
+                old: (0..3u32)
+                    .map(|n| (u64::from(n) * 2, 2, format!("s{n}")))
+                    .collect(),
+                key: "file".into(),
+                size: 100,
+                runs: vec![entry(t.id, 0, 6)],
+                rows: vec![],
+                created_ms: 0,
+            })
+            .await
+            .unwrap();
+        assert!(swapped);
+        assert_eq!((recent_rows(&ix, 0), recent_rows(&ix, 1)), (0, 3));
+        let p0 = ix.runs_from(t.id, 0, 0, 10).await.unwrap();
+        assert_eq!(p0.len(), 1);
+        assert_eq!(
+            (p0[0].base_offset, p0[0].records, p0[0].segment_key.as_str()),
+            (0, 6, "file")
+        );
+        assert_eq!(ix.runs_from(t.id, 1, 0, 10).await.unwrap().len(), 3);
+        // Rows so far: 6 inserted (rowid 6); the commit that reaches 8 moves everything.
+        let _ = ix.commit_segment(commit(3)).await.unwrap();
+        assert_eq!((recent_rows(&ix, 0), recent_rows(&ix, 1)), (0, 0));
+        let p1 = ix.runs_from(t.id, 1, 0, 10).await.unwrap();
+        let bases: Vec<u64> = p1.iter().map(|e| e.base_offset).collect();
+        assert_eq!(bases, vec![0, 2, 4, 6]);
+    }
 }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# A/B of two floe builds on one machine, built to avoid order and file-system bias:
+# repetitions alternate the order (A B, B A, A B, ...), one load generator drives both
+# (B's `floe bench`, so only the agent differs), every agent gets a fresh data folder, and
+# the folders are deleted only after the last run (deleting thousands of segment files
+# between runs slowed the next run's inode allocation in perf profiles). `sync` and a
+# pause between runs. Prints each run and, per side, the median and spread of records/s.
+#   REPS=4 bash bench/ab.sh A_BINARY B_BINARY [floe bench args...]
+#   e.g. bash bench/ab.sh /tmp/floe-old target/release/floe --partitions 1 --no-consume
+# Defaults for the bench args: --producers 8 --batch 100 --record-bytes 1024 --seconds 10.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { echo "usage: $0 A_BINARY B_BINARY [floe bench args...]" >&2; exit 2; }
+A=$1 B=$2; shift 2
+ARGS=("$@"); [ ${#ARGS[@]} -gt 0 ] || ARGS=(--producers 8 --batch 100 --record-bytes 1024 --seconds 10)
+REPS=${REPS:-4}
+PORT=${PORT:-7393}
+SERVE_ARGS=${SERVE_ARGS:-}
+out=$(mktemp) dirs=() pid=
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true
+  [ ${#dirs[@]} -gt 0 ] && rm -rf "${dirs[@]}"
+  return 0
+}
+trap cleanup EXIT
+run() { # side binary rep
+  local side=$1 bin=$2 rep=$3 dir; dir=$(mktemp -d); dirs+=("$dir")
+  sync; sleep 2
+  # shellcheck disable=SC2086
+  "$bin" serve --listen 127.0.0.1:$PORT --data-dir "$dir" $SERVE_ARGS >"$dir.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/readyz >/dev/null && break; sleep 0.1; done
+  local line; line=$("$B" bench --url http://127.0.0.1:$PORT "${ARGS[@]}" | grep '^produced')
+  local rss; rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$pid/status)
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+  rm -f "$dir.log"
+  local rate; rate=$(sed -E 's/.*: ([0-9]+) records\/s.*/\1/' <<<"$line")
+  echo "RESULT rep=$rep side=$side rec_s=$rate rss_mib=$rss | $line" | tee -a "$out"
+}
+for rep in $(seq 1 "$REPS"); do
+  if [ $((rep % 2)) = 1 ]; then run A "$A" "$rep"; run B "$B" "$rep"; else run B "$B" "$rep"; run A "$A" "$rep"; fi
+done
+echo "== floe bench ${ARGS[*]}; A=$A B=$B; $REPS reps, order alternated"
+python3 - "$out" <<'PY'
+import sys, statistics, collections
+r = collections.defaultdict(list); m = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    f = dict(kv.split("=", 1) for kv in line.split("|")[0].split()[1:])
+    r[f["side"]].append(float(f["rec_s"])); m[f["side"]].append(float(f["rss_mib"]))
+for s in sorted(r):
+    v = sorted(r[s])
+    print(f"{s}: median {statistics.median(v):.0f} records/s (runs {' '.join(f'{x:.0f}' for x in v)}), peak RSS median {statistics.median(m[s]):.0f} MiB")
+if len(r) == 2:
+    print(f"B/A = {statistics.median(r['B']) / statistics.median(r['A']):.2f}x")
+PY
