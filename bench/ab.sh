@@ -8,6 +8,7 @@
 #   REPS=4 bash bench/ab.sh A_BINARY B_BINARY [floe bench args...]
 #   e.g. bash bench/ab.sh /tmp/floe-old target/release/floe --partitions 1 --no-consume
 # Defaults for the bench args: --producers 8 --batch 100 --record-bytes 1024 --seconds 10.
+# A_ENV / B_ENV: environment for that side's agent only (e.g. A_ENV="MIMALLOC_PURGE_DELAY=0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: $0 A_BINARY B_BINARY [floe bench args...]" >&2; exit 2; }
@@ -25,9 +26,10 @@ cleanup() {
 trap cleanup EXIT
 run() { # side binary rep
   local side=$1 bin=$2 rep=$3 dir; dir=$(mktemp -d); dirs+=("$dir")
+  local envs; if [ "$side" = A ]; then envs=${A_ENV:-}; else envs=${B_ENV:-}; fi
   sync; sleep 2
   # shellcheck disable=SC2086
-  "$bin" serve --listen 127.0.0.1:$PORT --data-dir "$dir" $SERVE_ARGS >"$dir.log" 2>&1 &
+  env $envs "$bin" serve --listen 127.0.0.1:$PORT --data-dir "$dir" $SERVE_ARGS >"$dir.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/readyz >/dev/null && break; sleep 0.1; done
   local line; line=$("$B" bench --url http://127.0.0.1:$PORT "${ARGS[@]}" | grep '^produced')

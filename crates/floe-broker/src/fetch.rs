@@ -255,6 +255,7 @@ impl Reader {
         }
         self.metrics.records_fetched.inc_by(out.count as u64);
         self.metrics.bytes_fetched.inc_by(bytes as u64);
+        out.bytes = bytes;
         Ok(out)
     }
 
@@ -421,6 +422,8 @@ pub struct Fetched {
     slices: Vec<RunSlice>,
     pub next: u64,
     pub count: usize,
+    /// Key, value and header bytes of the records (what `max_bytes` bounds).
+    pub bytes: usize,
 }
 
 impl Fetched {
@@ -441,6 +444,7 @@ impl Fetched {
             slices: Vec::new(),
             next,
             count: 0,
+            bytes: 0,
         }
     }
 

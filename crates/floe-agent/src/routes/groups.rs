@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use floe_api::{
     Assignment, CommitRequest, Encoding, ErrorBody, GroupDescription, GroupFetchResponse,
     GroupMemberInfo, GroupPartitionLag, JoinGroupRequest, ResetPolicy,
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiResult;
 use crate::extract::{JsonBody, path_err, query_err};
-use crate::render::RecordsJson;
+use crate::render::{RecordsJson, json_with_records};
 
 fn assignment(a: engine::Assignment) -> Assignment {
     Assignment {
@@ -193,7 +193,10 @@ pub(crate) async fn group_fetch(
             .collect(),
         cursor: &f.cursor,
     };
-    Ok(Json(body).into_response())
+    let (bytes, count) = f.partitions.iter().fold((0, 0), |(b, c), p| {
+        (b + p.records.bytes, c + p.records.count)
+    });
+    json_with_records(&body, bytes, count, encoding)
 }
 
 /// Describe a group: generation, members, committed offsets and lag per partition.

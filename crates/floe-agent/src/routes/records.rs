@@ -19,7 +19,7 @@ use floe_core::ipc::{ARROW_STREAM, IncomingRecord, IpcError};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, ProduceBody, path_err};
-use crate::render::{RecordsJson, arrow_response};
+use crate::render::{RecordsJson, arrow_response, json_with_records};
 
 fn decode_field(
     i: usize,
@@ -347,7 +347,7 @@ pub(crate) async fn fetch(
         end_offset: f.end_offset,
         stable_offset: f.stable_offset,
     };
-    Ok(Json(body).into_response())
+    json_with_records(&body, f.records.bytes, f.records.count, encoding)
 }
 
 /// Same JSON shape as [`FetchResponse`], serialized without copying record bytes.
