@@ -81,6 +81,103 @@ pub(crate) fn json_with_records<T: serde::Serialize>(
     Ok(([(header::CONTENT_TYPE, "application/json")], buf).into_response())
 }
 
+/// Bytes of JSON a streamed fetch body serializes per piece it sends.
+const JSON_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Where a streamed fetch body is: before the opening, in the records, or done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamAt {
+    Start,
+    Records { first: bool },
+    Done,
+}
+
+/// Append the next piece of a fetch body to `buf`: the opening first, then records from
+/// `next` until `buf` holds [`JSON_CHUNK_BYTES`], then (when `next` runs out) the
+/// closing with the offsets `tail` (next, end, stable).
+fn write_piece<'a>(
+    buf: &mut Vec<u8>,
+    at: &mut StreamAt,
+    mut next: impl FnMut() -> Option<(u64, RecordView<'a>)>,
+    encoding: Encoding,
+    tail: [u64; 3],
+) -> serde_json::Result<()> {
+    let mut first = match *at {
+        StreamAt::Done => return Ok(()),
+        StreamAt::Start => {
+            buf.extend_from_slice(b"{\"records\":[");
+            true
+        }
+        StreamAt::Records { first } => first,
+    };
+    while buf.len() < JSON_CHUNK_BYTES {
+        let Some((offset, v)) = next() else {
+            let [n, e, s] = tail;
+            buf.extend_from_slice(
+                format!("],\"next_offset\":{n},\"end_offset\":{e},\"stable_offset\":{s}}}")
+                    .as_bytes(),
+            );
+            *at = StreamAt::Done;
+            return Ok(());
+        };
+        if !first {
+            buf.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(
+            &mut *buf,
+            &RecordJson {
+                offset,
+                v: &v,
+                encoding,
+            },
+        )?;
+    }
+    *at = StreamAt::Records { first };
+    Ok(())
+}
+
+/// A partition fetch as JSON (the shape of [`floe_api::FetchResponse`]), serialized in
+/// pieces of ~64 KiB while the response is sent instead of into one buffer of the whole
+/// body: a 16 MiB fetch holds one piece at a time (plus the cached runs it reads), and
+/// nothing is copied into a growing buffer. Sent with chunked transfer encoding.
+pub(crate) fn fetch_json_stream(
+    records: Fetched,
+    encoding: Encoding,
+    next_offset: u64,
+    end_offset: u64,
+    stable_offset: u64,
+) -> Response {
+    let tail = [next_offset, end_offset, stable_offset];
+    let state = (
+        records,
+        floe_broker::fetch::Cursor::default(),
+        StreamAt::Start,
+    );
+    let pieces = futures::stream::unfold(state, move |(records, mut cursor, mut at)| async move {
+        if at == StreamAt::Done {
+            return None;
+        }
+        let mut buf = Vec::with_capacity(JSON_CHUNK_BYTES + 4096);
+        let r = write_piece(
+            &mut buf,
+            &mut at,
+            || records.next_record(&mut cursor),
+            encoding,
+            tail,
+        );
+        if r.is_err() {
+            at = StreamAt::Done;
+        }
+        Some((r.map(|()| bytes::Bytes::from(buf)), (records, cursor, at)))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(pieces),
+    )
+        .into_response()
+}
+
 /// An owned record (queue deliveries) as a [`FetchedRecord`].
 pub(crate) fn fetched_record(
     offset: u64,
@@ -203,6 +300,59 @@ impl serde::Serialize for RecordJson<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A streamed fetch body, piece after piece, is the `FetchResponse` JSON of its records:
+    /// empty, one piece, many pieces; text and base64.
+    #[test]
+    fn streamed_pieces_make_one_fetch_response() {
+        let values: Vec<Vec<u8>> = (0..3000u32)
+            .map(|i| format!("value-{i}-{}", "x".repeat((i % 200) as usize)).into_bytes())
+            .collect();
+        let key = [0xffu8, 0, 1];
+        for n in [0usize, 1, 10, 3000] {
+            for encoding in [Encoding::Auto, Encoding::Base64] {
+                let views: Vec<RecordView<'_>> = values[..n]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| RecordView {
+                        timestamp_ms: i as i64,
+                        key: (i % 2 == 0).then_some(&key[..]),
+                        value: v,
+                        headers: vec![("h", "w\"q")],
+                    })
+                    .collect();
+                let mut it = views.iter().enumerate();
+                let mut next = || it.next().map(|(i, v)| (100 + i as u64, v.clone()));
+                let (mut at, mut body, mut pieces) = (StreamAt::Start, Vec::new(), 0);
+                while at != StreamAt::Done {
+                    let mut buf = Vec::new();
+                    write_piece(&mut buf, &mut at, &mut next, encoding, [7, 8, 9]).unwrap();
+                    assert!(buf.len() < JSON_CHUNK_BYTES + 2048);
+                    body.extend_from_slice(&buf);
+                    pieces += 1;
+                }
+                let r: floe_api::FetchResponse = serde_json::from_slice(&body).unwrap();
+                assert_eq!((r.next_offset, r.end_offset, r.stable_offset), (7, 8, 9));
+                assert_eq!(r.records.len(), n);
+                for (i, rec) in r.records.iter().enumerate() {
+                    assert_eq!(rec.offset, 100 + i as u64);
+                    assert_eq!(rec.timestamp_ms, i as i64);
+                    let value = match encoding {
+                        Encoding::Auto => rec.value.clone().unwrap().into_bytes(),
+                        Encoding::Base64 => base64::engine::general_purpose::STANDARD
+                            .decode(rec.value_b64.as_ref().unwrap())
+                            .unwrap(),
+                    };
+                    assert_eq!(value, values[i]);
+                    assert_eq!(rec.key_b64.is_some(), i % 2 == 0);
+                    assert_eq!(rec.headers.get("h").map(String::as_str), Some("w\"q"));
+                }
+                if n == 3000 {
+                    assert!(pieces > 3, "{pieces} pieces");
+                }
+            }
+        }
+    }
 
     /// The sized buffer changes nothing in what is sent, whatever the estimate.
     #[tokio::test]

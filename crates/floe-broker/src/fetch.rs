@@ -415,6 +415,14 @@ pub struct RunSlice {
     to: usize,
 }
 
+/// A position in a [`Fetched`] (see [`Fetched::next_record`]); the default is the first
+/// record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    slice: usize,
+    pos: usize,
+}
+
 /// The result of a fetch: records borrowed from cached runs (a front end serializes them
 /// straight from the Arrow arrays, with no per-record copies).
 #[derive(Debug)]
@@ -445,6 +453,28 @@ impl Fetched {
             next,
             count: 0,
             bytes: 0,
+        }
+    }
+
+    /// The record at `at` (offset, record) and `at` moved past it; None after the last.
+    /// For serializing a fetch in pieces (a response body written as it is sent).
+    pub fn next_record(&self, at: &mut Cursor) -> Option<(u64, RecordView<'_>)> {
+        loop {
+            let s = self.slices.get(at.slice)?;
+            let pos = at.pos.max(s.from);
+            if pos >= s.to {
+                at.slice += 1;
+                at.pos = 0;
+                continue;
+            }
+            at.pos = pos + 1;
+            let offset = s
+                .run
+                .absolute_offset(pos)
+                .unwrap_or(s.from_offset + (pos - s.from) as u64);
+            if let Some(v) = s.run.get(pos) {
+                return Some((offset, v));
+            }
         }
     }
 

@@ -19,7 +19,7 @@ use floe_core::ipc::{ARROW_STREAM, IncomingRecord, IpcError};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, ProduceBody, path_err};
-use crate::render::{RecordsJson, arrow_response, json_with_records};
+use crate::render::{arrow_response, fetch_json_stream};
 
 fn decode_field(
     i: usize,
@@ -338,25 +338,13 @@ pub(crate) async fn fetch(
     if want_arrow {
         return arrow_response(&f.records, f.next_offset, f.end_offset);
     }
-    let body = FetchBody {
-        records: RecordsJson {
-            records: &f.records,
-            encoding,
-        },
-        next_offset: f.next_offset,
-        end_offset: f.end_offset,
-        stable_offset: f.stable_offset,
-    };
-    json_with_records(&body, f.records.bytes, f.records.count, encoding)
-}
-
-/// Same JSON shape as [`FetchResponse`], serialized without copying record bytes.
-#[derive(serde::Serialize)]
-struct FetchBody<'a> {
-    records: RecordsJson<'a>,
-    next_offset: u64,
-    end_offset: u64,
-    stable_offset: u64,
+    Ok(fetch_json_stream(
+        f.records,
+        encoding,
+        f.next_offset,
+        f.end_offset,
+        f.stable_offset,
+    ))
 }
 
 #[cfg(test)]
