@@ -1012,26 +1012,23 @@ impl Index for SqliteIndex {
         limit: u32,
     ) -> Result<Vec<RunEntry>> {
         self.read(move |c| {
-            // One read transaction: both tables from one snapshot, so a move from
-            // `runs_recent` to `runs` between two statements cannot hide an entry.
-            let tx = c.transaction()?;
-            let mut floor = 0u64;
-            for table in ["runs", "runs_recent"] {
-                let f: Option<u64> = tx
-                    .prepare_cached(&format!(
-                        "SELECT MAX(base_offset) FROM {table} WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3"
-                    ))?
-                    .query_row(params![topic_id, partition, offset], |r| r.get(0))?;
-                floor = floor.max(f.unwrap_or(0));
-            }
-            let mut rows = Vec::new();
-            for table in ["runs", "runs_recent"] {
-                let mut st = tx.prepare_cached(&format!(
-                    "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records) FROM {table}
-                     WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= ?3
-                     ORDER BY base_offset LIMIT ?4"
-                ))?;
-                let found = st.query_map(params![topic_id, partition, floor, limit], |r| {
+            // One statement, so both tables are read from one snapshot: a move from
+            // `runs_recent` to `runs` cannot hide an entry. The entry holding `offset` is
+            // the one with the largest base at or below it, in either table.
+            let mut st = c.prepare_cached(
+                "WITH floor(v) AS (SELECT MAX(
+                    COALESCE((SELECT MAX(base_offset) FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0),
+                    COALESCE((SELECT MAX(base_offset) FROM runs_recent WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)))
+                 SELECT * FROM (
+                   SELECT * FROM (SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records)
+                     FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= (SELECT v FROM floor) ORDER BY base_offset LIMIT ?4)
+                   UNION ALL
+                   SELECT * FROM (SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records)
+                     FROM runs_recent WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= (SELECT v FROM floor) ORDER BY base_offset LIMIT ?4))
+                 ORDER BY 1 LIMIT ?4",
+            )?;
+            let rows = st
+                .query_map(params![topic_id, partition, offset, limit], |r| {
                     Ok(RunEntry {
                         base_offset: r.get(0)?,
                         records: r.get(1)?,
@@ -1045,13 +1042,8 @@ impl Index for SqliteIndex {
                         max_timestamp_ms: r.get(9)?,
                         rows: r.get(10)?,
                     })
-                })?;
-                for e in found {
-                    rows.push(e?);
-                }
-            }
-            rows.sort_by_key(|e| e.base_offset);
-            rows.truncate(limit as usize);
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
         .await
