@@ -1012,38 +1012,52 @@ impl Index for SqliteIndex {
         limit: u32,
     ) -> Result<Vec<RunEntry>> {
         self.read(move |c| {
-            // One statement, so both tables are read from one snapshot: a move from
-            // `runs_recent` to `runs` cannot hide an entry. The entry holding `offset` is
-            // the one with the largest base at or below it, in either table.
-            let mut st = c.prepare_cached(
-                "WITH floor(v) AS (SELECT MAX(
-                    COALESCE((SELECT MAX(base_offset) FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0),
-                    COALESCE((SELECT MAX(base_offset) FROM runs_recent WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)))
-                 SELECT * FROM (
-                   SELECT * FROM (SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records)
-                     FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= (SELECT v FROM floor) ORDER BY base_offset LIMIT ?4)
-                   UNION ALL
-                   SELECT * FROM (SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records)
-                     FROM runs_recent WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= (SELECT v FROM floor) ORDER BY base_offset LIMIT ?4))
-                 ORDER BY 1 LIMIT ?4",
-            )?;
-            let rows = st
-                .query_map(params![topic_id, partition, offset, limit], |r| {
-                    Ok(RunEntry {
-                        base_offset: r.get(0)?,
-                        records: r.get(1)?,
-                        segment_key: r.get(2)?,
-                        segment_size: r.get(3)?,
-                        row_group_first: r.get(4)?,
-                        row_group_count: r.get(5)?,
-                        byte_start: r.get(6)?,
-                        byte_end: r.get(7)?,
-                        row_first: r.get(8)?,
-                        max_timestamp_ms: r.get(9)?,
-                        rows: r.get(10)?,
-                    })
-                })?
+            let entry = |r: &rusqlite::Row<'_>| {
+                Ok(RunEntry {
+                    base_offset: r.get(0)?,
+                    records: r.get(1)?,
+                    segment_key: r.get(2)?,
+                    segment_size: r.get(3)?,
+                    row_group_first: r.get(4)?,
+                    row_group_count: r.get(5)?,
+                    byte_start: r.get(6)?,
+                    byte_end: r.get(7)?,
+                    row_first: r.get(8)?,
+                    max_timestamp_ms: r.get(9)?,
+                    rows: r.get(10)?,
+                })
+            };
+            // `runs_recent` first: a reader at the tail finds the entry holding `offset`
+            // there, and then (invariant: per partition every offset in `runs_recent` is
+            // above every offset in `runs`) nothing in `runs` can follow it. Entries only
+            // ever move from `runs_recent` to `runs`, so reading `runs` second, when
+            // needed, misses nothing that was committed before the first read (an entry
+            // moved in between is seen twice and kept once).
+            let mut recent = c
+                .prepare_cached(
+                    "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records) FROM runs_recent
+                     WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= COALESCE(
+                        (SELECT MAX(base_offset) FROM runs_recent WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)
+                     ORDER BY base_offset LIMIT ?4",
+                )?
+                .query_map(params![topic_id, partition, offset, limit], entry)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            if recent.first().is_some_and(|e| e.base_offset <= offset) {
+                return Ok(recent);
+            }
+            let mut rows = c
+                .prepare_cached(
+                    "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records) FROM runs
+                     WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= COALESCE(
+                        (SELECT MAX(base_offset) FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)
+                     ORDER BY base_offset LIMIT ?4",
+                )?
+                .query_map(params![topic_id, partition, offset, limit], entry)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.append(&mut recent);
+            rows.sort_by_key(|e| e.base_offset);
+            rows.dedup_by_key(|e| e.base_offset);
+            rows.truncate(limit as usize);
             Ok(rows)
         })
         .await
