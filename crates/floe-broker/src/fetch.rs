@@ -480,14 +480,7 @@ impl Fetched {
 
     /// (offset, record) in offset order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, RecordView<'_>)> {
-        self.slices.iter().flat_map(|s| {
-            (s.from..s.to).filter_map(move |pos| {
-                let offset = s
-                    .run
-                    .absolute_offset(pos)
-                    .unwrap_or(s.from_offset + (pos - s.from) as u64);
-                Some((offset, s.run.get(pos)?))
-            })
-        })
+        let mut at = Cursor::default();
+        std::iter::from_fn(move || self.next_record(&mut at))
     }
 }
