@@ -290,6 +290,42 @@ fn merge_recent(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The entries of one table (`runs` or `runs_recent`) from the one holding `offset` (the
+/// largest base at or below it; the first entry when none is), in offset order.
+fn entries_from(
+    c: &Connection,
+    table: &str,
+    topic_id: i64,
+    partition: u32,
+    offset: u64,
+    limit: u32,
+) -> Result<Vec<RunEntry>> {
+    let rows = c
+        .prepare_cached(&format!(
+            "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records) FROM {table}
+             WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= COALESCE(
+                (SELECT MAX(base_offset) FROM {table} WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)
+             ORDER BY base_offset LIMIT ?4"
+        ))?
+        .query_map(params![topic_id, partition, offset, limit], |r| {
+            Ok(RunEntry {
+                base_offset: r.get(0)?,
+                records: r.get(1)?,
+                segment_key: r.get(2)?,
+                segment_size: r.get(3)?,
+                row_group_first: r.get(4)?,
+                row_group_count: r.get(5)?,
+                byte_start: r.get(6)?,
+                byte_end: r.get(7)?,
+                row_first: r.get(8)?,
+                max_timestamp_ms: r.get(9)?,
+                rows: r.get(10)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
 /// [`merge_recent`] for one topic (`partition` None) or one partition: the entries of
 /// the others stay where they are, so a compaction of one partition does not undo the
 /// batching of all the others.
@@ -1012,48 +1048,17 @@ impl Index for SqliteIndex {
         limit: u32,
     ) -> Result<Vec<RunEntry>> {
         self.read(move |c| {
-            let entry = |r: &rusqlite::Row<'_>| {
-                Ok(RunEntry {
-                    base_offset: r.get(0)?,
-                    records: r.get(1)?,
-                    segment_key: r.get(2)?,
-                    segment_size: r.get(3)?,
-                    row_group_first: r.get(4)?,
-                    row_group_count: r.get(5)?,
-                    byte_start: r.get(6)?,
-                    byte_end: r.get(7)?,
-                    row_first: r.get(8)?,
-                    max_timestamp_ms: r.get(9)?,
-                    rows: r.get(10)?,
-                })
-            };
             // `runs_recent` first: a reader at the tail finds the entry holding `offset`
             // there, and then (invariant: per partition every offset in `runs_recent` is
             // above every offset in `runs`) nothing in `runs` can follow it. Entries only
             // ever move from `runs_recent` to `runs`, so reading `runs` second, when
             // needed, misses nothing that was committed before the first read (an entry
             // moved in between is seen twice and kept once).
-            let mut recent = c
-                .prepare_cached(
-                    "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records) FROM runs_recent
-                     WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= COALESCE(
-                        (SELECT MAX(base_offset) FROM runs_recent WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)
-                     ORDER BY base_offset LIMIT ?4",
-                )?
-                .query_map(params![topic_id, partition, offset, limit], entry)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut recent = entries_from(c, "runs_recent", topic_id, partition, offset, limit)?;
             if recent.first().is_some_and(|e| e.base_offset <= offset) {
                 return Ok(recent);
             }
-            let mut rows = c
-                .prepare_cached(
-                    "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records) FROM runs
-                     WHERE topic_id = ?1 AND partition = ?2 AND base_offset >= COALESCE(
-                        (SELECT MAX(base_offset) FROM runs WHERE topic_id = ?1 AND partition = ?2 AND base_offset <= ?3), 0)
-                     ORDER BY base_offset LIMIT ?4",
-                )?
-                .query_map(params![topic_id, partition, offset, limit], entry)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut rows = entries_from(c, "runs", topic_id, partition, offset, limit)?;
             rows.append(&mut recent);
             rows.sort_by_key(|e| e.base_offset);
             rows.dedup_by_key(|e| e.base_offset);
