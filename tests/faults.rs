@@ -650,3 +650,78 @@ async fn a_read_planned_before_compaction_replans_when_its_objects_are_gone() {
     assert!(stale.lock().unwrap().is_none(), "the snapshot was used");
     agent.shutdown().await;
 }
+
+/// Group commit pipelines (issue #9): a flush that has written its segment and waits for
+/// its index commit does not hold the next flush back — that one encodes and writes while
+/// the first commits (the linger here is a minute, so only the policy can start it) — and
+/// the commits still land in flush order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_writes_the_next_segment_while_the_previous_one_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(dir.path())
+            .unwrap()
+            .with_fsync(true),
+    );
+    let inner = floe_index::open(&format!(
+        "sqlite://{}",
+        dir.path().join("index.db").display()
+    ))
+    .await
+    .unwrap();
+    let index = floe_agent::faults::FaultIndex::new(inner);
+    let hang = index.hang_switch();
+    let config = AgentConfig {
+        listen: "127.0.0.1:0".into(),
+        linger: Duration::from_secs(60),
+        produce_timeout: Duration::from_secs(30),
+        index_timeout: Duration::from_secs(30),
+        ..AgentConfig::default()
+    };
+    let agent = Agent::start_with(config, store.clone(), Arc::new(index))
+        .await
+        .unwrap();
+    let c = Client::new(&format!("http://{}", agent.addr)).unwrap();
+    let _ = c.create_topic("p", 1).await.unwrap();
+    let _ = c.produce("p", vec![rec("a")]).await.unwrap();
+    let segments = || async {
+        use futures::StreamExt;
+        store
+            .list(Some(&object_store::path::Path::from("segments")))
+            .filter_map(|m| async move { m.ok().map(|m| m.location) })
+            .collect::<Vec<_>>()
+            .await
+            .len()
+    };
+    let wait_for = |n: usize, what: &'static str| async move {
+        let t0 = std::time::Instant::now();
+        while segments().await < n {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    hang.store(true, Ordering::SeqCst);
+    let produce = |v: &'static str| {
+        let c = c.clone();
+        tokio::spawn(async move { c.produce("p", vec![rec(v)]).await })
+    };
+    let b = produce("b");
+    wait_for(2, "b's segment not written").await;
+    let c2 = produce("c");
+    wait_for(3, "c's segment not written while b's commit waits").await;
+    assert!(
+        !b.is_finished() && !c2.is_finished(),
+        "nothing acked before its commit"
+    );
+    hang.store(false, Ordering::SeqCst);
+    assert_eq!(b.await.unwrap().unwrap().offsets[0].offset, 1);
+    assert_eq!(
+        c2.await.unwrap().unwrap().offsets[0].offset,
+        2,
+        "commits in flush order"
+    );
+    let got = c.fetch("p", 0, 0, FetchOptions::default()).await.unwrap();
+    let values: Vec<_> = got.records.iter().filter_map(|r| r.value.clone()).collect();
+    assert_eq!(values, vec!["a", "b", "c"]);
+    agent.shutdown().await;
+}

@@ -8,10 +8,11 @@ use floe_core::segment::Compression;
 /// When the produce buffer flushes (besides reaching `flush_bytes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FlushPolicy {
-    /// Group commit: a flush starts as soon as the previous one is durable and committed,
-    /// taking whatever arrived meanwhile; `linger` is only an upper bound. Latency is one
-    /// flush when idle, and the batch grows with the load. At most one PUT per flush
-    /// duration (plus `flush_bytes` flushes).
+    /// Group commit: a flush starts as soon as no other flush is encoding or writing its
+    /// segment (the previous one may still be committing: its commit overlaps the next
+    /// encode + PUT, commits stay in order), taking whatever arrived meanwhile; `linger` is
+    /// only an upper bound. Latency is one flush when idle, and the batch grows with the
+    /// load. At most one PUT at a time (plus `flush_bytes` flushes).
     #[default]
     Group,
     /// Wait `linger` after the first buffered record (flushes still overlap up to

@@ -234,6 +234,7 @@ impl ProducerHandle {
             &self.ctx,
             runs.runs,
             None,
+            None,
             Instant::now(),
             deadline,
             CommitsWith {
@@ -307,6 +308,22 @@ struct Buffer {
     prev: Option<oneshot::Receiver<()>>,
     tasks: tokio::task::JoinSet<()>,
     seq: u64,
+    /// Flushes still encoding or writing their segment (not yet committing): group commit
+    /// waits for this to reach 0, so the next flush's encode + PUT overlaps the previous
+    /// one's index commit. Each flush's [`Writing`] guard reports on `written_rx`.
+    writing: usize,
+    written_tx: mpsc::UnboundedSender<()>,
+    written_rx: mpsc::UnboundedReceiver<()>,
+}
+
+/// Held by a flush until its segment is written, or until the flush ends early: dropping
+/// it reports to the buffer (so a failed flush cannot leave the count stuck).
+struct Writing(mpsc::UnboundedSender<()>);
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
 }
 
 impl Buffer {
@@ -328,9 +345,11 @@ impl Buffer {
         let before = self.prev.replace(done_rx);
         self.seq += 1;
         let span = info_span!("flush", seq = self.seq, requests = batch.len());
-        let _ = self
-            .tasks
-            .spawn(flush_one(batch, self.ctx.clone(), before, done_tx, permit).instrument(span));
+        self.writing += 1;
+        let writing = Writing(self.written_tx.clone());
+        let _ = self.tasks.spawn(
+            flush_one(batch, self.ctx.clone(), before, done_tx, permit, writing).instrument(span),
+        );
     }
 }
 
@@ -340,19 +359,20 @@ fn flush_now(
     buffered_bytes: usize,
     has_records: bool,
     flush_bytes: usize,
-    in_flight: usize,
+    writing: usize,
     linger_passed: bool,
 ) -> bool {
     has_records
         && (buffered_bytes >= flush_bytes
             || linger_passed
-            || (policy == FlushPolicy::Group && in_flight == 0))
+            || (policy == FlushPolicy::Group && writing == 0))
 }
 
 async fn run(mut rx: mpsc::Receiver<Append>, ctx: Ctx) {
     let policy = ctx.config.flush_policy;
     let linger = ctx.config.linger;
     let flush_bytes = ctx.config.flush_bytes;
+    let (written_tx, written_rx) = mpsc::unbounded_channel();
     let mut b = Buffer {
         flight: Arc::new(Semaphore::new(ctx.config.max_inflight_flushes)),
         ctx,
@@ -361,6 +381,9 @@ async fn run(mut rx: mpsc::Receiver<Append>, ctx: Ctx) {
         prev: None,
         tasks: tokio::task::JoinSet::new(),
         seq: 0,
+        writing: 0,
+        written_tx,
+        written_rx,
     };
     let mut deadline = tokio::time::Instant::now();
     let mut open = true;
@@ -371,7 +394,7 @@ async fn run(mut rx: mpsc::Receiver<Append>, ctx: Ctx) {
             b.bytes,
             !b.buf.is_empty(),
             flush_bytes,
-            b.tasks.len(),
+            b.writing,
             linger_passed,
         ) {
             b.flush().await;
@@ -395,7 +418,9 @@ async fn run(mut rx: mpsc::Receiver<Append>, ctx: Ctx) {
                 // Every handle is gone (shutdown): flush what is left, then end.
                 None => open = false,
             },
-            // A flush finished: with group commit the next one may start.
+            // A flush wrote its segment (it commits next): with group commit the next
+            // flush may start.
+            Some(()) = b.written_rx.recv(), if b.writing > 0 => b.writing -= 1,
             Some(_) = b.tasks.join_next(), if !b.tasks.is_empty() => {}
             () = tokio::time::sleep_until(deadline), if !b.buf.is_empty() => {}
         }
@@ -604,6 +629,7 @@ async fn flush_one(
     before: Option<oneshot::Receiver<()>>,
     done: oneshot::Sender<()>,
     _permit: OwnedSemaphorePermit,
+    writing: Writing,
 ) {
     let started = Instant::now();
     let mut runs = Runs::default();
@@ -657,6 +683,7 @@ async fn flush_one(
         &ctx,
         runs.runs,
         before,
+        Some(writing),
         started,
         deadline,
         CommitsWith {
@@ -717,6 +744,7 @@ async fn write_and_commit(
     ctx: &Ctx,
     runs: Vec<RunBuf>,
     before: Option<oneshot::Receiver<()>>,
+    writing: Option<Writing>,
     started: Instant,
     deadline: Deadline,
     with: CommitsWith,
@@ -781,6 +809,8 @@ async fn write_and_commit(
         .observe(put_started.elapsed().as_secs_f64());
     // Readers on this agent will not need to GET what it just wrote.
     ctx.reader.insert_written(&key, bytes).await;
+    // Written: the next flush may start encoding while this one commits.
+    drop(writing);
     debug!(
         key,
         size,
@@ -877,7 +907,8 @@ mod policy_tests {
         use FlushPolicy::{Group, Linger};
         // Nothing buffered: never.
         assert!(!flush_now(Group, 0, false, 100, 0, true));
-        // Group: idle → now; a flush in flight → wait for it (or the linger, or the size).
+        // Group: idle → now; a flush encoding or writing → wait for it (or the linger, or
+        // the size); flushes that are only committing do not hold the next one back.
         assert!(flush_now(Group, 1, true, 100, 0, false));
         assert!(!flush_now(Group, 1, true, 100, 1, false));
         assert!(flush_now(Group, 1, true, 100, 1, true));

@@ -501,6 +501,9 @@ fn connect(path: &Path, cache_bytes: u64) -> Result<Connection> {
     // 400-partition flush by about a third (issue #9, `bench/partitions.sh`).
     c.pragma_update(None, "cache_size", -((cache_bytes / 1024) as i64))?;
     c.pragma_update(None, "wal_autocheckpoint", 16 * 1024)?;
+    // Statement journals (the move to `runs`, multi-row statements) and sorts in memory,
+    // not in temporary files: commit_cost 325 entries x 1 000 partitions, mean 3.2 -> 2.8 ms.
+    c.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(c)
 }
 

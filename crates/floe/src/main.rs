@@ -177,7 +177,8 @@ struct ServeArgs {
     #[arg(long, env = "FLOE_INDEX")]
     index: Option<String>,
     /// When the produce buffer flushes: `group` (group commit: the next flush starts as
-    /// soon as the previous one is committed; lowest latency, batches grow with load) or
+    /// soon as the previous one's segment is written, while it commits; lowest latency,
+    /// batches grow with load) or
     /// `linger` (wait --linger-ms after the first record: fewest PUTs, for S3 request fees).
     #[arg(long, env = "FLOE_FLUSH_POLICY", default_value = "group")]
     flush_policy: String,
