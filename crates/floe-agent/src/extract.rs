@@ -7,8 +7,8 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
 use floe_api::{
-    CommitRequest, CreateTopicRequest, InitProducerRequest, JoinGroupRequest, ProduceRequest,
-    ReceiveRequest, SettleRequest,
+    CommitRequest, CreateTopicRequest, InitProducerRequest, JoinGroupRequest, ProduceRecord,
+    ProduceRequest, ReceiveRequest, SettleRequest,
 };
 use floe_core::ipc::ARROW_STREAM;
 use serde::de::DeserializeOwned;
@@ -48,12 +48,19 @@ pub struct JsonBody<T>(pub T);
 /// of objects (each element must be an object too).
 pub trait RequestBody: DeserializeOwned {
     const OBJECT_ARRAYS: &'static [&'static str] = &[];
+    /// Parse a body: [`parse_object`] unless a type has a faster path with the same answers.
+    fn parse(bytes: &[u8]) -> ApiResult<Self> {
+        parse_object(bytes)
+    }
 }
 
 impl RequestBody for CreateTopicRequest {}
 impl RequestBody for InitProducerRequest {}
 impl RequestBody for ProduceRequest {
     const OBJECT_ARRAYS: &'static [&'static str] = &["records"];
+    fn parse(bytes: &[u8]) -> ApiResult<Self> {
+        parse_produce(bytes)
+    }
 }
 impl RequestBody for JoinGroupRequest {}
 impl RequestBody for CommitRequest {
@@ -91,7 +98,7 @@ impl<S: Send + Sync, T: RequestBody> FromRequest<S> for JsonBody<T> {
             }
         }
         let bytes = read_body(req, state).await?;
-        parse_object(&bytes).map(JsonBody)
+        T::parse(&bytes).map(JsonBody)
     }
 }
 
@@ -163,6 +170,72 @@ pub(crate) fn parse_object<T: RequestBody>(bytes: &[u8]) -> ApiResult<T> {
     T::deserialize(v).map_err(|e| invalid(format!("invalid JSON body: {e}")))
 }
 
+/// Produce bodies are the hot path (issue #9: building a `serde_json::Value` per record —
+/// a map, its key strings — then converting it cost allocations per record). A body is
+/// parsed straight into the typed request, with objects required where objects are
+/// documented ([`StrictProduce`], [`StrictRecord`]); whatever that parse refuses — bad
+/// input, but also numbers written as `3.0`, which the reference path accepts — goes
+/// through [`parse_object`], whose answer (value or error) is the reference. The typed
+/// parse accepts only what `parse_object` accepts with the same result
+/// (`tests::produce_fast_path_answers_like_the_reference`).
+pub(crate) fn parse_produce(bytes: &[u8]) -> ApiResult<ProduceRequest> {
+    match serde_json::from_slice::<StrictProduce>(bytes) {
+        Ok(StrictProduce(r)) => Ok(r),
+        Err(_) => parse_object(bytes),
+    }
+}
+
+/// A produce request read as a JSON object only (`{"records": [...]}`, nothing else).
+struct StrictProduce(ProduceRequest);
+
+/// One record read as a JSON object only (serde's derive would also read an array).
+struct StrictRecord(ProduceRecord);
+
+impl<'de> serde::Deserialize<'de> for StrictRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StrictRecord;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a record object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<StrictRecord, A::Error> {
+                use serde::Deserialize as _;
+                ProduceRecord::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(StrictRecord)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StrictProduce {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StrictProduce;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a produce request object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StrictProduce, A::Error> {
+                use serde::de::Error as _;
+                let mut records: Option<Vec<StrictRecord>> = None;
+                while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if k != "records" || records.is_some() {
+                        return Err(A::Error::custom("not a plain produce request"));
+                    }
+                    records = Some(map.next_value()?);
+                }
+                let records = records.ok_or_else(|| A::Error::missing_field("records"))?;
+                Ok(StrictProduce(ProduceRequest {
+                    records: records.into_iter().map(|StrictRecord(r)| r).collect(),
+                }))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// A produce body: JSON (default) or an Arrow IPC stream (`Content-Type:
 /// application/vnd.apache.arrow.stream`), decoded to the same records.
 pub enum ProduceBody {
@@ -190,5 +263,61 @@ impl<S: Send + Sync> FromRequest<S> for ProduceBody {
         }
         let bytes = read_body(req, state).await?;
         Ok(Self::Arrow(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn answer(r: ApiResult<ProduceRequest>) -> String {
+        match r {
+            Ok(v) => serde_json::to_string(&v).unwrap(),
+            Err(e) => format!("error {e:?}"),
+        }
+    }
+
+    /// Every body gets from the typed fast path exactly what the reference path gives.
+    #[test]
+    fn produce_fast_path_answers_like_the_reference() {
+        let bodies = [
+            r#"{"records":[{"value":"a"},{"key":"k","value":"b","partition":1,"headers":{"h":"v"}}]}"#,
+            r#"{"records":[]}"#,
+            r#" { "records" : [ { "value_b64" : "AAE=" , "key_b64":"AA==" } ] } "#,
+            r#"{"records":[{"value":"a","partition":3.0}]}"#,
+            r#"{"records":[{"value":"a","partition":3.5}]}"#,
+            r#"{"records":[{"value":"a","partition":18446744073709551615}]}"#,
+            r#"{"records":[{"value":"a","partition":-1}]}"#,
+            r#"{"records":[["a"]]}"#,
+            r#"{"records":[{"value":"a"},"b"]}"#,
+            r#"["records"]"#,
+            r#"[[{"value":"a"}]]"#,
+            r#"{"records":[{"value":"a"}],"extra":1}"#,
+            r#"{"records":[{"value":"a","extra":1}]}"#,
+            r#"{"records":[{"value":"a"}],"records":[{"value":"b"}]}"#,
+            r#"{"records":[{"value":"a","value":"b"}]}"#,
+            r#"{}"#,
+            r#"{"records":null}"#,
+            r#"{"records":[{"value":null}]}"#,
+            r#"{"records":[{"value":1}]}"#,
+            r#"{"records":[{"headers":{"a":1}}]}"#,
+            r#"{"records":[{"value":"a\u00e9\n"}]}"#,
+            r#"{"records":[{"value":"a"}]} x"#,
+            r#"{"records":[{"value":"a"}"#,
+            "",
+            "null",
+            "3",
+        ];
+        for b in bodies {
+            assert_eq!(
+                answer(parse_produce(b.as_bytes())),
+                answer(parse_object::<ProduceRequest>(b.as_bytes())),
+                "body {b}"
+            );
+        }
+        // And the fast path takes the plain ones itself.
+        assert!(serde_json::from_slice::<StrictProduce>(bodies[0].as_bytes()).is_ok());
+        assert!(serde_json::from_slice::<StrictProduce>(bodies[7].as_bytes()).is_err());
     }
 }
