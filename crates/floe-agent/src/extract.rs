@@ -199,7 +199,10 @@ impl<'de> serde::Deserialize<'de> for StrictRecord {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a record object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<StrictRecord, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<StrictRecord, A::Error> {
                 use serde::Deserialize as _;
                 ProduceRecord::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(StrictRecord)
@@ -217,7 +220,10 @@ impl<'de> serde::Deserialize<'de> for StrictProduce {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a produce request object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StrictProduce, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<StrictProduce, A::Error> {
                 use serde::de::Error as _;
                 let mut records: Option<Vec<StrictRecord>> = None;
                 while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {

@@ -5,8 +5,20 @@ use prometheus::{
     Registry, TextEncoder, exponential_buckets,
 };
 
+/// The agent's metrics; cloning shares them (one `Arc`: every flush and request path holds
+/// a copy, and cloning some forty counters one by one showed up at ~2 % of a profile).
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub struct Metrics(std::sync::Arc<MetricSet>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricSet;
+    fn deref(&self) -> &MetricSet {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub struct MetricSet {
     registry: Registry,
     pub records_produced: IntCounter,
     pub bytes_produced: IntCounter,
@@ -183,7 +195,7 @@ impl Metrics {
         )?;
         r.register(Box::new(group_lag.clone()))?;
         let secs = exponential_buckets(0.0005, 2.0, 16)?;
-        Ok(Self {
+        Ok(Self(std::sync::Arc::new(MetricSet {
             records_produced: counter(
                 &r,
                 "floe_records_produced_total",
@@ -361,7 +373,7 @@ impl Metrics {
             store_requests,
             cache,
             registry: r,
-        })
+        })))
     }
 
     /// Prometheus text exposition.
