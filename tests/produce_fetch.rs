@@ -908,6 +908,16 @@ async fn producer_sessions_dedupe_retries_in_one_flush_and_across_restarts() {
     ] {
         assert!(metrics.contains(line), "{line} in:\n{metrics}");
     }
+    // The read caches report what they hold: the fetches above decoded runs and the
+    // agent cached the segments it wrote.
+    for cache in ["run_cache", "object_cache"] {
+        let held: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("floe_cache_bytes{{cache=\"{cache}\"}} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("floe_cache_bytes for {cache} in:\n{metrics}"));
+        assert!(held > 0, "{cache} holds {held} bytes");
+    }
 
     // Strict input: every refusal is a 4xx naming the problem, and writes nothing.
     let u = format!("{}/v1/topics/ps/records", c.base());

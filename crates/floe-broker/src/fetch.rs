@@ -93,6 +93,21 @@ impl Reader {
         }
     }
 
+    /// What each cache holds now by its weigher: (name, bytes), after running the caches'
+    /// pending maintenance (so evictions already due are counted out).
+    pub async fn cache_sizes(&self) -> [(&'static str, u64); 4] {
+        self.runs.run_pending_tasks().await;
+        self.cold.run_pending_tasks().await;
+        self.objects.run_pending_tasks().await;
+        self.footers.run_pending_tasks().await;
+        [
+            ("run_cache", self.runs.weighted_size()),
+            ("compaction_inputs", self.cold.weighted_size()),
+            ("object_cache", self.objects.weighted_size()),
+            ("footer_cache", self.footers.weighted_size()),
+        ]
+    }
+
     /// A segment this agent just wrote (not yet committed: only index entries lead to it).
     pub async fn insert_written(&self, key: &str, bytes: Bytes) {
         if bytes.len() as u64 <= self.whole_object_max {

@@ -259,6 +259,12 @@ impl Broker {
             }
             Err(e) => tracing::warn!(error = %e, "bucket metrics not refreshed"),
         }
+        for (cache, bytes) in self.reader.cache_sizes().await {
+            self.metrics
+                .cache_bytes
+                .with_label_values(&[cache])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         self.metrics.render()
     }
 }

@@ -80,6 +80,8 @@ pub struct MetricSet {
     pub cleaned_records: IntCounter,
     /// The configured memory budget by part (`AgentConfig::memory_budget`).
     pub memory_budget: IntGaugeVec,
+    /// What each read cache holds now, by its weigher (bytes), next to its budget part.
+    pub cache_bytes: IntGaugeVec,
     /// Consumer group lag, recomputed from the index on every scrape.
     pub group_lag: IntGaugeVec,
 }
@@ -157,6 +159,14 @@ impl Metrics {
             &["part"],
         )?;
         r.register(Box::new(memory_budget.clone()))?;
+        let cache_bytes = IntGaugeVec::new(
+            prometheus::Opts::new(
+                "floe_cache_bytes",
+                "Bytes each read cache holds now, as its weigher counts them (refreshed at every scrape)",
+            ),
+            &["cache"],
+        )?;
+        r.register(Box::new(cache_bytes.clone()))?;
         for reason in [
             "out_of_order_sequence",
             "producer_fenced",
@@ -313,6 +323,7 @@ impl Metrics {
                 "Open transactions (and half-messages) in the index, as the last check found them",
             )?,
             memory_budget,
+            cache_bytes,
             idempotency_keys_stored: gauge(
                 &r,
                 "floe_idempotency_keys_stored",
