@@ -36,7 +36,20 @@ pub(crate) const CHANNEL: &str = "floe_commits";
 const MAX_PAYLOAD: usize = 7000;
 const COMMIT_ATTEMPTS: usize = 5;
 
+/// FNV-1a (64 bit) of [`SCHEMA`]: stable across builds and Rust versions, changes when
+/// the schema text does.
+fn schema_fingerprint() -> i64 {
+    let h = SCHEMA.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    i64::from_ne_bytes(h.to_ne_bytes())
+}
+
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS floe_schema (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    fingerprint BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS floe_topics (
     id BIGSERIAL PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -212,14 +225,48 @@ impl PostgresIndex {
             .build()
             .map_err(|e| IndexError::Postgres(e.to_string()))?;
         let mut c = pool.get().await.map_err(pool_err)?;
-        let tx = c.transaction().await.map_err(pg)?;
-        let _ = tx
-            .execute("SELECT pg_advisory_xact_lock(7340123)", &[])
+        // The schema's DDL (`ADD COLUMN IF NOT EXISTS`, `CREATE INDEX IF NOT EXISTS`) takes
+        // table locks even when there is nothing to do — `ACCESS EXCLUSIVE` on the runs and
+        // partitions tables — so an agent starting next to live ones stalled their commits
+        // and could deadlock with them (seen as a failed start in the multi-agent suite).
+        // Once applied, the schema's fingerprint is stored; an open that finds the current
+        // one runs no DDL. (No table yet, or another fingerprint: apply, under the lock.)
+        let fingerprint = schema_fingerprint();
+        let current: Option<i64> = c
+            .query_opt("SELECT fingerprint FROM floe_schema WHERE id = 0", &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get(0));
+        if current != Some(fingerprint) {
+            let tx = c.transaction().await.map_err(pg)?;
+            let _ = tx
+                .execute("SELECT pg_advisory_xact_lock(7340123)", &[])
+                .await
+                .map_err(pg)?;
+            tx.batch_execute(SCHEMA).await.map_err(pg)?;
+            let _ = tx
+                .execute(
+                    "INSERT INTO floe_schema (id, fingerprint) VALUES (0, $1)
+                     ON CONFLICT (id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint",
+                    &[&fingerprint],
+                )
+                .await
+                .map_err(pg)?;
+            tx.commit().await.map_err(pg)?;
+        }
+        Ok(Self { pool, config: cfg })
+    }
+
+    /// Whether opening this database would run the schema's DDL (its stored fingerprint
+    /// is not this build's). For tests and diagnostics.
+    pub async fn schema_is_current(&self) -> Result<bool> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt("SELECT fingerprint FROM floe_schema WHERE id = 0", &[])
             .await
             .map_err(pg)?;
-        tx.batch_execute(SCHEMA).await.map_err(pg)?;
-        tx.commit().await.map_err(pg)?;
-        Ok(Self { pool, config: cfg })
+        Ok(row.map(|r| r.get::<_, i64>(0)) == Some(schema_fingerprint()))
     }
 
     /// One retention pass over a topic's partitions in one transaction, partition rows

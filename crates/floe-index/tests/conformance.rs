@@ -1764,6 +1764,12 @@ mod postgres {
     /// A fresh database on the test server (the suite needs PostgreSQL; `tests/run-all.sh`
     /// starts it).
     async fn open() -> ((), Idx) {
+        let i = floe_index::open(&fresh_url().await).await.unwrap();
+        ((), i)
+    }
+
+    /// The URL of a fresh, empty database on the test server.
+    async fn fresh_url() -> String {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let admin = std::env::var("FLOE_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -1782,8 +1788,37 @@ mod postgres {
             .await
             .unwrap();
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
-        let i = floe_index::open(&format!("{base}/{name}")).await.unwrap();
-        ((), i)
+        format!("{base}/{name}")
+    }
+
+    /// An index opened next to live agents runs no DDL once the schema is current, so it
+    /// takes no table locks: a transaction holding what a commit holds on the runs and
+    /// partitions tables does not block it. (`ADD COLUMN IF NOT EXISTS` waited for an
+    /// `ACCESS EXCLUSIVE` lock even with nothing to add, and could deadlock with commits.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn opening_a_current_schema_takes_no_table_locks() {
+        let url = fresh_url().await;
+        let first = floe_index::PostgresIndex::open(&url).await.unwrap();
+        assert!(first.schema_is_current().await.unwrap());
+        let (mut holder, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        drop(tokio::spawn(conn));
+        let tx = holder.transaction().await.unwrap();
+        tx.batch_execute(
+            "LOCK TABLE floe_runs IN ROW EXCLUSIVE MODE; LOCK TABLE floe_partitions IN ROW EXCLUSIVE MODE",
+        )
+        .await
+        .unwrap();
+        let second = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            floe_index::PostgresIndex::open(&url),
+        )
+        .await
+        .expect("open blocked behind a live transaction's table locks")
+        .unwrap();
+        tx.commit().await.unwrap();
+        second.ping().await.unwrap();
     }
 
     fn uuid_like() -> u64 {
