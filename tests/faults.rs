@@ -91,6 +91,22 @@ async fn store_failure_gives_503_and_recovers_without_loss() {
     agent.shutdown().await;
 }
 
+/// A local-folder bucket in `dir`, fsynced like the agent's default.
+fn local_store(dir: &std::path::Path) -> Arc<dyn object_store::ObjectStore> {
+    Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .unwrap()
+            .with_fsync(true),
+    )
+}
+
+/// A SQLite index in `dir`.
+async fn sqlite_index(dir: &std::path::Path) -> Arc<dyn floe_index::Index> {
+    floe_index::open(&format!("sqlite://{}", dir.join("index.db").display()))
+        .await
+        .unwrap()
+}
+
 /// An agent on a local folder + SQLite, behind fault layers, with short deadlines, and the
 /// switches of its faults.
 struct Faulty {
@@ -427,11 +443,7 @@ async fn producer_session_retry_after_a_lost_answer_writes_nothing() {
 async fn a_commit_stalled_past_the_deletion_boundary_is_refused_not_acked() {
     use floe_core::clock::{Clock, ManualClock, SystemClock};
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn object_store::ObjectStore> = Arc::new(
-        object_store::local::LocalFileSystem::new_with_prefix(dir.path())
-            .unwrap()
-            .with_fsync(true),
-    );
+    let store = local_store(dir.path());
     let agent_clock = ManualClock::new(SystemClock.now_ms());
     // The index's clock lags: it never sees the produce deadline pass.
     let index_clock = ManualClock::new(SystemClock.now_ms());
@@ -563,17 +575,8 @@ async fn one_request_is_atomic_across_partitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_planned_before_compaction_replans_when_its_objects_are_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn object_store::ObjectStore> = Arc::new(
-        object_store::local::LocalFileSystem::new_with_prefix(dir.path())
-            .unwrap()
-            .with_fsync(true),
-    );
-    let inner = floe_index::open(&format!(
-        "sqlite://{}",
-        dir.path().join("index.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = local_store(dir.path());
+    let inner = sqlite_index(dir.path()).await;
     let index = floe_agent::faults::FaultIndex::new(inner.clone());
     let stale = index.stale_runs();
     let config = AgentConfig {
@@ -658,17 +661,8 @@ async fn a_read_planned_before_compaction_replans_when_its_objects_are_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_writes_the_next_segment_while_the_previous_one_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn object_store::ObjectStore> = Arc::new(
-        object_store::local::LocalFileSystem::new_with_prefix(dir.path())
-            .unwrap()
-            .with_fsync(true),
-    );
-    let inner = floe_index::open(&format!(
-        "sqlite://{}",
-        dir.path().join("index.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = local_store(dir.path());
+    let inner = sqlite_index(dir.path()).await;
     let index = floe_agent::faults::FaultIndex::new(inner);
     let hang = index.hang_switch();
     let config = AgentConfig {
