@@ -100,6 +100,18 @@ fn local_store(dir: &std::path::Path) -> Arc<dyn object_store::ObjectStore> {
     )
 }
 
+/// The flush segments in a bucket.
+async fn segment_objects(
+    store: &Arc<dyn object_store::ObjectStore>,
+) -> Vec<object_store::path::Path> {
+    use futures::StreamExt;
+    store
+        .list(Some(&object_store::path::Path::from("segments")))
+        .filter_map(|m| async move { m.ok().map(|m| m.location) })
+        .collect::<Vec<_>>()
+        .await
+}
+
 /// A SQLite index in `dir`.
 async fn sqlite_index(dir: &std::path::Path) -> Arc<dyn floe_index::Index> {
     floe_index::open(&format!("sqlite://{}", dir.join("index.db").display()))
@@ -474,14 +486,7 @@ async fn a_commit_stalled_past_the_deletion_boundary_is_refused_not_acked() {
     let c = Client::new(&format!("http://{}", agent.addr)).unwrap();
     let _ = c.create_topic("b", 1).await.unwrap();
     let _ = c.produce("b", vec![rec("before")]).await.unwrap();
-    let segments = || async {
-        use futures::StreamExt;
-        store
-            .list(Some(&object_store::path::Path::from("segments")))
-            .filter_map(|m| async move { m.ok().map(|m| m.location) })
-            .collect::<Vec<_>>()
-            .await
-    };
+    let segments = || segment_objects(&store);
     assert_eq!(segments().await.len(), 1);
     // The next commit hangs in the index after its segment is written.
     hang.store(true, Ordering::SeqCst);
@@ -678,15 +683,7 @@ async fn group_commit_writes_the_next_segment_while_the_previous_one_commits() {
     let c = Client::new(&format!("http://{}", agent.addr)).unwrap();
     let _ = c.create_topic("p", 1).await.unwrap();
     let _ = c.produce("p", vec![rec("a")]).await.unwrap();
-    let segments = || async {
-        use futures::StreamExt;
-        store
-            .list(Some(&object_store::path::Path::from("segments")))
-            .filter_map(|m| async move { m.ok().map(|m| m.location) })
-            .collect::<Vec<_>>()
-            .await
-            .len()
-    };
+    let segments = || async { segment_objects(&store).await.len() };
     let wait_for = |n: usize, what: &'static str| async move {
         let t0 = std::time::Instant::now();
         while segments().await < n {
