@@ -12,6 +12,8 @@ use floe_api::{
 };
 use floe_core::ipc::ARROW_STREAM;
 use serde::de::DeserializeOwned;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use crate::error::{ApiError, ApiResult};
 
@@ -41,6 +43,28 @@ pub(crate) async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result
     })
 }
 
+/// 415 unless the request's Content-Type (when it has one) is JSON.
+fn require_json(req: &Request) -> Result<(), ApiError> {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ok = ct
+            .to_str()
+            .map(|s| {
+                s.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            })
+            .unwrap_or(false);
+        if !ok {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "request bodies must be JSON (Content-Type: application/json)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// JSON body extractor whose rejections follow the JSON error contract.
 pub struct JsonBody<T>(pub T);
 
@@ -58,9 +82,6 @@ impl RequestBody for CreateTopicRequest {}
 impl RequestBody for InitProducerRequest {}
 impl RequestBody for ProduceRequest {
     const OBJECT_ARRAYS: &'static [&'static str] = &["records"];
-    fn parse(bytes: &[u8]) -> ApiResult<Self> {
-        parse_produce(bytes)
-    }
 }
 impl RequestBody for JoinGroupRequest {}
 impl RequestBody for CommitRequest {
@@ -80,23 +101,7 @@ impl<S: Send + Sync, T: RequestBody> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ok = ct
-                .to_str()
-                .map(|s| {
-                    s.trim_start()
-                        .to_ascii_lowercase()
-                        .starts_with("application/json")
-                })
-                .unwrap_or(false);
-            if !ok {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "request bodies must be JSON (Content-Type: application/json)",
-                ));
-            }
-        }
+        require_json(&req)?;
         let bytes = read_body(req, state).await?;
         T::parse(&bytes).map(JsonBody)
     }
@@ -171,81 +176,195 @@ pub(crate) fn parse_object<T: RequestBody>(bytes: &[u8]) -> ApiResult<T> {
 }
 
 /// Produce bodies are the hot path (issue #9: building a `serde_json::Value` per record —
-/// a map, its key strings — then converting it cost allocations per record). A body is
-/// parsed straight into the typed request, with objects required where objects are
-/// documented ([`StrictProduce`], [`StrictRecord`]); whatever that parse refuses — bad
-/// input, but also numbers written as `3.0`, which the reference path accepts — goes
-/// through [`parse_object`], whose answer (value or error) is the reference. The typed
-/// parse accepts only what `parse_object` accepts with the same result
+/// a map, its key strings — then converting it cost allocations per record, and copying
+/// each value into a `String` of its own cost a copy and an allocation more). A body is
+/// parsed straight into [`RawRecord`]s, with objects required where objects are documented
+/// ([`StrictProduce`], [`StrictRecord`]); a key or value written without escapes is not
+/// copied but sliced out of the request body. Whatever that parse refuses — bad input, but
+/// also numbers written as `3.0`, which the reference path accepts — goes through
+/// [`parse_object`], whose answer (records or error) is the reference. The typed parse
+/// accepts only what `parse_object` accepts with the same result
 /// (`tests::produce_fast_path_answers_like_the_reference`).
-pub(crate) fn parse_produce(bytes: &[u8]) -> ApiResult<ProduceRequest> {
-    match serde_json::from_slice::<StrictProduce>(bytes) {
-        Ok(StrictProduce(r)) => Ok(r),
-        Err(_) => parse_object(bytes),
+pub(crate) fn parse_produce(body: &Bytes) -> ApiResult<Vec<RawRecord>> {
+    match serde_json::from_slice::<StrictProduce<'_>>(body) {
+        Ok(StrictProduce(records)) => {
+            // A slice keeps the whole body alive while its record is buffered, and the
+            // buffer counts record bytes only: slice when the strings are at least half
+            // of the body, so it holds at most twice what it counts.
+            let borrowed: usize = records
+                .iter()
+                .flat_map(|StrictRecord(r)| [&r.key, &r.key_b64, &r.value, &r.value_b64])
+                .filter_map(|t| match t {
+                    Some(Text(Cow::Borrowed(s))) => Some(s.len()),
+                    _ => None,
+                })
+                .sum();
+            let slice = borrowed >= body.len() / 2;
+            let b = |t: Option<Text<'_>>| t.map(|t| text_bytes(body, t, slice));
+            Ok(records
+                .into_iter()
+                .map(|StrictRecord(r)| RawRecord {
+                    key: b(r.key),
+                    key_b64: b(r.key_b64),
+                    value: b(r.value),
+                    value_b64: b(r.value_b64),
+                    headers: r.headers,
+                    partition: r.partition,
+                })
+                .collect())
+        }
+        Err(_) => parse_object::<ProduceRequest>(body)
+            .map(|r| r.records.into_iter().map(RawRecord::from).collect()),
     }
 }
 
+/// A JSON string, borrowed from the input when it has no escapes (serde's own `Cow`
+/// borrows only as a bare field, not inside an `Option`).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// A string of the body: a slice of it when it was written without escapes (and `slice`),
+/// else a copy.
+fn text_bytes(body: &Bytes, Text(t): Text<'_>, slice: bool) -> Bytes {
+    match t {
+        // serde_json borrows only from its input, the body; checked rather than trusted
+        // (`slice_ref` would panic on anything else).
+        Cow::Borrowed(s) => {
+            let (r, inside) = (s.as_bytes().as_ptr_range(), body.as_ptr_range());
+            if slice && r.start >= inside.start && r.end <= inside.end {
+                body.slice_ref(s.as_bytes())
+            } else {
+                Bytes::copy_from_slice(s.as_bytes())
+            }
+        }
+        Cow::Owned(s) => Bytes::from(s),
+    }
+}
+
+/// One record of a JSON produce body before its fields are checked and decoded: `key`
+/// and `value` are UTF-8 text, the `_b64` forms still base64.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    pub key: Option<Bytes>,
+    pub key_b64: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub value_b64: Option<Bytes>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub partition: Option<i64>,
+}
+
+impl From<ProduceRecord> for RawRecord {
+    fn from(r: ProduceRecord) -> Self {
+        Self {
+            key: r.key.map(Bytes::from),
+            key_b64: r.key_b64.map(Bytes::from),
+            value: r.value.map(Bytes::from),
+            value_b64: r.value_b64.map(Bytes::from),
+            headers: r.headers,
+            partition: r.partition,
+        }
+    }
+}
+
+/// [`ProduceRecord`]'s fields, strings borrowed from the body where they can be.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordRef<'a> {
+    #[serde(default, borrow)]
+    key: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    key_b64: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    value: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    value_b64: Option<Text<'a>>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    partition: Option<i64>,
+}
+
 /// A produce request read as a JSON object only (`{"records": [...]}`, nothing else).
-struct StrictProduce(ProduceRequest);
+struct StrictProduce<'a>(Vec<StrictRecord<'a>>);
 
 /// One record read as a JSON object only (serde's derive would also read an array).
-struct StrictRecord(ProduceRecord);
+struct StrictRecord<'a>(RecordRef<'a>);
 
-impl<'de> serde::Deserialize<'de> for StrictRecord {
+impl<'de: 'a, 'a> serde::Deserialize<'de> for StrictRecord<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = StrictRecord;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = StrictRecord<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a record object")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 map: A,
-            ) -> Result<StrictRecord, A::Error> {
+            ) -> Result<StrictRecord<'a>, A::Error> {
                 use serde::Deserialize as _;
-                ProduceRecord::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                RecordRef::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(StrictRecord)
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
-impl<'de> serde::Deserialize<'de> for StrictProduce {
+impl<'de: 'a, 'a> serde::Deserialize<'de> for StrictProduce<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = StrictProduce;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = StrictProduce<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a produce request object")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<StrictProduce, A::Error> {
+            ) -> Result<StrictProduce<'a>, A::Error> {
                 use serde::de::Error as _;
-                let mut records: Option<Vec<StrictRecord>> = None;
-                while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                let mut records: Option<Vec<StrictRecord<'a>>> = None;
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
                     if k != "records" || records.is_some() {
                         return Err(A::Error::custom("not a plain produce request"));
                     }
                     records = Some(map.next_value()?);
                 }
-                let records = records.ok_or_else(|| A::Error::missing_field("records"))?;
-                Ok(StrictProduce(ProduceRequest {
-                    records: records.into_iter().map(|StrictRecord(r)| r).collect(),
-                }))
+                records
+                    .map(StrictProduce)
+                    .ok_or_else(|| A::Error::missing_field("records"))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
 /// A produce body: JSON (default) or an Arrow IPC stream (`Content-Type:
 /// application/vnd.apache.arrow.stream`), decoded to the same records.
 pub enum ProduceBody {
-    Json(ProduceRequest),
+    Json(Vec<RawRecord>),
     Arrow(Bytes),
 }
 
@@ -263,9 +382,9 @@ impl<S: Send + Sync> FromRequest<S> for ProduceBody {
                     .starts_with(ARROW_STREAM)
             });
         if !arrow {
-            return JsonBody::from_request(req, state)
-                .await
-                .map(|JsonBody(r)| Self::Json(r));
+            require_json(&req)?;
+            let bytes = read_body(req, state).await?;
+            return parse_produce(&bytes).map(Self::Json);
         }
         let bytes = read_body(req, state).await?;
         Ok(Self::Arrow(bytes))
@@ -277,9 +396,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn answer(r: ApiResult<ProduceRequest>) -> String {
+    fn answer(r: ApiResult<Vec<RawRecord>>) -> String {
         match r {
-            Ok(v) => serde_json::to_string(&v).unwrap(),
+            Ok(v) => format!("{v:?}"),
             Err(e) => format!("error {e:?}"),
         }
     }
@@ -316,14 +435,38 @@ mod tests {
             "3",
         ];
         for b in bodies {
+            let reference = parse_object::<ProduceRequest>(b.as_bytes())
+                .map(|r| r.records.into_iter().map(RawRecord::from).collect());
             assert_eq!(
-                answer(parse_produce(b.as_bytes())),
-                answer(parse_object::<ProduceRequest>(b.as_bytes())),
+                answer(parse_produce(&Bytes::from_static(b.as_bytes()))),
+                answer(reference),
                 "body {b}"
             );
         }
-        // And the fast path takes the plain ones itself.
-        assert!(serde_json::from_slice::<StrictProduce>(bodies[0].as_bytes()).is_ok());
-        assert!(serde_json::from_slice::<StrictProduce>(bodies[7].as_bytes()).is_err());
+        // And the fast path takes the plain ones itself, slicing unescaped strings out of
+        // the body rather than copying them.
+        assert!(serde_json::from_slice::<StrictProduce<'_>>(bodies[0].as_bytes()).is_ok());
+        assert!(serde_json::from_slice::<StrictProduce<'_>>(bodies[7].as_bytes()).is_err());
+        let big = "b".repeat(1024);
+        let body = Bytes::from(format!(r#"{{"records":[{{"key":"k1","value":"{big}"}}]}}"#));
+        let recs = parse_produce(&body).unwrap();
+        let v = recs[0].value.as_ref().unwrap();
+        assert_eq!(&v[..], big.as_bytes());
+        let inside = body.as_ptr_range();
+        assert!(
+            inside.contains(&v.as_ptr()),
+            "the value is a slice of the body"
+        );
+        // Mostly not strings (here: whitespace): copied, so no record pins the body.
+        let sparse = Bytes::from(format!(
+            r#"{{"records":[{{"value":"b"}}{}]}}"#,
+            " ".repeat(64)
+        ));
+        let recs = parse_produce(&sparse).unwrap();
+        let v = recs[0].value.as_ref().unwrap();
+        assert!(!sparse.as_ptr_range().contains(&v.as_ptr()), "copied");
+        let escaped = Bytes::from_static(bodies[20].as_bytes());
+        let recs = parse_produce(&escaped).unwrap();
+        assert_eq!(&recs[0].value.as_ref().unwrap()[..], "a\u{e9}\n".as_bytes());
     }
 }

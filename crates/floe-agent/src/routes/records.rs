@@ -18,23 +18,23 @@ use floe_broker::records::{FetchRequest, Isolation, too_many_records};
 use floe_core::ipc::{ARROW_STREAM, IncomingRecord, IpcError};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonBody, ProduceBody, path_err};
+use crate::extract::{JsonBody, ProduceBody, RawRecord, path_err};
 use crate::render::{arrow_response, fetch_json_stream};
 
 fn decode_field(
     i: usize,
     what: &str,
-    text: Option<String>,
-    b64: Option<String>,
+    text: Option<Bytes>,
+    b64: Option<Bytes>,
 ) -> ApiResult<Option<Bytes>> {
     match (text, b64) {
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             "invalid_record",
             format!("record {i}: give {what} or {what}_b64, not both"),
         )),
-        (Some(t), None) => Ok(Some(Bytes::from(t))),
+        (Some(t), None) => Ok(Some(t)),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
-            .decode(b.as_bytes())
+            .decode(&b)
             .map(|v| Some(Bytes::from(v)))
             .map_err(|e| {
                 ApiError::bad_request(
@@ -47,8 +47,8 @@ fn decode_field(
 }
 
 /// The records of a JSON produce body, values and keys decoded.
-pub(crate) fn decode_json(req: ProduceRequest) -> ApiResult<Vec<IncomingRecord>> {
-    req.records
+pub(crate) fn decode_json(records: Vec<RawRecord>) -> ApiResult<Vec<IncomingRecord>> {
+    records
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
@@ -112,12 +112,12 @@ pub(crate) async fn produce(
     let stamp = producer_stamp(&headers)?;
     let max = b.config.limits.max_records_per_request;
     let incoming = match body {
-        ProduceBody::Json(req) => {
+        ProduceBody::Json(records) => {
             // Refused before any value is decoded.
-            if req.records.len() > max {
-                return Err(too_many_records(req.records.len(), max).into());
+            if records.len() > max {
+                return Err(too_many_records(records.len(), max).into());
             }
-            decode_json(req)?
+            decode_json(records)?
         }
         ProduceBody::Arrow(bytes) => {
             tokio::task::spawn_blocking(move || floe_core::ipc::decode_produce(&bytes, max))

@@ -6,8 +6,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use floe_api::{
     BeginTransactionRequest, CommitTransactionRequest, ErrorBody, HalfMessage, PrepareHalfRequest,
-    ProduceRequest, RecordOffset, TransactionDescription, TransactionEnd, TransactionInfo,
-    TransactionList, TransactionPartition, TransactionState,
+    RecordOffset, TransactionDescription, TransactionEnd, TransactionInfo, TransactionList,
+    TransactionPartition, TransactionState,
 };
 use floe_broker::Broker;
 use floe_broker::groups::CommitRequest;
@@ -228,9 +228,12 @@ pub(crate) async fn prepare_half(
     if req.records.len() > max {
         return Err(floe_broker::records::too_many_records(req.records.len(), max).into());
     }
-    let incoming = decode_json(ProduceRequest {
-        records: req.records,
-    })?;
+    let incoming = decode_json(
+        req.records
+            .into_iter()
+            .map(crate::extract::RawRecord::from)
+            .collect(),
+    )?;
     let h = b.prepare_half(&topic, incoming, &req.check_url).await?;
     Ok((
         StatusCode::CREATED,
