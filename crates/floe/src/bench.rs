@@ -48,6 +48,11 @@ pub(crate) struct BenchArgs {
     /// Skip the consumers (produce only).
     #[arg(long)]
     no_consume: bool,
+    /// Records carry one of 1 024 different values (cycled through), as `bench/peers`
+    /// sends them, instead of one value for every record (which Parquet's dictionary
+    /// makes unrealistically cheap to encode and store).
+    #[arg(long)]
+    distinct_values: bool,
     /// Producers use producer sessions (RFC 0003): every request carries its sequence per
     /// partition, checked in the commit (JSON only).
     #[arg(long)]
@@ -87,7 +92,7 @@ fn hist() -> anyhow::Result<Histogram<u64>> {
 /// An Arrow IPC produce body: send time in the key (`<µs>-<i>`), partitions spread
 /// explicitly (Arrow records carry no headers here).
 fn arrow_body(
-    value: &str,
+    values: &[String],
     batch: usize,
     producer: usize,
     partitions: u32,
@@ -100,7 +105,7 @@ fn arrow_body(
         .map(|(i, k)| {
             (
                 Some(k.as_bytes()),
-                value.as_bytes(),
+                pick(values, producer, batch, i).as_bytes(),
                 Some(((producer + i) % partitions as usize) as i32),
             )
         })
@@ -109,14 +114,16 @@ fn arrow_body(
 }
 
 /// A JSON produce body with `batch` records, each stamped with the current time.
-fn body(value: &str, batch: usize, producer: usize) -> Bytes {
+fn body(values: &[String], batch: usize, producer: usize) -> Bytes {
     let t = now_us();
-    let mut s = String::with_capacity(batch * (value.len() + 64) + 16);
+    let len = values.first().map_or(0, String::len);
+    let mut s = String::with_capacity(batch * (len + 64) + 16);
     s.push_str("{\"records\":[");
     for i in 0..batch {
         if i > 0 {
             s.push(',');
         }
+        let value = pick(values, producer, batch, i);
         s.push_str(&format!(
             "{{\"key\":\"p{producer}-{i}\",\"value\":\"{value}\",\"headers\":{{\"t\":\"{t}\"}}}}"
         ));
@@ -144,7 +151,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     }
     let puts_before = total_puts(&clients).await?;
-    let value = Arc::new(printable_value(a.record_bytes));
+    let value = Arc::new(value_pool(a.record_bytes, a.distinct_values));
     let produce_lat = Arc::new(Mutex::new(hist()?));
     let commit_lat = Arc::new(Mutex::new(hist()?));
     let e2e_lat = Arc::new(Mutex::new(hist()?));
@@ -395,9 +402,22 @@ async fn total_puts(clients: &[Client]) -> anyhow::Result<f64> {
     Ok(n)
 }
 
-/// A printable, poorly compressible value of `n` bytes.
-fn printable_value(n: usize) -> String {
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
+/// Record `i` of a request from `producer`: producers and positions spread over the pool.
+fn pick(values: &[String], producer: usize, batch: usize, i: usize) -> &str {
+    values
+        .get((producer * batch + i) % values.len().max(1))
+        .map_or("", String::as_str)
+}
+
+/// The values records carry: one, or 1 024 different ones (`--distinct-values`).
+fn value_pool(n: usize, distinct: bool) -> Vec<String> {
+    let count: u64 = if distinct { 1024 } else { 1 };
+    (0..count).map(|k| printable_value(n, k)).collect()
+}
+
+/// A printable, poorly compressible value of `n` bytes (`k` picks which).
+fn printable_value(n: usize, k: u64) -> String {
+    let mut seed = 0x2545_f491_4f6c_dd1du64 ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (0..n)
         .map(|_| {
             seed ^= seed << 13;
@@ -408,20 +428,20 @@ fn printable_value(n: usize) -> String {
         .collect()
 }
 
-/// Create `topic` and fill it with `records` records of `value` (not timed).
+/// Create `topic` and fill it with `records` records carrying `values` (not timed).
 async fn preload(
     c: &Client,
     topic: &str,
     partitions: u32,
     records: usize,
-    value: &str,
+    values: &[String],
 ) -> anyhow::Result<()> {
     let _ = c.create_topic(topic, partitions).await?;
     let per_req = 1000.min(records.max(1));
     let mut sent = 0;
     while sent < records {
         let n = per_req.min(records - sent);
-        let _ = c.produce_raw(topic, body(value, n, sent)).await?;
+        let _ = c.produce_raw(topic, body(values, n, sent)).await?;
         sent += n;
     }
     Ok(())
@@ -438,7 +458,7 @@ async fn run_queue(a: BenchArgs) -> anyhow::Result<()> {
     for u in &a.also {
         clients.push(Client::new(u)?);
     }
-    let value = printable_value(a.record_bytes);
+    let value = value_pool(a.record_bytes, a.distinct_values);
     let base = a
         .topic
         .clone()
@@ -573,4 +593,28 @@ async fn run_queue(a: BenchArgs) -> anyhow::Result<()> {
     );
     println!("ratio queue/group: {:.2}x", q_rate / g_rate);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_values_are_distinct_and_the_default_is_one_value() {
+        let one = value_pool(64, false);
+        assert_eq!(one.len(), 1);
+        let pool = value_pool(64, true);
+        assert_eq!(pool.len(), 1024);
+        assert!(pool.iter().all(|v| v.len() == 64));
+        let unique: std::collections::HashSet<&String> = pool.iter().collect();
+        assert_eq!(unique.len(), 1024);
+        assert_eq!(pool[0], one[0], "the default value is the pool's first");
+        // A request spreads its records over the pool, and producers differ.
+        let b: serde_json::Value = serde_json::from_slice(&body(&pool, 3, 1)).unwrap_or_default();
+        let vals: Vec<&str> = b["records"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|x| x["value"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(vals, [&pool[3], &pool[4], &pool[5]]);
+    }
 }
