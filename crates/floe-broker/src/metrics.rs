@@ -98,6 +98,28 @@ fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheu
     Ok(c)
 }
 
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
 fn histogram(
     r: &Registry,
     name: &str,
@@ -112,61 +134,48 @@ fn histogram(
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let r = Registry::new();
-        let store_requests = IntCounterVec::new(
-            Opts::new(
-                "floe_object_store_requests_total",
-                "Object store requests by operation",
-            ),
+        let store_requests = counter_vec(
+            &r,
+            "floe_object_store_requests_total",
+            "Object store requests by operation",
             &["op"],
         )?;
-        let idempotency_refusals = IntCounterVec::new(
-            prometheus::Opts::new(
-                "floe_idempotency_refusals_total",
-                "Idempotency-Key produce requests refused, by reason (reused, in_flight)",
-            ),
+        let idempotency_refusals = counter_vec(
+            &r,
+            "floe_idempotency_refusals_total",
+            "Idempotency-Key produce requests refused, by reason (reused, in_flight)",
             &["reason"],
         )?;
-        r.register(Box::new(idempotency_refusals.clone()))?;
-        let producer_refusals = IntCounterVec::new(
-            prometheus::Opts::new(
-                "floe_producer_refusals_total",
-                "Producer-session produce requests refused, by reason (out_of_order_sequence, producer_fenced, unknown_producer)",
-            ),
+        let producer_refusals = counter_vec(
+            &r,
+            "floe_producer_refusals_total",
+            "Producer-session produce requests refused, by reason (out_of_order_sequence, producer_fenced, unknown_producer)",
             &["reason"],
         )?;
-        r.register(Box::new(producer_refusals.clone()))?;
-        let transactions_ended = IntCounterVec::new(
-            prometheus::Opts::new(
-                "floe_transactions_ended_total",
-                "Transactions ended, by outcome (committed, aborted) and by (producer, timeout, check_back, default, reinit)",
-            ),
+        let transactions_ended = counter_vec(
+            &r,
+            "floe_transactions_ended_total",
+            "Transactions ended, by outcome (committed, aborted) and by (producer, timeout, check_back, default, reinit)",
             &["outcome", "by"],
         )?;
-        r.register(Box::new(transactions_ended.clone()))?;
-        let half_checks = IntCounterVec::new(
-            prometheus::Opts::new(
-                "floe_half_message_checks_total",
-                "Half-message check-backs by answer (commit, rollback, unknown, failed)",
-            ),
+        let half_checks = counter_vec(
+            &r,
+            "floe_half_message_checks_total",
+            "Half-message check-backs by answer (commit, rollback, unknown, failed)",
             &["answer"],
         )?;
-        r.register(Box::new(half_checks.clone()))?;
-        let memory_budget = IntGaugeVec::new(
-            prometheus::Opts::new(
-                "floe_memory_budget_bytes",
-                "The agent's configured memory bounds by part (caches, produce buffer, flushes in flight)",
-            ),
+        let memory_budget = gauge_vec(
+            &r,
+            "floe_memory_budget_bytes",
+            "The agent's configured memory bounds by part (caches, produce buffer, flushes in flight)",
             &["part"],
         )?;
-        r.register(Box::new(memory_budget.clone()))?;
-        let cache_bytes = IntGaugeVec::new(
-            prometheus::Opts::new(
-                "floe_cache_bytes",
-                "Bytes each read cache holds now, as its weigher counts them (refreshed at every scrape)",
-            ),
+        let cache_bytes = gauge_vec(
+            &r,
+            "floe_cache_bytes",
+            "Bytes each read cache holds now, as its weigher counts them (refreshed at every scrape)",
             &["cache"],
         )?;
-        r.register(Box::new(cache_bytes.clone()))?;
         for reason in [
             "out_of_order_sequence",
             "producer_fenced",
@@ -176,34 +185,27 @@ impl Metrics {
         ] {
             let _ = producer_refusals.with_label_values(&[reason]);
         }
-        r.register(Box::new(store_requests.clone()))?;
         for op in ["put", "get", "list", "delete"] {
             let _ = store_requests.with_label_values(&[op]);
         }
-        let cache = IntCounterVec::new(
-            Opts::new(
-                "floe_segment_cache_total",
-                "Segment cache lookups by result (hit/miss)",
-            ),
+        let cache = counter_vec(
+            &r,
+            "floe_segment_cache_total",
+            "Segment cache lookups by result (hit/miss)",
             &["result"],
         )?;
-        r.register(Box::new(cache.clone()))?;
-        let queue_settled = IntCounterVec::new(
-            Opts::new(
-                "floe_queue_settled_total",
-                "Queue receipts settled, by action",
-            ),
+        let queue_settled = counter_vec(
+            &r,
+            "floe_queue_settled_total",
+            "Queue receipts settled, by action",
             &["action"],
         )?;
-        r.register(Box::new(queue_settled.clone()))?;
-        let group_lag = IntGaugeVec::new(
-            Opts::new(
-                "floe_group_lag",
-                "Records after the committed offset, per consumer group and partition",
-            ),
+        let group_lag = gauge_vec(
+            &r,
+            "floe_group_lag",
+            "Records after the committed offset, per consumer group and partition",
             &["topic", "group", "partition"],
         )?;
-        r.register(Box::new(group_lag.clone()))?;
         let secs = exponential_buckets(0.0005, 2.0, 16)?;
         Ok(Self(std::sync::Arc::new(MetricSet {
             records_produced: counter(
