@@ -7,6 +7,9 @@
 # Repetitions alternate the order (1, MANY / MANY, 1) and data folders are deleted only after
 # the last run: deleting a run's thousands of segment files before the next run slowed that
 # run by up to 40 % (bench/results/2026-11-27-ab-one-partition.txt vs the earlier figures).
+# RATE=N: the same offered load for both (`floe bench --rate N`, records/s over all
+# producers) instead of a closed loop, so "at the same load" compares PUTs/s and ack
+# latency at a load both sustain; the closed loop compares saturation throughput.
 #   bash bench/partitions.sh [BIN] [MANY]      (defaults: target/release/floe, 1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +31,8 @@ run() {
   "$BIN" serve --listen 127.0.0.1:$PORT --data-dir "$dir" --max-partitions "$parts" --no-compaction >"$dir/agent.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/readyz >/dev/null && break; sleep 0.1; done
-  local out; out=$("$BIN" bench --url http://127.0.0.1:$PORT --partitions "$parts" --seconds "$SECONDS_LOAD" --no-consume | grep produced)
+  local rate=(); [ -n "${RATE:-}" ] && rate=(--rate "$RATE")
+  local out; out=$("$BIN" bench --url http://127.0.0.1:$PORT --partitions "$parts" --seconds "$SECONDS_LOAD" --no-consume "${rate[@]}" | grep -E '^produce' | tr -s ' ' | paste -sd '|' -)
   local segs; segs=$(curl -sf http://127.0.0.1:$PORT/metrics | awk '/^floe_segments_written_total/ {print $2}')
   python3 bench/flush_breakdown.py http://127.0.0.1:$PORT 2>/dev/null | sed "s|^|  partitions=$parts flush breakdown: |" || true
   local rss; rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$pid/status)

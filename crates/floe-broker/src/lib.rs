@@ -49,9 +49,22 @@ use tracing::Instrument;
 pub use config::{AgentConfig, FlushPolicy};
 pub use error::{BrokerError, BrokerResult, ErrorKind};
 
-/// The engine: everything an operation needs. Cheap to clone (all shared handles).
+/// The engine: everything an operation needs. Cloning it is one reference count (the
+/// HTTP front end clones its state for every request; cloning each handle inside — caches,
+/// channels, clients — was ≈ 1.5 % of the agent's CPU at 64 producers, issue #9).
 #[derive(Debug, Clone)]
-pub struct Broker {
+pub struct Broker(Arc<Engine>);
+
+impl std::ops::Deref for Broker {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.0
+    }
+}
+
+/// What a [`Broker`] holds.
+#[derive(Debug)]
+pub struct Engine {
     pub config: Arc<AgentConfig>,
     pub store: Arc<dyn ObjectStore>,
     pub index: Arc<dyn Index>,
@@ -172,7 +185,7 @@ impl Broker {
             },
             shutdown.clone(),
         ));
-        let broker = Self {
+        let broker = Self(Arc::new(Engine {
             topics: topics::TopicCache::new(index.clone(), config.topic_cache_ttl),
             config,
             store,
@@ -187,7 +200,7 @@ impl Broker {
                 .connect_timeout(std::time::Duration::from_secs(2))
                 .build()
                 .map_err(|e| StartError::Config(format!("http client: {e}")))?,
-        };
+        }));
         let keeper = tokio::spawn(txns::keep(broker.clone(), shutdown));
         Ok((
             broker,

@@ -53,6 +53,12 @@ pub(crate) struct BenchArgs {
     /// makes unrealistically cheap to encode and store).
     #[arg(long)]
     distinct_values: bool,
+    /// Offered load, records per second over all producers: each producer sends a
+    /// request every `producers x batch / rate` seconds (staggered), and at once when its
+    /// previous request was acked late, until it has caught up. Default: each producer
+    /// sends its next request as soon as the previous one is acked (a closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Producers use producer sessions (RFC 0003): every request carries its sequence per
     /// partition, checked in the commit (JSON only).
     #[arg(long)]
@@ -113,6 +119,16 @@ fn arrow_body(
     Ok(floe_core::ipc::encode_produce(&recs)?)
 }
 
+/// How often each of `producers` sends a request of `batch` records so that together they
+/// offer `rate` records per second.
+fn request_period(producers: usize, batch: usize, rate: f64) -> anyhow::Result<Duration> {
+    if !(rate.is_finite() && rate > 0.0) {
+        anyhow::bail!("--rate must be a positive number of records per second, got {rate}");
+    }
+    Duration::try_from_secs_f64(producers as f64 * batch as f64 / rate)
+        .with_context(|| format!("--rate {rate}: no request period fits"))
+}
+
 /// A JSON produce body with `batch` records, each stamped with the current time.
 fn body(values: &[String], batch: usize, producer: usize) -> Bytes {
     let t = now_us();
@@ -136,6 +152,10 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.queue {
         return run_queue(a).await;
     }
+    let period = a
+        .rate
+        .map(|r| request_period(a.producers, a.batch, r))
+        .transpose()?;
     let client = Client::new(&a.conn.url)?;
     let mut clients = vec![client.clone()];
     for u in &a.also {
@@ -236,6 +256,16 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         let idempotent = (a.idempotent || transactional) && !arrow;
         let per_txn = a.transaction_requests.max(1);
         let commit_lat = commit_lat.clone();
+        let mut ticker = match period {
+            Some(period) => {
+                let first =
+                    tokio::time::Instant::now() + period.mul_f64(i as f64 / a.producers as f64);
+                let mut t = tokio::time::interval_at(first, period);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                Some(t)
+            }
+            _ => None,
+        };
         producers.push(tokio::spawn(async move {
             let mut local = hist()?;
             let mut commits = hist()?;
@@ -261,6 +291,12 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
             let mut next: std::collections::BTreeMap<u32, i64> =
                 per_partition.keys().map(|p| (*p, 0)).collect();
             while Instant::now() < end {
+                if let Some(t) = ticker.as_mut() {
+                    let _ = t.tick().await;
+                    if Instant::now() >= end {
+                        break;
+                    }
+                }
                 if let (true, 0, Some(s)) = (transactional, in_txn, session) {
                     // A transaction is the session's next epoch; sequences start at 0.
                     let t = c.begin_transaction(s.producer_id, s.epoch, None).await?;
@@ -346,8 +382,16 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let el = e2e_lat.lock().await;
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
-        "floe bench: {} producers x {} records x {} B, {} partitions, {}s, topic {topic}",
-        a.producers, a.batch, a.record_bytes, a.partitions, a.seconds
+        "floe bench: {} producers x {} records x {} B, {} partitions, {}s, {}, topic {topic}",
+        a.producers,
+        a.batch,
+        a.record_bytes,
+        a.partitions,
+        a.seconds,
+        a.rate.map_or_else(
+            || "closed loop".to_string(),
+            |r| format!("offered {r:.0} records/s")
+        )
     );
     println!(
         "produced      {total} records in {produce_secs:.1}s: {:.0} records/s, {:.1} MiB/s (errors: {})",
@@ -598,6 +642,22 @@ async fn run_queue(a: BenchArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_period_spreads_the_rate_over_producers() {
+        // 8 producers x 100 records at 40 000 records/s: each sends every 20 ms.
+        assert_eq!(
+            request_period(8, 100, 40_000.0).unwrap(),
+            Duration::from_millis(20)
+        );
+        assert_eq!(
+            request_period(1, 1, 4.0).unwrap(),
+            Duration::from_millis(250)
+        );
+        for bad in [0.0, -5.0, f64::NAN, f64::INFINITY, 1e-300] {
+            assert!(request_period(8, 100, bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn distinct_values_are_distinct_and_the_default_is_one_value() {

@@ -10,7 +10,7 @@ use base64::Engine;
 use bytes::Bytes;
 use floe_api::{
     Encoding, ErrorBody, FetchResponse, InitProducerRequest, ProduceRequest, ProduceResponse,
-    ProducerSessionInfo, RecordOffset,
+    ProducerSessionInfo,
 };
 use floe_broker::Broker;
 use floe_broker::produce::ProducerStamp;
@@ -19,7 +19,7 @@ use floe_core::ipc::{ARROW_STREAM, IncomingRecord, IpcError};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, ProduceBody, RawRecord, path_err};
-use crate::render::{arrow_response, fetch_json_stream};
+use crate::render::{arrow_response, fetch_json_stream, produce_answer};
 
 fn decode_field(
     i: usize,
@@ -59,7 +59,7 @@ pub(crate) fn decode_json(records: Vec<RawRecord>) -> ApiResult<Vec<IncomingReco
                     format!("record {i}: value or value_b64 is required"),
                 )
             })?;
-            let headers = r.headers.unwrap_or_default().into_iter().collect();
+            let headers = r.headers.unwrap_or_default();
             Ok(IncomingRecord {
                 key,
                 value,
@@ -138,20 +138,16 @@ pub(crate) async fn produce(
     let produced = b
         .produce(&raw, incoming, deadline, key, stamp.as_ref())
         .await?;
-    let body = Json(ProduceResponse {
-        offsets: produced
-            .offsets
-            .into_iter()
-            .map(|o| RecordOffset {
-                partition: o.partition,
-                offset: o.offset,
-            })
-            .collect(),
-    });
+    let offsets: Vec<(u32, u64)> = produced
+        .offsets
+        .iter()
+        .map(|o| (o.partition, o.offset))
+        .collect();
+    let body = produce_answer(&offsets);
     if produced.replayed {
         return Ok(([(REPLAYED, "true")], body).into_response());
     }
-    Ok(body.into_response())
+    Ok(body)
 }
 
 /// Request headers of a producer session (RFC 0003 part 2).
