@@ -79,6 +79,36 @@ CREATE TABLE IF NOT EXISTS runs_recent (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS runs_recent_by_partition ON runs_recent (topic_id, partition, base_offset);
 CREATE INDEX IF NOT EXISTS runs_recent_by_segment ON runs_recent (segment_key);
+-- The second table of recent entries (RFC 0002 amendment 7): commits append to one of
+-- the two (`recent_state.active`: 0 = runs_recent, 1 = runs_recent_b); the other, once
+-- full, is copied to `runs` a chunk per commit in key order (up to and including the
+-- key `moved_*`), then emptied in one go, so no single commit moves everything.
+CREATE TABLE IF NOT EXISTS runs_recent_b (
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    base_offset INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    segment_key TEXT NOT NULL,
+    segment_size INTEGER NOT NULL,
+    rg_first INTEGER NOT NULL,
+    rg_count INTEGER NOT NULL,
+    byte_start INTEGER NOT NULL,
+    byte_end INTEGER NOT NULL,
+    min_ts INTEGER NOT NULL,
+    max_ts INTEGER NOT NULL,
+    row_first INTEGER NOT NULL DEFAULT 0,
+    row_count INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_recent_b_by_partition ON runs_recent_b (topic_id, partition, base_offset);
+CREATE INDEX IF NOT EXISTS runs_recent_b_by_segment ON runs_recent_b (segment_key);
+CREATE TABLE IF NOT EXISTS recent_state (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    active INTEGER NOT NULL CHECK (active IN (0, 1)),
+    moved_topic INTEGER NOT NULL,
+    moved_partition INTEGER NOT NULL,
+    moved_base INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO recent_state (id, active, moved_topic, moved_partition, moved_base) VALUES (0, 0, -1, -1, -1);
 CREATE TABLE IF NOT EXISTS objects (
     key TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -269,24 +299,134 @@ fn end_txn_in(tx: &rusqlite::Transaction<'_>, e: &EndTxn) -> Result<TxnEnded> {
 
 const RUN_COLS: &str = "topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first, row_count";
 
-/// Move every entry of `runs_recent` into `runs`, inside `tx` (a commit does when the table
-/// reaches its limit). Writes that read, rewrite or delete a partition's entries
-/// (retention, compaction, aborts, topic deletion) first move that partition's or topic's
-/// entries ([`merge_recent_of`]), so they work on `runs` alone; `runs_recent` only ever
-/// holds entries appended by commits since: per partition, offsets above all of `runs`.
-fn merge_recent(tx: &rusqlite::Transaction<'_>) -> Result<()> {
-    let pending: Option<i64> = tx
-        .prepare_cached("SELECT MAX(rowid) FROM runs_recent")?
-        .query_row([], |r| r.get(0))?;
-    if pending.is_none() {
-        return Ok(());
-    }
+/// The two tables of recent entries. Commits append to the active one; the other is
+/// being copied to `runs` (or is empty).
+const RECENT: [&str; 2] = ["runs_recent", "runs_recent_b"];
+
+/// A key of `runs` below every real one (topic ids start at 1, offsets at 0).
+const BEFORE_ALL: (i64, i64, i64) = (-1, -1, -1);
+
+/// Which recent table takes appends, and the last key of the other one already copied to
+/// `runs`.
+fn recent_state(tx: &rusqlite::Transaction<'_>) -> Result<(usize, (i64, i64, i64))> {
+    let (active, t, p, b): (i64, i64, i64, i64) = tx
+        .prepare_cached(
+            "SELECT active, moved_topic, moved_partition, moved_base FROM recent_state WHERE id = 0",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    Ok((usize::from(active == 1), (t, p, b)))
+}
+
+fn set_recent_state(
+    tx: &rusqlite::Transaction<'_>,
+    active: usize,
+    moved: (i64, i64, i64),
+) -> Result<()> {
     let _ = tx
+        .prepare_cached(
+            "UPDATE recent_state SET active = ?1, moved_topic = ?2, moved_partition = ?3, moved_base = ?4 WHERE id = 0",
+        )?
+        .execute(params![active as i64, moved.0, moved.1, moved.2])?;
+    Ok(())
+}
+
+/// Copy the next `chunk` entries (all, with `None`) of the inactive recent table, in key
+/// order after `moved`, to `runs`. Returns the last key copied while entries remain after
+/// it; `None` once the table is copied to its end and emptied. `INSERT OR IGNORE`: an
+/// entry copied by an earlier chunk is in `runs` already, unchanged (whatever rewrites a
+/// partition's entries in `runs` first takes that partition out of both recent tables,
+/// [`merge_recent_of`]).
+fn copy_recent_chunk(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    moved: (i64, i64, i64),
+    chunk: Option<u32>,
+) -> Result<Option<(i64, i64, i64)>> {
+    let last: Option<(i64, i64, i64)> = match chunk {
+        Some(n) => tx
+            .prepare_cached(&format!(
+                "SELECT topic_id, partition, base_offset FROM {table}
+                 WHERE (topic_id, partition, base_offset) > (?1, ?2, ?3)
+                 ORDER BY topic_id, partition, base_offset LIMIT 1 OFFSET ?4"
+            ))?
+            .query_row(params![moved.0, moved.1, moved.2, n.max(1) - 1], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?,
+        None => None,
+    };
+    match last {
+        Some(k) => {
+            let _ = tx
+                .prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO runs ({RUN_COLS}) SELECT {RUN_COLS} FROM {table}
+                     WHERE (topic_id, partition, base_offset) > (?1, ?2, ?3)
+                       AND (topic_id, partition, base_offset) <= (?4, ?5, ?6)
+                     ORDER BY topic_id, partition, base_offset"
+                ))?
+                .execute(params![moved.0, moved.1, moved.2, k.0, k.1, k.2])?;
+            Ok(Some(k))
+        }
+        None => {
+            let _ = tx
+                .prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO runs ({RUN_COLS}) SELECT {RUN_COLS} FROM {table}
+                     WHERE (topic_id, partition, base_offset) > (?1, ?2, ?3)
+                     ORDER BY topic_id, partition, base_offset"
+                ))?
+                .execute(params![moved.0, moved.1, moved.2])?;
+            let _ = tx
+                .prepare_cached(&format!("DELETE FROM {table}"))?
+                .execute([])?;
+            Ok(None)
+        }
+    }
+}
+
+/// After a commit appended its entries: copy the next chunk of the inactive recent table
+/// to `runs` (a `recent_limit / 8` share, at least twice the entries just appended, so the
+/// copy ends before the active table fills again); when the active table reaches `recent_limit`, finish the copy if it has
+/// not ended and swap the tables' roles. Each commit then writes a bounded part of the
+/// move, where one commit in ~32 used to move everything (≈ 80 ms at 1 000 partitions).
+/// Writes that read, rewrite or delete a partition's entries (retention, compaction,
+/// aborts, topic deletion) first take that partition's or topic's entries out of both
+/// tables ([`merge_recent_of`]), so they work on `runs` alone. Invariant: per partition,
+/// every entry of the inactive table precedes every entry of the active one, and every
+/// entry of `runs` not also in the inactive table precedes both.
+fn advance_recent(
+    tx: &rusqlite::Transaction<'_>,
+    recent_limit: i64,
+    appended: usize,
+) -> Result<()> {
+    let (active, moved) = recent_state(tx)?;
+    let inactive = RECENT[1 - active];
+    let copying = tx
+        .prepare_cached(&format!("SELECT 1 FROM {inactive} LIMIT 1"))?
+        .exists([])?;
+    // Where the copy stands after this commit: `Some(key)` while entries remain.
+    let mut left = None;
+    if copying {
+        // At least twice what this commit appended: the copy keeps ahead of the appends
+        // and ends before the active table fills, whatever the entries per commit.
+        let share = (recent_limit / 8).max(2 * appended as i64).max(1);
+        let chunk = u32::try_from(share).unwrap_or(u32::MAX);
+        left = copy_recent_chunk(tx, inactive, moved, Some(chunk))?;
+    }
+    let pending: i64 = tx
         .prepare_cached(&format!(
-            "INSERT INTO runs ({RUN_COLS}) SELECT {RUN_COLS} FROM runs_recent ORDER BY topic_id, partition, base_offset"
+            "SELECT COALESCE(MAX(rowid), 0) FROM {}",
+            RECENT[active]
         ))?
-        .execute([])?;
-    let _ = tx.prepare_cached("DELETE FROM runs_recent")?.execute([])?;
+        .query_row([], |r| r.get(0))?;
+    if pending >= recent_limit {
+        if let Some(k) = left {
+            // The copy fell behind (a limit of a few commits' entries): finish it here.
+            let _ = copy_recent_chunk(tx, inactive, k, None)?;
+        }
+        set_recent_state(tx, 1 - active, BEFORE_ALL)?;
+    } else if copying {
+        set_recent_state(tx, active, left.unwrap_or(BEFORE_ALL))?;
+    }
     Ok(())
 }
 
@@ -326,27 +466,31 @@ fn entries_from(
     Ok(rows)
 }
 
-/// [`merge_recent`] for one topic (`partition` None) or one partition: the entries of
-/// the others stay where they are, so a compaction of one partition does not undo the
-/// batching of all the others.
+/// Take one topic's (`partition` None) or one partition's entries out of both recent
+/// tables into `runs`: the entries of the others stay where they are, so a compaction of
+/// one partition does not undo the batching of all the others. Entries of the inactive
+/// table already copied are in `runs` (`INSERT OR IGNORE`).
 fn merge_recent_of(
     tx: &rusqlite::Transaction<'_>,
     topic_id: i64,
     partition: Option<u32>,
 ) -> Result<()> {
-    // Two statement shapes, so that both use `runs_recent_by_partition`.
+    // Two statement shapes, so that both use the tables' `(topic_id, partition,
+    // base_offset)` index.
     let (scope, p) = match partition {
         Some(p) => ("topic_id = ?1 AND partition = ?2", i64::from(p)),
         None => ("topic_id = ?1 AND ?2 = ?2", 0),
     };
-    let _ = tx
-        .prepare_cached(&format!(
-            "INSERT INTO runs ({RUN_COLS}) SELECT {RUN_COLS} FROM runs_recent WHERE {scope} ORDER BY topic_id, partition, base_offset"
-        ))?
-        .execute(params![topic_id, p])?;
-    let _ = tx
-        .prepare_cached(&format!("DELETE FROM runs_recent WHERE {scope}"))?
-        .execute(params![topic_id, p])?;
+    for table in RECENT {
+        let _ = tx
+            .prepare_cached(&format!(
+                "INSERT OR IGNORE INTO runs ({RUN_COLS}) SELECT {RUN_COLS} FROM {table} WHERE {scope} ORDER BY topic_id, partition, base_offset"
+            ))?
+            .execute(params![topic_id, p])?;
+        let _ = tx
+            .prepare_cached(&format!("DELETE FROM {table} WHERE {scope}"))?
+            .execute(params![topic_id, p])?;
+    }
     Ok(())
 }
 
@@ -667,6 +811,7 @@ impl Index for SqliteIndex {
             let Some(id) = id else { return Ok(false) };
             let _ = tx.execute("DELETE FROM runs WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM runs_recent WHERE topic_id = ?1", [id])?;
+            let _ = tx.execute("DELETE FROM runs_recent_b WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM partitions WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM consumer_state WHERE topic_id = ?1", [id])?;
             let _ = tx.execute("DELETE FROM group_offsets WHERE topic_id = ?1", [id])?;
@@ -913,9 +1058,11 @@ impl Index for SqliteIndex {
                 }
             }
             {
-                let mut ins = tx.prepare_cached(
-                    "INSERT INTO runs_recent (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                )?;
+                let (active, _) = recent_state(&tx)?;
+                let mut ins = tx.prepare_cached(&format!(
+                    "INSERT INTO {} (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    RECENT[active]
+                ))?;
                 for row in &plan.rows {
                     let r = &seg.runs[row.run];
                     let _ = ins.execute(params![
@@ -963,12 +1110,7 @@ impl Index for SqliteIndex {
             let _ = tx
                 .prepare_cached("INSERT OR IGNORE INTO objects (key, size, created_ms) VALUES (?1, ?2, ?3)")?
                 .execute(params![seg.key, seg.size, seg.created_ms])?;
-            let pending: i64 = tx
-                .prepare_cached("SELECT COALESCE(MAX(rowid), 0) FROM runs_recent")?
-                .query_row([], |r| r.get(0))?;
-            if pending >= recent_limit {
-                merge_recent(&tx)?;
-            }
+            advance_recent(&tx, recent_limit, plan.rows.len())?;
             // Last step before the commit is durable: too late means roll back (the
             // transaction is dropped), so a stalled commit never lands after its deadline.
             check_deadline(seg.deadline_unix_ms, clock.now_ms())?;
@@ -1051,14 +1193,26 @@ impl Index for SqliteIndex {
         limit: u32,
     ) -> Result<Vec<RunEntry>> {
         self.read(move |c| {
-            // `runs_recent` first: a reader at the tail finds the entry holding `offset`
-            // there, and then (invariant: per partition every offset in `runs_recent` is
-            // above every offset in `runs`) nothing in `runs` can follow it. Entries only
-            // ever move from `runs_recent` to `runs`, so reading `runs` second, when
-            // needed, misses nothing that was committed before the first read (an entry
-            // moved in between is seen twice and kept once).
-            let mut recent = entries_from(c, "runs_recent", topic_id, partition, offset, limit)?;
+            // The recent tables first: a reader at the tail finds the entry holding
+            // `offset` there, and then (invariant: per partition every entry of the
+            // recent tables follows every entry of `runs` that is not a copy of one of
+            // them) nothing in `runs` can follow it. Entries only ever leave a recent
+            // table once they are in `runs`, so reading `runs` last, when needed, misses
+            // nothing committed before the first read (an entry seen in two tables is
+            // kept once).
+            let mut recent = entries_from(c, RECENT[0], topic_id, partition, offset, limit)?;
+            recent.append(&mut entries_from(
+                c, RECENT[1], topic_id, partition, offset, limit,
+            )?);
+            recent.sort_by_key(|e| e.base_offset);
+            recent.dedup_by_key(|e| e.base_offset);
+            // Each table gave the entries from the one holding `offset`: the union may
+            // start below it, where one table's holder precedes the other's.
+            if let Some(i) = recent.iter().rposition(|e| e.base_offset <= offset) {
+                let _ = recent.drain(..i);
+            }
             if recent.first().is_some_and(|e| e.base_offset <= offset) {
+                recent.truncate(limit as usize);
                 return Ok(recent);
             }
             let mut rows = entries_from(c, "runs", topic_id, partition, offset, limit)?;
@@ -1076,7 +1230,8 @@ impl Index for SqliteIndex {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT 1 FROM runs WHERE segment_key = ?1
-                 UNION ALL SELECT 1 FROM runs_recent WHERE segment_key = ?1 LIMIT 1",
+                 UNION ALL SELECT 1 FROM runs_recent WHERE segment_key = ?1
+                 UNION ALL SELECT 1 FROM runs_recent_b WHERE segment_key = ?1 LIMIT 1",
             )?;
             Ok(st.query_row([key], |_| Ok(())).optional()?.is_some())
         })
@@ -1089,6 +1244,7 @@ impl Index for SqliteIndex {
                 "SELECT key FROM objects o WHERE created_ms < ?1
                    AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.segment_key = o.key)
                    AND NOT EXISTS (SELECT 1 FROM runs_recent r WHERE r.segment_key = o.key)
+                   AND NOT EXISTS (SELECT 1 FROM runs_recent_b r WHERE r.segment_key = o.key)
                  ORDER BY created_ms LIMIT ?2",
             )?;
             let keys = st
@@ -1430,13 +1586,21 @@ mod tests {
         }
     }
 
+    /// A partition's entries in the two recent tables.
     fn recent_rows(ix: &SqliteIndex, partition: u32) -> i64 {
         lock(&ix.reader)
             .query_row(
-                "SELECT COUNT(*) FROM runs_recent WHERE partition = ?1",
+                "SELECT (SELECT COUNT(*) FROM runs_recent WHERE partition = ?1)
+                      + (SELECT COUNT(*) FROM runs_recent_b WHERE partition = ?1)",
                 [partition],
                 |r| r.get(0),
             )
+            .unwrap()
+    }
+
+    fn table_rows(ix: &SqliteIndex, table: &str) -> i64 {
+        lock(&ix.reader)
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
     }
 
@@ -1500,11 +1664,40 @@ mod tests {
             (0, 6, "file")
         );
         assert_eq!(ix.runs_from(t.id, 1, 0, 10).await.unwrap().len(), 3);
-        // Rows so far: 6 inserted (rowid 6); the commit that reaches 8 moves everything.
+        // Rows so far: 6 inserted (rowid 6); the commit that reaches 8 swaps the tables.
         let _ = ix.commit_segment(commit(3)).await.unwrap();
-        assert_eq!((recent_rows(&ix, 0), recent_rows(&ix, 1)), (0, 0));
-        let p1 = ix.runs_from(t.id, 1, 0, 10).await.unwrap();
-        let bases: Vec<u64> = p1.iter().map(|e| e.base_offset).collect();
-        assert_eq!(bases, vec![0, 2, 4, 6]);
+        assert_eq!((recent_rows(&ix, 0), recent_rows(&ix, 1)), (1, 4));
+        assert_eq!(
+            (
+                table_rows(&ix, "runs_recent"),
+                table_rows(&ix, "runs_recent_b")
+            ),
+            (5, 0)
+        );
+        // Then each commit appends 2 entries to runs_recent_b and copies at least 4 of
+        // runs_recent to `runs` (twice what it appended); once copied to its end,
+        // runs_recent is emptied. Every lookup answers the same all along.
+        let mut copied = false;
+        for n in 4..8u64 {
+            let _ = ix.commit_segment(commit(n as u32)).await.unwrap();
+            let p1 = ix.runs_from(t.id, 1, 0, 100).await.unwrap();
+            let bases: Vec<u64> = p1.iter().map(|e| e.base_offset).collect();
+            assert_eq!(
+                bases,
+                (0..=n).map(|i| i * 2).collect::<Vec<_>>(),
+                "after commit {n}"
+            );
+            for from in 0..(n + 1) * 2 {
+                let e = ix.runs_from(t.id, 1, from, 2).await.unwrap();
+                assert_eq!(
+                    e[0].base_offset,
+                    from - from % 2,
+                    "from {from} after commit {n}"
+                );
+            }
+            copied |= table_rows(&ix, "runs_recent") == 0;
+        }
+        assert!(copied, "runs_recent was copied and emptied");
+        assert_eq!(table_rows(&ix, "runs_recent_b"), 8);
     }
 }

@@ -488,6 +488,32 @@ async fn matches_model(i: Idx, prefix: String, ops: Vec<Op>) {
             let offs = i.partition_offsets(*id).await.unwrap();
             let got: Vec<u64> = offs.iter().map(|o| o.end_offset).collect();
             assert_eq!(&got, ends, "end offsets of topic {id}");
+            // Every partition's entries tile its log from 0 to its end, and a lookup from
+            // any entry's first or last offset starts at that entry, whichever table
+            // (SQLite: `runs` and the two recent tables, mid-copy or not) holds it.
+            for (p, end) in ends.iter().enumerate() {
+                let p = p as u32;
+                let all = i.runs_from(*id, p, 0, 10_000).await.unwrap();
+                let mut next = 0;
+                for e in &all {
+                    assert_eq!(e.base_offset, next, "topic {id} partition {p}: {all:?}");
+                    next += u64::from(e.records);
+                }
+                assert_eq!(
+                    next, *end,
+                    "topic {id} partition {p} ends at its end offset"
+                );
+                for e in &all {
+                    for o in [
+                        e.base_offset,
+                        e.base_offset + u64::from(e.records.max(1)) - 1,
+                    ] {
+                        let got = i.runs_from(*id, p, o, 2).await.unwrap();
+                        assert_eq!(got.first(), Some(e), "topic {id} partition {p} from {o}");
+                        assert!(got.len() <= 2);
+                    }
+                }
+            }
         }
     }
 }
@@ -1705,6 +1731,25 @@ mod sqlite {
         let r = i.runs_from(1, 0, 0, 10).await.unwrap();
         assert_eq!((r.len(), r[0].records, r[0].rows), (1, 5, 5));
     }
+}
+
+/// SQLite with recent tables of 16 entries: the full one is copied to `runs` a few entries
+/// per commit (twice what each commit appends, at least 2) while the other fills, and a
+/// commit that fills it before the copy ends finishes the copy itself — so the clauses
+/// run with entries in `runs`, in both recent tables, and mid-copy.
+mod sqlite_recent_chunks {
+    use super::*;
+
+    async fn open() -> (tempfile::TempDir, Idx) {
+        let d = tempfile::tempdir().unwrap();
+        let i = floe_index::SqliteIndex::open(&d.path().join("index.db"))
+            .await
+            .unwrap()
+            .with_recent_limit(16);
+        (d, Arc::new(i))
+    }
+
+    conformance!(open);
 }
 
 /// SQLite with a tiny `runs_recent` (a move to `runs` every second commit): every clause
