@@ -57,50 +57,13 @@ CREATE TABLE IF NOT EXISTS runs (
     PRIMARY KEY (topic_id, partition, base_offset)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_by_segment ON runs (segment_key);
--- Entries of recent commits (issue #9): a commit appends its entries here, in commit order,
--- so a flush touching hundreds of partitions writes a few pages instead of one leaf of
--- `runs` per partition; every `recent_limit` rows they move to `runs` in one go
--- (`merge_recent`). Same columns as `runs`; readers look at both in one snapshot.
-CREATE TABLE IF NOT EXISTS runs_recent (
-    topic_id INTEGER NOT NULL,
-    partition INTEGER NOT NULL,
-    base_offset INTEGER NOT NULL,
-    records INTEGER NOT NULL,
-    segment_key TEXT NOT NULL,
-    segment_size INTEGER NOT NULL,
-    rg_first INTEGER NOT NULL,
-    rg_count INTEGER NOT NULL,
-    byte_start INTEGER NOT NULL,
-    byte_end INTEGER NOT NULL,
-    min_ts INTEGER NOT NULL,
-    max_ts INTEGER NOT NULL,
-    row_first INTEGER NOT NULL DEFAULT 0,
-    row_count INTEGER
-);
-CREATE UNIQUE INDEX IF NOT EXISTS runs_recent_by_partition ON runs_recent (topic_id, partition, base_offset);
-CREATE INDEX IF NOT EXISTS runs_recent_by_segment ON runs_recent (segment_key);
--- The second table of recent entries (RFC 0002 amendment 7): commits append to one of
--- the two (`recent_state.active`: 0 = runs_recent, 1 = runs_recent_b); the other, once
--- full, is copied to `runs` a chunk per commit in key order (up to and including the
--- key `moved_*`), then emptied in one go, so no single commit moves everything.
-CREATE TABLE IF NOT EXISTS runs_recent_b (
-    topic_id INTEGER NOT NULL,
-    partition INTEGER NOT NULL,
-    base_offset INTEGER NOT NULL,
-    records INTEGER NOT NULL,
-    segment_key TEXT NOT NULL,
-    segment_size INTEGER NOT NULL,
-    rg_first INTEGER NOT NULL,
-    rg_count INTEGER NOT NULL,
-    byte_start INTEGER NOT NULL,
-    byte_end INTEGER NOT NULL,
-    min_ts INTEGER NOT NULL,
-    max_ts INTEGER NOT NULL,
-    row_first INTEGER NOT NULL DEFAULT 0,
-    row_count INTEGER
-);
-CREATE UNIQUE INDEX IF NOT EXISTS runs_recent_b_by_partition ON runs_recent_b (topic_id, partition, base_offset);
-CREATE INDEX IF NOT EXISTS runs_recent_b_by_segment ON runs_recent_b (segment_key);
+-- Entries of recent commits (issue #9; RFC 0002 amendments 2 and 7) live in two tables,
+-- `runs_recent` and `runs_recent_b`, made from one definition (`RECENT_TABLE`, same
+-- columns as `runs`): a commit appends its entries to the active one (`active`: 0 or 1)
+-- in commit order, so a flush touching hundreds of partitions writes a few pages instead
+-- of one leaf of `runs` per partition. Once it holds `recent_limit` entries the roles
+-- swap and the full one is copied to `runs` a chunk per commit in key order (up to and
+-- including the key `moved_*`), then emptied in one go: no single commit moves them all.
 CREATE TABLE IF NOT EXISTS recent_state (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     active INTEGER NOT NULL CHECK (active IN (0, 1)),
@@ -187,6 +150,28 @@ CREATE TABLE IF NOT EXISTS txn_batches (
     PRIMARY KEY (producer_id, epoch, topic_id, partition, base_offset)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS txn_batches_by_partition ON txn_batches (topic_id, partition, base_offset);
+";
+
+/// The definition of each recent table (`{t}`: its name), same columns as `runs`.
+const RECENT_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS {t} (
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    base_offset INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    segment_key TEXT NOT NULL,
+    segment_size INTEGER NOT NULL,
+    rg_first INTEGER NOT NULL,
+    rg_count INTEGER NOT NULL,
+    byte_start INTEGER NOT NULL,
+    byte_end INTEGER NOT NULL,
+    min_ts INTEGER NOT NULL,
+    max_ts INTEGER NOT NULL,
+    row_first INTEGER NOT NULL DEFAULT 0,
+    row_count INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS {t}_by_partition ON {t} (topic_id, partition, base_offset);
+CREATE INDEX IF NOT EXISTS {t}_by_segment ON {t} (segment_key);
 ";
 
 /// Columns added after the first release, for index files created before them.
@@ -395,10 +380,10 @@ fn copy_recent_chunk(
 /// entry of `runs` not also in the inactive table precedes both.
 fn advance_recent(
     tx: &rusqlite::Transaction<'_>,
+    (active, moved): (usize, (i64, i64, i64)),
     recent_limit: i64,
     appended: usize,
 ) -> Result<()> {
-    let (active, moved) = recent_state(tx)?;
     let inactive = RECENT[1 - active];
     let copying = tx
         .prepare_cached(&format!("SELECT 1 FROM {inactive} LIMIT 1"))?
@@ -671,6 +656,9 @@ impl SqliteIndex {
             }
             let w = connect(&path, WRITER_CACHE_BYTES)?;
             w.execute_batch(SCHEMA)?;
+            for t in RECENT {
+                w.execute_batch(&RECENT_TABLE.replace("{t}", t))?;
+            }
             migrate(&w)?;
             let r = connect(&path, READER_CACHE_BYTES)?;
             Ok(Self {
@@ -1046,6 +1034,7 @@ impl Index for SqliteIndex {
                     }
                 }
             }
+            let recent = recent_state(&tx)?;
             let plan = plan_commit(&seg.runs, &seg.producers, &ends, &epochs, &seqs, &open_txns)?;
             {
                 let mut ins = tx.prepare_cached("INSERT INTO txn_batches (producer_id, epoch, topic_id, partition, base_offset, records) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
@@ -1058,10 +1047,9 @@ impl Index for SqliteIndex {
                 }
             }
             {
-                let (active, _) = recent_state(&tx)?;
                 let mut ins = tx.prepare_cached(&format!(
                     "INSERT INTO {} (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                    RECENT[active]
+                    RECENT[recent.0]
                 ))?;
                 for row in &plan.rows {
                     let r = &seg.runs[row.run];
@@ -1110,7 +1098,7 @@ impl Index for SqliteIndex {
             let _ = tx
                 .prepare_cached("INSERT OR IGNORE INTO objects (key, size, created_ms) VALUES (?1, ?2, ?3)")?
                 .execute(params![seg.key, seg.size, seg.created_ms])?;
-            advance_recent(&tx, recent_limit, plan.rows.len())?;
+            advance_recent(&tx, recent, recent_limit, plan.rows.len())?;
             // Last step before the commit is durable: too late means roll back (the
             // transaction is dropped), so a stalled commit never lands after its deadline.
             check_deadline(seg.deadline_unix_ms, clock.now_ms())?;

@@ -138,12 +138,7 @@ pub(crate) async fn produce(
     let produced = b
         .produce(&raw, incoming, deadline, key, stamp.as_ref())
         .await?;
-    let offsets: Vec<(u32, u64)> = produced
-        .offsets
-        .iter()
-        .map(|o| (o.partition, o.offset))
-        .collect();
-    let body = produce_answer(&offsets);
+    let body = produce_answer(produced.offsets.iter().map(|o| (o.partition, o.offset)));
     if produced.replayed {
         return Ok(([(REPLAYED, "true")], body).into_response());
     }
