@@ -39,27 +39,10 @@ CREATE TABLE IF NOT EXISTS partitions (
     next_offset INTEGER NOT NULL,
     PRIMARY KEY (topic_id, partition)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS runs (
-    topic_id INTEGER NOT NULL,
-    partition INTEGER NOT NULL,
-    base_offset INTEGER NOT NULL,
-    records INTEGER NOT NULL,
-    segment_key TEXT NOT NULL,
-    segment_size INTEGER NOT NULL,
-    rg_first INTEGER NOT NULL,
-    rg_count INTEGER NOT NULL,
-    byte_start INTEGER NOT NULL,
-    byte_end INTEGER NOT NULL,
-    min_ts INTEGER NOT NULL,
-    max_ts INTEGER NOT NULL,
-    row_first INTEGER NOT NULL DEFAULT 0,
-    row_count INTEGER,
-    PRIMARY KEY (topic_id, partition, base_offset)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS runs_by_segment ON runs (segment_key);
+-- `runs`: one row per committed entry, in key order (`RUN_TABLE`, made in `open`).
 -- Entries of recent commits (issue #9; RFC 0002 amendments 2 and 7) live in two tables,
--- `runs_recent` and `runs_recent_b`, made from one definition (`RECENT_TABLE`, same
--- columns as `runs`): a commit appends its entries to the active one (`active`: 0 or 1)
+-- `runs_recent` and `runs_recent_b`, made from one definition (`RUN_TABLE`, the
+-- columns of `runs`): a commit appends its entries to the active one (`active`: 0 or 1)
 -- in commit order, so a flush touching hundreds of partitions writes a few pages instead
 -- of one leaf of `runs` per partition. Once it holds `recent_limit` entries the roles
 -- swap and the full one is copied to `runs` a chunk per commit in key order (up to and
@@ -152,8 +135,10 @@ CREATE TABLE IF NOT EXISTS txn_batches (
 CREATE INDEX IF NOT EXISTS txn_batches_by_partition ON txn_batches (topic_id, partition, base_offset);
 ";
 
-/// The definition of each recent table (`{t}`: its name), same columns as `runs`.
-const RECENT_TABLE: &str = "
+/// The columns of `runs` and of the two recent tables (`{t}`: the table; `{end}`: what
+/// closes the definition — `runs` is keyed by (topic, partition, base offset) without a
+/// rowid, the recent tables are rowid tables in commit order with a unique index instead).
+const RUN_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS {t} (
     topic_id INTEGER NOT NULL,
     partition INTEGER NOT NULL,
@@ -168,11 +153,24 @@ CREATE TABLE IF NOT EXISTS {t} (
     min_ts INTEGER NOT NULL,
     max_ts INTEGER NOT NULL,
     row_first INTEGER NOT NULL DEFAULT 0,
-    row_count INTEGER
-);
-CREATE UNIQUE INDEX IF NOT EXISTS {t}_by_partition ON {t} (topic_id, partition, base_offset);
+    row_count INTEGER{end};
 CREATE INDEX IF NOT EXISTS {t}_by_segment ON {t} (segment_key);
 ";
+
+/// `runs` and the two recent tables.
+fn run_tables() -> String {
+    let mut ddl = RUN_TABLE.replace("{t}", "runs").replace(
+        "{end}",
+        ",\n    PRIMARY KEY (topic_id, partition, base_offset)\n) WITHOUT ROWID",
+    );
+    for t in RECENT {
+        ddl += &RUN_TABLE.replace("{t}", t).replace("{end}", "\n)");
+        ddl += &format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {t}_by_partition ON {t} (topic_id, partition, base_offset);\n"
+        );
+    }
+    ddl
+}
 
 /// Columns added after the first release, for index files created before them.
 fn migrate(c: &Connection) -> Result<()> {
@@ -656,9 +654,7 @@ impl SqliteIndex {
             }
             let w = connect(&path, WRITER_CACHE_BYTES)?;
             w.execute_batch(SCHEMA)?;
-            for t in RECENT {
-                w.execute_batch(&RECENT_TABLE.replace("{t}", t))?;
-            }
+            w.execute_batch(&run_tables())?;
             migrate(&w)?;
             let r = connect(&path, READER_CACHE_BYTES)?;
             Ok(Self {
