@@ -1684,4 +1684,64 @@ mod tests {
         assert!(copied, "runs_recent was copied and emptied");
         assert_eq!(table_rows(&ix, "runs_recent_b"), 8);
     }
+
+    /// A commit that fills the active table while the other is still being copied
+    /// finishes the copy itself before the roles swap: nothing is lost or left behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_active_table_finishes_the_copy_first() {
+        let d = tempfile::tempdir().unwrap();
+        let ix = SqliteIndex::open(&d.path().join("i.db"))
+            .await
+            .unwrap()
+            .with_recent_limit(4);
+        let t = ix
+            .create_topic(NewTopic {
+                name: "t".into(),
+                partitions: 24,
+                retention_ms: None,
+                config: BTreeMap::new(),
+                created_ms: 1,
+                max_topics: 10,
+            })
+            .await
+            .unwrap();
+        let commit = |n: u32, parts: std::ops::Range<u32>| SegmentCommit {
+            key: format!("s{n}"),
+            size: 100,
+            runs: parts.map(|p| entry(t.id, p, 1)).collect(),
+            deadline_unix_ms: i64::MAX,
+            created_ms: 0,
+            state_writes: Vec::new(),
+            idempotency: Vec::new(),
+            producers: Vec::new(),
+        };
+        // 20 entries fill runs_recent past its limit of 4: the roles swap.
+        let _ = ix.commit_segment(commit(0, 0..20)).await.unwrap();
+        let rows = |ix: &SqliteIndex| {
+            (
+                table_rows(ix, "runs_recent"),
+                table_rows(ix, "runs_recent_b"),
+                table_rows(ix, "runs"),
+            )
+        };
+        assert_eq!(rows(&ix), (20, 0, 0));
+        // 4 entries: this commit copies 8 of the 20 (twice what it appended), then fills
+        // runs_recent_b, so it copies the other 12 and empties runs_recent before swapping.
+        let _ = ix.commit_segment(commit(1, 20..24)).await.unwrap();
+        assert_eq!(rows(&ix), (0, 4, 20));
+        let _ = ix.commit_segment(commit(2, 0..1)).await.unwrap();
+        for p in 0..24u32 {
+            let e = ix.runs_from(t.id, p, 0, 10).await.unwrap();
+            let got: Vec<(u64, &str)> = e
+                .iter()
+                .map(|e| (e.base_offset, e.segment_key.as_str()))
+                .collect();
+            let want: Vec<(u64, &str)> = match p {
+                0 => vec![(0, "s0"), (1, "s2")],
+                1..20 => vec![(0, "s0")],
+                _ => vec![(0, "s1")],
+            };
+            assert_eq!(got, want, "partition {p}");
+        }
+    }
 }
