@@ -1582,6 +1582,44 @@ mod tests {
             .unwrap()
     }
 
+    /// A SQLite index in a temporary folder with a `recent_limit`, and a topic "t".
+    async fn index_with_topic(
+        recent_limit: u32,
+        partitions: u32,
+    ) -> (tempfile::TempDir, SqliteIndex, crate::TopicMeta) {
+        let d = tempfile::tempdir().unwrap();
+        let ix = SqliteIndex::open(&d.path().join("i.db"))
+            .await
+            .unwrap()
+            .with_recent_limit(recent_limit);
+        let t = ix
+            .create_topic(NewTopic {
+                name: "t".into(),
+                partitions,
+                retention_ms: None,
+                config: BTreeMap::new(),
+                created_ms: 1,
+                max_topics: 10,
+            })
+            .await
+            .unwrap();
+        (d, ix, t)
+    }
+
+    /// A segment commit of `runs` and nothing else.
+    fn segment(key: String, runs: Vec<crate::RunCommit>) -> SegmentCommit {
+        SegmentCommit {
+            key,
+            size: 100,
+            runs,
+            deadline_unix_ms: i64::MAX,
+            created_ms: 0,
+            state_writes: Vec::new(),
+            idempotency: Vec::new(),
+            producers: Vec::new(),
+        }
+    }
+
     fn table_rows(ix: &SqliteIndex, table: &str) -> i64 {
         lock(&ix.reader)
             .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
@@ -1593,32 +1631,8 @@ mod tests {
     /// that reaches the limit moves all of them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn recent_entries_move_per_partition_or_all_at_the_limit() {
-        let d = tempfile::tempdir().unwrap();
-        let ix = SqliteIndex::open(&d.path().join("i.db"))
-            .await
-            .unwrap()
-            .with_recent_limit(8);
-        let t = ix
-            .create_topic(NewTopic {
-                name: "t".into(),
-                partitions: 2,
-                retention_ms: None,
-                config: BTreeMap::new(),
-                created_ms: 1,
-                max_topics: 10,
-            })
-            .await
-            .unwrap();
-        let commit = |n: u32| SegmentCommit {
-            key: format!("s{n}"),
-            size: 100,
-            runs: vec![entry(t.id, 0, 2), entry(t.id, 1, 2)],
-            deadline_unix_ms: i64::MAX,
-            created_ms: 0,
-            state_writes: Vec::new(),
-            idempotency: Vec::new(),
-            producers: Vec::new(),
-        };
+        let (_d, ix, t) = index_with_topic(8, 2).await;
+        let commit = |n: u32| segment(format!("s{n}"), vec![entry(t.id, 0, 2), entry(t.id, 1, 2)]);
         for n in 0..3 {
             let _ = ix.commit_segment(commit(n)).await.unwrap();
         }
@@ -1689,31 +1703,9 @@ mod tests {
     /// finishes the copy itself before the roles swap: nothing is lost or left behind.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_active_table_finishes_the_copy_first() {
-        let d = tempfile::tempdir().unwrap();
-        let ix = SqliteIndex::open(&d.path().join("i.db"))
-            .await
-            .unwrap()
-            .with_recent_limit(4);
-        let t = ix
-            .create_topic(NewTopic {
-                name: "t".into(),
-                partitions: 24,
-                retention_ms: None,
-                config: BTreeMap::new(),
-                created_ms: 1,
-                max_topics: 10,
-            })
-            .await
-            .unwrap();
-        let commit = |n: u32, parts: std::ops::Range<u32>| SegmentCommit {
-            key: format!("s{n}"),
-            size: 100,
-            runs: parts.map(|p| entry(t.id, p, 1)).collect(),
-            deadline_unix_ms: i64::MAX,
-            created_ms: 0,
-            state_writes: Vec::new(),
-            idempotency: Vec::new(),
-            producers: Vec::new(),
+        let (_d, ix, t) = index_with_topic(4, 24).await;
+        let commit = |n: u32, parts: std::ops::Range<u32>| {
+            segment(format!("s{n}"), parts.map(|p| entry(t.id, p, 1)).collect())
         };
         // 20 entries fill runs_recent past its limit of 4: the roles swap.
         let _ = ix.commit_segment(commit(0, 0..20)).await.unwrap();
