@@ -2,7 +2,8 @@
 # Produce throughput and object PUTs per second with 1 partition vs many (issue #9: "1 000
 # partitions within 10 % of 1 partition at the same load"), interleaved repetitions on one
 # machine. Each run: a fresh embedded agent, `floe bench` produce-only (8 producers x
-# batch 100, 1 KiB records, keyless: the bench spreads records over the partitions), then
+# batch 100, 1 KiB records keyed p<producer>-<i>: each request's 100 keys hash over
+# the partitions, ~95 of 1 000 per request, so a flush touches ~250), then
 # floe_segments_written_total / duration from the agent.
 # Repetitions alternate the order (1, MANY / MANY, 1) and data folders are deleted only after
 # the last run: deleting a run's thousands of segment files before the next run slowed that

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::{AgentProc, raw, read_all, rec};
@@ -19,6 +19,8 @@ async fn produce_then_fetch_returns_exactly_what_was_produced() {
     let c = agent.client();
     let _ = c.create_topic("orders", 3).await.unwrap();
     let mut sent = Vec::new();
+    // Where each request's keyless records went (sticky: one partition per request).
+    let mut keyless_partitions = Vec::new();
     for batch in 0..5 {
         let recs: Vec<ProduceRecord> = (0..40)
             .map(|i| {
@@ -45,8 +47,27 @@ async fn produce_then_fetch_returns_exactly_what_was_produced() {
                     floe_core::partitioner::partition_for_key(k.as_bytes(), 3)
                 );
             }
+            if r.key.is_none() && r.partition.is_none() {
+                keyless_partitions.push((batch, o.partition));
+            }
             sent.push((o, r));
         }
+    }
+    // Keyless records of one request land in one partition; the next request's in the
+    // next partition (this agent serves no other producer, so the turn is exact).
+    let per_request: Vec<u32> = (0..5)
+        .map(|b| {
+            let ps: BTreeSet<u32> = keyless_partitions
+                .iter()
+                .filter(|(rb, _)| *rb == b)
+                .map(|(_, p)| *p)
+                .collect();
+            assert_eq!(ps.len(), 1, "request {b}: keyless records went to {ps:?}");
+            ps.into_iter().next().unwrap()
+        })
+        .collect();
+    for w in per_request.windows(2) {
+        assert_eq!(w[1], (w[0] + 1) % 3, "keyless partitions by request: {per_request:?}");
     }
     for p in 0..3 {
         let got = read_all(&c, "orders", p).await;

@@ -148,7 +148,8 @@ pub struct ProduceRecord {
     pub value_b64: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<BTreeMap<String, String>>,
-    /// Explicit partition; without it, Kafka's murmur2 of the key, or round-robin.
+    /// Explicit partition; without it, Kafka's murmur2 of the key, or (keyless) the one
+    /// partition this request's keyless records go to, in turn per request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<i64>,
 }

@@ -1,5 +1,5 @@
 //! Produce and fetch, protocol-neutral: a produce is validated (limits, partitions),
-//! partitioned (explicit, murmur2 of the key, else round-robin) and handed to the
+//! partitioned (explicit, murmur2 of the key, else one partition per request in turn) and handed to the
 //! agent-wide buffer; a fetch plans a slice of one partition and long-polls at the end of
 //! the log on commit notifications. [`Tail`] reads a partition batch after batch for
 //! push-style streams (SSE).
@@ -171,6 +171,11 @@ impl Broker {
         let compacted = crate::topics::cleanup_policy(&topic).compact;
         let mut records = Vec::with_capacity(incoming.len());
         let mut bytes = 0usize;
+        // Keyless records of one request go to one partition, the next one in turn for
+        // the next request (Kafka's sticky partitioner, KIP-480/794): a request is one
+        // index entry per partition it touches, so spreading each record over a different
+        // partition would cost one entry per record at many partitions (issue #9).
+        let mut keyless_partition = None;
         for (i, r) in incoming.into_iter().enumerate() {
             let IncomingRecord {
                 key,
@@ -224,8 +229,10 @@ impl Broker {
                             ),
                         ));
                     }
-                    None => (ROUND_ROBIN.fetch_add(1, Ordering::Relaxed)
-                        % u64::from(topic.partitions)) as u32,
+                    None => *keyless_partition.get_or_insert_with(|| {
+                        (ROUND_ROBIN.fetch_add(1, Ordering::Relaxed)
+                            % u64::from(topic.partitions)) as u32
+                    }),
                 },
             };
             let rec = Record {

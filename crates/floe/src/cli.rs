@@ -116,7 +116,7 @@ pub(crate) struct ProduceArgs {
     /// Key for every record.
     #[arg(long)]
     key: Option<String>,
-    /// Partition for every record (default: by key, else round-robin).
+    /// Partition for every record (default: by key, else one partition per request, in turn).
     #[arg(long)]
     partition: Option<u32>,
     /// Lines per produce request.
