@@ -67,7 +67,11 @@ async fn produce_then_fetch_returns_exactly_what_was_produced() {
         })
         .collect();
     for w in per_request.windows(2) {
-        assert_eq!(w[1], (w[0] + 1) % 3, "keyless partitions by request: {per_request:?}");
+        assert_eq!(
+            w[1],
+            (w[0] + 1) % 3,
+            "keyless partitions by request: {per_request:?}"
+        );
     }
     for p in 0..3 {
         let got = read_all(&c, "orders", p).await;
