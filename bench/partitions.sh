@@ -8,6 +8,7 @@
 # Repetitions alternate the order (1, MANY / MANY, 1) and data folders are deleted only after
 # the last run: deleting a run's thousands of segment files before the next run slowed that
 # run by up to 40 % (bench/results/2026-11-27-ab-one-partition.txt vs the earlier figures).
+# KEYLESS=1: records without keys (each request's records go to one partition, in turn).
 # RATE=N: the same offered load for both (`floe bench --rate N`, records/s over all
 # producers) instead of a closed loop, so "at the same load" compares PUTs/s and ack
 # latency at a load both sustain; the closed loop compares saturation throughput.
@@ -33,6 +34,7 @@ run() {
   pid=$!
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$PORT/readyz >/dev/null && break; sleep 0.1; done
   local rate=(); [ -n "${RATE:-}" ] && rate=(--rate "$RATE")
+  [ -n "${KEYLESS:-}" ] && rate+=(--keyless)
   local out; out=$("$BIN" bench --url http://127.0.0.1:$PORT --partitions "$parts" --seconds "$SECONDS_LOAD" --no-consume "${rate[@]}" | grep -E '^produce' | tr -s ' ' | paste -sd '|' -)
   local segs; segs=$(curl -sf http://127.0.0.1:$PORT/metrics | awk '/^floe_segments_written_total/ {print $2}')
   python3 bench/flush_breakdown.py http://127.0.0.1:$PORT 2>/dev/null | sed "s|^|  partitions=$parts flush breakdown: |" || true

@@ -53,6 +53,11 @@ pub(crate) struct BenchArgs {
     /// makes unrealistically cheap to encode and store).
     #[arg(long)]
     distinct_values: bool,
+    /// Records carry no key (JSON only): the agent puts each request's records in one
+    /// partition, the next in turn. By default each producer's records are keyed
+    /// `p<producer>-<i>`, so a request spreads over up to `--batch` partitions.
+    #[arg(long, conflicts_with_all = ["idempotent", "transactional"])]
+    keyless: bool,
     /// Offered load, records per second over all producers: each producer sends a
     /// request every `producers x batch / rate` seconds (staggered), and at once when its
     /// previous request was acked late, until it has caught up. Default: each producer
@@ -130,7 +135,7 @@ fn request_period(producers: usize, batch: usize, rate: f64) -> anyhow::Result<D
 }
 
 /// A JSON produce body with `batch` records, each stamped with the current time.
-fn body(values: &[String], batch: usize, producer: usize) -> Bytes {
+fn body(values: &[String], batch: usize, producer: usize, keyed: bool) -> Bytes {
     let t = now_us();
     let len = values.first().map_or(0, String::len);
     let mut s = String::with_capacity(batch * (len + 64) + 16);
@@ -140,8 +145,13 @@ fn body(values: &[String], batch: usize, producer: usize) -> Bytes {
             s.push(',');
         }
         let value = pick(values, producer, batch, i);
+        if keyed {
+            s.push_str(&format!("{{\"key\":\"p{producer}-{i}\","));
+        } else {
+            s.push('{');
+        }
         s.push_str(&format!(
-            "{{\"key\":\"p{producer}-{i}\",\"value\":\"{value}\",\"headers\":{{\"t\":\"{t}\"}}}}"
+            "\"value\":\"{value}\",\"headers\":{{\"t\":\"{t}\"}}}}"
         ));
     }
     s.push_str("]}");
@@ -183,6 +193,9 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let end = start + Duration::from_secs(a.seconds);
 
     let arrow = a.format == "arrow";
+    if arrow && a.keyless {
+        anyhow::bail!("--keyless is for --format json (Arrow bodies name each record's partition)");
+    }
     let partitions = a.partitions;
     let mut consumers = Vec::new();
     if !a.no_consume {
@@ -253,6 +266,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         );
         let batch = a.batch;
         let transactional = a.transactional && !arrow;
+        let keyed = !a.keyless;
         let idempotent = (a.idempotent || transactional) && !arrow;
         let per_txn = a.transaction_requests.max(1);
         let commit_lat = commit_lat.clone();
@@ -311,10 +325,16 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
                     c.produce_arrow(&topic, arrow_body(&value, batch, i, partitions)?)
                         .await
                 } else if let Some(s) = session {
-                    c.produce_raw_session(&topic, body(&value, batch, i), s, &next, transactional)
-                        .await
+                    c.produce_raw_session(
+                        &topic,
+                        body(&value, batch, i, true),
+                        s,
+                        &next,
+                        transactional,
+                    )
+                    .await
                 } else {
-                    c.produce_raw(&topic, body(&value, batch, i)).await
+                    c.produce_raw(&topic, body(&value, batch, i, keyed)).await
                 };
                 match sent {
                     Ok(r) => {
@@ -485,7 +505,7 @@ async fn preload(
     let mut sent = 0;
     while sent < records {
         let n = per_req.min(records - sent);
-        let _ = c.produce_raw(topic, body(values, n, sent)).await?;
+        let _ = c.produce_raw(topic, body(values, n, sent, true)).await?;
         sent += n;
     }
     Ok(())
@@ -670,11 +690,38 @@ mod tests {
         assert_eq!(unique.len(), 1024);
         assert_eq!(pool[0], one[0], "the default value is the pool's first");
         // A request spreads its records over the pool, and producers differ.
-        let b: serde_json::Value = serde_json::from_slice(&body(&pool, 3, 1)).unwrap_or_default();
+        let b: serde_json::Value =
+            serde_json::from_slice(&body(&pool, 3, 1, true)).unwrap_or_default();
         let vals: Vec<&str> = b["records"]
             .as_array()
             .map(|r| r.iter().filter_map(|x| x["value"].as_str()).collect())
             .unwrap_or_default();
         assert_eq!(vals, [&pool[3], &pool[4], &pool[5]]);
+    }
+
+    #[test]
+    fn keyless_bodies_carry_no_key_and_keyed_ones_a_key_per_record() {
+        let pool = value_pool(8, false);
+        let keys = |keyed| -> Vec<Option<String>> {
+            let b: serde_json::Value =
+                serde_json::from_slice(&body(&pool, 3, 2, keyed)).unwrap_or_default();
+            b["records"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .map(|x| x.get("key").and_then(|k| k.as_str()).map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            keys(true),
+            [
+                Some("p2-0".into()),
+                Some("p2-1".into()),
+                Some("p2-2".into())
+            ]
+        );
+        assert_eq!(keys(false), [None, None, None]);
     }
 }
