@@ -297,6 +297,10 @@ impl Index for DeadlineIndex {
         self.within("segment_referenced", self.inner.segment_referenced(key))
             .await
     }
+    async fn segments_referenced(&self, keys: &[String]) -> floe_index::Result<Vec<bool>> {
+        self.within("segments_referenced", self.inner.segments_referenced(keys))
+            .await
+    }
     async fn unreferenced_objects(
         &self,
         before_ms: i64,

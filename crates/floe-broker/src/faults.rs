@@ -149,6 +149,10 @@ impl Index for FaultIndex {
         wait_while(&self.hanging).await;
         self.inner.segment_referenced(key).await
     }
+    async fn segments_referenced(&self, keys: &[String]) -> floe_index::Result<Vec<bool>> {
+        wait_while(&self.hanging).await;
+        self.inner.segments_referenced(keys).await
+    }
     async fn unreferenced_objects(
         &self,
         before_ms: i64,

@@ -145,6 +145,8 @@ pub enum SweepError {
 /// Unreferenced objects taken from the index per query, and queries per pass.
 const FORGET_BATCH: u32 = 1000;
 const FORGET_BATCHES_PER_PASS: usize = 20;
+/// Listed objects asked about per index call (`segments_referenced`).
+const LISTED_BATCH: usize = 1000;
 
 /// One pass at wall-clock time `now_ms`: the objects the index recorded and nothing refers
 /// to any more, and with `list_bucket` whatever else unreferenced lies under the prefixes.
@@ -187,25 +189,38 @@ pub async fn sweep_once(
     let mut listing = store
         .list(Some(&Path::from(SEGMENT_PREFIX)))
         .chain(store.list(Some(&Path::from(PARTITION_FILE_PREFIX))));
-    while let Some(meta) = listing.next().await {
-        let meta = meta?;
-        // Floe's keys carry their creation time; anything else under the prefixes (never
-        // committed by construction) goes by its modification time.
-        let key = meta.location.as_ref();
-        let created = segment_created_ms(key)
-            .or_else(|| partition_file_created_ms(key))
-            .unwrap_or_else(|| meta.last_modified.timestamp_millis());
-        if created >= boundary {
-            continue;
+    // Objects older than the boundary, asked about a batch at a time.
+    let mut candidates = Vec::with_capacity(LISTED_BATCH);
+    loop {
+        let next = listing.next().await.transpose()?;
+        let done = next.is_none();
+        if let Some(meta) = next {
+            // Floe's keys carry their creation time; anything else under the prefixes (never
+            // committed by construction) goes by its modification time.
+            let key = meta.location.as_ref();
+            let created = segment_created_ms(key)
+                .or_else(|| partition_file_created_ms(key))
+                .unwrap_or_else(|| meta.last_modified.timestamp_millis());
+            if created < boundary {
+                candidates.push(key.to_string());
+            }
         }
-        if index.segment_referenced(meta.location.as_ref()).await? {
-            continue;
+        if candidates.len() >= LISTED_BATCH || (done && !candidates.is_empty()) {
+            let referenced = index.segments_referenced(&candidates).await?;
+            for (key, referenced) in candidates.drain(..).zip(referenced) {
+                if referenced {
+                    continue;
+                }
+                match store.delete(&Path::from(key.as_str())).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                    Err(e) => return Err(e.into()),
+                }
+                gone.push(key);
+            }
         }
-        match store.delete(&meta.location).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-            Err(e) => return Err(e.into()),
+        if done {
+            break;
         }
-        gone.push(key.to_string());
     }
     index.forget_objects(&gone).await?;
     Ok(deleted)

@@ -675,6 +675,16 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<RunEntry>>;
     /// Whether any committed run refers to this segment object.
     async fn segment_referenced(&self, key: &str) -> Result<bool>;
+    /// [`Index::segment_referenced`] for many keys at once, in order: the sweeper's bucket
+    /// listing asks about every object it finds. A backend that answers a key at a time
+    /// cheaply keeps this default.
+    async fn segments_referenced(&self, keys: &[String]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.segment_referenced(k).await?);
+        }
+        Ok(out)
+    }
     /// Objects the index knows (RFC 0004: every committed segment and swapped-in partition
     /// file is recorded with its size and creation time in the transaction that commits
     /// it) that were created before `before_ms` and that no run refers to any more —

@@ -138,9 +138,9 @@ CREATE INDEX IF NOT EXISTS txn_batches_by_partition ON txn_batches (topic_id, pa
 /// The columns of `runs` and of the two recent tables (`{t}`: the table; `{end}`: what
 /// closes the definition — `runs` is keyed by (topic, partition, base offset) without a
 /// rowid, the recent tables are rowid tables in commit order with a unique index instead).
-/// Only `runs` has an index by segment key: the sweeper's questions scan the recent tables
-/// (at most twice the recent limit of entries), where an index would cost every commit a
-/// B-tree insert per entry (commit_cost 256 x 1 000 partitions: mean 7.47 -> 6.52 ms
+/// Only `runs` has an index by segment key: the sweeper's questions read the recent tables
+/// whole (at most twice the recent limit of entries; once per batch of keys,
+/// `segments_referenced`), where an index would cost every commit a B-tree insert per entry (commit_cost 256 x 1 000 partitions: mean 7.47 -> 6.52 ms
 /// without it, RFC 0002 amendment 8).
 const RUN_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS {t} (
@@ -1229,6 +1229,26 @@ impl Index for SqliteIndex {
                  UNION ALL SELECT 1 FROM runs_recent_b WHERE segment_key = ?1 LIMIT 1",
             )?;
             Ok(st.query_row([key], |_| Ok(())).optional()?.is_some())
+        })
+        .await
+    }
+
+    async fn segments_referenced(&self, keys: &[String]) -> Result<Vec<bool>> {
+        let keys = keys.to_vec();
+        self.read(move |c| {
+            // The recent tables have no by-segment index: their keys are read once here,
+            // first — entries leave them only once they are in `runs`, read after.
+            let mut recent = HashSet::new();
+            for t in RECENT {
+                let mut st = c.prepare_cached(&format!("SELECT DISTINCT segment_key FROM {t}"))?;
+                for k in st.query_map([], |r| r.get::<_, String>(0))? {
+                    let _ = recent.insert(k?);
+                }
+            }
+            let mut st = c.prepare_cached("SELECT 1 FROM runs WHERE segment_key = ?1 LIMIT 1")?;
+            keys.iter()
+                .map(|k| Ok(recent.contains(k) || st.exists([k])?))
+                .collect()
         })
         .await
     }
