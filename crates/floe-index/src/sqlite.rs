@@ -140,8 +140,9 @@ CREATE INDEX IF NOT EXISTS txn_batches_by_partition ON txn_batches (topic_id, pa
 /// rowid, the recent tables are rowid tables in commit order with a unique index instead).
 /// Only `runs` has an index by segment key: the sweeper's questions read the recent tables
 /// whole (at most twice the recent limit of entries; once per batch of keys,
-/// `segments_referenced`), where an index would cost every commit a B-tree insert per entry (commit_cost 256 x 1 000 partitions: mean 7.47 -> 6.52 ms
-/// without it, RFC 0002 amendment 8).
+/// `segments_referenced`), where an index would cost every commit a B-tree insert per
+/// entry (commit_cost 256 x 1 000 partitions: mean 7.47 -> 6.2-6.5 ms without it, RFC
+/// 0002 amendment 8).
 const RUN_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS {t} (
     topic_id INTEGER NOT NULL,
