@@ -1749,6 +1749,16 @@ mod sqlite {
     }
 }
 
+/// A fresh SQLite index whose recent tables hold `limit` entries before a move.
+async fn sqlite_with_recent_limit(limit: u32) -> (tempfile::TempDir, Idx) {
+    let d = tempfile::tempdir().unwrap();
+    let i = floe_index::SqliteIndex::open(&d.path().join("index.db"))
+        .await
+        .unwrap()
+        .with_recent_limit(limit);
+    (d, Arc::new(i))
+}
+
 /// SQLite with recent tables of 16 entries: the full one is copied to `runs` a few entries
 /// per commit (twice what each commit appends, at least 2) while the other fills, and a
 /// commit that fills it before the copy ends finishes the copy itself — so the clauses
@@ -1757,12 +1767,7 @@ mod sqlite_recent_chunks {
     use super::*;
 
     async fn open() -> (tempfile::TempDir, Idx) {
-        let d = tempfile::tempdir().unwrap();
-        let i = floe_index::SqliteIndex::open(&d.path().join("index.db"))
-            .await
-            .unwrap()
-            .with_recent_limit(16);
-        (d, Arc::new(i))
+        sqlite_with_recent_limit(16).await
     }
 
     conformance!(open);
@@ -1776,12 +1781,7 @@ mod sqlite_recent_moves {
     use super::*;
 
     async fn open() -> (tempfile::TempDir, Idx) {
-        let d = tempfile::tempdir().unwrap();
-        let i = floe_index::SqliteIndex::open(&d.path().join("index.db"))
-            .await
-            .unwrap()
-            .with_recent_limit(2);
-        (d, Arc::new(i))
+        sqlite_with_recent_limit(2).await
     }
 
     conformance!(open);
