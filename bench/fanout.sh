@@ -9,6 +9,9 @@
 # hold at these rates). Prints, per agent, the object GETs it made against the segments it
 # had to read (every segment another agent wrote: the writer keeps its own in its cache),
 # and the cluster-wide GETs per segment.
+# Peer reads (RFC 0006) are on by default: segments another agent wrote come from that
+# agent's cache first; the peer hits and misses are printed too. AGENT_ARGS=--no-peer-reads
+# measures the bucket-only path.
 #   FLOE=target/release/floe READERS=10 MODE=tail bash bench/fanout.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +29,7 @@ db=floe_fanout_$(date +%s%N)
 psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db" >/dev/null
 for i in 1 2 3; do
   "$FLOE" serve --listen 127.0.0.1:718$i --data-dir "$dir/a$i" --agent-id a$i \
-    --bucket "s3://$FLOE_TEST_BUCKET/fanout-$db" --index "postgres://postgres@127.0.0.1/$db" >"$dir/a$i.log" 2>&1 &
+    --bucket "s3://$FLOE_TEST_BUCKET/fanout-$db" --index "postgres://postgres@127.0.0.1/$db" ${AGENT_ARGS:-} >"$dir/a$i.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:718$i/readyz >/dev/null && break; sleep 0.1; done
 done
@@ -48,7 +51,9 @@ def metric(url, name, label=None):
             return float(line.split()[-1])
     return 0.0
 gets = lambda: [metric(a, "floe_object_store_requests_total", 'op="get"') for a in agents]
+peer = lambda outcome: [metric(a, "floe_peer_reads_total", f'outcome="{outcome}"') for a in agents]
 before = gets()
+peer_before = {o: peer(o) for o in ("hit", "miss", "error")}
 n_parts = json.load(urllib.request.urlopen(f"{agents[0]}/v1/topics/{topic}", timeout=10))["partitions"]
 n_parts = n_parts if isinstance(n_parts, int) else len(n_parts)
 read = [0] * readers
@@ -77,7 +82,8 @@ print(f"segments written: {int(total)} ({', '.join(str(int(w)) for w in written)
 for k, a in enumerate(agents):
     need = total - written[k]
     d = after[k] - before[k]
-    print(f"agent {k + 1}: {int(d)} GETs for {int(need)} segments it did not write = {d / need if need else 0:.2f} per segment")
+    pr = {o: int(peer(o)[k] - peer_before[o][k]) for o in ("hit", "miss", "error")}
+    print(f"agent {k + 1}: {int(d)} GETs for {int(need)} segments it did not write = {d / need if need else 0:.2f} per segment; peer reads hit {pr['hit']} miss {pr['miss']} error {pr['error']}")
 d = sum(after) - sum(before)
 print(f"cluster: {int(d)} GETs for {int(total)} segments = {d / total if total else 0:.2f} per segment ({d / total / 3 if total else 0:.2f} per segment per agent)")
 PY

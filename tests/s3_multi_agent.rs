@@ -890,3 +890,88 @@ async fn kill9_during_retention_and_compaction_loses_nothing_retained() {
         acked.len()
     );
 }
+
+fn bucket_gets(m: &str) -> u64 {
+    common::metric(m, r#"floe_object_store_requests_total{op="get"}"#)
+}
+
+/// Five produce requests of 20 records to `topic` (one partition) through `c`, one after
+/// another (so each is its own segment); returns the values in offset order.
+async fn produce_segments(c: &Client, topic: &str) -> Vec<String> {
+    let mut all = Vec::new();
+    for b in 0..5 {
+        let vals: Vec<String> = (0..20).map(|i| format!("{topic}-{b}-{i}")).collect();
+        let r = c
+            .produce(topic, vals.iter().cloned().map(rec).collect())
+            .await
+            .unwrap();
+        assert_eq!(r.offsets.len(), 20);
+        all.extend(vals);
+    }
+    all
+}
+
+async fn values(c: &Client, topic: &str) -> Vec<String> {
+    read_all(c, topic, 0)
+        .await
+        .into_iter()
+        .map(|r| r.value.unwrap_or_default())
+        .collect()
+}
+
+/// Peer reads (RFC 0006): an agent reads the segments another agent wrote from that
+/// agent's cache, not from the bucket; when the writer is dead it reads the bucket
+/// (connection refused), and when the writer restarted (empty cache) too (404); the
+/// records are the same every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_reads_serve_fresh_segments_and_fall_back_to_the_bucket() {
+    let mut cl = Cluster::with_flags(3, &["--peer-heartbeat-ms", "2000"]).await;
+    let writer = cl.client(0);
+    for t in ["hot", "dead", "restarted"] {
+        let _ = writer.create_topic(t, 1).await.unwrap();
+    }
+    let hot = produce_segments(&writer, "hot").await;
+    let dead = produce_segments(&writer, "dead").await;
+    let restarted = produce_segments(&writer, "restarted").await;
+
+    // Hit: agent 1 reads agent 0's segments from agent 0, no GET on the bucket.
+    let before = cl.client(1).metrics().await.unwrap();
+    assert_eq!(values(&cl.client(1), "hot").await, hot);
+    let after = cl.client(1).metrics().await.unwrap();
+    let hits = common::metric(&after, r#"floe_peer_reads_total{outcome="hit"}"#);
+    assert!(hits >= 5, "peer hits {hits}:\n{after}");
+    assert_eq!(
+        bucket_gets(&after),
+        bucket_gets(&before),
+        "agent 1 read the bucket"
+    );
+    let served = writer.metrics().await.unwrap();
+    assert!(common::metric(&served, r#"floe_peer_served_total{outcome="hit"}"#) >= hits);
+
+    // Error: the writer is dead (its registration still fresh): agent 2 reads the bucket.
+    let a0 = cl.agents[0].take().unwrap();
+    tokio::task::spawn_blocking(move || a0.kill9())
+        .await
+        .unwrap();
+    let before = cl.client(2).metrics().await.unwrap();
+    assert_eq!(values(&cl.client(2), "dead").await, dead);
+    let after = cl.client(2).metrics().await.unwrap();
+    assert!(
+        common::metric(&after, r#"floe_peer_reads_total{outcome="error"}"#) >= 1,
+        "{after}"
+    );
+    assert!(bucket_gets(&after) > bucket_gets(&before));
+
+    // Miss: the writer restarted (new port, empty cache) and registered again; once agent
+    // 2 lists the directory again (every heartbeat) it asks the new address: 404.
+    cl.agents[0] = Some(cl.start_agent(0));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(values(&cl.client(2), "restarted").await, restarted);
+    let after = cl.client(2).metrics().await.unwrap();
+    assert!(
+        common::metric(&after, r#"floe_peer_reads_total{outcome="miss"}"#) >= 1,
+        "{after}"
+    );
+    let served = cl.client(0).metrics().await.unwrap();
+    assert!(common::metric(&served, r#"floe_peer_served_total{outcome="miss"}"#) >= 1);
+}

@@ -9,7 +9,7 @@ use floe_broker::Broker;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::routes::{groups, ops, queues, records, stream, topics, txns};
+use crate::routes::{groups, ops, peer, queues, records, stream, topics, txns};
 
 pub fn router(broker: Broker) -> Router {
     let limit = broker.config.limits.max_body_bytes;
@@ -28,6 +28,7 @@ pub fn router(broker: Broker) -> Router {
         )
         .route("/v1/topics/{topic}/records", post(records::produce))
         .route("/v1/topics/{topic}/files", get(topics::topic_files))
+        .route("/v1/peer/segments", get(peer::segment))
         .route("/v1/producers", post(records::init_producer))
         .route(
             "/v1/producers/{producer_id}/transactions",

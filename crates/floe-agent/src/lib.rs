@@ -77,13 +77,16 @@ impl Agent {
     ) -> Result<Self, StartError> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let listen = config.listen.clone();
-        let (broker, tasks) = Broker::start(config, store, index, clock, shutdown_rx.clone())?;
+        // Bound first: the address peers reach this agent at (RFC 0006) may be the bound one.
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| StartError::Listen(listen.clone(), e))?;
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Listen(listen.clone(), e))?;
+        let advertise = config.advertise.url_for(addr);
+        let (broker, tasks) =
+            Broker::start(config, store, index, clock, shutdown_rx.clone(), advertise)?;
         let app = http::router(broker.clone());
         let mut stop = shutdown_rx;
         let server = tokio::spawn(async move {

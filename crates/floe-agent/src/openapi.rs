@@ -33,7 +33,7 @@ use floe_core::name::MAX_TOPIC_NAME_LEN;
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
-use crate::routes::{groups, ops, queues, records, stream, topics, txns};
+use crate::routes::{groups, ops, peer, queues, records, stream, topics, txns};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -49,6 +49,7 @@ use crate::routes::{groups, ops, queues, records, stream, topics, txns};
         topics::describe_topic,
         topics::delete_topic,
         topics::topic_files,
+        peer::segment,
         records::produce,
         records::init_producer,
         records::fetch,
@@ -437,6 +438,11 @@ fn constrain_operations(doc: &mut Value, name: &Value) {
                         "Producer-Transactional" => {
                             Some(json!({"type": "string", "enum": ["true", "false"]}))
                         }
+                        "key" => Some(json!({
+                            "type": "string",
+                            "maxLength": peer::MAX_SEGMENT_KEY_LEN,
+                            "pattern": "^segments/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-[A-Za-z0-9-]+[.]parquet$"
+                        })),
                         "Producer-Sequences" => Some(json!({
                             "type": "string",
                             "pattern": "^[0-9]{1,9}=[0-9]{1,18}(?:,[0-9]{1,9}=[0-9]{1,18})*$"
@@ -505,6 +511,7 @@ mod tests {
             ("GET", "/v1/topics/{topic}"),
             ("DELETE", "/v1/topics/{topic}"),
             ("GET", "/v1/topics/{topic}/files"),
+            ("GET", "/v1/peer/segments"),
             ("POST", "/v1/topics/{topic}/records"),
             ("GET", "/v1/topics/{topic}/partitions/{partition}/records"),
             ("GET", "/v1/topics/{topic}/partitions/{partition}/stream"),

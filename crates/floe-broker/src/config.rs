@@ -34,6 +34,42 @@ impl std::str::FromStr for FlushPolicy {
     }
 }
 
+/// Whether and where an agent tells the others it can be reached (RFC 0006).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Advertise {
+    /// `http://<bound address>` when the listen address is a specific IP (e.g.
+    /// `127.0.0.1:7070`); nothing for `0.0.0.0` / `::` (which address would peers use?).
+    #[default]
+    Auto,
+    /// Not registered: other agents read what this one wrote from the bucket.
+    Off,
+    /// This URL (behind a proxy, in a container, on `0.0.0.0`).
+    Url(String),
+}
+
+impl std::str::FromStr for Advertise {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => Self::Auto,
+            "none" | "off" => Self::Off,
+            url => Self::Url(url.trim_end_matches('/').to_string()),
+        })
+    }
+}
+
+impl Advertise {
+    /// The URL to register once the agent listens on `bound`.
+    #[must_use]
+    pub fn url_for(&self, bound: std::net::SocketAddr) -> Option<String> {
+        match self {
+            Self::Auto => (!bound.ip().is_unspecified()).then(|| format!("http://{bound}")),
+            Self::Off => None,
+            Self::Url(u) => Some(u.clone()),
+        }
+    }
+}
+
 /// The compactor (RFC 0004): rewrites a partition's small entries (runs in multi-topic
 /// flush segments) into partition files under `topics/<topic>/partition=<p>/...`.
 #[derive(Debug, Clone)]
@@ -111,6 +147,15 @@ pub struct AgentConfig {
     pub limits: Limits,
     /// Identifies this agent in segment object keys.
     pub agent_id: String,
+    /// Where other agents reach this one (RFC 0006, peer reads): registered in the index
+    /// every `peer_heartbeat`.
+    pub advertise: Advertise,
+    /// Ask the agent that wrote a segment for it before reading the bucket (RFC 0006).
+    pub peer_reads: bool,
+    /// How often the registration is renewed; rows older than 3 of these are ignored.
+    pub peer_heartbeat: Duration,
+    /// Budget of one peer read (connect included); past it the bucket is read.
+    pub peer_timeout: Duration,
     /// Queues: deliveries before a record is dead-lettered (topic config
     /// `queue.max_deliveries` overrides it).
     pub max_deliveries: u32,
@@ -248,6 +293,10 @@ impl Default for AgentConfig {
             topic_cache_ttl: Duration::from_secs(5),
             limits: Limits::default(),
             agent_id: "agent".into(),
+            advertise: Advertise::Auto,
+            peer_reads: true,
+            peer_heartbeat: Duration::from_secs(5),
+            peer_timeout: Duration::from_millis(500),
             max_deliveries: 5,
             dead_letter_retry: Duration::from_secs(30),
             produce_timeout: Duration::from_secs(10),
@@ -375,6 +424,19 @@ impl AgentConfig {
             || self.agent_id.is_empty()
         {
             return Err("agent id must be [A-Za-z0-9-]+".into());
+        }
+        if let Advertise::Url(u) = &self.advertise {
+            let ok = reqwest::Url::parse(u).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none()
+            });
+            if !ok {
+                return Err(format!(
+                    "advertise url must be an http(s) URL with a host and no query, got {u:?}"
+                ));
+            }
+        }
+        if self.peer_heartbeat.is_zero() || self.peer_timeout.is_zero() {
+            return Err("peer_heartbeat and peer_timeout must be > 0".into());
         }
         Ok(())
     }

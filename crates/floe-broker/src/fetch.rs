@@ -41,6 +41,8 @@ pub struct Reader {
     /// itself, so its own readers never GET it.
     objects: moka::future::Cache<String, Bytes>,
     whole_object_max: u64,
+    /// Asked before the bucket for whole segments other agents wrote (RFC 0006).
+    peers: Arc<crate::peers::Peers>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -63,6 +65,7 @@ impl Reader {
         store: Arc<dyn ObjectStore>,
         index: Arc<dyn Index>,
         metrics: Metrics,
+        peers: Arc<crate::peers::Peers>,
     ) -> Self {
         let budget = config.memory_budget();
         let footers = moka::future::Cache::builder()
@@ -90,7 +93,14 @@ impl Reader {
             cold,
             objects,
             whole_object_max: config.flush_bytes as u64 * 2,
+            peers,
         }
+    }
+
+    /// A whole segment from the object cache only (what this agent wrote or read whole):
+    /// what peers are served (RFC 0006). Never reads the bucket.
+    pub async fn cached_object(&self, key: &str) -> Option<Bytes> {
+        self.objects.get(key).await
     }
 
     /// What each cache holds now by its weigher: (name, bytes), after running the caches'
@@ -133,6 +143,10 @@ impl Reader {
         let whole = self
             .objects
             .try_get_with(e.segment_key.clone(), async {
+                // The agent that wrote it first (RFC 0006); the bucket when it cannot say.
+                if let Some(b) = self.peers.fetch(&e.segment_key, e.segment_size).await {
+                    return Ok(b);
+                }
                 let b = self
                     .store
                     .get_range(&path, 0..e.segment_size)

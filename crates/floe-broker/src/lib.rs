@@ -30,6 +30,7 @@ mod ids;
 pub mod metrics;
 pub mod names;
 pub mod notify;
+pub mod peers;
 pub mod produce;
 pub mod queues;
 pub mod records;
@@ -79,6 +80,8 @@ pub struct Engine {
     pub clock: floe_core::clock::SharedClock,
     /// Outgoing calls: half-messages' check-backs (RFC 0005 §3).
     pub http: reqwest::Client,
+    /// Peer reads (RFC 0006): the directory of agents and the client that asks them.
+    pub peers: Arc<peers::Peers>,
 }
 
 /// The engine's background jobs: the produce buffer, the commit watcher, the sweeper.
@@ -89,6 +92,8 @@ pub struct BrokerTasks {
     watcher: tokio::task::JoinHandle<()>,
     compactor: tokio::task::JoinHandle<()>,
     keeper: tokio::task::JoinHandle<()>,
+    /// Renews this agent's peer registration (RFC 0006) when it advertises a URL.
+    advertiser: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl BrokerTasks {
@@ -100,6 +105,9 @@ impl BrokerTasks {
         let _ = self.watcher.await;
         let _ = self.compactor.await;
         let _ = self.keeper.await;
+        if let Some(a) = self.advertiser {
+            let _ = a.await;
+        }
     }
 }
 
@@ -107,12 +115,15 @@ impl Broker {
     /// Start the engine on `store` and `index`: every call to them gets a deadline
     /// (RFC 0001), the produce buffer, the commit watcher and the sweeper start.
     /// `shutdown` flipping to true ends long-polls and background jobs.
+    /// `advertise`: the URL other agents reach this one at (RFC 0006), registered in the
+    /// index every `peer_heartbeat`; `None`: not registered.
     pub fn start(
         config: AgentConfig,
         store: Arc<dyn ObjectStore>,
         index: Arc<dyn Index>,
         clock: floe_core::clock::SharedClock,
         shutdown: watch::Receiver<bool>,
+        advertise: Option<String>,
     ) -> Result<(Self, BrokerTasks), StartError> {
         config.validate().map_err(StartError::Config)?;
         let config = Arc::new(config);
@@ -145,7 +156,19 @@ impl Broker {
             clock.clone(),
         ));
         let notifier = notify::Notifier::default();
-        let reader = fetch::Reader::new(&config, store.clone(), index.clone(), metrics.clone());
+        let peers = Arc::new(
+            peers::Peers::new(&config, index.clone(), clock.clone(), metrics.clone())
+                .map_err(StartError::Config)?,
+        );
+        let advertiser = advertise
+            .map(|url| tokio::spawn(peers::advertise(peers.clone(), url, shutdown.clone())));
+        let reader = fetch::Reader::new(
+            &config,
+            store.clone(),
+            index.clone(),
+            metrics.clone(),
+            peers.clone(),
+        );
         let (producer, producer_task) = produce::spawn(
             config.clone(),
             store.clone(),
@@ -200,6 +223,7 @@ impl Broker {
                 .connect_timeout(std::time::Duration::from_secs(2))
                 .build()
                 .map_err(|e| StartError::Config(format!("http client: {e}")))?,
+            peers,
         }));
         let keeper = tokio::spawn(txns::keep(broker.clone(), shutdown));
         Ok((
@@ -210,8 +234,18 @@ impl Broker {
                 watcher,
                 compactor,
                 keeper,
+                advertiser,
             },
         ))
+    }
+
+    /// A segment this agent holds whole in its object cache, for a peer (RFC 0006);
+    /// `None` when it does not (the peer reads the bucket). Never reads the bucket.
+    pub async fn serve_peer_segment(&self, key: &str) -> Option<bytes::Bytes> {
+        let got = self.reader.cached_object(key).await;
+        let outcome = if got.is_some() { "hit" } else { "miss" };
+        self.metrics.peer_served.with_label_values(&[outcome]).inc();
+        got
     }
 
     /// Readiness: `Ok` only when the bucket and the index both answer, each within

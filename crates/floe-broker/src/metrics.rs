@@ -84,6 +84,12 @@ pub struct MetricSet {
     pub cache_bytes: IntGaugeVec,
     /// Consumer group lag, recomputed from the index on every scrape.
     pub group_lag: IntGaugeVec,
+    /// Peer reads (RFC 0006) by outcome: hit (bytes from the writer), miss (the writer no
+    /// longer caches it), error (unreachable, slow, wrong answer); misses and errors read
+    /// the bucket.
+    pub peer_reads: IntCounterVec,
+    /// Segments asked of this agent by its peers, by outcome (hit, miss).
+    pub peer_served: IntCounterVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
@@ -206,6 +212,24 @@ impl Metrics {
             "Records after the committed offset, per consumer group and partition",
             &["topic", "group", "partition"],
         )?;
+        let peer_reads = counter_vec(
+            &r,
+            "floe_peer_reads_total",
+            "Whole segments asked of the agent that wrote them, by outcome (hit, miss, error); misses and errors read the bucket",
+            &["outcome"],
+        )?;
+        let peer_served = counter_vec(
+            &r,
+            "floe_peer_served_total",
+            "Segments other agents asked this agent for, by outcome (hit, miss)",
+            &["outcome"],
+        )?;
+        for o in ["hit", "miss", "error"] {
+            let _ = peer_reads.with_label_values(&[o]);
+        }
+        for o in ["hit", "miss"] {
+            let _ = peer_served.with_label_values(&[o]);
+        }
         let secs = exponential_buckets(0.0005, 2.0, 16)?;
         Ok(Self(std::sync::Arc::new(MetricSet {
             records_produced: counter(
@@ -383,6 +407,8 @@ impl Metrics {
             )?,
             queue_settled,
             group_lag,
+            peer_reads,
+            peer_served,
             store_requests,
             cache,
             registry: r,

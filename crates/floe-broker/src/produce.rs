@@ -54,6 +54,18 @@ pub fn segment_created_ms(key: &str) -> Option<i64> {
     crate::ids::uuid_v7_ms(name.get(..36)?)
 }
 
+/// The agent id in a segment key written by [`segment_key`] (RFC 0006: the agent to ask
+/// for it first); `None` for any other name (partition files, foreign objects).
+pub fn segment_writer(key: &str) -> Option<&str> {
+    let name = key.strip_prefix(SEGMENT_PREFIX)?.strip_prefix('/')?;
+    let agent = name
+        .get(36..)?
+        .strip_prefix('-')?
+        .strip_suffix(".parquet")?;
+    (!agent.is_empty() && agent.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .then_some(agent)
+}
+
 /// Where one produced record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordOffset {
@@ -935,5 +947,22 @@ mod key_tests {
         assert_ne!(k, segment_key(1_795_000_000_123, "agent-7"), "unique");
         assert_eq!(segment_created_ms("segments/orphan-test.parquet"), None);
         assert_eq!(segment_created_ms("other/x.parquet"), None);
+    }
+
+    #[test]
+    fn segment_keys_name_their_writer() {
+        let k = segment_key(1_795_000_000_123, "agent-7");
+        assert_eq!(segment_writer(&k), Some("agent-7"));
+        assert_eq!(segment_writer(&segment_key(1, "a")), Some("a"));
+        for other in [
+            "segments/orphan-test.parquet",
+            "other/x.parquet",
+            "topics/t/partition=0/date=2026-11-28/1-2-x.parquet",
+            &k.replace(".parquet", ".json"),
+            &k.replace("-agent-7", "-"),
+            &k.replace("-agent-7", "-a/b"),
+        ] {
+            assert_eq!(segment_writer(other), None, "{other}");
+        }
     }
 }

@@ -413,6 +413,9 @@ pub enum StateKind {
     Share,
     /// A compaction lease of one partition (RFC 0004): which agent compacts it, until when.
     Compaction,
+    /// An agent's advertised URL and when it last said so (RFC 0006, peer reads): topic 0
+    /// (no topic), group = the agent id, partition 0.
+    Agent,
 }
 
 impl StateKind {
@@ -421,6 +424,7 @@ impl StateKind {
             Self::Group => "group",
             Self::Share => "share",
             Self::Compaction => "compaction",
+            Self::Agent => "agent",
         }
     }
     fn parse(s: &str) -> Result<Self> {
@@ -428,6 +432,7 @@ impl StateKind {
             "group" => Ok(Self::Group),
             "share" => Ok(Self::Share),
             "compaction" => Ok(Self::Compaction),
+            "agent" => Ok(Self::Agent),
             other => Err(IndexError::Corrupt(format!("unknown state kind {other:?}"))),
         }
     }

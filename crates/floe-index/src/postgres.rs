@@ -30,6 +30,47 @@ use crate::{
     fence, plan_commit,
 };
 
+/// Statements prepared once per pooled connection (deadpool's statement cache), so
+/// PostgreSQL neither parses nor plans them again and each call is one round trip instead
+/// of two (prepare, then execute). Every query of this backend goes through these.
+#[async_trait]
+trait Cached: deadpool_postgres::GenericClient {
+    async fn cquery(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query(&st, params).await
+    }
+    async fn cquery_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query_opt(&st, params).await
+    }
+    async fn cquery_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<tokio_postgres::Row, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.query_one(&st, params).await
+    }
+    async fn cexecute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        let st = self.prepare_cached(sql).await?;
+        self.execute(&st, params).await
+    }
+}
+
+impl<C: deadpool_postgres::GenericClient> Cached for C {}
+
 /// NOTIFY channel for commits; payload `topic_id:partition:end_offset` entries joined by `,`.
 pub(crate) const CHANNEL: &str = "floe_commits";
 /// PostgreSQL limits NOTIFY payloads to 8000 bytes; stay well below.
@@ -233,7 +274,7 @@ impl PostgresIndex {
         // one runs no DDL. (No table yet, or another fingerprint: apply, under the lock.)
         let fingerprint = schema_fingerprint();
         let current: Option<i64> = c
-            .query_opt("SELECT fingerprint FROM floe_schema WHERE id = 0", &[])
+            .cquery_opt("SELECT fingerprint FROM floe_schema WHERE id = 0", &[])
             .await
             .ok()
             .flatten()
@@ -241,12 +282,12 @@ impl PostgresIndex {
         if current != Some(fingerprint) {
             let tx = c.transaction().await.map_err(pg)?;
             let _ = tx
-                .execute("SELECT pg_advisory_xact_lock(7340123)", &[])
+                .cexecute("SELECT pg_advisory_xact_lock(7340123)", &[])
                 .await
                 .map_err(pg)?;
             tx.batch_execute(SCHEMA).await.map_err(pg)?;
             let _ = tx
-                .execute(
+                .cexecute(
                     "INSERT INTO floe_schema (id, fingerprint) VALUES (0, $1)
                      ON CONFLICT (id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint",
                     &[&fingerprint],
@@ -263,7 +304,7 @@ impl PostgresIndex {
     pub async fn schema_is_current(&self) -> Result<bool> {
         let c = self.client().await?;
         let row = c
-            .query_opt("SELECT fingerprint FROM floe_schema WHERE id = 0", &[])
+            .cquery_opt("SELECT fingerprint FROM floe_schema WHERE id = 0", &[])
             .await
             .map_err(pg)?;
         Ok(row.map(|r| r.get::<_, i64>(0)) == Some(schema_fingerprint()))
@@ -276,7 +317,7 @@ impl PostgresIndex {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         let parts = tx
-            .query(
+            .cquery(
                 "SELECT partition, start_offset, next_offset FROM floe_partitions WHERE topic_id = $1 ORDER BY partition FOR UPDATE",
                 &[&topic_id],
             )
@@ -290,7 +331,7 @@ impl PostgresIndex {
                 Retention::Time { .. } => (0, 0),
                 Retention::Size { .. } => {
                     let sum = tx
-                        .query_one(
+                        .cquery_one(
                             "SELECT COALESCE(SUM(byte_end - byte_start), 0)::bigint, COUNT(*) FROM floe_runs WHERE topic_id = $1 AND partition = $2",
                             &[&topic_id, &p],
                         )
@@ -306,7 +347,7 @@ impl PostgresIndex {
                 continue;
             }
             let runs = tx
-                .query(
+                .cquery(
                     "SELECT base_offset, records, max_ts, byte_end - byte_start FROM floe_runs WHERE topic_id = $1 AND partition = $2 ORDER BY base_offset LIMIT $3",
                     &[&topic_id, &p, &crate::RETENTION_RUNS_PER_PASS],
                 )
@@ -331,14 +372,14 @@ impl PostgresIndex {
             }
             let ns = to_i64(new_start, "start")?;
             let _ = tx
-                .execute(
+                .cexecute(
                     "DELETE FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset < $3",
                     &[&topic_id, &p, &ns],
                 )
                 .await
                 .map_err(pg)?;
             let _ = tx
-                .execute(
+                .cexecute(
                     "UPDATE floe_partitions SET start_offset = $3 WHERE topic_id = $1 AND partition = $2",
                     &[&topic_id, &p, &ns],
                 )
@@ -381,7 +422,7 @@ impl PostgresIndex {
         // Re-initialising a name aborts its open transaction (fencing the zombie) in the
         // same index transaction that bumps the epoch (RFC 0005).
         if let Some(r) = tx
-            .query_opt(
+            .cquery_opt(
                 "SELECT t.producer_id, t.epoch FROM floe_producers p JOIN floe_txns t ON t.producer_id = p.id AND t.epoch = p.epoch
                  WHERE p.name = $1 AND t.state = 'open'",
                 &[&name],
@@ -399,7 +440,7 @@ impl PostgresIndex {
             let parts = txn_partitions(&tx, end.producer_id, end.epoch).await?;
             lock_partitions(&tx, &parts).await?;
             let _ = tx
-                .query("SELECT 1 FROM floe_producers WHERE id = $1 FOR UPDATE", &[&end.producer_id])
+                .cquery("SELECT 1 FROM floe_producers WHERE id = $1 FOR UPDATE", &[&end.producer_id])
                 .await?;
             match end_txn_in(&tx, &end).await {
                 Ok(_) | Err(CommitError::Index(IndexError::Txn(_))) => {}
@@ -407,7 +448,7 @@ impl PostgresIndex {
             }
         }
         let r = tx
-            .query_one(
+            .cquery_one(
                 "INSERT INTO floe_producers (name, epoch, touched_ms) VALUES ($1, 0, $2)
                  ON CONFLICT (name) DO UPDATE SET epoch = floe_producers.epoch + 1, touched_ms = EXCLUDED.touched_ms
                  RETURNING id, epoch",
@@ -422,7 +463,7 @@ impl PostgresIndex {
         let mut c = self.conn().await?;
         let tx = c.transaction().await?;
         let Some(r) = tx
-            .query_opt(
+            .cquery_opt(
                 "SELECT epoch FROM floe_producers WHERE id = $1 FOR UPDATE",
                 &[&b.producer_id],
             )
@@ -439,7 +480,7 @@ impl PostgresIndex {
             }));
         }
         if tx
-            .query_opt(
+            .cquery_opt(
                 "SELECT 1 FROM floe_txns WHERE producer_id = $1 AND epoch = $2 AND state = 'open'",
                 &[&b.producer_id, &(current as i32)],
             )
@@ -458,13 +499,13 @@ impl PostgresIndex {
                 CommitError::Index(IndexError::Corrupt("producer epoch overflow".into()))
             })?;
         let _ = tx
-            .execute(
+            .cexecute(
                 "UPDATE floe_producers SET epoch = $2, touched_ms = $3 WHERE id = $1",
                 &[&b.producer_id, &(epoch as i32), &b.now_ms],
             )
             .await?;
         let _ = tx
-            .execute(
+            .cexecute(
                 "INSERT INTO floe_txns (producer_id, epoch, state, started_ms, deadline_ms, check_url, checks) VALUES ($1, $2, 'open', $3, $4, $5, 0)",
                 &[&b.producer_id, &(epoch as i32), &b.now_ms, &b.deadline_ms, &b.check_url],
             )
@@ -483,7 +524,7 @@ impl PostgresIndex {
             // FOR SHARE: an advance of the boundary waits for this commit, or this commit
             // sees the advanced boundary — never both sides of it.
             let boundary: i64 = tx
-                .query_one(
+                .cquery_one(
                     "SELECT boundary_ms FROM floe_deletion_boundary WHERE id = 0 FOR SHARE",
                     &[],
                 )
@@ -507,7 +548,7 @@ impl PostgresIndex {
         let parts: Vec<i32> = keys.iter().map(|k| k.1).collect();
         // Lock in (topic, partition) order: no deadlocks between agents.
         let rows = tx
-            .query(
+            .cquery(
                 "SELECT p.topic_id, p.partition, p.next_offset FROM floe_partitions p
                  JOIN UNNEST($1::bigint[], $2::int[]) AS k(t, p) ON p.topic_id = k.t AND p.partition = k.p
                  ORDER BY p.topic_id, p.partition FOR UPDATE OF p",
@@ -529,7 +570,7 @@ impl PostgresIndex {
             ids.sort_unstable();
             ids.dedup();
             for r in tx
-                .query(
+                .cquery(
                     "SELECT id, epoch FROM floe_producers WHERE id = ANY($1) ORDER BY id FOR SHARE",
                     &[&ids],
                 )
@@ -547,7 +588,7 @@ impl PostgresIndex {
                 }
             }
             for r in tx
-                .query(
+                .cquery(
                     "SELECT s.producer_id, s.topic_id, s.partition, s.epoch, s.next_seq, s.recent FROM floe_producer_seqs s
                      JOIN (SELECT DISTINCT * FROM UNNEST($1::bigint[], $2::bigint[], $3::int[])) AS k(p, t, n)
                        ON s.producer_id = k.p AND s.topic_id = k.t AND s.partition = k.n",
@@ -578,7 +619,7 @@ impl PostgresIndex {
             let (ids, eps): (Vec<i64>, Vec<i32>) =
                 epochs.iter().map(|(id, e)| (*id, *e as i32)).unzip();
             for r in tx
-                .query(
+                .cquery(
                     "SELECT t.producer_id FROM floe_txns t JOIN UNNEST($1::bigint[], $2::int[]) AS k(p, e)
                        ON t.producer_id = k.p AND t.epoch = k.e
                      WHERE t.state = 'open' ORDER BY t.producer_id FOR SHARE OF t",
@@ -603,7 +644,7 @@ impl PostgresIndex {
                 b_r.push(b.records as i32);
             }
             let _ = tx
-                .execute(
+                .cexecute(
                     "INSERT INTO floe_txn_batches (producer_id, epoch, topic_id, partition, base_offset, records)
                      SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::bigint[], $6::int[])",
                     &[&b_p, &b_e, &b_t, &b_n, &b_b, &b_r],
@@ -613,7 +654,7 @@ impl PostgresIndex {
             let hp: Vec<i32> = plan.holds.keys().map(|k| k.1 as i32).collect();
             let hh: Vec<i64> = plan.holds.values().map(|v| *v as i64).collect();
             let _ = tx
-                .execute(
+                .cexecute(
                     "UPDATE floe_partitions p SET stable_hold = LEAST(COALESCE(p.stable_hold, u.h), u.h)
                      FROM UNNEST($1::bigint[], $2::int[], $3::bigint[]) AS u(t, p, h)
                      WHERE p.topic_id = u.t AND p.partition = u.p",
@@ -661,7 +702,7 @@ impl PostgresIndex {
             c_first.push(row.row_first as i32);
         }
         // The object is recorded in the same statement as its runs (no extra round trip).
-        let _ = tx.execute(
+        let _ = tx.cexecute(
             "WITH o AS (INSERT INTO floe_objects (key, size, created_ms) VALUES ($11, $12, $14) ON CONFLICT (key) DO NOTHING)
              INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first)
              SELECT t, p, b, n, $11, $12, rf, rc, bs, be, mn, mx, fr
@@ -675,7 +716,7 @@ impl PostgresIndex {
             let ut: Vec<i64> = new_ends.keys().map(|k| k.0).collect();
             let up: Vec<i32> = new_ends.keys().map(|k| k.1 as i32).collect();
             let un: Vec<i64> = new_ends.values().map(|v| *v as i64).collect();
-            let _ = tx.execute(
+            let _ = tx.cexecute(
                 "UPDATE floe_partitions p SET next_offset = u.n FROM UNNEST($1::bigint[], $2::int[], $3::bigint[]) AS u(t, p, n)
                  WHERE p.topic_id = u.t AND p.partition = u.p",
                 &[&ut, &up, &un],
@@ -683,7 +724,7 @@ impl PostgresIndex {
             .await?;
             for payload in notify_payloads(new_ends) {
                 let _ = tx
-                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                    .cexecute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
                     .await?;
             }
         }
@@ -699,7 +740,7 @@ impl PostgresIndex {
                 s_r.push(floe_core::producer::encode_recent(&st.recent));
             }
             let _ = tx
-                .execute(
+                .cexecute(
                     "INSERT INTO floe_producer_seqs (producer_id, topic_id, partition, epoch, next_seq, recent, touched_ms)
                      SELECT p, t, n, e, q, r, $7 FROM UNNEST($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::bigint[], $6::text[]) AS u(p, t, n, e, q, r)
                      ON CONFLICT (producer_id, topic_id, partition) DO UPDATE
@@ -718,7 +759,7 @@ impl PostgresIndex {
                 continue;
             };
             let n = tx
-                .execute(
+                .cexecute(
                     "UPDATE floe_idempotency SET done = TRUE, answer = $4
                      WHERE topic_id = $1 AND key = $2 AND token = $3 AND NOT done",
                     &[&c.topic_id, &c.key, &c.token, &answer],
@@ -733,7 +774,7 @@ impl PostgresIndex {
         // Last step before COMMIT, on the server's clock: a commit that stalled past its
         // deadline (hung server, lock waits) is rolled back when the transaction drops.
         let now: i64 = tx
-            .query_one(
+            .cquery_one(
                 "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint",
                 &[],
             )
@@ -751,7 +792,8 @@ impl PostgresIndex {
 
 /// Why one commit attempt failed.
 /// Compare-and-swap of one consumer-state blob; false (nothing changed) when the stored
-/// version is not `expected`, or when its topic no longer exists (first write).
+/// version is not `expected`, or when its topic no longer exists (first write; agent
+/// rows belong to no topic).
 async fn cas_state<C: deadpool_postgres::GenericClient>(
     c: &C,
     key: &StateKey,
@@ -761,16 +803,16 @@ async fn cas_state<C: deadpool_postgres::GenericClient>(
     let (k, p) = (key.kind.as_str(), key.partition as i32);
     let n = match expected {
         None => {
-            c.execute(
+            c.cexecute(
                 "INSERT INTO floe_consumer_state (kind, topic_id, grp, partition, version, data)
-                 SELECT $1, $2, $3, $4, 1, $5 WHERE EXISTS (SELECT 1 FROM floe_topics WHERE id = $2)
+                 SELECT $1, $2, $3, $4, 1, $5 WHERE $1 = 'agent' OR EXISTS (SELECT 1 FROM floe_topics WHERE id = $2)
                  ON CONFLICT DO NOTHING",
                 &[&k, &key.topic_id, &key.group, &p, &data],
             )
             .await?
         }
         Some(v) => {
-            c.execute(
+            c.cexecute(
                 "UPDATE floe_consumer_state SET version = version + 1, data = $5
                  WHERE kind = $1 AND topic_id = $2 AND grp = $3 AND partition = $4 AND version = $6",
                 &[&k, &key.topic_id, &key.group, &p, &data, &v],
@@ -801,7 +843,7 @@ async fn lock_partitions(
     let tids: Vec<i64> = keys.iter().map(|k| k.0).collect();
     let parts: Vec<i32> = keys.iter().map(|k| k.1 as i32).collect();
     let _ = tx
-        .query(
+        .cquery(
             "SELECT 1 FROM floe_partitions p
              JOIN UNNEST($1::bigint[], $2::int[]) AS k(t, p) ON p.topic_id = k.t AND p.partition = k.p
              ORDER BY p.topic_id, p.partition FOR UPDATE OF p",
@@ -817,7 +859,7 @@ async fn txn_partitions(
     epoch: u32,
 ) -> std::result::Result<Vec<(i64, u32)>, CommitError> {
     Ok(tx
-        .query(
+        .cquery(
             "SELECT DISTINCT topic_id, partition FROM floe_txn_batches WHERE producer_id = $1 AND epoch = $2",
             &[&pid, &(epoch as i32)],
         )
@@ -838,7 +880,7 @@ async fn end_txn_in(
     let mut locked = txn_partitions(tx, pid, epoch).await?;
     lock_partitions(tx, &locked).await?;
     let stored = tx
-        .query_opt(
+        .cquery_opt(
             "SELECT state FROM floe_txns WHERE producer_id = $1 AND epoch = $2 FOR UPDATE",
             &[&pid, &(epoch as i32)],
         )
@@ -866,7 +908,7 @@ async fn end_txn_in(
             for oc in &e.offsets {
                 let k = &oc.group;
                 let blob: Option<Vec<u8>> = tx
-                    .query_opt(
+                    .cquery_opt(
                         "SELECT data FROM floe_consumer_state WHERE kind = $1 AND topic_id = $2 AND grp = $3 AND partition = $4 FOR SHARE",
                         &[&k.kind.as_str(), &k.topic_id, &k.group, &(k.partition as i32)],
                     )
@@ -879,7 +921,7 @@ async fn end_txn_in(
                 }
                 for (p, o) in &oc.offsets {
                     let _ = tx
-                        .execute(
+                        .cexecute(
                             "INSERT INTO floe_group_offsets (topic_id, grp, partition, next_offset) VALUES ($1, $2, $3, $4)
                              ON CONFLICT (topic_id, grp, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
                             &[&k.topic_id, &k.group, &(*p as i32), &(*o as i64)],
@@ -890,7 +932,7 @@ async fn end_txn_in(
         }
         Outcome::Abort => {
             let batches = tx
-                .query(
+                .cquery(
                     "SELECT topic_id, partition, base_offset, records FROM floe_txn_batches WHERE producer_id = $1 AND epoch = $2 ORDER BY topic_id, partition, base_offset",
                     &[&pid, &(epoch as i32)],
                 )
@@ -908,7 +950,7 @@ async fn end_txn_in(
         }
     }
     let _ = tx
-        .execute(
+        .cexecute(
             "UPDATE floe_txns SET state = $3, ended_ms = $4 WHERE producer_id = $1 AND epoch = $2",
             &[
                 &pid,
@@ -919,7 +961,7 @@ async fn end_txn_in(
         )
         .await?;
     let _ = tx
-        .execute(
+        .cexecute(
             "DELETE FROM floe_txn_batches WHERE producer_id = $1 AND epoch = $2",
             &[&pid, &(epoch as i32)],
         )
@@ -928,7 +970,7 @@ async fn end_txn_in(
     let mut ends = BTreeMap::new();
     for (t, p) in now_parts {
         if let Some(r) = tx
-            .query_opt(
+            .cquery_opt(
                 "UPDATE floe_partitions SET stable_hold = (SELECT MIN(base_offset) FROM floe_txn_batches WHERE topic_id = $1 AND partition = $2)
                  WHERE topic_id = $1 AND partition = $2 RETURNING next_offset",
                 &[&t, &(p as i32)],
@@ -943,7 +985,7 @@ async fn end_txn_in(
     // Readers on other agents wake as on a commit.
     for payload in notify_payloads(&ends) {
         let _ = tx
-            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .cexecute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
             .await?;
     }
     Ok(TxnEnded {
@@ -962,7 +1004,7 @@ async fn punch_hole(
     n: u32,
 ) -> std::result::Result<(), CommitError> {
     let Some(r) = tx
-        .query_opt(
+        .cquery_opt(
             "SELECT base_offset, records, row_first, row_count, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts
              FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset <= $3 ORDER BY base_offset DESC LIMIT 1",
             &[&t, &(p as i32), &(base as i64)],
@@ -988,7 +1030,7 @@ async fn punch_hole(
         )))
     })?;
     let _ = tx
-        .execute(
+        .cexecute(
             "DELETE FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset = $3",
             &[&t, &(p as i32), &(eb as i64)],
         )
@@ -997,7 +1039,7 @@ async fn punch_hole(
     for x in pieces {
         let rows = (x.rows != x.records).then_some(x.rows as i32);
         let _ = tx
-            .execute(
+            .cexecute(
                 "INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first, row_count)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 &[
@@ -1089,11 +1131,11 @@ impl Index for PostgresIndex {
         let tx = c.transaction().await.map_err(pg)?;
         // Serialize topic creation so the topic-count limit holds across agents.
         let _ = tx
-            .execute("SELECT pg_advisory_xact_lock(7340124)", &[])
+            .cexecute("SELECT pg_advisory_xact_lock(7340124)", &[])
             .await
             .map_err(pg)?;
         let n: i64 = tx
-            .query_one("SELECT COUNT(*) FROM floe_topics", &[])
+            .cquery_one("SELECT COUNT(*) FROM floe_topics", &[])
             .await
             .map_err(pg)?
             .get(0);
@@ -1101,7 +1143,7 @@ impl Index for PostgresIndex {
             return Err(IndexError::TooManyTopics(t.max_topics));
         }
         let row = tx
-            .query_opt(
+            .cquery_opt(
                 "INSERT INTO floe_topics (name, partitions, retention_ms, config, created_ms) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (name) DO NOTHING RETURNING id",
                 &[&t.name, &(t.partitions as i32), &t.retention_ms, &encode_config(&t.config), &t.created_ms],
@@ -1112,7 +1154,7 @@ impl Index for PostgresIndex {
             return Err(IndexError::TopicExists(t.name));
         };
         let id: i64 = row.get(0);
-        let _ = tx.execute(
+        let _ = tx.cexecute(
             "INSERT INTO floe_partitions (topic_id, partition, start_offset, next_offset) SELECT $1, g, 0, 0 FROM generate_series(0, $2 - 1) g",
             &[&id, &(t.partitions as i32)],
         )
@@ -1132,7 +1174,7 @@ impl Index for PostgresIndex {
     async fn list_topics(&self) -> Result<Vec<TopicMeta>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .cquery(
                 &format!("SELECT {TOPIC_COLS} FROM floe_topics ORDER BY name"),
                 &[],
             )
@@ -1144,7 +1186,7 @@ impl Index for PostgresIndex {
     async fn get_topic(&self, name: &str) -> Result<Option<TopicMeta>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .cquery_opt(
                 &format!("SELECT {TOPIC_COLS} FROM floe_topics WHERE name = $1"),
                 &[&name],
             )
@@ -1157,7 +1199,7 @@ impl Index for PostgresIndex {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         let Some(row) = tx
-            .query_opt(
+            .cquery_opt(
                 "DELETE FROM floe_topics WHERE name = $1 RETURNING id",
                 &[&name],
             )
@@ -1168,26 +1210,26 @@ impl Index for PostgresIndex {
         };
         let id: i64 = row.get(0);
         let _ = tx
-            .execute("DELETE FROM floe_partitions WHERE topic_id = $1", &[&id])
+            .cexecute("DELETE FROM floe_partitions WHERE topic_id = $1", &[&id])
             .await
             .map_err(pg)?;
         let _ = tx
-            .execute("DELETE FROM floe_runs WHERE topic_id = $1", &[&id])
+            .cexecute("DELETE FROM floe_runs WHERE topic_id = $1", &[&id])
             .await
             .map_err(pg)?;
         let _ = tx
-            .execute(
+            .cexecute(
                 "DELETE FROM floe_consumer_state WHERE topic_id = $1",
                 &[&id],
             )
             .await
             .map_err(pg)?;
         let _ = tx
-            .execute("DELETE FROM floe_group_offsets WHERE topic_id = $1", &[&id])
+            .cexecute("DELETE FROM floe_group_offsets WHERE topic_id = $1", &[&id])
             .await
             .map_err(pg)?;
         let _ = tx
-            .execute("DELETE FROM floe_idempotency WHERE topic_id = $1", &[&id])
+            .cexecute("DELETE FROM floe_idempotency WHERE topic_id = $1", &[&id])
             .await
             .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
@@ -1197,7 +1239,7 @@ impl Index for PostgresIndex {
     async fn partition_offsets(&self, topic_id: i64) -> Result<Vec<PartitionOffsets>> {
         let c = self.client().await?;
         let rows = c
-            .query("SELECT partition, start_offset, next_offset, LEAST(COALESCE(stable_hold, next_offset), next_offset) FROM floe_partitions WHERE topic_id = $1 ORDER BY partition", &[&topic_id])
+            .cquery("SELECT partition, start_offset, next_offset, LEAST(COALESCE(stable_hold, next_offset), next_offset) FROM floe_partitions WHERE topic_id = $1 ORDER BY partition", &[&topic_id])
             .await
             .map_err(pg)?;
         rows.iter()
@@ -1215,7 +1257,7 @@ impl Index for PostgresIndex {
     async fn end_offset(&self, topic_id: i64, partition: u32) -> Result<Option<u64>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .cquery_opt(
                 "SELECT next_offset FROM floe_partitions WHERE topic_id = $1 AND partition = $2",
                 &[&topic_id, &(partition as i32)],
             )
@@ -1261,7 +1303,7 @@ impl Index for PostgresIndex {
     async fn log_ends(&self, topic_id: i64, partition: u32) -> Result<Option<(u64, u64)>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .cquery_opt(
                 "SELECT next_offset, stable_hold FROM floe_partitions WHERE topic_id = $1 AND partition = $2",
                 &[&topic_id, &(partition as i32)],
             )
@@ -1308,7 +1350,7 @@ impl Index for PostgresIndex {
     async fn transactions(&self, open_only: bool) -> Result<Vec<TxnInfo>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .cquery(
                 "SELECT t.producer_id, p.name, t.epoch, t.state, t.started_ms, t.deadline_ms, t.check_url, t.checks
                  FROM floe_txns t LEFT JOIN floe_producers p ON p.id = t.producer_id
                  WHERE NOT $1 OR t.state = 'open' ORDER BY t.started_ms, t.producer_id LIMIT 10000",
@@ -1321,7 +1363,7 @@ impl Index for PostgresIndex {
             let (producer_id, epoch): (i64, i32) = (r.get(0), r.get(2));
             let state: String = r.get(3);
             let parts = c
-                .query(
+                .cquery(
                     "SELECT topic_id, partition, MIN(base_offset), SUM(records)::bigint FROM floe_txn_batches
                      WHERE producer_id = $1 AND epoch = $2 GROUP BY topic_id, partition ORDER BY topic_id, partition",
                     &[&producer_id, &epoch],
@@ -1357,12 +1399,12 @@ impl Index for PostgresIndex {
     async fn due_transactions(&self, now_ms: i64, limit: u32) -> Result<(u64, Vec<TxnInfo>)> {
         let c = self.client().await?;
         let open: i64 = c
-            .query_one("SELECT COUNT(*) FROM floe_txns WHERE state = 'open'", &[])
+            .cquery_one("SELECT COUNT(*) FROM floe_txns WHERE state = 'open'", &[])
             .await
             .map_err(pg)?
             .get(0);
         let rows = c
-            .query(
+            .cquery(
                 "SELECT producer_id, epoch, started_ms, deadline_ms, check_url, checks FROM floe_txns
                  WHERE state = 'open' AND deadline_ms < $1 ORDER BY deadline_ms LIMIT $2",
                 &[&now_ms, &i64::from(limit)],
@@ -1397,7 +1439,7 @@ impl Index for PostgresIndex {
     ) -> Result<bool> {
         let c = self.client().await?;
         let n = c
-            .execute(
+            .cexecute(
                 "UPDATE floe_txns SET checks = checks + 1, deadline_ms = $4
                  WHERE producer_id = $1 AND epoch = $2 AND state = 'open' AND checks = $3",
                 &[
@@ -1415,7 +1457,7 @@ impl Index for PostgresIndex {
     async fn dedup_state_counts(&self) -> Result<(u64, u64)> {
         let c = self.client().await?;
         let r = c
-            .query_one(
+            .cquery_one(
                 "SELECT (SELECT COUNT(*) FROM floe_idempotency), (SELECT COUNT(*) FROM floe_producer_seqs)",
                 &[],
             )
@@ -1428,21 +1470,21 @@ impl Index for PostgresIndex {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         let n = tx
-            .execute(
+            .cexecute(
                 "DELETE FROM floe_producer_seqs WHERE touched_ms < $1",
                 &[&cutoff_ms],
             )
             .await
             .map_err(pg)?;
         let _ = tx
-            .execute(
+            .cexecute(
                 "DELETE FROM floe_txns WHERE state <> 'open' AND ended_ms < $1",
                 &[&cutoff_ms],
             )
             .await
             .map_err(pg)?;
         let _ = tx
-            .execute(
+            .cexecute(
                 "DELETE FROM floe_producers p WHERE touched_ms < $1
                  AND NOT EXISTS (SELECT 1 FROM floe_producer_seqs s WHERE s.producer_id = p.id)
                  AND NOT EXISTS (SELECT 1 FROM floe_txns t WHERE t.producer_id = p.id AND t.state = 'open')",
@@ -1463,7 +1505,7 @@ impl Index for PostgresIndex {
     ) -> Result<Vec<RunEntry>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .cquery(
                 "SELECT base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, row_first, max_ts, COALESCE(row_count, records) FROM floe_runs
                  WHERE topic_id = $1 AND partition = $2 AND base_offset >= COALESCE(
                     (SELECT MAX(base_offset) FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset <= $3), 0)
@@ -1493,7 +1535,7 @@ impl Index for PostgresIndex {
 
     async fn segment_referenced(&self, key: &str) -> Result<bool> {
         let c = self.client().await?;
-        Ok(c.query_opt(
+        Ok(c.cquery_opt(
             "SELECT 1 FROM floe_runs WHERE segment_key = $1 LIMIT 1",
             &[&key],
         )
@@ -1504,7 +1546,7 @@ impl Index for PostgresIndex {
 
     async fn unreferenced_objects(&self, before_ms: i64, limit: u32) -> Result<Vec<String>> {
         let c = self.client().await?;
-        Ok(c.query(
+        Ok(c.cquery(
             "SELECT key FROM floe_objects o WHERE created_ms < $1
                AND NOT EXISTS (SELECT 1 FROM floe_runs r WHERE r.segment_key = o.key)
              ORDER BY created_ms LIMIT $2",
@@ -1520,7 +1562,7 @@ impl Index for PostgresIndex {
     async fn forget_objects(&self, keys: &[String]) -> Result<()> {
         let c = self.client().await?;
         let _ = c
-            .execute("DELETE FROM floe_objects WHERE key = ANY($1)", &[&keys])
+            .cexecute("DELETE FROM floe_objects WHERE key = ANY($1)", &[&keys])
             .await
             .map_err(pg)?;
         Ok(())
@@ -1529,7 +1571,7 @@ impl Index for PostgresIndex {
     async fn object_totals(&self) -> Result<(u64, u64)> {
         let c = self.client().await?;
         let row = c
-            .query_one(
+            .cquery_one(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0)::BIGINT FROM floe_objects",
                 &[],
             )
@@ -1543,14 +1585,14 @@ impl Index for PostgresIndex {
 
     async fn ping(&self) -> Result<()> {
         let c = self.client().await?;
-        let _ = c.query_one("SELECT 1", &[]).await.map_err(pg)?;
+        let _ = c.cquery_one("SELECT 1", &[]).await.map_err(pg)?;
         Ok(())
     }
 
     async fn load_state(&self, key: &StateKey) -> Result<Option<Versioned>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
+            .cquery_opt(
                 "SELECT version, data FROM floe_consumer_state WHERE kind = $1 AND topic_id = $2 AND grp = $3 AND partition = $4",
                 &[&key.kind.as_str(), &key.topic_id, &key.group, &(key.partition as i32)],
             )
@@ -1593,7 +1635,7 @@ impl Index for PostgresIndex {
         // As a commit: the boundary FOR SHARE (an advance waits for this swap, or the swap
         // sees it), then the partition row locked like a commit or retention does.
         let boundary: i64 = tx
-            .query_one(
+            .cquery_one(
                 "SELECT boundary_ms FROM floe_deletion_boundary WHERE id = 0 FOR SHARE",
                 &[],
             )
@@ -1607,7 +1649,7 @@ impl Index for PostgresIndex {
             });
         }
         if tx
-            .query_opt(
+            .cquery_opt(
                 "SELECT 1 FROM floe_partitions WHERE topic_id = $1 AND partition = $2 FOR UPDATE",
                 &[&r.topic_id, &p],
             )
@@ -1618,7 +1660,7 @@ impl Index for PostgresIndex {
             return Ok(false);
         }
         let current = tx
-            .query(
+            .cquery(
                 "SELECT base_offset, records, segment_key FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset >= $3 AND base_offset < $4 ORDER BY base_offset",
                 &[&r.topic_id, &p, &first, &end],
             )
@@ -1638,7 +1680,7 @@ impl Index for PostgresIndex {
             return Ok(false);
         }
         let _ = tx
-            .execute(
+            .cexecute(
                 "DELETE FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset >= $3 AND base_offset < $4",
                 &[&r.topic_id, &p, &first, &end],
             )
@@ -1663,7 +1705,7 @@ impl Index for PostgresIndex {
                 small(run.row_group_count, "rg_count")?,
             );
             let _ = tx
-                .execute(
+                .cexecute(
                     "INSERT INTO floe_runs (topic_id, partition, base_offset, records, segment_key, segment_size, rg_first, rg_count, byte_start, byte_end, min_ts, max_ts, row_first, row_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13)",
                     &[&r.topic_id, &p, &vals[0], &n, &r.key, &vals[3], &rf, &rc, &vals[1], &vals[2], &run.min_timestamp_ms, &run.max_timestamp_ms, &rows],
                 )
@@ -1671,7 +1713,7 @@ impl Index for PostgresIndex {
                 .map_err(pg)?;
         }
         let _ = tx
-            .execute(
+            .cexecute(
                 "INSERT INTO floe_objects (key, size, created_ms) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
                 &[&r.key, &size, &r.created_ms],
             )
@@ -1684,7 +1726,7 @@ impl Index for PostgresIndex {
     async fn advance_deletion_boundary(&self, to_ms: i64) -> Result<i64> {
         let c = self.client().await?;
         let row = c
-            .query_one(
+            .cquery_one(
                 "UPDATE floe_deletion_boundary SET boundary_ms = GREATEST(boundary_ms, $1) WHERE id = 0 RETURNING boundary_ms",
                 &[&to_ms],
             )
@@ -1699,7 +1741,7 @@ impl Index for PostgresIndex {
         // Make the row exist (as a dead placeholder the decision replaces) and lock it, so
         // that concurrent attempts with one key decide one after the other.
         let _ = tx
-            .execute(
+            .cexecute(
                 "INSERT INTO floe_idempotency (topic_id, key, fingerprint, token, done, answer, lease_until, expires)
                  VALUES ($1, $2, 0, 0, FALSE, NULL, 0, 0) ON CONFLICT DO NOTHING",
                 &[&b.topic_id, &b.key],
@@ -1707,7 +1749,7 @@ impl Index for PostgresIndex {
             .await
             .map_err(pg)?;
         let r = tx
-            .query_one(
+            .cquery_one(
                 "SELECT fingerprint, done, lease_until, expires, answer FROM floe_idempotency
                  WHERE topic_id = $1 AND key = $2 FOR UPDATE",
                 &[&b.topic_id, &b.key],
@@ -1723,7 +1765,7 @@ impl Index for PostgresIndex {
         let verdict = match idempotency::begin(Some(&stored), b.fingerprint, b.now_ms) {
             idempotency::Begin::Start => {
                 let _ = tx
-                    .execute(
+                    .cexecute(
                         "UPDATE floe_idempotency SET fingerprint = $3, token = $4, done = FALSE, answer = NULL,
                            lease_until = $5, expires = $6 WHERE topic_id = $1 AND key = $2",
                         &[
@@ -1753,7 +1795,7 @@ impl Index for PostgresIndex {
     async fn idempotency_abandon(&self, topic_id: i64, key: &str, token: i64) -> Result<()> {
         let c = self.client().await?;
         let _ = c
-            .execute(
+            .cexecute(
                 "DELETE FROM floe_idempotency WHERE topic_id = $1 AND key = $2 AND token = $3 AND NOT done",
                 &[&topic_id, &key, &token],
             )
@@ -1765,7 +1807,7 @@ impl Index for PostgresIndex {
     async fn expire_idempotency(&self, now_ms: i64) -> Result<u64> {
         let c = self.client().await?;
         let n = c
-            .execute(
+            .cexecute(
                 "DELETE FROM floe_idempotency WHERE expires <= $1 AND (done OR lease_until <= $1)",
                 &[&now_ms],
             )
@@ -1782,7 +1824,7 @@ impl Index for PostgresIndex {
         // and this commit waits for one in progress, so the fence sees the state the
         // offsets are committed under.
         let blob: Option<Vec<u8>> = tx
-            .query_opt(
+            .cquery_opt(
                 "SELECT data FROM floe_consumer_state WHERE kind = $1 AND topic_id = $2 AND grp = $3 AND partition = $4 FOR SHARE",
                 &[&k.kind.as_str(), &k.topic_id, &k.group, &(k.partition as i32)],
             )
@@ -1791,7 +1833,7 @@ impl Index for PostgresIndex {
             .map(|r| r.get(0));
         fence(blob.as_deref(), &oc)?;
         let st = tx
-            .prepare(
+            .prepare_cached(
                 "INSERT INTO floe_group_offsets (topic_id, grp, partition, next_offset) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (topic_id, grp, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
             )
@@ -1812,7 +1854,7 @@ impl Index for PostgresIndex {
     async fn group_offsets(&self, topic_id: i64, group: &str) -> Result<BTreeMap<u32, u64>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .cquery(
                 "SELECT partition, next_offset FROM floe_group_offsets WHERE topic_id = $1 AND grp = $2",
                 &[&topic_id, &group],
             )
@@ -1837,7 +1879,7 @@ impl Index for PostgresIndex {
     ) -> Result<Vec<(StateKey, Versioned)>> {
         let c = self.client().await?;
         let rows = c
-            .query(
+            .cquery(
                 "SELECT topic_id, grp, partition, version, data FROM floe_consumer_state
                  WHERE kind = $1 AND ($2::BIGINT IS NULL OR topic_id = $2) ORDER BY topic_id, grp, partition",
                 &[&kind.as_str(), &topic_id],

@@ -1563,14 +1563,15 @@ impl Index for SqliteIndex {
 }
 
 /// Compare-and-swap of one consumer-state blob; false (nothing changed) when the stored
-/// version is not `expected`, or when its topic no longer exists (first write).
+/// version is not `expected`, or when its topic no longer exists (first write; agent
+/// rows belong to no topic).
 fn cas_state(c: &Connection, key: &StateKey, expected: Option<i64>, data: &[u8]) -> Result<bool> {
     let (k, t, g, p) = (key.kind.as_str(), key.topic_id, &key.group, key.partition);
     let changed = match expected {
         None => c
             .prepare_cached(
                 "INSERT INTO consumer_state (kind, topic_id, grp, partition, version, data)
-                 SELECT ?1, ?2, ?3, ?4, 1, ?5 WHERE EXISTS (SELECT 1 FROM topics WHERE id = ?2)
+                 SELECT ?1, ?2, ?3, ?4, 1, ?5 WHERE ?1 = 'agent' OR EXISTS (SELECT 1 FROM topics WHERE id = ?2)
                  ON CONFLICT DO NOTHING",
             )?
             .execute(params![k, t, g, p, data])?,

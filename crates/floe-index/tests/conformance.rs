@@ -309,6 +309,40 @@ async fn state_is_compare_and_swap(i: Idx) {
         i.list_states(StateKind::Group, None).await.unwrap().len(),
         1
     );
+    // Agent rows (RFC 0006) belong to no topic: topic 0 takes a first write, which no
+    // other kind does.
+    let agent = StateKey {
+        kind: StateKind::Agent,
+        topic_id: 0,
+        group: "a1".into(),
+        partition: 0,
+    };
+    assert!(
+        !i.store_state(
+            &StateKey {
+                kind: StateKind::Share,
+                ..agent.clone()
+            },
+            None,
+            b"x".to_vec()
+        )
+        .await
+        .unwrap(),
+        "a share state needs its topic"
+    );
+    assert!(i.store_state(&agent, None, b"u1".to_vec()).await.unwrap());
+    let v = i.load_state(&agent).await.unwrap().unwrap();
+    assert!(
+        i.store_state(&agent, Some(v.version), b"u2".to_vec())
+            .await
+            .unwrap()
+    );
+    let agents = i.list_states(StateKind::Agent, None).await.unwrap();
+    assert_eq!(agents.len(), 1);
+    assert_eq!(
+        (&agents[0].0, agents[0].1.data.as_slice()),
+        (&agent, &b"u2"[..])
+    );
 }
 
 /// The unit of work: runs and consumer-state writes commit together or not at all.

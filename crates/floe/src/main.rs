@@ -276,6 +276,20 @@ struct ServeArgs {
     /// Name of this agent in segment keys ([A-Za-z0-9-]).
     #[arg(long, env = "FLOE_AGENT_ID", default_value = "agent")]
     agent_id: String,
+    /// Where other agents reach this one to read the segments it wrote (RFC 0006, peer
+    /// reads): a URL, `auto` (http://<listen address> when that is a specific IP such as
+    /// 127.0.0.1:7070; nothing on 0.0.0.0 / ::) or `none`.
+    #[arg(long, env = "FLOE_ADVERTISE_URL", default_value = "auto")]
+    advertise_url: String,
+    /// Read segments other agents wrote from the bucket only (no peer reads, RFC 0006).
+    #[arg(long, env = "FLOE_NO_PEER_READS")]
+    no_peer_reads: bool,
+    /// How often this agent renews its peer registration (others drop it after 3 of these).
+    #[arg(long, env = "FLOE_PEER_HEARTBEAT_MS", default_value_t = 5000)]
+    peer_heartbeat_ms: u64,
+    /// Budget of one peer read; past it the bucket is read.
+    #[arg(long, env = "FLOE_PEER_TIMEOUT_MS", default_value_t = 500)]
+    peer_timeout_ms: u64,
     /// Queues: deliveries of one record before it goes to the dead-letter topic (a topic's
     /// `queue.max_deliveries` config overrides it).
     #[arg(long, env = "FLOE_MAX_DELIVERIES", default_value_t = 5)]
@@ -427,6 +441,10 @@ impl ServeArgs {
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             topic_cache_ttl: Duration::from_millis(self.topic_cache_ttl_ms),
             agent_id: self.agent_id,
+            advertise: self.advertise_url.parse().map_err(anyhow::Error::msg)?,
+            peer_reads: !self.no_peer_reads,
+            peer_heartbeat: Duration::from_millis(self.peer_heartbeat_ms),
+            peer_timeout: Duration::from_millis(self.peer_timeout_ms),
             limits: Limits {
                 max_body_bytes: l.max_body_bytes,
                 max_record_bytes: l.max_record_bytes,

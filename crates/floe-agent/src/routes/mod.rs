@@ -4,6 +4,7 @@
 
 pub(crate) mod groups;
 pub(crate) mod ops;
+pub(crate) mod peer;
 pub(crate) mod queues;
 pub(crate) mod records;
 pub(crate) mod stream;
