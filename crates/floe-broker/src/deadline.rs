@@ -280,6 +280,19 @@ impl Index for DeadlineIndex {
                 })
             })
     }
+    async fn read_from(
+        &self,
+        topic_id: i64,
+        partition: u32,
+        offset: u64,
+        limit: u32,
+    ) -> floe_index::Result<Option<((u64, u64), Vec<RunEntry>)>> {
+        self.within(
+            "read_from",
+            self.inner.read_from(topic_id, partition, offset, limit),
+        )
+        .await
+    }
     async fn runs_from(
         &self,
         topic_id: i64,

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 /// Bytes read from the end of a segment on the first try; most footers fit.
 const FOOTER_GUESS: u64 = 64 * 1024;
 /// Runs looked up in the index per fetch.
-const RUNS_PER_FETCH: u32 = 256;
+pub const RUNS_PER_FETCH: u32 = 256;
 
 #[derive(Clone)]
 pub struct Reader {
@@ -179,10 +179,36 @@ impl Reader {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Fetched, BrokerError> {
+        self.read_entries(topic, partition, offset, upto, max_records, max_bytes, None)
+            .await
+    }
+
+    /// [`Reader::read`] with the index entries from `offset` already looked up (at most
+    /// [`RUNS_PER_FETCH`], by [`floe_index::Index::read_from`] together with the offsets
+    /// that gave `upto`); a retry after a vanished object looks them up again.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read_entries(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+        offset: u64,
+        upto: u64,
+        max_records: usize,
+        max_bytes: usize,
+        mut entries: Option<Vec<RunEntry>>,
+    ) -> Result<Fetched, BrokerError> {
         let mut attempt = 1;
         loop {
             match self
-                .read_once(topic, partition, offset, upto, max_records, max_bytes)
+                .read_once(
+                    topic,
+                    partition,
+                    offset,
+                    upto,
+                    max_records,
+                    max_bytes,
+                    entries.take(),
+                )
                 .await
             {
                 Err(e) if e.code == SEGMENT_MISSING && attempt < READ_ATTEMPTS => attempt += 1,
@@ -191,6 +217,7 @@ impl Reader {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn read_once(
         &self,
         topic: &TopicMeta,
@@ -199,12 +226,16 @@ impl Reader {
         upto: u64,
         max_records: usize,
         max_bytes: usize,
+        entries: Option<Vec<RunEntry>>,
     ) -> Result<Fetched, BrokerError> {
-        let entries = self
-            .index
-            .runs_from(topic.id, partition, offset, RUNS_PER_FETCH)
-            .await
-            .map_err(|e| BrokerError::index(&e))?;
+        let entries = match entries {
+            Some(e) => e,
+            None => self
+                .index
+                .runs_from(topic.id, partition, offset, RUNS_PER_FETCH)
+                .await
+                .map_err(|e| BrokerError::index(&e))?,
+        };
         // Runs below the partition's start offset were dropped by retention.
         if let Some(first) = entries.first()
             && first.base_offset > offset

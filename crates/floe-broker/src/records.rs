@@ -419,6 +419,21 @@ impl Broker {
             .ok_or_else(|| BrokerError::topic_not_found(&topic.name))
     }
 
+    /// The (end, stable) offsets of a partition and its index entries from `offset`, in
+    /// one index call ([`floe_index::Index::read_from`]).
+    async fn read_view(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+        offset: u64,
+    ) -> BrokerResult<((u64, u64), Vec<floe_index::RunEntry>)> {
+        self.index
+            .read_from(topic.id, partition, offset, crate::fetch::RUNS_PER_FETCH)
+            .await
+            .map_err(|e| BrokerError::index(&e))?
+            .ok_or_else(|| BrokerError::topic_not_found(&topic.name))
+    }
+
     /// Fetch from one partition (given as text, validated here). At the end of the log
     /// wait up to `wait_ms` for a commit, then answer with no records.
     pub async fn fetch(
@@ -441,7 +456,11 @@ impl Broker {
             Isolation::ReadCommitted => stable,
             Isolation::ReadUncommitted => end,
         };
-        let (mut end, mut stable) = self.log_ends(&topic, partition).await?;
+        // The offsets and the entries from the asked offset in one index call (one round
+        // trip on PostgreSQL): a fetch with records to serve makes no other, one woken at
+        // the end of the log one more.
+        let ((mut end, mut stable), mut entries) =
+            self.read_view(&topic, partition, req.offset).await?;
         if req.offset > end {
             return Err(BrokerError::out_of_range(req.offset, partition, end));
         }
@@ -454,7 +473,7 @@ impl Broker {
                 () = tokio::time::sleep_until(recheck.min(deadline)) => {}
                 _ = shutdown.wait_for(|v| *v) => break,
             }
-            (end, stable) = self.log_ends(&topic, partition).await?;
+            ((end, stable), entries) = self.read_view(&topic, partition, req.offset).await?;
         }
         let upto = readable((end, stable));
         if req.offset >= upto {
@@ -467,7 +486,15 @@ impl Broker {
         }
         let records = self
             .reader
-            .read(&topic, partition, req.offset, upto, max_records, max_bytes)
+            .read_entries(
+                &topic,
+                partition,
+                req.offset,
+                upto,
+                max_records,
+                max_bytes,
+                Some(entries),
+            )
             .await?;
         Ok(FetchResult {
             next_offset: records.next,

@@ -670,6 +670,28 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
     /// How much deduplication state is stored: (idempotency keys, producer sequence
     /// states), for the metrics.
     async fn dedup_state_counts(&self) -> Result<(u64, u64)>;
+    /// What a fetch needs in one call: the partition's (end, stable) offsets
+    /// ([`Index::log_ends`]) and its runs from `offset` ([`Index::runs_from`]); `None`
+    /// when the partition does not exist, no runs when `offset` is past the end (any
+    /// `u64`). The runs may reach past the end returned (a commit in between); readers
+    /// bound what they serve by the offsets. PostgreSQL answers both in one statement (one
+    /// round trip per fetch instead of two).
+    async fn read_from(
+        &self,
+        topic_id: i64,
+        partition: u32,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Option<((u64, u64), Vec<RunEntry>)>> {
+        let Some(ends) = self.log_ends(topic_id, partition).await? else {
+            return Ok(None);
+        };
+        if offset > ends.0 {
+            return Ok(Some((ends, Vec::new())));
+        }
+        let runs = self.runs_from(topic_id, partition, offset, limit).await?;
+        Ok(Some((ends, runs)))
+    }
     /// Runs of a partition covering `offset` and after, in offset order, at most `limit`.
     async fn runs_from(
         &self,

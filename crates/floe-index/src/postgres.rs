@@ -1097,6 +1097,24 @@ pub(crate) fn notify_payloads(ends: &BTreeMap<(i64, u32), u64>) -> Vec<String> {
     out
 }
 
+/// A run entry from the 11 columns starting at `at` (base offset, records, key, size,
+/// row groups first/count, byte start/end, first row, max timestamp, rows).
+fn run_entry(r: &tokio_postgres::Row, at: usize) -> Result<RunEntry> {
+    Ok(RunEntry {
+        base_offset: to_u64(r.get(at), "base_offset")?,
+        records: to_u32(r.get(at + 1), "records")?,
+        segment_key: r.get(at + 2),
+        segment_size: to_u64(r.get(at + 3), "segment_size")?,
+        row_group_first: to_u32(r.get(at + 4), "rg_first")?,
+        row_group_count: to_u32(r.get(at + 5), "rg_count")?,
+        byte_start: to_u64(r.get(at + 6), "byte_start")?,
+        byte_end: to_u64(r.get(at + 7), "byte_end")?,
+        row_first: to_u32(r.get(at + 8), "row_first")?,
+        max_timestamp_ms: r.get(at + 9),
+        rows: to_u32(r.get(at + 10), "row_count")?,
+    })
+}
+
 /// Parse a NOTIFY payload back into (topic_id, partition, end_offset) triples.
 pub(crate) fn parse_payload(s: &str) -> Vec<(i64, u32, u64)> {
     s.split(',')
@@ -1514,23 +1532,47 @@ impl Index for PostgresIndex {
             )
             .await
             .map_err(pg)?;
-        rows.iter()
-            .map(|r| {
-                Ok(RunEntry {
-                    base_offset: to_u64(r.get(0), "base_offset")?,
-                    records: to_u32(r.get(1), "records")?,
-                    segment_key: r.get(2),
-                    segment_size: to_u64(r.get(3), "segment_size")?,
-                    row_group_first: to_u32(r.get(4), "rg_first")?,
-                    row_group_count: to_u32(r.get(5), "rg_count")?,
-                    byte_start: to_u64(r.get(6), "byte_start")?,
-                    byte_end: to_u64(r.get(7), "byte_end")?,
-                    row_first: to_u32(r.get(8), "row_first")?,
-                    max_timestamp_ms: r.get(9),
-                    rows: to_u32(r.get(10), "row_count")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| run_entry(r, 0)).collect()
+    }
+
+    async fn read_from(
+        &self,
+        topic_id: i64,
+        partition: u32,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Option<((u64, u64), Vec<RunEntry>)>> {
+        let c = self.client().await?;
+        // One statement, one snapshot: the runs never reach past the end offset read.
+        let rows = c
+            .cquery(
+                "SELECT p.next_offset, p.stable_hold, r.base_offset, r.records, r.segment_key, r.segment_size, r.rg_first, r.rg_count, r.byte_start, r.byte_end, r.row_first, r.max_ts, COALESCE(r.row_count, r.records)
+                 FROM floe_partitions p LEFT JOIN LATERAL (
+                    SELECT * FROM floe_runs
+                    WHERE topic_id = $1 AND partition = $2 AND base_offset >= COALESCE(
+                       (SELECT MAX(base_offset) FROM floe_runs WHERE topic_id = $1 AND partition = $2 AND base_offset <= $3), 0)
+                    ORDER BY base_offset LIMIT $4) r ON $3 <= p.next_offset
+                 WHERE p.topic_id = $1 AND p.partition = $2
+                 ORDER BY r.base_offset",
+                // Past the end (any u64): the partition row alone, no runs.
+                &[&topic_id, &(partition as i32), &i64::try_from(offset).unwrap_or(i64::MAX), &i64::from(limit)],
+            )
+            .await
+            .map_err(pg)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let end = to_u64(first.get(0), "next_offset")?;
+        let hold = first
+            .get::<_, Option<i64>>(1)
+            .map(|h| to_u64(h, "stable_hold"))
+            .transpose()?;
+        let runs = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<i64>>(2).is_some())
+            .map(|r| run_entry(r, 2))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(((end, stable_offset(end, hold)), runs)))
     }
 
     async fn segment_referenced(&self, key: &str) -> Result<bool> {

@@ -14,7 +14,7 @@ use floe_core::txn::{Outcome, TxnState};
 use floe_index::{
     BeginTxn, EndTxn, IdempotencyBegin, IdempotencyCompletion, IdempotencyVerdict, Index,
     IndexError, NewTopic, OffsetCommit, ProducerAppend, ProducerBatch, ReplaceRuns, RunCommit,
-    RunOutcome, SegmentCommit, StateKey, StateKind, StateWrite, TxnError,
+    RunEntry, RunOutcome, SegmentCommit, StateKey, StateKind, StateWrite, TxnError,
 };
 
 type Idx = Arc<dyn Index>;
@@ -33,6 +33,26 @@ async fn referenced(i: &Idx, key: &str) -> bool {
         "segments_referenced vs segment_referenced for {key}"
     );
     one
+}
+
+/// `runs_from`, also asked through `read_from` (offsets and entries in one call): the
+/// entries must be the same and the offsets those of `log_ends`.
+async fn runs_from(
+    i: &Idx,
+    t: i64,
+    p: u32,
+    offset: u64,
+    limit: u32,
+) -> floe_index::Result<Vec<RunEntry>> {
+    let runs = i.runs_from(t, p, offset, limit).await?;
+    let ends = i.log_ends(t, p).await?;
+    let view = i.read_from(t, p, offset, limit).await?;
+    assert_eq!(
+        view,
+        ends.map(|e| (e, runs.clone())),
+        "read_from vs log_ends + runs_from at {t}/{p}@{offset}"
+    );
+    Ok(runs)
 }
 
 fn run(topic_id: i64, partition: u32, records: u32) -> RunCommit {
@@ -158,15 +178,37 @@ async fn commit_assigns_dense_offsets(i: Idx) {
         ]
     );
     assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(12));
-    let runs = i.runs_from(a.id, 0, 8, 10).await.unwrap();
+    let runs = runs_from(&i, a.id, 0, 8, 10).await.unwrap();
     assert_eq!(
         runs.iter().map(|r| r.base_offset).collect::<Vec<_>>(),
         vec![7],
         "the run covering offset 8 and after"
     );
     assert_eq!(runs[0].segment_key, "s2");
-    assert_eq!(i.runs_from(a.id, 0, 0, 10).await.unwrap().len(), 3);
-    assert_eq!(i.runs_from(a.id, 0, 0, 1).await.unwrap().len(), 1, "limit");
+    assert_eq!(runs_from(&i, a.id, 0, 0, 10).await.unwrap().len(), 3);
+    assert_eq!(
+        runs_from(&i, a.id, 0, 0, 1).await.unwrap().len(),
+        1,
+        "limit"
+    );
+    assert_eq!(
+        i.read_from(a.id, 2, 0, 10).await.unwrap(),
+        None,
+        "no such partition"
+    );
+    for past_end in [13, u64::MAX] {
+        assert_eq!(
+            i.read_from(a.id, 0, past_end, 10).await.unwrap(),
+            Some(((12, 12), vec![])),
+            "past the end: no runs"
+        );
+    }
+    let c = i.create_topic(new_topic("c", 1)).await.unwrap();
+    assert_eq!(
+        i.read_from(c.id, 0, 0, 10).await.unwrap(),
+        Some(((0, 0), vec![])),
+        "an empty partition"
+    );
     assert!(referenced(&i, "s1").await);
     assert!(!referenced(&i, "nope").await);
 }
@@ -230,7 +272,7 @@ async fn concurrent_commits_stay_dense(i: Idx) {
     }
     assert_eq!(i.end_offset(a.id, 0).await.unwrap(), Some(next));
     assert_eq!(i.end_offset(a.id, 1).await.unwrap(), Some(90));
-    let runs = i.runs_from(a.id, 0, 0, 1000).await.unwrap();
+    let runs = runs_from(&i, a.id, 0, 0, 1000).await.unwrap();
     assert_eq!(runs.len(), 90);
 }
 
@@ -543,7 +585,7 @@ async fn matches_model(i: Idx, prefix: String, ops: Vec<Op>) {
             // (SQLite: `runs` and the two recent tables, mid-copy or not) holds it.
             for (p, end) in ends.iter().enumerate() {
                 let p = p as u32;
-                let all = i.runs_from(*id, p, 0, 10_000).await.unwrap();
+                let all = runs_from(&i, *id, p, 0, 10_000).await.unwrap();
                 let mut next = 0;
                 for e in &all {
                     assert_eq!(e.base_offset, next, "topic {id} partition {p}: {all:?}");
@@ -558,7 +600,7 @@ async fn matches_model(i: Idx, prefix: String, ops: Vec<Op>) {
                         e.base_offset,
                         e.base_offset + u64::from(e.records.max(1)) - 1,
                     ] {
-                        let got = i.runs_from(*id, p, o, 2).await.unwrap();
+                        let got = runs_from(&i, *id, p, o, 2).await.unwrap();
                         assert_eq!(got.first(), Some(e), "topic {id} partition {p} from {o}");
                         assert!(got.len() <= 2);
                     }
@@ -899,7 +941,7 @@ async fn retention_drops_expired_runs_and_advances_the_start(i: Idx) {
         (0, 0),
         "other partition untouched"
     );
-    let runs = i.runs_from(t.id, 0, 0, 100).await.unwrap();
+    let runs = runs_from(&i, t.id, 0, 0, 100).await.unwrap();
     assert_eq!(
         runs.first().map(|r| r.base_offset),
         Some(5),
@@ -1008,7 +1050,7 @@ async fn replace_runs_swaps_exactly_what_was_read(i: Idx) {
             .await
             .unwrap()
     );
-    let runs = i.runs_from(t.id, 0, 0, 100).await.unwrap();
+    let runs = runs_from(&i, t.id, 0, 0, 100).await.unwrap();
     let got: Vec<(u64, u32, &str, u32)> = runs
         .iter()
         .map(|r| {
@@ -1040,7 +1082,7 @@ async fn replace_runs_swaps_exactly_what_was_read(i: Idx) {
     let offs = i.partition_offsets(t.id).await.unwrap();
     assert_eq!((offs[0].start_offset, offs[0].end_offset), (0, 10));
     // A fetch in the middle of a partition-file entry finds it.
-    let from7 = i.runs_from(t.id, 0, 5, 1).await.unwrap();
+    let from7 = runs_from(&i, t.id, 0, 5, 1).await.unwrap();
     assert_eq!(from7[0].segment_key, "f1");
     // Retention took the entries meanwhile (every run's newest record is at 0 < 1): the
     // swap of one of them is refused.
@@ -1127,8 +1169,7 @@ async fn a_cleaned_file_keeps_offsets_with_fewer_rows(i: Idx) {
         ));
     }
     assert!(i.replace_runs(swap(&[4, 6], vec![1, 3])).await.unwrap());
-    let got: Vec<(u64, u32, u32, String)> = i
-        .runs_from(t.id, 0, 0, 10)
+    let got: Vec<(u64, u32, u32, String)> = runs_from(&i, t.id, 0, 0, 10)
         .await
         .unwrap()
         .into_iter()
@@ -1145,7 +1186,10 @@ async fn a_cleaned_file_keeps_offsets_with_fewer_rows(i: Idx) {
     let offs = i.partition_offsets(t.id).await.unwrap();
     assert_eq!((offs[0].start_offset, offs[0].end_offset), (0, 12));
     // A lookup inside a gap finds the entry that covers it.
-    assert_eq!(i.runs_from(t.id, 0, 7, 1).await.unwrap()[0].base_offset, 4);
+    assert_eq!(
+        runs_from(&i, t.id, 0, 7, 1).await.unwrap()[0].base_offset,
+        4
+    );
     // Cleaning again replaces the sparse entries as read (offsets covered, not rows).
     let again = ReplaceRuns {
         old: vec![(0, 4, "clean".into()), (4, 6, "clean".into())],
@@ -1155,7 +1199,7 @@ async fn a_cleaned_file_keeps_offsets_with_fewer_rows(i: Idx) {
         ..swap(&[], vec![])
     };
     assert!(i.replace_runs(again).await.unwrap());
-    assert_eq!(i.runs_from(t.id, 0, 0, 1).await.unwrap()[0].rows, 2);
+    assert_eq!(runs_from(&i, t.id, 0, 0, 1).await.unwrap()[0].rows, 2);
 }
 
 /// Objects are recorded with the commit that makes them live (RFC 0004), so the sweeper
@@ -1261,7 +1305,7 @@ fn end(pid: i64, epoch: u32, outcome: Outcome) -> EndTxn {
 
 /// (base, records, rows) of every entry of a partition.
 async fn entries(i: &Idx, t: i64, p: u32) -> Vec<(u64, u32, u32)> {
-    i.runs_from(t, p, 0, 1000)
+    runs_from(i, t, p, 0, 1000)
         .await
         .unwrap()
         .iter()
@@ -1351,7 +1395,7 @@ async fn transactions_hold_the_stable_offset_and_aborts_leave_holes(i: Idx) {
         vec![(0, 1, 1), (1, 3, 0), (4, 1, 1)]
     );
     assert_eq!(entries(&i, t.id, 1).await, vec![(0, 2, 0)]);
-    let rows = i.runs_from(t.id, 0, 4, 10).await.unwrap();
+    let rows = runs_from(&i, t.id, 0, 4, 10).await.unwrap();
     assert_eq!(
         rows[0].row_first, 4,
         "the row after the hole keeps its place"
@@ -1519,7 +1563,7 @@ async fn producer_sequences_are_checked_in_the_commit(i: Idx) {
     assert_eq!(c.excluded, vec![vec![(0, 3), (5, 1), (6, 1)]]);
     // Kept: rows 3..5 (the next batch) and 7..10 (plain): 5 records at 4..9.
     assert_eq!(i.end_offset(t.id, 0).await.unwrap(), Some(9));
-    let entries = i.runs_from(t.id, 0, 4, 10).await.unwrap();
+    let entries = runs_from(&i, t.id, 0, 4, 10).await.unwrap();
     let pieces: Vec<(u64, u32, u32)> = entries
         .iter()
         .filter(|e| e.segment_key == "p2")
@@ -1778,7 +1822,7 @@ mod sqlite {
         let i = floe_index::open(&format!("sqlite://{}", path.display()))
             .await
             .unwrap();
-        let r = i.runs_from(1, 0, 0, 10).await.unwrap();
+        let r = runs_from(&i, 1, 0, 0, 10).await.unwrap();
         assert_eq!((r.len(), r[0].records, r[0].rows), (1, 5, 5));
     }
 }
@@ -1836,17 +1880,17 @@ mod sqlite_recent_moves {
                 .unwrap();
         }
         // Partition 0: entries of 1, 2, ..., 7 records: bases 0, 1, 3, 6, 10, 15, 21.
-        let all = i.runs_from(t.id, 0, 0, 100).await.unwrap();
+        let all = runs_from(&i, t.id, 0, 0, 100).await.unwrap();
         let bases: Vec<u64> = all.iter().map(|e| e.base_offset).collect();
         assert_eq!(bases, vec![0, 1, 3, 6, 10, 15, 21]);
         assert_eq!(all[6].segment_key, "s6");
         for (offset, first) in [(0, 0), (2, 1), (14, 10), (15, 15), (27, 21)] {
-            let got = i.runs_from(t.id, 0, offset, 2).await.unwrap();
+            let got = runs_from(&i, t.id, 0, offset, 2).await.unwrap();
             assert_eq!(got[0].base_offset, first, "offset {offset}");
             assert!(got.len() <= 2);
         }
         assert_eq!(i.end_offset(t.id, 0).await.unwrap(), Some(28));
-        assert_eq!(i.runs_from(t.id, 1, 0, 100).await.unwrap().len(), 7);
+        assert_eq!(runs_from(&i, t.id, 1, 0, 100).await.unwrap().len(), 7);
         for n in 0..7 {
             assert!(i.segment_referenced(&format!("s{n}")).await.unwrap());
         }
