@@ -47,6 +47,10 @@ struct Directory {
     urls: HashMap<String, String>,
     /// When the rows were last listed (engine clock); `None`: never.
     read_ms: Option<i64>,
+    /// Peers that failed a read (unreachable, slow, wrong answer) are not asked again
+    /// until this time (one heartbeat later): a hung peer costs one `peer_timeout`, not
+    /// one per segment until its registration goes stale.
+    down_until: HashMap<String, i64>,
 }
 
 /// How one peer read ended.
@@ -139,7 +143,21 @@ impl Peers {
                 Err(e) => tracing::warn!(error = %e, "peer directory not read"),
             }
         }
+        if d.down_until.get(agent).is_some_and(|&t| now < t) {
+            return None;
+        }
         d.urls.get(agent).cloned()
+    }
+
+    /// After a failed read: ask `agent` again only one heartbeat from now.
+    async fn mark_down(&self, agent: &str) {
+        let until = self.clock.now_ms().saturating_add(self.heartbeat_ms());
+        let _ = self
+            .directory
+            .lock()
+            .await
+            .down_until
+            .insert(agent.to_string(), until);
     }
 
     /// The whole segment `key` of `size` bytes from the agent that wrote it, or `None`
@@ -171,6 +189,9 @@ impl Peers {
             .peer_reads
             .with_label_values(&[outcome.label()])
             .inc();
+        if outcome == Outcome::Error {
+            self.mark_down(writer).await;
+        }
         bytes
     }
 
