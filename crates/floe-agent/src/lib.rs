@@ -84,7 +84,9 @@ impl Agent {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Listen(listen.clone(), e))?;
-        let advertise = config.advertise.url_for(addr);
+        let advertise = config
+            .advertise
+            .url_for(addr, floe_index::is_shared_url(&config.index));
         let (broker, tasks) =
             Broker::start(config, store, index, clock, shutdown_rx.clone(), advertise)?;
         let app = http::router(broker.clone());

@@ -37,8 +37,10 @@ impl std::str::FromStr for FlushPolicy {
 /// Whether and where an agent tells the others it can be reached (RFC 0006).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Advertise {
-    /// `http://<bound address>` when the listen address is a specific IP (e.g.
-    /// `127.0.0.1:7070`); nothing for `0.0.0.0` / `::` (which address would peers use?).
+    /// With a shared index (PostgreSQL): `http://<bound address>` when the listen address
+    /// is a specific IP (e.g. `127.0.0.1:7070`); nothing for `0.0.0.0` / `::` (which
+    /// address would peers use?). Nothing on the embedded SQLite index: one agent, no
+    /// peers (and no registration write every heartbeat).
     #[default]
     Auto,
     /// Not registered: other agents read what this one wrote from the bucket.
@@ -59,11 +61,14 @@ impl std::str::FromStr for Advertise {
 }
 
 impl Advertise {
-    /// The URL to register once the agent listens on `bound`.
+    /// The URL to register once the agent listens on `bound`, on an index that other
+    /// agents share (`shared_index`) or not.
     #[must_use]
-    pub fn url_for(&self, bound: std::net::SocketAddr) -> Option<String> {
+    pub fn url_for(&self, bound: std::net::SocketAddr, shared_index: bool) -> Option<String> {
         match self {
-            Self::Auto => (!bound.ip().is_unspecified()).then(|| format!("http://{bound}")),
+            Self::Auto => {
+                (shared_index && !bound.ip().is_unspecified()).then(|| format!("http://{bound}"))
+            }
             Self::Off => None,
             Self::Url(u) => Some(u.clone()),
         }
@@ -445,6 +450,28 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_advertises_a_specific_address_on_a_shared_index_only() {
+        let local: std::net::SocketAddr = "127.0.0.1:7071".parse().unwrap();
+        let any: std::net::SocketAddr = "0.0.0.0:7071".parse().unwrap();
+        let auto = Advertise::Auto;
+        assert_eq!(
+            auto.url_for(local, true).as_deref(),
+            Some("http://127.0.0.1:7071")
+        );
+        assert_eq!(auto.url_for(any, true), None);
+        assert_eq!(auto.url_for(local, false), None, "embedded: no peers");
+        let url: Advertise = "http://agent-1.internal:7070/".parse().unwrap();
+        assert_eq!(
+            url.url_for(any, false).as_deref(),
+            Some("http://agent-1.internal:7070")
+        );
+        assert_eq!(
+            "none".parse::<Advertise>().unwrap().url_for(local, true),
+            None
+        );
+    }
 
     /// The default configuration's bounded parts stay within 512 MiB (the agent's RSS
     /// goal, issue #9): read caches 256 MiB (the SQLite index's page caches included),

@@ -780,6 +780,13 @@ pub trait Index: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// Open an index from its URL: `sqlite://PATH` (a file; created if missing).
+/// Whether an index URL names an index several agents share (PostgreSQL), rather than the
+/// embedded one-agent SQLite file.
+#[must_use]
+pub fn is_shared_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Index>> {
     open_with_clock(url, floe_core::clock::system()).await
 }
@@ -797,7 +804,7 @@ pub async fn open_with_clock(
         let idx = SqliteIndex::open_with_clock(std::path::Path::new(path), clock).await?;
         return Ok(std::sync::Arc::new(idx));
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_shared_url(url) {
         return Ok(std::sync::Arc::new(PostgresIndex::open(url).await?));
     }
     Err(IndexError::BadUrl(url.to_string()))

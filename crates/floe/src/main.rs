@@ -277,8 +277,9 @@ struct ServeArgs {
     #[arg(long, env = "FLOE_AGENT_ID", default_value = "agent")]
     agent_id: String,
     /// Where other agents reach this one to read the segments it wrote (RFC 0006, peer
-    /// reads): a URL, `auto` (http://<listen address> when that is a specific IP such as
-    /// 127.0.0.1:7070; nothing on 0.0.0.0 / ::) or `none`.
+    /// reads): a URL, `auto` (with a PostgreSQL index, http://<listen address> when that is
+    /// a specific IP such as 127.0.0.1:7070; nothing on 0.0.0.0 / :: or with SQLite) or
+    /// `none`.
     #[arg(long, env = "FLOE_ADVERTISE_URL", default_value = "auto")]
     advertise_url: String,
     /// Read segments other agents wrote from the bucket only (no peer reads, RFC 0006).
