@@ -28,7 +28,7 @@ pub fn router(broker: Broker) -> Router {
         )
         .route("/v1/topics/{topic}/records", post(records::produce))
         .route("/v1/topics/{topic}/files", get(topics::topic_files))
-        .route("/v1/peer/segments", get(peer::segment))
+        .route(floe_broker::peers::PEER_SEGMENT_PATH, get(peer::segment))
         .route("/v1/producers", post(records::init_producer))
         .route(
             "/v1/producers/{producer_id}/transactions",
