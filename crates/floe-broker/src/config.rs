@@ -214,9 +214,10 @@ pub struct MemoryBudget {
     /// `flush_bytes`; the runs of one flush segment share row groups and are compacted
     /// partition after partition).
     pub compaction_inputs: u64,
-    /// The embedded (SQLite) index's page caches (`floe_index::SQLITE_CACHE_BYTES`: 16
-    /// MiB for the writer, 2 MiB for the reader), taken out of `cache_bytes`; 0 on
-    /// PostgreSQL.
+    /// The embedded (SQLite) index's page caches and recent-entry views
+    /// (`floe_index::SQLITE_CACHE_BYTES`: 16 MiB page cache for the writer, 2 MiB for the
+    /// reader, ≈ 25 MiB for the two views of the recent tables), taken out of
+    /// `cache_bytes`; 0 on PostgreSQL.
     pub index_cache: u64,
 }
 

@@ -7,6 +7,7 @@
 
 mod plan;
 mod postgres;
+mod recent_view;
 mod sqlite;
 
 use std::collections::BTreeMap;
