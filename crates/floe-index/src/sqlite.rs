@@ -452,7 +452,8 @@ fn copy_recent_chunk(
 
 /// After a commit appended its entries: copy the next chunk of the inactive recent table
 /// to `runs` (a `recent_limit / 8` share, at least twice the entries just appended, so the
-/// copy ends before the active table fills again); when the active table reaches
+/// copy ends before the active table fills again) — with the background copier only once
+/// it has fallen behind (`background`); when the active table reaches
 /// `recent_limit`, finish the copy if it has not ended and swap the tables' roles. Each
 /// commit then writes a bounded part of the move, where one commit in ~32 used to move
 /// everything (≈ 80 ms at 1 000 partitions). Writes that read, rewrite or delete a
@@ -460,36 +461,97 @@ fn copy_recent_chunk(
 /// partition's or topic's entries out of both tables ([`merge_recent_of`]), so they work
 /// on `runs` alone. Invariant: per partition, every entry of the inactive table precedes
 /// every entry of the active one, and every entry of `runs` not also in the inactive
-/// table precedes both.
+/// table precedes both. Returns whether a copy is left for later (to wake the copier).
 fn advance_recent(
     tx: &rusqlite::Transaction<'_>,
     view: &mut WriterView<'_>,
     (active, moved): (usize, (i64, i64, i64)),
     recent_limit: i64,
     appended: usize,
-) -> Result<()> {
+    background: bool,
+) -> Result<bool> {
     let inactive = 1 - active;
     let copying = view.len(inactive) > 0;
+    let pending = (view.len(active) + appended) as i64;
     // Where the copy stands after this commit: `Some(key)` while entries remain.
-    let mut left = None;
-    if copying {
+    let mut left = copying.then_some(moved);
+    // With the background copier the commit copies only once the copy has fallen behind
+    // (the active table half full): the copy is then off the flush's path.
+    if copying && (!background || 2 * pending >= recent_limit) {
         // At least twice what this commit appended: the copy keeps ahead of the appends
         // and ends before the active table fills, whatever the entries per commit.
         let share = (recent_limit / 8).max(2 * appended as i64).max(1);
         let chunk = u32::try_from(share).unwrap_or(u32::MAX);
         left = copy_recent_chunk(tx, view, inactive, moved, Some(chunk))?;
     }
-    let pending = (view.len(active) + appended) as i64;
     if pending >= recent_limit {
         if let Some(k) = left {
             // The copy fell behind (a limit of a few commits' entries): finish it here.
             let _ = copy_recent_chunk(tx, view, inactive, k, None)?;
         }
         set_recent_state(tx, 1 - active, BEFORE_ALL)?;
-    } else if copying {
+        // The full table is now the one to copy.
+        return Ok(true);
+    }
+    if copying && left != Some(moved) {
         set_recent_state(tx, active, left.unwrap_or(BEFORE_ALL))?;
     }
-    Ok(())
+    Ok(left.is_some())
+}
+
+/// Entries the background copier moves to `runs` per transaction: small enough that a
+/// commit waiting for the writer waits a few milliseconds at most.
+const BACKGROUND_CHUNK: u32 = 512;
+
+/// One step of the background copy: the next chunk of the inactive recent table to `runs`
+/// in its own transaction. `Ok(true)` while entries remain.
+fn background_copy_step(c: &mut Connection, view: &Mutex<RecentView>) -> Result<bool> {
+    let tx = c.transaction()?;
+    let mut view = WriterView::begin(view, &tx)?;
+    let (active, moved) = recent_state(&tx)?;
+    let inactive = 1 - active;
+    if view.len(inactive) == 0 {
+        return Ok(false);
+    }
+    let left = copy_recent_chunk(&tx, &mut view, inactive, moved, Some(BACKGROUND_CHUNK))?;
+    set_recent_state(&tx, active, left.unwrap_or(BEFORE_ALL))?;
+    tx.commit()?;
+    view.committed();
+    Ok(left.is_some())
+}
+
+/// The background copier (RFC 0002 amendment 10): woken after a commit that leaves a copy
+/// pending, it copies a chunk whenever the writer is free, pausing a millisecond between
+/// chunks so that commits get the writer first, until the inactive table is empty. It
+/// holds the index only weakly and ends when the index is dropped.
+fn background_copier(
+    wake: std::sync::mpsc::Receiver<()>,
+    writer: std::sync::Weak<Mutex<Connection>>,
+    view: std::sync::Weak<Mutex<RecentView>>,
+) {
+    while wake.recv().is_ok() {
+        let _span = tracing::debug_span!("recent_copy").entered();
+        loop {
+            let (Some(w), Some(v)) = (writer.upgrade(), view.upgrade()) else {
+                return;
+            };
+            let more = match w.try_lock() {
+                Ok(mut c) => background_copy_step(&mut c, &v).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "background copy of recent entries failed; commits copy instead");
+                    false
+                }),
+                Err(std::sync::TryLockError::WouldBlock) => true,
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    background_copy_step(&mut p.into_inner(), &v).unwrap_or(false)
+                }
+            };
+            drop((w, v));
+            if !more {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
 }
 
 /// The entries of one table (`runs` or `runs_recent`) from the one holding `offset` (the
@@ -768,6 +830,9 @@ pub struct SqliteIndex {
     clock: SharedClock,
     /// Entries `runs_recent` may hold before a commit moves them to `runs`.
     recent_limit: u32,
+    /// Wakes the background copier (`None`: commits copy, as with
+    /// [`SqliteIndex::without_background_copy`]).
+    copier: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 /// Default for [`SqliteIndex::with_recent_limit`]: at 1 000 partitions a flush carries
@@ -834,13 +899,22 @@ impl SqliteIndex {
             migrate_recent(&mut w)?;
             w.execute_batch(&recent_tables())?;
             let r = connect(&path, READER_CACHE_BYTES)?;
+            let writer = Arc::new(Mutex::new(w));
+            let writer_view: Arc<Mutex<RecentView>> = Arc::default();
+            let (wake, woken) = std::sync::mpsc::sync_channel(1);
+            let (ww, wv) = (Arc::downgrade(&writer), Arc::downgrade(&writer_view));
+            let _ = std::thread::Builder::new()
+                .name("floe-sqlite-copy".into())
+                .spawn(move || background_copier(woken, ww, wv))
+                .map_err(|e| IndexError::Task(format!("start the background copier: {e}")))?;
             Ok(Self {
-                writer: Arc::new(Mutex::new(w)),
+                writer,
                 reader: Arc::new(Mutex::new(r)),
-                writer_view: Arc::default(),
+                writer_view,
                 reader_view: Arc::default(),
                 clock,
                 recent_limit: RECENT_RUNS_LIMIT,
+                copier: Some(wake),
             })
         })
         .await
@@ -853,6 +927,15 @@ impl SqliteIndex {
     #[must_use]
     pub fn with_recent_limit(mut self, limit: u32) -> Self {
         self.recent_limit = limit.max(1);
+        self
+    }
+
+    /// Commits copy recent entries to `runs` themselves, a share each, instead of the
+    /// background copier (which then stops once this handle's clones are gone — it holds
+    /// the index weakly, and no one wakes it). Tests that count rows per table use it.
+    #[must_use]
+    pub fn without_background_copy(mut self) -> Self {
+        self.copier = None;
         self
     }
 
@@ -1162,6 +1245,7 @@ impl Index for SqliteIndex {
         let clock = self.clock.clone();
         let recent_limit = i64::from(self.recent_limit);
         let view = self.writer_view.clone();
+        let copier = self.copier.clone();
         self.write(move |c| {
             let tx = c.transaction()?;
             let mut view = WriterView::begin(&view, &tx)?;
@@ -1307,12 +1391,16 @@ impl Index for SqliteIndex {
             let _ = tx
                 .prepare_cached("INSERT OR IGNORE INTO objects (key, size, created_ms) VALUES (?1, ?2, ?3)")?
                 .execute(params![seg.key, seg.size, seg.created_ms])?;
-            advance_recent(&tx, &mut view, recent, recent_limit, plan.rows.len())?;
+            let copy_pending = advance_recent(&tx, &mut view, recent, recent_limit, plan.rows.len(), copier.is_some())?;
             // Last step before the commit is durable: too late means roll back (the
             // transaction is dropped), so a stalled commit never lands after its deadline.
             check_deadline(seg.deadline_unix_ms, clock.now_ms())?;
             tx.commit()?;
             view.committed();
+            if copy_pending && let Some(wake) = &copier {
+                // Full: a wake-up is queued already.
+                let _ = wake.try_send(());
+            }
             Ok(Committed {
                 runs: plan.outcomes,
                 excluded: plan.excluded,
@@ -1827,7 +1915,8 @@ mod tests {
         let ix = SqliteIndex::open(&d.path().join("i.db"))
             .await
             .unwrap()
-            .with_recent_limit(recent_limit);
+            .with_recent_limit(recent_limit)
+            .without_background_copy();
         let t = ix
             .create_topic(NewTopic {
                 name: "t".into(),
@@ -2123,5 +2212,55 @@ mod tests {
             .unwrap();
         assert_eq!(table_rows(&ix, "runs_recent"), 1);
         assert_eq!(ix.runs_from(1, 0, 7, 10).await.unwrap()[0].segment_key, "d");
+    }
+
+    /// With the background copier, a commit that fills the active table swaps the roles
+    /// and the copier alone moves the full table to `runs` (in chunks of
+    /// `BACKGROUND_CHUNK`), with no further commit; lookups answer the same throughout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_background_copier_moves_the_full_table_without_commits() {
+        let d = tempfile::tempdir().unwrap();
+        let ix = SqliteIndex::open(&d.path().join("i.db"))
+            .await
+            .unwrap()
+            .with_recent_limit(1200);
+        let t = ix
+            .create_topic(NewTopic {
+                name: "t".into(),
+                partitions: 4,
+                retention_ms: None,
+                config: BTreeMap::new(),
+                created_ms: 1,
+                max_topics: 10,
+            })
+            .await
+            .unwrap();
+        for n in 0..300u32 {
+            let _ = ix
+                .commit_segment(segment(
+                    format!("s{n}"),
+                    (0..4).map(|p| entry(t.id, p, 1)).collect(),
+                ))
+                .await
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            for p in 0..4u32 {
+                let e = ix.runs_from(t.id, p, 0, 1000).await.unwrap();
+                let bases: Vec<u64> = e.iter().map(|e| e.base_offset).collect();
+                assert_eq!(bases, (0..300).collect::<Vec<u64>>(), "partition {p}");
+            }
+            if table_rows(&ix, "runs_recent") == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the copier did not empty the full table"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(table_rows(&ix, "runs"), 1200);
+        assert_eq!(table_rows(&ix, "runs_recent_b"), 0);
     }
 }
