@@ -46,8 +46,10 @@ CREATE TABLE IF NOT EXISTS partitions (
 -- columns of `runs`): a commit appends its entries to the active one (`active`: 0 or 1)
 -- in commit order, so a flush touching hundreds of partitions writes a few pages instead
 -- of one leaf of `runs` per partition. Once it holds `recent_limit` entries the roles
--- swap and the full one is copied to `runs` a chunk per commit in key order (up to and
--- including the key `moved_*`), then emptied in one go: no single commit moves them all.
+-- swap and the full one is copied to `runs` a chunk at a time in key order (up to and
+-- including the key `moved_*`; by the background copier, or by commits once it falls
+-- behind), then emptied in one go. The recent tables have no index: each connection
+-- keeps them in memory (`recent_view`, amendment 10).
 CREATE TABLE IF NOT EXISTS recent_state (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     active INTEGER NOT NULL CHECK (active IN (0, 1)),
@@ -146,8 +148,9 @@ CREATE INDEX IF NOT EXISTS txn_batches_by_partition ON txn_batches (topic_id, pa
 ";
 
 /// The columns of `runs` and of the two recent tables (`{t}`: the table; `{end}`: what
-/// closes the definition — `runs` is keyed by (topic, partition, base offset) without a
-/// rowid, the recent tables are rowid tables in commit order with a unique index instead).
+/// closes the definition; `{seq}`: the recent tables' row number — `runs` is keyed by
+/// (topic, partition, base offset) without a rowid, the recent tables are tables in commit
+/// order by a never-reused `seq`, with no other index: lookups use the connections' views).
 /// Only `runs` has an index by segment key: the sweeper's questions read the recent tables
 /// whole (at most twice the recent limit of entries; once per batch of keys,
 /// `segments_referenced`), where an index would cost every commit a B-tree insert per
@@ -542,7 +545,10 @@ fn background_copier(
                 }),
                 Err(std::sync::TryLockError::WouldBlock) => true,
                 Err(std::sync::TryLockError::Poisoned(p)) => {
-                    background_copy_step(&mut p.into_inner(), &v).unwrap_or(false)
+                    background_copy_step(&mut p.into_inner(), &v).unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "background copy of recent entries failed; commits copy instead");
+                        false
+                    })
                 }
             };
             drop((w, v));
