@@ -1912,17 +1912,29 @@ mod tests {
             .unwrap()
     }
 
-    /// A SQLite index in a temporary folder with a `recent_limit`, and a topic "t".
+    /// A SQLite index in a temporary folder with a `recent_limit`, commits copying (no
+    /// background copier), and a topic "t".
     async fn index_with_topic(
         recent_limit: u32,
         partitions: u32,
     ) -> (tempfile::TempDir, SqliteIndex, crate::TopicMeta) {
+        index_with_topic_and_copier(recent_limit, partitions, false).await
+    }
+
+    /// The same, with the background copier running when `background`.
+    async fn index_with_topic_and_copier(
+        recent_limit: u32,
+        partitions: u32,
+        background: bool,
+    ) -> (tempfile::TempDir, SqliteIndex, crate::TopicMeta) {
         let d = tempfile::tempdir().unwrap();
-        let ix = SqliteIndex::open(&d.path().join("i.db"))
+        let mut ix = SqliteIndex::open(&d.path().join("i.db"))
             .await
             .unwrap()
-            .with_recent_limit(recent_limit)
-            .without_background_copy();
+            .with_recent_limit(recent_limit);
+        if !background {
+            ix = ix.without_background_copy();
+        }
         let t = ix
             .create_topic(NewTopic {
                 name: "t".into(),
@@ -2225,22 +2237,7 @@ mod tests {
     /// `BACKGROUND_CHUNK`), with no further commit; lookups answer the same throughout.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_background_copier_moves_the_full_table_without_commits() {
-        let d = tempfile::tempdir().unwrap();
-        let ix = SqliteIndex::open(&d.path().join("i.db"))
-            .await
-            .unwrap()
-            .with_recent_limit(1200);
-        let t = ix
-            .create_topic(NewTopic {
-                name: "t".into(),
-                partitions: 4,
-                retention_ms: None,
-                config: BTreeMap::new(),
-                created_ms: 1,
-                max_topics: 10,
-            })
-            .await
-            .unwrap();
+        let (_d, ix, t) = index_with_topic_and_copier(1200, 4, true).await;
         for n in 0..300u32 {
             let _ = ix
                 .commit_segment(segment(
